@@ -1,0 +1,31 @@
+# The two commands of the README: `make demo` (a small sweep end to end) and `make test` (every test).
+# Both create .venv themselves (uv from PyPI installs the Airflow set in seconds, pip takes minutes).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): requirements.txt images/finetune/pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.8
+	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_baselines.py
+	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_dag.py
+
+clean:
+	rm -rf $(VENV) .demo
