@@ -1,0 +1,190 @@
+"""``python -m finetune migrate | run ...``: the container's command line (DESIGN 4.1).
+
+Exit codes: 0 success; 1 the run (or migration) started and failed, or the database is
+unreachable; 2 refused before anything was written (bad arguments, missing configuration, input
+data that cannot make the run). A refusal is one line on stderr; once a run starts, stdout carries
+only JSON events (:mod:`finetune.events`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
+
+import pandas as pd
+import psycopg
+
+from finetune.data import to_utc, validate_symbol
+from finetune.events import EventLog
+from finetune.factors import KNOWN_FACTORS, UnknownFactorError, check_factor
+from finetune.folds import DEFAULT_TEST_BARS, DEFAULT_TRAIN_BARS
+from finetune.migrate import MigrationError, apply_migrations
+from finetune.persistence import DatabaseUnavailable, dsn_password, error_line
+from finetune.runner import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    InputError,
+    PodContext,
+    Prepared,
+    RunConfig,
+    Terminated,
+    execute,
+    prepare,
+    sigterm_raises,
+)
+
+DB_URL_ENV = "FINETUNE_DB_URL"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that refuses with one line (no usage block): the task log shows just the cause."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _csv(item: Callable[[str], object]) -> Callable[[str], tuple]:
+    """A comma-separated list of ``item``, non-empty, duplicates dropped (first kept)."""
+
+    def parse(text: str) -> tuple:
+        parts = [part.strip() for part in text.split(",")]
+        if not text.strip() or any(part == "" for part in parts):
+            raise argparse.ArgumentTypeError(f"expected a non-empty comma-separated list, got {text!r}")
+        return tuple(dict.fromkeys(item(part) for part in parts))
+
+    return parse
+
+
+def _bps(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"basis points must be integers >= 0, got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _symbol(text: str) -> str:
+    try:
+        return validate_symbol(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _factor(text: str) -> str:
+    try:
+        return check_factor(text)
+    except UnknownFactorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _as_of(text: str) -> pd.Timestamp:
+    try:
+        return to_utc(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not an ISO timestamp: {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog="finetune", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{migrate,run}")
+    migrate = commands.add_parser("migrate", help="apply the sql/ migrations to FINETUNE_DB_URL")
+    migrate.add_argument("--dir", default=None, help="migrations directory (default: FINETUNE_MIGRATIONS_DIR, sql/)")
+    migrate.add_argument("--target", default=None, help="stop after this version, e.g. V002")
+
+    run = commands.add_parser("run", help="fine-tune one factor and persist its rows and baselines")
+    run.add_argument("--run-id", required=True)
+    run.add_argument("--factor", required=True, type=_factor, help=f"one of {', '.join(KNOWN_FACTORS)}")
+    run.add_argument("--cryptos", required=True, type=_csv(_symbol), help="e.g. BTC,ETH,SOL")
+    run.add_argument("--cost-bps", required=True, type=_csv(_bps), help="e.g. 10,15,30")
+    run.add_argument("--slippage-bps", type=_csv(_bps), default=(0,), help="e.g. 0 (default)")
+    run.add_argument("--as-of", required=True, type=_as_of, help="UTC timestamp anchoring the folds")
+    run.add_argument("--n-folds", required=True, type=_positive)
+    run.add_argument("--n-seeds", required=True, type=_positive)
+    run.add_argument("--hold-bars", required=True, type=_positive)
+    run.add_argument("--train-bars", type=_positive, default=DEFAULT_TRAIN_BARS)
+    run.add_argument("--test-bars", type=_positive, default=DEFAULT_TEST_BARS)
+    run.add_argument("--data-uri", default=None, help="file:///dir or synthetic:// (default: FINETUNE_DATA_URI)")
+    return parser
+
+
+def _refuse(message: str, code: int) -> int:
+    print(f"finetune: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+def _pod_context(environ: Mapping[str, str]) -> PodContext:
+    attempt = environ.get("FINETUNE_ATTEMPT", "1").strip() or "1"
+    if not attempt.isdigit() or int(attempt) < 1:
+        raise InputError(f"FINETUNE_ATTEMPT must be an integer >= 1, got {attempt!r}")
+    return PodContext(attempt=int(attempt), profile=environ.get("FINETUNE_PROFILE") or None, environ=environ)
+
+
+def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
+    config = RunConfig(
+        run_id=args.run_id,
+        factor=args.factor,
+        cryptos=args.cryptos,
+        cost_bps=args.cost_bps,
+        slippage_bps=args.slippage_bps,
+        as_of=args.as_of,
+        n_folds=args.n_folds,
+        n_seeds=args.n_seeds,
+        hold_bars=args.hold_bars,
+        train_bars=args.train_bars,
+        test_bars=args.test_bars,
+        data_uri=args.data_uri or environ.get("FINETUNE_DATA_URI") or None,
+    )
+    with sigterm_raises():
+        try:
+            pod = _pod_context(environ)
+            prepared = prepare(config)
+        except InputError as exc:
+            return _refuse(str(exc), EXIT_USAGE)
+        except Terminated as exc:
+            return _refuse(f"stopped before the run started: {exc}", EXIT_FAILED)
+        return _execute(config, prepared, dsn, pod)
+
+
+def _execute(config: RunConfig, prepared: Mapping[str, Prepared], dsn: str, pod: PodContext) -> int:
+    try:
+        return execute(config, prepared, dsn=dsn, pod=pod)
+    except DatabaseUnavailable as exc:
+        return _refuse(str(exc), EXIT_FAILED)
+    except Terminated as exc:
+        # Outside the run's own failure path (registering, or recording the outcome).
+        return _refuse(f"stopped: {exc}", EXIT_FAILED)
+    except psycopg.Error as exc:
+        # Registering the run failed (e.g. the schema is missing: `migrate` did not run).
+        return _refuse(f"database error before the run started: {error_line(exc, dsn)}", EXIT_FAILED)
+
+
+def _migrate(args: argparse.Namespace, dsn: str) -> int:
+    try:
+        applied = apply_migrations(dsn, args.dir, target=args.target)
+    except (MigrationError, DatabaseUnavailable) as exc:
+        return _refuse(str(exc), EXIT_FAILED)
+    EventLog(secrets=[dsn_password(dsn)]).emit("migrate_finished", applied=applied)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    """Parse ``argv`` and run the command; returns the exit code (never raises SystemExit)."""
+    env = os.environ if environ is None else environ
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse's refusal (2) or --help (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    dsn = env.get(DB_URL_ENV, "").strip()
+    if not dsn:
+        return _refuse(f"{DB_URL_ENV} is not set: it must hold the database's libpq URI", EXIT_USAGE)
+    if args.command == "migrate":
+        return _migrate(args, dsn)
+    return _run(args, dsn, env)

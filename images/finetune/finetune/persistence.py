@@ -1,0 +1,410 @@
+"""PostgreSQL writes of the pod: idempotent upserts, one transaction per key, bounded retries.
+
+A key is ``(crypto, fold_id, cost_bps, slippage_bps)``; its model row and its three baselines are
+written in one transaction on the identical window, so a key is either complete or absent. Every
+write is an ``INSERT ... ON CONFLICT ... DO UPDATE``: a rerun of the same run and factor replaces
+its rows instead of duplicating them. Transient failures (connection lost, serialization failure,
+deadlock) are retried a bounded number of times with exponential backoff, then raised.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from finetune.baselines import BaselineResult
+
+T = TypeVar("T")
+
+RETRY_ATTEMPTS = 4
+RETRY_BASE_DELAY_SECONDS = 0.5
+# libpq's own connect timeout: an unreachable host must fail in seconds, not minutes.
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached after the retries; the message carries no secret."""
+
+
+# --- secrets -----------------------------------------------------------------------------------
+
+
+def dsn_password(dsn: str) -> str | None:
+    """The password held by a libpq URI or key=value string, if any."""
+    try:
+        return conninfo_to_dict(dsn).get("password") or None
+    except psycopg.ProgrammingError:
+        # An unparsable DSN: fall back to the URI form, which is what the pods receive.
+        return urlsplit(dsn).password
+
+
+def redact_dsn(dsn: str) -> str:
+    """The DSN with its password replaced by ``***`` (for messages that must name the target)."""
+    return scrub(dsn, dsn)
+
+
+def scrub(text: str, dsn: str) -> str:
+    """``text`` with any occurrence of the DSN's password replaced by ``***``."""
+    password = dsn_password(dsn)
+    if password:
+        text = text.replace(password, "***")
+    parts = urlsplit(text) if text.startswith(("postgres://", "postgresql://")) else None
+    if parts is not None and parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        text = urlunsplit(parts._replace(netloc=netloc))
+    return text
+
+
+def error_line(exc: BaseException, dsn: str | None = None) -> str:
+    """The error as one line (libpq messages span several), with the DSN's password scrubbed."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return scrub(text, dsn) if dsn else text
+
+
+# --- connections and retries -------------------------------------------------------------------
+
+
+def _is_transient(exc: psycopg.Error) -> bool:
+    """Connection loss and the serialization/deadlock rollbacks: retrying may succeed.
+
+    ``OperationalError`` covers the connection failures and, through ``TransactionRollback``,
+    serialization failures and deadlocks. Constraint violations or a trigger's ``RAISE`` are
+    not transient: retrying them would only delay a loud failure.
+    """
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def retry_transient(
+    operation: Callable[[], T],
+    *,
+    attempts: int | None = None,
+    base_delay: float | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``operation``; on a transient error retry up to ``attempts`` times in all, with backoff.
+
+    Defaults are read at call time (:data:`RETRY_ATTEMPTS`, :data:`RETRY_BASE_DELAY_SECONDS`).
+    """
+    attempts = RETRY_ATTEMPTS if attempts is None else attempts
+    base_delay = RETRY_BASE_DELAY_SECONDS if base_delay is None else base_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            return operation()
+        except psycopg.Error as exc:
+            if not _is_transient(exc) or attempt == attempts:
+                raise
+            sleep(base_delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
+def connect(dsn: str, *, autocommit: bool = False, attempts: int | None = None) -> psycopg.Connection:
+    """A connection, retrying transient failures; :class:`DatabaseUnavailable` after the last."""
+    try:
+        return retry_transient(
+            lambda: psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_SECONDS),
+            attempts=attempts,
+        )
+    except psycopg.OperationalError as exc:
+        raise DatabaseUnavailable(f"database unreachable ({redact_dsn(dsn)}): {error_line(exc, dsn)}") from exc
+
+
+# --- rows ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, order=True)
+class ResultKey:
+    """The cost basis of a model row and its baselines, short of the window."""
+
+    crypto: str
+    fold_id: int
+    cost_bps: int
+    slippage_bps: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "crypto": self.crypto,
+            "fold_id": self.fold_id,
+            "cost_bps": self.cost_bps,
+            "slippage_bps": self.slippage_bps,
+        }
+
+
+@dataclass(frozen=True)
+class Window:
+    """The test window: first and last test bar timestamps (inclusive) and the bar count."""
+
+    test_start: datetime
+    test_end: datetime
+    n_bars: int
+
+
+@dataclass(frozen=True)
+class ModelRow:
+    variant: str
+    model_hyperparams: Mapping[str, Any]
+    feature_hash: str
+    net_return: float
+    sharpe: float | None
+    max_drawdown: float | None
+    n_trades: int
+
+
+_UPSERT_RESULT = """
+INSERT INTO finetune_results (
+    run_id, factor, strategy, variant, crypto, fold_id, cost_bps, slippage_bps,
+    test_start, test_end, n_bars, model_hyperparams, feature_hash,
+    net_return, sharpe, max_drawdown, n_trades
+) VALUES (
+    %(run_id)s, %(factor)s, %(strategy)s, %(variant)s, %(crypto)s, %(fold_id)s, %(cost_bps)s,
+    %(slippage_bps)s, %(test_start)s, %(test_end)s, %(n_bars)s, %(model_hyperparams)s,
+    %(feature_hash)s, %(net_return)s, %(sharpe)s, %(max_drawdown)s, %(n_trades)s
+)
+ON CONFLICT ON CONSTRAINT uq_finetune_result DO UPDATE SET
+    strategy = EXCLUDED.strategy,
+    test_start = EXCLUDED.test_start,
+    test_end = EXCLUDED.test_end,
+    n_bars = EXCLUDED.n_bars,
+    model_hyperparams = EXCLUDED.model_hyperparams,
+    feature_hash = EXCLUDED.feature_hash,
+    net_return = EXCLUDED.net_return,
+    sharpe = EXCLUDED.sharpe,
+    max_drawdown = EXCLUDED.max_drawdown,
+    n_trades = EXCLUDED.n_trades,
+    updated_at = now()
+"""
+
+_UPSERT_BASELINE = """
+INSERT INTO finetune_baselines (
+    run_id, factor, strategy, baseline_type, crypto, fold_id, cost_bps, slippage_bps,
+    test_start, test_end, n_bars, net_return, n_trades, n_seeds, hold_bars, return_std
+) VALUES (
+    %(run_id)s, %(factor)s, %(strategy)s, %(baseline_type)s, %(crypto)s, %(fold_id)s,
+    %(cost_bps)s, %(slippage_bps)s, %(test_start)s, %(test_end)s, %(n_bars)s, %(net_return)s,
+    %(n_trades)s, %(n_seeds)s, %(hold_bars)s, %(return_std)s
+)
+ON CONFLICT ON CONSTRAINT uq_finetune_baseline DO UPDATE SET
+    test_start = EXCLUDED.test_start,
+    test_end = EXCLUDED.test_end,
+    n_bars = EXCLUDED.n_bars,
+    net_return = EXCLUDED.net_return,
+    n_trades = EXCLUDED.n_trades,
+    n_seeds = EXCLUDED.n_seeds,
+    hold_bars = EXCLUDED.hold_bars,
+    return_std = EXCLUDED.return_std,
+    updated_at = now()
+"""
+
+# The model rows of a run and factor with the number of baseline types that sit on the very same
+# window: a key is complete when its model row is on the planned window with all three.
+_KEY_STATE = """
+SELECT r.crypto, r.fold_id, r.cost_bps, r.slippage_bps, r.test_start, r.test_end, r.n_bars,
+       count(DISTINCT b.baseline_type) AS n_baselines
+FROM finetune_results AS r
+LEFT JOIN finetune_baselines AS b
+       ON b.run_id = r.run_id AND b.factor = r.factor AND b.strategy = r.strategy
+      AND b.crypto = r.crypto AND b.fold_id = r.fold_id
+      AND b.cost_bps = r.cost_bps AND b.slippage_bps = r.slippage_bps
+      AND b.test_start = r.test_start AND b.test_end = r.test_end AND b.n_bars = r.n_bars
+WHERE r.run_id = %(run_id)s AND r.factor = %(factor)s AND r.strategy = %(strategy)s
+  AND r.variant = %(variant)s
+GROUP BY r.crypto, r.fold_id, r.cost_bps, r.slippage_bps, r.test_start, r.test_end, r.n_bars
+"""
+
+
+class Store:
+    """The pod's connection to PostgreSQL and its writes, each a retried transaction.
+
+    :param dsn: libpq URI (``FINETUNE_DB_URL``).
+    :param run_id: the sweep run.
+    :param factor: the factor this pod runs.
+    """
+
+    def __init__(self, dsn: str, *, run_id: str, factor: str) -> None:
+        self.dsn = dsn
+        self.run_id = run_id
+        self.factor = factor
+        self._conn: psycopg.Connection | None = connect(dsn)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _transaction(self, work: Callable[[psycopg.Connection], T]) -> T:
+        """Run ``work`` in one transaction, reconnecting and retrying on transient failures."""
+
+        def attempt() -> T:
+            if self._conn is None or self._conn.closed or self._conn.broken:
+                self._conn = psycopg.connect(self.dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+            with self._conn.transaction():
+                return work(self._conn)
+
+        return retry_transient(attempt)
+
+    def register_run(self, *, strategy: str, as_of: datetime, params: Mapping[str, Any], dag_id: str | None) -> None:
+        """Create the run row unless the DAG's ``register`` step already did (its row wins)."""
+        self._transaction(
+            lambda conn: conn.execute(
+                "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
+                (self.run_id, dag_id, strategy, as_of, json.dumps(dict(params))),
+            )
+        )
+
+    def mark_running(self, *, attempt: int, profile: str | None, memory_limit_bytes: int | None) -> None:
+        """The factor starts (again): clears the previous attempt's peak and exit reason."""
+        self._transaction(
+            lambda conn: conn.execute(
+                """
+                INSERT INTO finetune_run_factors
+                    (run_id, factor, profile, status, memory_limit_bytes, attempt, updated_at)
+                VALUES (%s, %s, %s, 'running', %s, %s, now())
+                ON CONFLICT (run_id, factor) DO UPDATE SET
+                    status = 'running',
+                    profile = COALESCE(EXCLUDED.profile, finetune_run_factors.profile),
+                    memory_limit_bytes = COALESCE(EXCLUDED.memory_limit_bytes,
+                                                  finetune_run_factors.memory_limit_bytes),
+                    attempt = EXCLUDED.attempt,
+                    peak_memory_bytes = NULL,
+                    exit_reason = NULL,
+                    updated_at = now()
+                """,
+                (self.run_id, self.factor, profile, memory_limit_bytes, attempt),
+            )
+        )
+
+    def finish(
+        self,
+        *,
+        status: str,
+        attempt: int,
+        profile: str | None,
+        memory_limit_bytes: int | None,
+        peak_memory_bytes: int | None,
+        exit_reason: str,
+        duration_seconds: float,
+    ) -> None:
+        """Record the outcome on the manifest and in the per-attempt history, in one transaction."""
+
+        def work(conn: psycopg.Connection) -> None:
+            conn.execute(
+                """
+                UPDATE finetune_run_factors
+                SET status = %s, peak_memory_bytes = %s, exit_reason = %s,
+                    memory_limit_bytes = COALESCE(%s, memory_limit_bytes), updated_at = now()
+                WHERE run_id = %s AND factor = %s
+                """,
+                (status, peak_memory_bytes, exit_reason, memory_limit_bytes, self.run_id, self.factor),
+            )
+            conn.execute(
+                """
+                INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,
+                    peak_memory_bytes, exit_reason, duration_seconds, finished_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
+                ON CONFLICT (run_id, factor, attempt) DO UPDATE SET
+                    profile = EXCLUDED.profile,
+                    memory_limit_bytes = EXCLUDED.memory_limit_bytes,
+                    peak_memory_bytes = EXCLUDED.peak_memory_bytes,
+                    exit_reason = EXCLUDED.exit_reason,
+                    duration_seconds = EXCLUDED.duration_seconds,
+                    finished_at = EXCLUDED.finished_at
+                """,
+                (
+                    self.run_id,
+                    self.factor,
+                    attempt,
+                    profile,
+                    memory_limit_bytes,
+                    peak_memory_bytes,
+                    exit_reason,
+                    duration_seconds,
+                ),
+            )
+
+        self._transaction(work)
+
+    def persist_key(
+        self,
+        *,
+        strategy: str,
+        key: ResultKey,
+        window: Window,
+        model: ModelRow,
+        baselines: Sequence[BaselineResult],
+    ) -> None:
+        """Upsert the key's model row and its baselines in one transaction, on one window."""
+        common = {
+            "run_id": self.run_id,
+            "factor": self.factor,
+            "strategy": strategy,
+            **key.as_dict(),
+            "test_start": window.test_start,
+            "test_end": window.test_end,
+            "n_bars": window.n_bars,
+        }
+        model_params = {
+            **common,
+            "variant": model.variant,
+            "model_hyperparams": json.dumps(dict(model.model_hyperparams), sort_keys=True),
+            "feature_hash": model.feature_hash,
+            "net_return": model.net_return,
+            "sharpe": model.sharpe,
+            "max_drawdown": model.max_drawdown,
+            "n_trades": model.n_trades,
+        }
+        baseline_params = [
+            {
+                **common,
+                "baseline_type": b.baseline_type,
+                "net_return": b.net_return,
+                "n_trades": b.n_trades,
+                "n_seeds": b.n_seeds,
+                "hold_bars": b.hold_bars,
+                "return_std": b.return_std,
+            }
+            for b in baselines
+        ]
+
+        def work(conn: psycopg.Connection) -> None:
+            conn.execute(_UPSERT_RESULT, model_params)
+            with conn.cursor() as cur:
+                cur.executemany(_UPSERT_BASELINE, baseline_params)
+
+        self._transaction(work)
+
+    def incomplete_keys(
+        self, *, strategy: str, variant: str, planned: Mapping[ResultKey, Window], n_baseline_types: int
+    ) -> list[ResultKey]:
+        """The planned keys lacking their model row or a baseline on the planned window."""
+        rows = self._transaction(
+            lambda conn: conn.execute(
+                _KEY_STATE,
+                {"run_id": self.run_id, "factor": self.factor, "strategy": strategy, "variant": variant},
+            ).fetchall()
+        )
+        complete = {
+            ResultKey(crypto, fold_id, cost_bps, slippage_bps)
+            for crypto, fold_id, cost_bps, slippage_bps, start, end, n_bars, n_baselines in rows
+            if n_baselines == n_baseline_types
+            and planned.get(ResultKey(crypto, fold_id, cost_bps, slippage_bps)) == Window(start, end, n_bars)
+        }
+        return sorted(key for key in planned if key not in complete)
+
+
+def keys_as_dicts(keys: Iterable[ResultKey]) -> list[dict[str, Any]]:
+    """JSON-ready form of keys, for events and error lines."""
+    return [key.as_dict() for key in keys]

