@@ -1,0 +1,101 @@
+"""
+# finetune_sweep
+
+Fine-tunes one model per **factor** on Kubernetes (one pod per factor, sized by the sizing map)
+and guarantees that every model row has its three **same-basis baselines** (buy-and-hold, random,
+naive: same crypto, fold window and cost basis).
+
+`plan` (validate params, resolve profiles; no I/O) -> `migrate` (pod: `python -m finetune migrate`)
+-> `register` (upsert the run and its factor manifest) -> `run_factor` (one pod per factor; an
+OOMKilled pod is retried one profile up) -> `check_baselines` (SQL gate: fails the run, listing
+the problems, when a factor is not done or a model row or baseline is missing or off-basis)
+-> `report` (model vs baselines, sizing recommendations).
+
+`as_of` is the run's data interval end (scheduled: the weekly tick; `dags test`: the logical
+date; manual: the trigger time recorded on the run), so every retry sees the same windows. The
+finetune run id is `finetune_sweep__<as_of>__<params hash>`: rerunning the same sweep upserts.
+Settings: `FINETUNE_POD_BACKEND` (`kubernetes`|`local`), `FINETUNE_PROFILES` / `FINETUNE_SIZING`
+(JSON, read by `plan` at run time), connection `finetune_db`.
+"""
+
+from __future__ import annotations
+
+# This file shares its name with the finetune_sweep package in plugins/. Airflow puts plugins/ on
+# sys.path when it starts and the DAG folder only later (and imports DAG files under a private
+# module name), so `import finetune_sweep` finds the package; never put dags/ ahead of plugins/.
+
+from datetime import timedelta
+
+import pendulum
+from airflow.providers.common.sql.sensors.sql import SqlSensor
+from airflow.sdk import dag, get_current_context, task
+
+from finetune_sweep import gate, planning, sizing
+from finetune_sweep.operator import FactorPodOperator
+from finetune_sweep.pods import common_pod_kwargs, resources_for, to_resource_requirements
+from finetune_sweep.settings import get_settings
+
+SETTINGS = get_settings()
+# Partial arguments are rendered (mapped XCom values are not): the tag comes from the param.
+IMAGE = SETTINGS.image_repository + ":{{ params.image }}"
+# One retry per step up the profile ladder; the operator fails any non-OOM error without retry.
+OOM_RETRIES = len(sizing.PROFILE_ORDER) - 1
+MIGRATE_PROFILE = sizing.PodProfile("MIGRATE", "512Mi", "250m")
+
+
+@dag(
+    dag_id="finetune_sweep",
+    description="Fine-tune one pod per factor; a SQL gate guarantees every model row its same-basis baselines",
+    schedule="@weekly",
+    start_date=pendulum.datetime(2026, 1, 4, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["finetune", "kubernetes", "ml"],
+    params=planning.build_params(image_tag=SETTINGS.image_tag),
+    default_args={"owner": "quant-ml", "retries": 0},
+)
+def finetune_sweep():
+    @task
+    def plan() -> list[dict]:
+        return planning.plan_from_context(get_current_context())
+
+    @task
+    def register(entries: list[dict]) -> dict:
+        return planning.register_from_context(entries, get_current_context())
+
+    @task
+    def report() -> None:
+        from finetune_sweep.report import report_from_context
+
+        report_from_context(get_current_context())
+
+    common = common_pod_kwargs(image=IMAGE, settings=SETTINGS)
+    planned = plan()
+    migrate = FactorPodOperator(
+        task_id="migrate",
+        name="finetune-migrate",
+        arguments=["migrate"],
+        labels={"app.kubernetes.io/name": "finetune-sweep", "app.kubernetes.io/component": "migrate"},
+        container_resources=to_resource_requirements(resources_for(MIGRATE_PROFILE)),
+        ladder=False,
+        **common,
+    )
+    registered = register(planned)
+    run_factor = FactorPodOperator.partial(
+        task_id="run_factor",
+        retries=OOM_RETRIES,
+        retry_delay=timedelta(seconds=SETTINGS.retry_delay_seconds),
+        map_index_template="{{ task.factor }}",
+        **common,
+    ).expand_kwargs(planned)
+    check_baselines = SqlSensor(task_id="check_baselines", **gate.gate_sensor_kwargs(conn_id=SETTINGS.conn_id))
+    summary = report()
+
+    planned >> migrate >> registered >> run_factor >> check_baselines
+    # report is the only leaf and needs both: a failed gate *or* a failed factor pod leaves it
+    # upstream_failed, which fails the run (a failed non-leaf task alone would not).
+    [run_factor, check_baselines] >> summary
+
+
+finetune_sweep()

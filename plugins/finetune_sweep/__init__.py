@@ -1,0 +1,1 @@
+"""Airflow-side package of finetune-sweep: settings, sizing, pod pieces, planning, gate, pod backends."""

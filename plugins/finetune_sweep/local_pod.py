@@ -1,0 +1,761 @@
+"""Local pod backend: run one pod's base container as a local process (DESIGN section 7).
+
+This is an **emulation of the kubelet for one container**, for development and CI, not a container
+runtime. Given the very ``V1Pod`` that the KubernetesPodOperator would submit, it:
+
+- runs the first container's ``command`` + ``args`` (``python`` is this interpreter,
+  ``sys.executable``, so the editable-installed ``finetune`` package of the Airflow venv is used);
+  ``$(VAR)`` references are expanded like the kubelet does;
+- builds that container's environment: literal values, ``fieldRef`` (``metadata.name``,
+  ``metadata.namespace``, labels/annotations), ``resourceFieldRef`` (``limits.memory`` is the
+  container's memory limit in bytes, as the downward API gives it) and the ``secretKeyRef`` of the
+  database Secret, resolved from the Airflow connection ``finetune_db``; any other Secret or
+  ConfigMap reference is refused with a clear error (there is no API server to read it from);
+- enforces the container's memory limit: a memory cgroup where the machine allows it (cgroup v1
+  ``memory.limit_in_bytes``, or cgroup v2 ``memory.max``), so the kernel kills the process past its
+  limit exactly as in a pod; otherwise a watchdog thread polls the resident memory of the process
+  tree and SIGKILLs it past the limit (best effort: it samples, the kernel does not);
+- streams stdout/stderr lines into the given logger as they come, parses the runner's JSON events
+  (``pod_usage`` carries the pod's own peak) and reports the outcome the way a kubelet reports a
+  terminated container: exit code, ``OOMKilled`` / ``Error`` / ``Completed``.
+
+Not emulated: images (the local checkout is the image), volumes, probes, security contexts,
+init and sidecar containers, networking. Secret values never reach a log line: the environment is
+never logged and every streamed line is redacted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping
+
+    from kubernetes.client import models as k8s
+
+__all__ = [
+    "LocalPodError",
+    "LocalPodResult",
+    "LocalPodRunner",
+    "run_pod_locally",
+    "redact",
+]
+
+LOG = logging.getLogger(__name__)
+
+CGROUP_V1_MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
+CGROUP_V2_ROOT = Path("/sys/fs/cgroup")
+
+# What a container gets from its image rather than from the pod spec: enough to run a process on
+# this machine. Everything else of the Airflow worker's environment (its connections, secrets,
+# config) stays out, as it would in a pod.
+DEFAULT_INHERITED_ENV = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+)
+
+Enforcement = Literal["auto", "cgroup", "watchdog", "none"]
+Reason = Literal["Completed", "Error", "OOMKilled"]
+
+_DSN_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+_ENV_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+class LocalPodError(RuntimeError):
+    """The pod spec cannot be run locally (unsupported reference, missing command, no cgroup)."""
+
+
+@dataclass(frozen=True)
+class LocalPodResult:
+    """How the emulated container terminated.
+
+    :param exit_code: the container's exit code; 137 (128 + SIGKILL) when killed.
+    :param oom_killed: whether the memory limit killed it (kernel OOM kill or watchdog).
+    :param peak_memory_bytes: peak memory of the container (cgroup peak, else the watchdog's
+        highest sample, else the runner's own ``pod_usage`` report); None when unknown.
+    :param memory_limit_bytes: the enforced limit, None when the container has none.
+    :param seconds: wall time from start to exit.
+    :param reason: the kubelet's terminated reason: ``Completed``, ``Error`` or ``OOMKilled``.
+    :param enforcement: how the limit was enforced: ``cgroup-v1``, ``cgroup-v2``, ``watchdog``
+        or ``none``.
+    :param pod_usage: the runner's last ``pod_usage`` event, if any.
+    :param log_tail: the last output lines (redacted), for error messages.
+    :param events: the last JSON event of each name the container printed (redacted).
+    """
+
+    exit_code: int
+    oom_killed: bool
+    peak_memory_bytes: int | None
+    memory_limit_bytes: int | None
+    seconds: float
+    reason: Reason
+    enforcement: str = "none"
+    pod_usage: dict[str, Any] | None = None
+    log_tail: tuple[str, ...] = field(default_factory=tuple)
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def succeeded(self) -> bool:
+        """Whether the container completed with exit code 0."""
+        return self.reason == "Completed"
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Hide secret values and URI passwords in ``text``.
+
+    :param text: a log line or message.
+    :param secrets: literal values to replace with ``***`` (e.g. a resolved DSN).
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _DSN_PASSWORD.sub(r"\g<head>***@", text)
+
+
+# --------------------------------------------------------------------------- pod spec -> process
+
+
+def _memory_limit_bytes(container: k8s.V1Container) -> int | None:
+    from finetune_sweep.sizing import parse_quantity
+
+    resources = container.resources
+    limits = (resources.limits if resources is not None else None) or {}
+    quantity = limits.get("memory")
+    return None if quantity is None else parse_quantity(str(quantity))
+
+
+def _physical_memory_bytes() -> int:
+    # Without a limit the downward API reports the node's allocatable memory.
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _resource_field_value(container: k8s.V1Container, ref: k8s.V1ResourceFieldSelector) -> str:
+    """The downward API value of ``resourceFieldRef`` (memory in bytes, cpu in cores, ceiling)."""
+    from finetune_sweep.sizing import parse_quantity
+
+    kind, _, resource = ref.resource.partition(".")
+    resources = container.resources
+    values = (getattr(resources, kind, None) if resources is not None else None) or {}
+    if resource == "memory":
+        raw = values.get("memory")
+        amount = parse_quantity(str(raw)) if raw is not None else _physical_memory_bytes()
+        divisor = parse_quantity(str(ref.divisor)) if ref.divisor else 1
+        return str(-(-amount // divisor))
+    if resource == "cpu":
+        raw = values.get("cpu")
+        # cpu quantities are fractional ("500m"): compute in millicores
+        millis = _cpu_millis(str(raw)) if raw is not None else 1000 * (os.cpu_count() or 1)
+        divisor = _cpu_millis(str(ref.divisor)) if ref.divisor else 1000
+        return str(-(-millis // divisor))
+    raise LocalPodError(f"resourceFieldRef {ref.resource!r} is not supported by the local pod backend")
+
+
+def _cpu_millis(quantity: str) -> int:
+    if quantity.endswith("m"):
+        return int(quantity[:-1])
+    return int(float(quantity) * 1000)
+
+
+def _field_value(pod: k8s.V1Pod, path: str) -> str:
+    """The downward API value of ``fieldRef.fieldPath`` for this (local) pod."""
+    meta = pod.metadata
+    simple = {
+        "metadata.name": meta.name,
+        "metadata.namespace": meta.namespace,
+        "metadata.uid": meta.uid or "",
+        "spec.nodeName": os.uname().nodename,
+        "spec.serviceAccountName": (pod.spec.service_account_name or "default"),
+        "status.hostIP": "127.0.0.1",
+        "status.podIP": "127.0.0.1",
+    }
+    if path in simple:
+        return simple[path] or ""
+    match = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
+    if match:
+        mapping = getattr(meta, match.group(1)) or {}
+        return str(mapping.get(match.group(2), ""))
+    raise LocalPodError(f"fieldRef {path!r} is not supported by the local pod backend")
+
+
+def _expand(value: str, env: Mapping[str, str]) -> str:
+    """Expand ``$(VAR)`` from the variables defined so far; ``$$`` escapes, unknown stays as is."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return _ENV_REFERENCE.sub(replace, value)
+
+
+def build_container_env(
+    pod: k8s.V1Pod,
+    container: k8s.V1Container,
+    *,
+    resolve_secret: Callable[[str, str], str],
+) -> dict[str, str]:
+    """The environment the kubelet would give ``container`` (pod-spec part only).
+
+    :param pod: the pod (for ``fieldRef``).
+    :param container: the container whose ``env`` is resolved, in order.
+    :param resolve_secret: ``(secret name, key) -> value``; raises :class:`LocalPodError` for a
+        Secret it cannot serve.
+    """
+    if container.env_from:
+        raise LocalPodError(
+            f"container {container.name!r} uses envFrom, which the local pod backend cannot resolve; "
+            "use env entries (value / secretKeyRef of the database Secret) instead"
+        )
+    env: dict[str, str] = {}
+    for var in container.env or []:
+        source = var.value_from
+        if source is None:
+            env[var.name] = _expand(var.value or "", env)
+        elif source.secret_key_ref is not None:
+            ref = source.secret_key_ref
+            env[var.name] = resolve_secret(ref.name, ref.key)
+        elif source.field_ref is not None:
+            env[var.name] = _field_value(pod, source.field_ref.field_path)
+        elif source.resource_field_ref is not None:
+            env[var.name] = _resource_field_value(container, source.resource_field_ref)
+        else:
+            raise LocalPodError(
+                f"env var {var.name!r}: only value, secretKeyRef (database Secret), fieldRef and "
+                "resourceFieldRef are supported by the local pod backend"
+            )
+    return env
+
+
+def build_argv(container: k8s.V1Container, env: Mapping[str, str], *, python: str) -> list[str]:
+    """``command`` + ``args`` with ``$(VAR)`` expanded; ``python``/``python3`` is ``python``.
+
+    :param container: the container to run.
+    :param env: its environment (for ``$(VAR)`` expansion).
+    :param python: the interpreter that stands in for the image's ``python``.
+    """
+    command = list(container.command or [])
+    if not command:
+        raise LocalPodError(
+            f"container {container.name!r} has no command: the local pod backend cannot know the "
+            "image's entrypoint; set cmds=['python', '-m', 'finetune']"
+        )
+    argv = [_expand(str(part), env) for part in (*command, *(container.args or []))]
+    if argv[0] in {"python", "python3"}:
+        argv[0] = python
+    return argv
+
+
+# --------------------------------------------------------------------------- memory enforcement
+
+
+class _Cgroup:
+    """A memory cgroup for one container; subclasses know the v1 / v2 file names."""
+
+    kind = "cgroup"
+    limit_file = ""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def procs_file(self) -> Path:
+        return self.path / "cgroup.procs"
+
+    def set_limit(self, limit: int) -> None:
+        (self.path / self.limit_file).write_text(str(limit))
+
+    def oom_kills(self) -> int:
+        raise NotImplementedError
+
+    def peak(self) -> int | None:
+        raise NotImplementedError
+
+    def pids(self) -> list[int]:
+        try:
+            return [int(line) for line in self.procs_file.read_text().split()]
+        except FileNotFoundError:
+            return []
+
+    def remove(self, *, timeout: float = 10.0) -> None:
+        """Kill what is left in the group (the kubelet does), then remove it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            pids = self.pids()
+            for pid in pids:
+                _kill(pid)
+            if not pids:
+                try:
+                    self.path.rmdir()
+                    return
+                except FileNotFoundError:
+                    return
+                except OSError as exc:  # EBUSY while the kernel finishes tearing a task down
+                    if time.monotonic() > deadline:
+                        LOG.warning("could not remove cgroup %s: %s", self.path, exc)
+                        return
+            elif time.monotonic() > deadline:
+                LOG.warning("cgroup %s still holds pids %s after %.0fs", self.path, pids, timeout)
+                return
+            time.sleep(0.05)
+
+
+class _CgroupV1(_Cgroup):
+    kind = "cgroup-v1"
+    limit_file = "memory.limit_in_bytes"
+
+    def set_limit(self, limit: int) -> None:
+        super().set_limit(limit)
+        memsw = self.path / "memory.memsw.limit_in_bytes"
+        # memory+swap = memory: no swapping past the limit (kubelet default, no swap for pods)
+        if memsw.exists():
+            memsw.write_text(str(limit))
+
+    def oom_kills(self) -> int:
+        return _read_key(self.path / "memory.oom_control", "oom_kill")
+
+    def peak(self) -> int | None:
+        return int((self.path / "memory.max_usage_in_bytes").read_text())
+
+
+class _CgroupV2(_Cgroup):
+    kind = "cgroup-v2"
+    limit_file = "memory.max"
+
+    def set_limit(self, limit: int) -> None:
+        super().set_limit(limit)
+        swap = self.path / "memory.swap.max"
+        if swap.exists():
+            swap.write_text("0")
+
+    def oom_kills(self) -> int:
+        return _read_key(self.path / "memory.events", "oom_kill")
+
+    def peak(self) -> int | None:
+        peak = self.path / "memory.peak"  # kernel >= 5.19
+        return int(peak.read_text()) if peak.exists() else None
+
+
+def _read_key(path: Path, key: str) -> int:
+    for line in path.read_text().splitlines():
+        name, _, value = line.partition(" ")
+        if name == key:
+            return int(value)
+    return 0
+
+
+def create_cgroup(*, name: str, v1_root: Path = CGROUP_V1_MEMORY_ROOT, v2_root: Path = CGROUP_V2_ROOT) -> _Cgroup:
+    """Create a memory cgroup ``name`` (v1 memory controller first, else v2 with memory enabled).
+
+    :param name: the child group's directory name.
+    :param v1_root: mount of the v1 memory controller.
+    :param v2_root: mount of the unified (v2) hierarchy.
+    :raises LocalPodError: when no writable memory controller is available.
+    """
+    problems: list[str] = []
+    if (v1_root / "memory.limit_in_bytes").exists() or (v1_root / "memory.stat").exists():
+        try:
+            (v1_root / name).mkdir()
+            return _CgroupV1(v1_root / name)
+        except OSError as exc:
+            problems.append(f"{v1_root}: {exc.strerror}")
+    controllers = v2_root / "cgroup.controllers"
+    if controllers.exists() and "memory" in controllers.read_text().split():
+        try:
+            subtree = v2_root / "cgroup.subtree_control"
+            if "memory" not in subtree.read_text().split():
+                subtree.write_text("+memory")
+            (v2_root / name).mkdir()
+            group = _CgroupV2(v2_root / name)
+            if not (group.path / "memory.max").exists():
+                group.path.rmdir()
+                raise LocalPodError(f"{v2_root}: memory controller not delegated to {name}")
+            return group
+        except OSError as exc:
+            problems.append(f"{v2_root}: {exc.strerror}")
+    raise LocalPodError("no writable memory cgroup (" + ("; ".join(problems) or "no memory controller") + ")")
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _tree_pids(root: int) -> list[int]:
+    """``root`` and its live descendants, from /proc (no psutil needed)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+        except OSError:  # the process exited while we scanned
+            continue
+        # the comm field may contain spaces and parentheses: ppid follows the last ')'
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    pids, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        pids.append(pid)
+        stack.extend(children.get(pid, ()))
+    return pids
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:  # exited: holds no memory any more
+        return 0
+    return 0  # a zombie has no VmRSS line
+
+
+class _Watchdog(threading.Thread):
+    """Poll the resident memory of a process tree; SIGKILL the tree past the limit.
+
+    Sampling cannot stop an allocation between two polls, so a fast allocator can overshoot the
+    limit before it is killed: the kernel (cgroup) is the real enforcement, this is the fallback.
+    """
+
+    def __init__(self, pid: int, *, limit: int | None, interval: float = 0.02) -> None:
+        super().__init__(name=f"local-pod-watchdog-{pid}", daemon=True)
+        self.pid = pid
+        self.limit = limit
+        self.interval = interval
+        self.peak = 0
+        self.killed = False
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            pids = _tree_pids(self.pid)
+            usage = sum(_rss_bytes(pid) for pid in pids)
+            self.peak = max(self.peak, usage)
+            if self.limit is not None and usage > self.limit:
+                self.killed = True
+                for pid in pids:
+                    _kill(pid)
+                return
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+# --------------------------------------------------------------------------- the runner
+
+
+class LocalPodRunner:
+    """Run the base container of one pod as a local process (see the module docstring).
+
+    :param pod: the V1Pod the KubernetesPodOperator would submit (``build_pod_request_obj(...,
+        dry_run=True)``).
+    :param dsn: the database DSN that stands for the database Secret; resolved lazily from the
+        Airflow connection ``conn_id`` when None and the pod asks for it.
+    :param log: where output lines and lifecycle messages go (the task logger).
+    :param db_secret: ``(secret name, key)`` of the database Secret; None: the Secret key that
+        the container's ``FINETUNE_DB_URL`` refers to.
+    :param conn_id: Airflow connection that holds the database.
+    :param container_name: the container to run (default: the first one, the KPO's ``base``).
+    :param enforcement: ``auto`` (cgroup, else watchdog), ``cgroup``, ``watchdog`` or ``none``.
+    :param python: interpreter standing in for the image's ``python``.
+    :param inherit_env: names of this process's variables that the container inherits (what an
+        image would provide: PATH, HOME, locale ...).
+    :param cgroup_v1_root: mount of the v1 memory controller (tests point elsewhere).
+    :param cgroup_v2_root: mount of the unified hierarchy.
+    """
+
+    def __init__(
+        self,
+        pod: k8s.V1Pod,
+        *,
+        dsn: str | None = None,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+        db_secret: tuple[str, str] | None = None,
+        conn_id: str = "finetune_db",
+        container_name: str | None = None,
+        enforcement: Enforcement = "auto",
+        python: str = sys.executable,
+        inherit_env: Iterable[str] = DEFAULT_INHERITED_ENV,
+        cgroup_v1_root: Path = CGROUP_V1_MEMORY_ROOT,
+        cgroup_v2_root: Path = CGROUP_V2_ROOT,
+    ) -> None:
+        self.pod = pod
+        self.log = log or LOG
+        self._dsn = dsn
+        self.db_secret = db_secret
+        self.conn_id = conn_id
+        self.container = self._container(container_name)
+        self.enforcement = enforcement
+        self.python = python
+        self.inherit_env = tuple(inherit_env)
+        self.cgroup_v1_root = cgroup_v1_root
+        self.cgroup_v2_root = cgroup_v2_root
+        self._secrets: list[str] = []
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _container(self, name: str | None) -> k8s.V1Container:
+        containers = self.pod.spec.containers or []
+        if not containers:
+            raise LocalPodError(f"pod {self.pod.metadata.name} has no container")
+        if name is None:
+            return containers[0]
+        for container in containers:
+            if container.name == name:
+                return container
+        raise LocalPodError(f"pod {self.pod.metadata.name} has no container {name!r}")
+
+    # -- secrets
+
+    def _resolve_secret(self, name: str, key: str) -> str:
+        if not self._is_db_secret(name, key):
+            raise LocalPodError(
+                f"secretKeyRef {name}/{key}: the local pod backend resolves only the database Secret "
+                f"(from the Airflow connection {self.conn_id!r}); other Secrets have no local source"
+            )
+        if self._dsn is None:
+            from finetune_sweep.db import dsn_from_connection
+
+            self._dsn = dsn_from_connection(self.conn_id)
+        from finetune.persistence import dsn_password
+
+        # the password alone leaks as easily as the whole URI (e.g. in a libpq error message)
+        for secret in (self._dsn, dsn_password(self._dsn)):
+            if secret and secret not in self._secrets:
+                self._secrets.append(secret)
+                _mask_in_airflow_logs(secret)
+        return self._dsn
+
+    def _is_db_secret(self, name: str, key: str) -> bool:
+        if self.db_secret is not None:
+            return (name, key) == self.db_secret
+        # No explicit Secret given: the one the container's FINETUNE_DB_URL points at is the database.
+        for var in self.container.env or []:
+            ref = var.value_from.secret_key_ref if var.value_from is not None else None
+            if var.name == "FINETUNE_DB_URL" and ref is not None:
+                return (ref.name, ref.key) == (name, key)
+        return False
+
+    # -- lifecycle
+
+    def run(self) -> LocalPodResult:
+        """Start the container, stream its output, wait, enforce, clean up; return the outcome."""
+        from finetune_sweep.sizing import format_bytes
+
+        env = {name: os.environ[name] for name in self.inherit_env if name in os.environ}
+        # the kubelet sets HOSTNAME to the pod name
+        env["HOSTNAME"] = self.pod.metadata.name or "local-pod"
+        env.update(build_container_env(self.pod, self.container, resolve_secret=self._resolve_secret))
+        command = build_argv(self.container, env, python=self.python)
+        limit = _memory_limit_bytes(self.container)
+        cgroup = self._cgroup(limit)
+        enforcement = cgroup.kind if cgroup else ("watchdog" if self.enforcement != "none" else "none")
+        argv = command
+        if cgroup is not None:
+            # write our own pid into the group, then exec: the container process is limited from
+            # its first instruction, and no preexec_fn runs in a multi-threaded parent
+            argv = ["/bin/sh", "-c", 'echo $$ > "$0" || exit 125; exec "$@"', str(cgroup.procs_file), *command]
+        self.log.info(
+            "local pod %s: running container %r (%s, memory limit %s, enforcement %s)",
+            self.pod.metadata.name,
+            self.container.name,
+            redact(" ".join(command), self._secrets),
+            format_bytes(limit),
+            enforcement,
+        )
+        started = time.monotonic()
+        watchdog: _Watchdog | None = None
+        tail: deque[str] = deque(maxlen=20)
+        events: dict[str, dict[str, Any]] = {}
+        try:
+            self._process = process = subprocess.Popen(
+                argv,
+                env=env,
+                cwd=self._working_dir(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                # a session of its own: the whole tree can be signalled, like a pid namespace
+                start_new_session=True,
+            )
+            if cgroup is None and enforcement == "watchdog":
+                watchdog = _Watchdog(process.pid, limit=limit)
+                watchdog.start()
+            readers = [
+                threading.Thread(
+                    target=self._pump, args=(stream, label, tail, events), daemon=True, name=f"local-pod-{label}"
+                )
+                for stream, label in ((process.stdout, "stdout"), (process.stderr, "stderr"))
+            ]
+            for reader in readers:
+                reader.start()
+            returncode = process.wait()
+            seconds = time.monotonic() - started
+            # the container's main process is gone: the kubelet tears down everything left in it
+            _killpg(process.pid)
+            for reader in readers:
+                reader.join(timeout=5)
+            oom_kills = cgroup.oom_kills() if cgroup else 0
+            peak = cgroup.peak() if cgroup else None
+        finally:
+            if watchdog is not None:
+                watchdog.stop()
+                watchdog.join(timeout=5)
+            if self._process is not None and self._process.poll() is None:
+                # interrupted (task killed or timed out): take the container down with us
+                _killpg(self._process.pid)
+                self._process.wait()
+            if cgroup is not None:
+                cgroup.remove()
+        if watchdog is not None:
+            peak = watchdog.peak
+        pod_usage = events.get("pod_usage")
+        if peak is None and pod_usage:
+            peak = _int_or_none(pod_usage.get("peak_memory_bytes"))
+        # a signalled process exits with 128 + signal in a container (SIGKILL: 137)
+        exit_code = returncode if returncode >= 0 else 128 - returncode
+        oom_killed = oom_kills > 0 or (watchdog is not None and watchdog.killed)
+        if oom_killed:
+            reason: Reason = "OOMKilled"
+        elif exit_code == 0:
+            reason = "Completed"
+        else:
+            reason = "Error"
+        result = LocalPodResult(
+            exit_code=exit_code,
+            oom_killed=oom_killed,
+            peak_memory_bytes=peak,
+            memory_limit_bytes=limit,
+            seconds=round(seconds, 3),
+            reason=reason,
+            enforcement=enforcement,
+            pod_usage=pod_usage,
+            log_tail=tuple(tail),
+            events=events,
+        )
+        self.log.info(
+            "local pod %s terminated: reason=%s exit_code=%s peak=%s limit=%s seconds=%.1f",
+            self.pod.metadata.name,
+            reason,
+            exit_code,
+            format_bytes(peak),
+            format_bytes(limit),
+            seconds,
+        )
+        return result
+
+    def _working_dir(self) -> str | None:
+        working_dir = self.container.working_dir
+        if working_dir and Path(working_dir).is_dir():
+            return working_dir
+        if working_dir:
+            self.log.info("workingDir %s does not exist locally; using %s", working_dir, os.getcwd())
+        return None
+
+    def _cgroup(self, limit: int | None) -> _Cgroup | None:
+        if self.enforcement in {"watchdog", "none"}:
+            return None
+        name = f"finetune-{uuid.uuid4().hex[:12]}"
+        try:
+            group = create_cgroup(name=name, v1_root=self.cgroup_v1_root, v2_root=self.cgroup_v2_root)
+        except LocalPodError as exc:
+            if self.enforcement == "cgroup":
+                raise
+            self.log.warning("%s; enforcing the memory limit with a resident-memory watchdog", exc)
+            return None
+        if limit is not None:
+            try:
+                group.set_limit(limit)
+            except OSError:
+                group.remove()
+                raise
+        return group
+
+    def _pump(
+        self,
+        stream: Any,
+        label: str,
+        tail: deque[str],
+        events: dict[str, dict[str, Any]],
+    ) -> None:
+        """Log each line as it comes (redacted); keep JSON events by name."""
+        for raw in iter(stream.readline, b""):
+            line = redact(raw.decode("utf-8", errors="replace").rstrip("\n"), self._secrets)
+            tail.append(line)
+            self.log.info("[%s] %s", label, line)
+            if line.startswith("{"):
+                try:
+                    event = json.loads(line)
+                except ValueError:  # a log line that merely starts with a brace
+                    continue
+                if isinstance(event, dict) and isinstance(event.get("event"), str):
+                    events[event["event"]] = event
+        stream.close()
+
+    def kill(self) -> None:
+        """Kill the container's process tree (Airflow's on_kill)."""
+        if self._process is not None and self._process.poll() is None:
+            _killpg(self._process.pid)
+
+
+def _killpg(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _mask_in_airflow_logs(secret: str) -> None:
+    # Register with Airflow's masker too, so that a secret echoed anywhere else in the task
+    # (not only our streamed lines) is hidden. Outside Airflow the local redaction suffices.
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:
+        return
+    mask_secret(secret)
+
+
+def _int_or_none(value: Any) -> int | None:
+    return int(value) if isinstance(value, (int, float)) else None
+
+
+def run_pod_locally(
+    pod: k8s.V1Pod,
+    *,
+    dsn: str | None = None,
+    log: logging.Logger | logging.LoggerAdapter | None = None,
+    **options: Any,
+) -> LocalPodResult:
+    """Run ``pod``'s base container locally, as a kubelet would run it (see the module docstring).
+
+    :param pod: the V1Pod the KubernetesPodOperator would submit.
+    :param dsn: the value of the database Secret; None: resolved from the ``finetune_db``
+        connection when the pod references it.
+    :param log: the task logger.
+    :param options: further :class:`LocalPodRunner` keyword arguments.
+    """
+    return LocalPodRunner(pod, dsn=dsn, log=log, **options).run()

@@ -1,0 +1,415 @@
+"""The sweep's params (schema, run-time validation), the plan (one pod per factor) and registration.
+
+The same JSON schemas serve twice: as ``Param`` objects for the trigger form (and the trigger-time
+check of REST/CLI conf), and again inside ``plan`` at run time, because a run can start with conf
+that never met the form (an old REST client, ``dags test --conf``, a cleared run). ``plan`` also
+refuses unknown conf keys, which Airflow accepts silently, and turns 10.0 into 10.
+
+Run identity: the finetune ``run_id`` is ``<dag_id>__<as_of>__<hash of the validated params>``,
+e.g. ``finetune_sweep__2026-06-07T00:00:00Z__1a2b3c4d``. It is stable across task retries and
+clears, and a rerun of the same sweep (same as-of, same params: a cleared run, or a second
+``airflow dags test`` at the same logical date, whose Airflow run id embeds the wall clock) is the
+same finetune run, so its writes upsert instead of piling up. Different params give a different
+run. Pod labels carry a label-safe form of it (``pods.label_value``). ``as_of`` is the run's data
+interval end (design section 5: never the wall clock).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from finetune_sweep import pods, sizing
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context, Param
+
+STRATEGY = "ridge_long_flat"
+SYMBOL_PATTERN = r"^[A-Z0-9]{2,10}$"
+# Docker tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
+IMAGE_TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+DEFAULT_IMAGE_TAG = "0.1.0"
+# Pod-side defaults of finetune.folds (DEFAULT_TRAIN_BARS / DEFAULT_TEST_BARS): hourly bars.
+DEFAULT_TRAIN_BARS = 24 * 180
+DEFAULT_TEST_BARS = 24 * 30
+
+
+def _bps_list(default: list[int], title: str, description: str) -> dict[str, Any]:
+    return {
+        "default": default,
+        "title": title,
+        "description": description,
+        "schema": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": 1000},
+            "minItems": 1,
+            "maxItems": 10,
+            "uniqueItems": True,
+        },
+        "allowed": "a non-empty list of distinct integers from 0 to 1000 (basis points)",
+    }
+
+
+def _integer(default: int, minimum: int, maximum: int, title: str, description: str) -> dict[str, Any]:
+    return {
+        "default": default,
+        "title": title,
+        "description": description,
+        "schema": {"type": "integer", "minimum": minimum, "maximum": maximum},
+        "allowed": f"an integer from {minimum} to {maximum}",
+    }
+
+
+def _param_specs(known_factors: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Name -> default, title, description, JSON schema and an "allowed" text for error messages."""
+    factors = list(known_factors)
+    return {
+        "factors": {
+            "default": factors,
+            "title": "Factors",
+            "description": "Feature families to fine-tune: one pod per factor, sized by the sizing map.",
+            "schema": {
+                "type": "array",
+                "items": {"type": "string", "enum": factors},
+                "minItems": 1,
+                "uniqueItems": True,
+            },
+            # The trigger form renders a multi-select only with examples (its pick list).
+            "form": {"examples": factors},
+            "allowed": f"a non-empty list of distinct factors from: {', '.join(factors)}",
+        },
+        "cryptos": {
+            "default": ["BTC", "ETH", "SOL"],
+            "title": "Cryptos",
+            "description": "Symbols, 2-10 upper-case letters or digits (one per line).",
+            "schema": {
+                "type": "array",
+                "items": {"type": "string", "pattern": SYMBOL_PATTERN},
+                "minItems": 1,
+                "maxItems": 50,
+                "uniqueItems": True,
+            },
+            "allowed": "a non-empty list of distinct symbols matching ^[A-Z0-9]{2,10}$",
+        },
+        "cost_bps": _bps_list([10, 15, 30], "Cost (bps)", "Trading cost levels per side, in basis points."),
+        "slippage_bps": _bps_list([0], "Slippage (bps)", "Slippage levels per side, in basis points."),
+        "n_folds": _integer(4, 1, 24, "Walk-forward folds", "Number of walk-forward folds (fold 0 is the oldest)."),
+        "n_seeds": _integer(100, 1, 10_000, "Random-baseline seeds", "Seeds of the random baseline."),
+        "hold_bars": _integer(24, 1, 24 * 30, "Hold bars", "Holding period of the random baseline and label horizon."),
+        "train_bars": _integer(DEFAULT_TRAIN_BARS, 48, 24 * 365 * 5, "Train bars", "Training window per fold (bars)."),
+        "test_bars": _integer(DEFAULT_TEST_BARS, 24, 24 * 365, "Test bars", "Test window per fold (bars)."),
+        "image": {
+            "default": DEFAULT_IMAGE_TAG,
+            "title": "Image tag",
+            "description": "Tag of the pinned finetune image (the repository is fixed by the deployment).",
+            "schema": {"type": "string", "pattern": IMAGE_TAG_PATTERN},
+            "allowed": "an image tag matching " + IMAGE_TAG_PATTERN,
+        },
+    }
+
+
+PARAM_NAMES: tuple[str, ...] = tuple(_param_specs(tuple(sizing.SIZING_MAP)))
+
+
+class PlanError(ValueError):
+    """Params or sizing overrides that cannot be planned; the message names the param."""
+
+
+def default_params(*, image_tag: str | None = None) -> dict[str, Any]:
+    """The default value of every param (a fresh copy).
+
+    :param image_tag: the default image tag (default: :data:`DEFAULT_IMAGE_TAG`).
+    """
+    params = {name: copy.deepcopy(spec["default"]) for name, spec in _param_specs(tuple(sizing.SIZING_MAP)).items()}
+    if image_tag:
+        params["image"] = image_tag
+    return params
+
+
+def build_params(*, image_tag: str | None = None) -> dict[str, Param]:
+    """The DAG's ``Param`` objects (trigger form + trigger-time validation).
+
+    :param image_tag: the default image tag, e.g. ``Settings.image_tag``.
+    """
+    from airflow.sdk import Param
+
+    params = {}
+    for name, spec in _param_specs(tuple(sizing.SIZING_MAP)).items():
+        default = copy.deepcopy(spec["default"])
+        if name == "image" and image_tag:
+            default = image_tag
+        params[name] = Param(
+            default,
+            description=spec["description"],
+            title=spec["title"],
+            **spec["schema"],
+            **spec.get("form", {}),
+        )
+    return params
+
+
+def validate_params(params: Mapping[str, Any], *, known_factors: Sequence[str] | None = None) -> dict[str, Any]:
+    """Validate run params at run time and return them normalised (defaults filled, ints as int).
+
+    :param params: the run's params (declared params plus any conf keys).
+    :param known_factors: factors that may be planned (default: the sizing map's).
+    :raises PlanError: naming the first bad param and what is allowed.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    specs = _param_specs(tuple(known_factors or sizing.SIZING_MAP))
+    unknown = sorted(str(key) for key in params if key not in specs)
+    if unknown:
+        raise PlanError(f"unknown param(s) {', '.join(map(repr, unknown))}; allowed params: {', '.join(specs)}")
+    result: dict[str, Any] = {}
+    for name, spec in specs.items():
+        value = params[name] if name in params else copy.deepcopy(spec["default"])
+        error = best_match(Draft202012Validator(spec["schema"]).iter_errors(value))
+        if error is not None:
+            where = "".join(f"[{p}]" for p in error.absolute_path)
+            raise PlanError(f"param {name!r}{where}: {error.message}; allowed: {spec['allowed']}")
+        result[name] = _normalise(value)
+    return result
+
+
+def _normalise(value: Any) -> Any:
+    # JSON Schema counts 10.0 as an integer; the pod's argument parser does not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    return value
+
+
+def format_as_of(moment: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SSZ`` in UTC (whole seconds: bars are far coarser).
+
+    :param moment: an aware datetime.
+    """
+    if moment.tzinfo is None:
+        raise PlanError(f"as_of must be timezone-aware, got {moment!r}")
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def as_of_from_context(context: Mapping[str, Any]) -> str:
+    """The run's as-of: its data interval end, else its logical date, else its ``run_after``.
+
+    Never the wall clock: a scheduled run ends its interval at the schedule tick, ``dags test``
+    at the logical date it is given, and a manual trigger at its recorded trigger time, so every
+    task of a run (and any re-run of it) sees the same as-of.
+
+    :param context: the task context.
+    """
+    dag_run = context.get("dag_run")
+    for moment in (
+        context.get("data_interval_end"),
+        context.get("logical_date"),
+        getattr(dag_run, "run_after", None),
+    ):
+        if moment is not None:
+            return format_as_of(moment)
+    raise PlanError("the dag run has no data interval end, logical date or run_after to take as_of from")
+
+
+def finetune_run_id(*, dag_id: str, as_of: str, params: Mapping[str, Any]) -> str:
+    """The finetune run id of a sweep: DAG, as-of and a hash of its validated params.
+
+    :param dag_id: the DAG id.
+    :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
+    :param params: the validated params (:func:`validate_params`; defaults filled, so an omitted
+        param and its default give the same id).
+    """
+    canonical = json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
+    return f"{dag_id}__{as_of}__{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
+
+
+def run_id_from_context(context: Mapping[str, Any]) -> str:
+    """The finetune run id of the running DAG run (``plan``, ``register`` and ``report`` agree).
+
+    :param context: the task context.
+    :raises PlanError: invalid params or no as-of.
+    """
+    return finetune_run_id(
+        dag_id=context["dag"].dag_id,
+        as_of=as_of_from_context(context),
+        params=validate_params(dict(context["params"])),
+    )
+
+
+def plan_pods(
+    params: Mapping[str, Any],
+    *,
+    run_id: str,
+    as_of: str,
+    profiles_json: str | None = None,
+    sizing_json: str | None = None,
+    data_uri: str | None = None,
+) -> list[dict[str, Any]]:
+    """One ``expand_kwargs`` entry per requested factor (see ``pods.factor_pod_kwargs``).
+
+    :param params: the run params (validated here).
+    :param run_id: the finetune run id.
+    :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
+    :param profiles_json: ``FINETUNE_PROFILES`` (read at run time by the caller).
+    :param sizing_json: ``FINETUNE_SIZING`` (read at run time by the caller).
+    :param data_uri: ``--data-uri`` for every pod, or None for the pod's default.
+    :raises PlanError: bad params or bad overrides.
+    """
+    try:
+        profiles = sizing.load_profiles(profiles_json)
+        sizing_map = sizing.load_sizing(sizing_json)
+    except sizing.SizingError as err:
+        raise PlanError(str(err)) from None
+    valid = validate_params(params, known_factors=tuple(sizing_map))
+    run_args = {
+        "cryptos": valid["cryptos"],
+        "cost_bps": valid["cost_bps"],
+        "slippage_bps": valid["slippage_bps"],
+        "as_of": as_of,
+        "n_folds": valid["n_folds"],
+        "n_seeds": valid["n_seeds"],
+        "hold_bars": valid["hold_bars"],
+        "train_bars": valid["train_bars"],
+        "test_bars": valid["test_bars"],
+        "data_uri": data_uri,
+    }
+    return [
+        pods.factor_pod_kwargs(
+            factor=factor,
+            profile=sizing.profile_for(factor, sizing=sizing_map, profiles=profiles),
+            run_id=run_id,
+            run_args=run_args,
+        )
+        for factor in valid["factors"]
+    ]
+
+
+def plan_from_context(context: Context) -> list[dict[str, Any]]:
+    """The ``plan`` task: validate, resolve profiles (overrides read now), one entry per factor.
+
+    :param context: the task context.
+    :raises AirflowFailException: bad params or overrides (no retry can fix them).
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from finetune_sweep.settings import get_settings, sizing_overrides
+
+    profiles_json, sizing_json = sizing_overrides()
+    try:
+        entries = plan_pods(
+            dict(context["params"]),
+            run_id=run_id_from_context(context),
+            as_of=as_of_from_context(context),
+            profiles_json=profiles_json,
+            sizing_json=sizing_json,
+            data_uri=get_settings().data_uri,
+        )
+    except PlanError as err:
+        raise AirflowFailException(f"invalid sweep: {err}") from None
+    for entry in entries:
+        print(
+            f"planned {entry['factor']}: profile {entry['profile']}, "
+            f"memory {entry['container_resources']['limits']['memory']}, args {' '.join(entry['arguments'])}"
+        )
+    return entries
+
+
+UPSERT_RUN_SQL = """
+INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params)
+VALUES (%(run_id)s, %(dag_id)s, %(strategy)s, %(as_of)s, %(params)s)
+ON CONFLICT (run_id) DO UPDATE
+SET dag_id = EXCLUDED.dag_id, strategy = EXCLUDED.strategy, as_of = EXCLUDED.as_of, params = EXCLUDED.params
+"""
+
+# A re-registration (the run was cleared) starts the factor afresh: the manifest says "planned"
+# until its pod reports again, so the gate cannot pass on a previous attempt's status.
+UPSERT_FACTOR_SQL = """
+INSERT INTO finetune_run_factors (run_id, factor, profile, status, memory_limit_bytes, attempt)
+VALUES (%(run_id)s, %(factor)s, %(profile)s, 'planned', %(memory_limit_bytes)s, 1)
+ON CONFLICT (run_id, factor) DO UPDATE
+SET profile = EXCLUDED.profile, status = 'planned', memory_limit_bytes = EXCLUDED.memory_limit_bytes,
+    attempt = 1, peak_memory_bytes = NULL, exit_reason = NULL, updated_at = now()
+"""
+
+
+def register_run(
+    dsn: str,
+    *,
+    run_id: str,
+    dag_id: str,
+    as_of: str,
+    params: Mapping[str, Any],
+    entries: Sequence[Mapping[str, Any]],
+) -> None:
+    """Upsert the run and its manifest (one ``planned`` row per factor), in one transaction.
+
+    :param dsn: libpq URI of the finetune database.
+    :param run_id: the finetune run id.
+    :param dag_id: the DAG id.
+    :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
+    :param params: the validated params (stored as jsonb; the gate derives the expected keys).
+    :param entries: the plan's entries (factor, profile, container_resources).
+    """
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    as_of_dt = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+    with psycopg.connect(dsn) as conn, conn.transaction():
+        conn.execute(
+            UPSERT_RUN_SQL,
+            {
+                "run_id": run_id,
+                "dag_id": dag_id,
+                "strategy": STRATEGY,
+                "as_of": as_of_dt,
+                "params": Jsonb(dict(params)),
+            },
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                UPSERT_FACTOR_SQL,
+                [
+                    {
+                        "run_id": run_id,
+                        "factor": entry["factor"],
+                        "profile": entry["profile"],
+                        "memory_limit_bytes": sizing.parse_quantity(entry["container_resources"]["limits"]["memory"]),
+                    }
+                    for entry in entries
+                ],
+            )
+
+
+def register_from_context(entries: Sequence[Mapping[str, Any]], context: Context) -> dict[str, Any]:
+    """The ``register`` task: upsert the run and manifest from the plan's entries.
+
+    :param entries: the output of ``plan``.
+    :param context: the task context.
+    """
+    from finetune_sweep.db import dsn_from_connection
+    from finetune_sweep.settings import get_settings
+
+    params = validate_params(dict(context["params"]))
+    run_id = run_id_from_context(context)
+    as_of = as_of_from_context(context)
+    register_run(
+        dsn_from_connection(get_settings().conn_id),
+        run_id=run_id,
+        dag_id=context["dag"].dag_id,
+        as_of=as_of,
+        params=params,
+        entries=entries,
+    )
+    summary = {
+        "run_id": run_id,
+        "airflow_run_id": context["run_id"],
+        "as_of": as_of,
+        "factors": [e["factor"] for e in entries],
+    }
+    print("registered " + json.dumps(summary))
+    return summary

@@ -1,0 +1,318 @@
+"""Pod spec pieces shared by every finetune pod: resources, labels, env and secrets, security.
+
+``common_pod_kwargs`` goes to ``FactorPodOperator.partial(...)`` (and to ``migrate``);
+``factor_pod_kwargs`` builds one ``expand_kwargs`` entry per factor. The per-factor entries travel
+through XCom, so they hold only JSON values (``container_resources`` as a plain dict, turned into
+``V1ResourceRequirements`` before the pod is built, see :func:`to_resource_requirements`).
+
+``python -m finetune_sweep.pods render --factor F [--run-id R] [--output json|yaml]`` prints the
+manifest that would be submitted for a factor, camelCase like ``kubectl get -o yaml``, built
+offline by the KubernetesPodOperator itself (``build_pod_request_obj(dry_run=True)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kubernetes.client import models as k8s
+
+    from finetune_sweep.settings import Settings
+    from finetune_sweep.sizing import PodProfile
+
+CONTAINER_UID = 10001
+MEMORY_LIMIT_ENV = "FINETUNE_MEMORY_LIMIT_BYTES"
+DB_URL_ENV = "FINETUNE_DB_URL"
+# Label keys: the recommended app.kubernetes.io set plus the sweep's own dimensions.
+LABEL_FACTOR = "finetune/factor"
+LABEL_PROFILE = "finetune/profile"
+LABEL_RUN_ID = "finetune/run-id"
+
+# The order of the options after ``run`` (design 4.1); each maps a run_args key to its flag.
+RUN_ARG_ORDER = (
+    "cryptos",
+    "cost_bps",
+    "slippage_bps",
+    "as_of",
+    "n_folds",
+    "n_seeds",
+    "hold_bars",
+    "train_bars",
+    "test_bars",
+    "data_uri",
+)
+
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_MAX = 63
+
+
+def label_value(value: str) -> str:
+    """A valid Kubernetes label value for ``value``: itself when valid, else sanitised + hash.
+
+    Invalid characters become ``-`` and the value is trimmed; a changed value gets a short hash of
+    the original so that two run ids that sanitise alike stay distinct.
+
+    :param value: any string (e.g. ``manual__2026-06-07T00:00:00+00:00``).
+    """
+    if len(value) <= _LABEL_MAX and _LABEL_VALUE.match(value):
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[:8]
+    cleaned = re.sub(r"[^-A-Za-z0-9_.]+", "-", value)
+    cleaned = cleaned[: _LABEL_MAX - len(digest) - 1].strip("-_.")
+    return f"{cleaned}-{digest}" if cleaned else digest
+
+
+def dns_name(value: str) -> str:
+    """A DNS-1123 name fragment (lower case, ``-`` for anything else), e.g. ``base-features``.
+
+    :param value: e.g. a factor name.
+    """
+    return re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")[:50] or "pod"
+
+
+def resources_for(profile: PodProfile) -> dict[str, dict[str, str]]:
+    """Container resources of a profile: memory request = limit, a cpu request, no cpu limit.
+
+    Request = limit makes the pod Guaranteed for memory: it is placed only where its limit fits
+    and is the last to be evicted. No cpu limit: CFS throttling slows a numpy job without
+    protecting anything.
+
+    :param profile: the pod profile.
+    """
+    return {
+        "requests": {"memory": profile.memory, "cpu": profile.cpu},
+        "limits": {"memory": profile.memory},
+    }
+
+
+def to_resource_requirements(
+    resources: Mapping[str, Mapping[str, str]] | k8s.V1ResourceRequirements,
+) -> k8s.V1ResourceRequirements:
+    """``container_resources`` as ``V1ResourceRequirements`` (it arrives as a dict through XCom).
+
+    :param resources: ``{"requests": {...}, "limits": {...}}`` or already the model.
+    """
+    from kubernetes.client import models as k8s
+
+    if isinstance(resources, k8s.V1ResourceRequirements):
+        return resources
+    return k8s.V1ResourceRequirements(
+        requests=dict(resources.get("requests") or {}) or None,
+        limits=dict(resources.get("limits") or {}) or None,
+    )
+
+
+def pod_labels(*, factor: str, profile: str, run_id: str) -> dict[str, str]:
+    """Labels of a factor pod; every value is label-safe (<= 63 chars, valid characters).
+
+    :param factor: the factor.
+    :param profile: the profile name (stored in lower case, like the node pool label).
+    :param run_id: the finetune run id (the Airflow run id; sanitised here).
+    """
+    return {
+        "app.kubernetes.io/name": "finetune-sweep",
+        "app.kubernetes.io/component": "factor",
+        LABEL_FACTOR: label_value(factor),
+        LABEL_PROFILE: label_value(profile.lower()),
+        LABEL_RUN_ID: label_value(run_id),
+    }
+
+
+def db_secret(settings: Settings | None = None) -> Any:
+    """The database URI as an env var from the Kubernetes Secret named in the settings.
+
+    :param settings: the settings (default: the process settings).
+    """
+    from airflow.providers.cncf.kubernetes.secret import Secret
+
+    from finetune_sweep.settings import get_settings
+
+    settings = settings or get_settings()
+    return Secret("env", DB_URL_ENV, settings.db_secret_name, settings.db_secret_key)
+
+
+def common_pod_kwargs(*, image: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Operator kwargs shared by every finetune pod (for ``.partial(...)`` and ``migrate``).
+
+    :param image: the full image reference (``repository:tag``; may be a template such as
+        ``repo:{{ params.image }}`` since partial arguments are rendered).
+    :param settings: the settings (default: the process settings).
+    """
+    from kubernetes.client import models as k8s
+
+    from finetune_sweep.settings import get_settings
+
+    settings = settings or get_settings()
+    kwargs: dict[str, Any] = {
+        "namespace": settings.namespace,
+        "image": image,
+        "image_pull_policy": "IfNotPresent",
+        "cmds": ["python", "-m", "finetune"],
+        "secrets": [db_secret(settings)],
+        "env_vars": [
+            k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
+            # The root filesystem is read-only: anything that wants a home writes to /tmp.
+            k8s.V1EnvVar(name="HOME", value="/tmp"),
+        ],
+        # The pod reports its peak against the limit it really got (the downward API, not the plan).
+        "pod_runtime_info_envs": [
+            k8s.V1EnvVar(
+                name=MEMORY_LIMIT_ENV,
+                value_from=k8s.V1EnvVarSource(
+                    resource_field_ref=k8s.V1ResourceFieldSelector(resource="limits.memory", divisor="1")
+                ),
+            )
+        ],
+        "security_context": k8s.V1PodSecurityContext(
+            run_as_non_root=True,
+            run_as_user=CONTAINER_UID,
+            run_as_group=CONTAINER_UID,
+            fs_group=CONTAINER_UID,
+            seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+        ),
+        "container_security_context": k8s.V1SecurityContext(
+            read_only_root_filesystem=True,
+            allow_privilege_escalation=False,
+            run_as_non_root=True,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
+        # A disk-backed emptyDir (not medium=Memory, which would count against the memory limit).
+        "volumes": [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="2Gi"))],
+        "volume_mounts": [k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        "automount_service_account_token": False,
+        "on_finish_action": "delete_succeeded_pod",
+        "get_logs": True,
+        "log_events_on_failure": True,
+        # Heavy nodes may have to be scaled up and the image pulled before the pod starts.
+        "startup_timeout_seconds": 900,
+    }
+    if settings.service_account:
+        kwargs["service_account_name"] = settings.service_account
+    return kwargs
+
+
+def run_arguments(*, run_id: str, factor: str, run_args: Mapping[str, Any]) -> list[str]:
+    """The container args of ``python -m finetune run`` (design 4.1).
+
+    :param run_id: the finetune run id.
+    :param factor: the factor.
+    :param run_args: values keyed like :data:`RUN_ARG_ORDER` (lists are joined with commas;
+        None is left out).
+    """
+    unknown = sorted(set(run_args) - set(RUN_ARG_ORDER))
+    if unknown:
+        raise ValueError(f"unknown run argument(s): {', '.join(unknown)}")
+    args = ["run", "--run-id", run_id, "--factor", factor]
+    for key in RUN_ARG_ORDER:
+        value = run_args.get(key)
+        if value is None:
+            continue
+        text = ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        args += ["--" + key.replace("_", "-"), text]
+    return args
+
+
+def factor_pod_kwargs(
+    *, factor: str, profile: PodProfile, run_id: str, run_args: Mapping[str, Any]
+) -> dict[str, Any]:
+    """One ``expand_kwargs`` entry: the pod of one factor (JSON values only, it goes via XCom).
+
+    :param factor: the factor.
+    :param profile: the profile it starts on (the operator moves it up after an OOM).
+    :param run_id: the finetune run id.
+    :param run_args: the run options, see :func:`run_arguments`.
+    """
+    return {
+        "factor": factor,
+        "profile": profile.name,
+        "name": f"finetune-{dns_name(factor)}",
+        "labels": pod_labels(factor=factor, profile=profile.name, run_id=run_id),
+        "container_resources": resources_for(profile),
+        "node_selector": dict(profile.node_selector),
+        "arguments": run_arguments(run_id=run_id, factor=factor, run_args=run_args),
+    }
+
+
+def render_manifest(
+    *, factor_kwargs: Mapping[str, Any], image: str, settings: Settings | None = None
+) -> dict[str, Any]:
+    """The camelCase pod manifest the KubernetesPodOperator would submit, built offline.
+
+    :param factor_kwargs: one entry of the plan (:func:`factor_pod_kwargs`).
+    :param image: the full image reference.
+    :param settings: the settings (default: the process settings).
+    """
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import ApiClient
+
+    kwargs = {**common_pod_kwargs(image=image, settings=settings), **factor_kwargs}
+    kwargs.pop("factor", None)
+    kwargs.pop("profile", None)
+    kwargs["container_resources"] = to_resource_requirements(kwargs["container_resources"])
+    operator = KubernetesPodOperator(task_id="run_factor", **kwargs)
+    # The operator logs "Building pod ..." to stdout; keep stdout for the manifest alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        pod = operator.build_pod_request_obj(None, dry_run=True)
+    return ApiClient().sanitize_for_serialization(pod)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m finetune_sweep.pods render --factor F [--run-id R] [--as-of T] [--output json|yaml]``.
+
+    Uses the DAG's default params, ``FINETUNE_PROFILES`` / ``FINETUNE_SIZING`` and the settings.
+
+    :param argv: the arguments (default: ``sys.argv[1:]``).
+    """
+    from finetune_sweep.planning import PlanError, default_params, plan_pods
+    from finetune_sweep.settings import get_settings, sizing_overrides
+
+    parser = argparse.ArgumentParser(prog="python -m finetune_sweep.pods")
+    sub = parser.add_subparsers(dest="command", required=True)
+    render = sub.add_parser("render", help="print the pod manifest of one factor (offline dry run)")
+    render.add_argument("--factor", required=True)
+    render.add_argument("--run-id", default="manual__render")
+    render.add_argument("--as-of", default="2026-01-04T00:00:00Z", help="ISO time (the run's data interval end)")
+    render.add_argument("--image-tag", help="tag instead of the pinned one (the DAG param image)")
+    render.add_argument("--output", choices=("json", "yaml"), default="yaml")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    params = default_params()
+    params["factors"] = [args.factor]
+    if args.image_tag:
+        params["image"] = args.image_tag
+    profiles_json, sizing_json = sizing_overrides()
+    try:
+        (entry,) = plan_pods(
+            params,
+            run_id=args.run_id,
+            as_of=args.as_of,
+            profiles_json=profiles_json,
+            sizing_json=sizing_json,
+            data_uri=settings.data_uri,
+        )
+    except PlanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    manifest = render_manifest(factor_kwargs=entry, image=settings.image_with_tag(params["image"]), settings=settings)
+    if args.output == "json":
+        print(json.dumps(manifest, indent=2, sort_keys=False))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(manifest, sort_keys=False), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run through the package module, so its classes are the ones every other module imports.
+    from finetune_sweep.pods import main as _main
+
+    sys.exit(_main())

@@ -1,0 +1,175 @@
+"""End-of-run report: model vs same-basis baselines per factor/crypto/cost, and the sizing table.
+
+Both tables are printed to the task log (the ``report`` task), so the answer to "did fine-tuning
+beat buy-and-hold at 30 bps?" and "is any factor close to its memory limit?" is one click away.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+# Baselines are joined on the model row's full basis: key, strategy and identical window.
+SUMMARY_SQL = """
+SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
+       count(*)::integer AS rows,
+       avg(m.net_return) AS model,
+       avg(bh.net_return) AS buy_and_hold,
+       avg(rnd.net_return) AS random,
+       avg(nv.net_return) AS naive,
+       count(*) FILTER (WHERE m.net_return > bh.net_return)::integer AS beats_buy_and_hold,
+       count(*) FILTER (WHERE bh.id IS NULL OR rnd.id IS NULL OR nv.id IS NULL)::integer AS missing_baselines
+FROM finetune_results AS m
+LEFT JOIN finetune_baselines AS bh
+    ON bh.baseline_type = 'buy_and_hold' AND bh.run_id = m.run_id AND bh.factor = m.factor
+   AND bh.strategy = m.strategy AND bh.crypto = m.crypto AND bh.fold_id = m.fold_id
+   AND bh.cost_bps = m.cost_bps AND bh.slippage_bps = m.slippage_bps
+   AND bh.test_start = m.test_start AND bh.test_end = m.test_end AND bh.n_bars = m.n_bars
+LEFT JOIN finetune_baselines AS rnd
+    ON rnd.baseline_type = 'random' AND rnd.run_id = m.run_id AND rnd.factor = m.factor
+   AND rnd.strategy = m.strategy AND rnd.crypto = m.crypto AND rnd.fold_id = m.fold_id
+   AND rnd.cost_bps = m.cost_bps AND rnd.slippage_bps = m.slippage_bps
+   AND rnd.test_start = m.test_start AND rnd.test_end = m.test_end AND rnd.n_bars = m.n_bars
+LEFT JOIN finetune_baselines AS nv
+    ON nv.baseline_type = 'naive' AND nv.run_id = m.run_id AND nv.factor = m.factor
+   AND nv.strategy = m.strategy AND nv.crypto = m.crypto AND nv.fold_id = m.fold_id
+   AND nv.cost_bps = m.cost_bps AND nv.slippage_bps = m.slippage_bps
+   AND nv.test_start = m.test_start AND nv.test_end = m.test_end AND nv.n_bars = m.n_bars
+WHERE m.run_id = %(run_id)s
+GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
+ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
+"""
+
+_COLUMNS = (
+    ("factor", "factor"),
+    ("crypto", "crypto"),
+    ("cost_bps", "cost"),
+    ("slippage_bps", "slip"),
+    ("rows", "rows"),
+    ("model", "model"),
+    ("buy_and_hold", "buy&hold"),
+    ("random", "random"),
+    ("naive", "naive"),
+    ("beats_buy_and_hold", "beats b&h"),
+)
+
+
+def _cell(key: str, value: Any, row: Mapping[str, Any]) -> str:
+    if value is None:
+        return "-"
+    if key in ("model", "buy_and_hold", "random", "naive"):
+        return "nan" if math.isnan(value) else f"{value:+.2%}"
+    if key == "beats_buy_and_hold":
+        return f"{value}/{row['rows']}"
+    return str(value)
+
+
+def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A fixed-width model-vs-baselines table (mean net returns over folds), one line per group.
+
+    :param rows: rows of :data:`SUMMARY_SQL` (as mappings).
+    """
+    if not rows:
+        return "no model rows for this run"
+    table = [tuple(title for _, title in _COLUMNS)]
+    table += [tuple(_cell(key, row.get(key), row) for key, _ in _COLUMNS) for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
+    lines = ["  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+             for line in table]
+    missing = sum(int(row.get("missing_baselines") or 0) for row in rows)
+    if missing:
+        lines.append(f"{missing} model row(s) lack a same-basis baseline (see check_baselines)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def fetch_summary(dsn: str, run_id: str) -> list[dict[str, Any]]:
+    """The summary rows of one run.
+
+    :param dsn: libpq URI of the finetune database.
+    :param run_id: the finetune run id.
+    """
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        return list(conn.execute(SUMMARY_SQL, {"run_id": run_id}).fetchall())
+
+
+def build_report(dsn: str, run_id: str, *, profiles_json: str | None = None, sizing_json: str | None = None) -> str:
+    """Both tables of the report as text.
+
+    :param dsn: libpq URI of the finetune database.
+    :param run_id: the finetune run id.
+    :param profiles_json: ``FINETUNE_PROFILES`` (current sizing of the recommendation table).
+    :param sizing_json: ``FINETUNE_SIZING``.
+    """
+    from finetune_sweep import sizing
+
+    summary = format_summary(fetch_summary(dsn, run_id))
+    recommendations = sizing.recommend(
+        sizing.fetch_history(dsn), sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json)
+    )
+    return (
+        f"Model vs same-basis baselines, run {run_id} (mean net return over folds)\n{summary}\n\n"
+        f"Sizing (all recorded pod attempts; flag = a peak above 80 % of its limit)\n"
+        f"{sizing.format_recommendations(recommendations)}"
+    )
+
+
+def report_from_context(context: Context) -> None:
+    """The ``report`` task: print the report of this run to the task log.
+
+    :param context: the task context.
+    """
+    from finetune_sweep.db import dsn_from_connection
+    from finetune_sweep.planning import run_id_from_context
+    from finetune_sweep.settings import get_settings, sizing_overrides
+
+    profiles_json, sizing_json = sizing_overrides()
+    print(
+        build_report(
+            dsn_from_connection(get_settings().conn_id),
+            run_id_from_context(context),
+            profiles_json=profiles_json,
+            sizing_json=sizing_json,
+        )
+    )
+
+
+FIND_RUN_SQL = """
+SELECT run_id FROM finetune_runs
+WHERE dag_id = %(dag_id)s AND as_of = %(as_of)s
+ORDER BY created_at DESC, run_id
+LIMIT 1
+"""
+
+
+def print_run_summary(*, dsn: str, dag_id: str, logical_date: str) -> None:
+    """Print the report of the run of ``dag_id`` whose as-of is ``logical_date`` (``make demo``).
+
+    ``dags test`` anchors a run at its logical date (the data interval end), so the as-of finds
+    the run without knowing Airflow's run id.
+
+    :param dsn: libpq URI of the finetune database.
+    :param dag_id: the DAG id.
+    :param logical_date: ISO time, e.g. ``2026-06-07T00:00:00+00:00``.
+    """
+    from datetime import datetime
+
+    import psycopg
+
+    from finetune_sweep.settings import sizing_overrides
+
+    as_of = datetime.fromisoformat(logical_date.replace("Z", "+00:00"))
+    with psycopg.connect(dsn) as conn:
+        exists = conn.execute("SELECT to_regclass('finetune_runs') IS NOT NULL").fetchone()
+        row = conn.execute(FIND_RUN_SQL, {"dag_id": dag_id, "as_of": as_of}).fetchone() if exists[0] else None
+    if row is None:
+        print(f"no finetune run of {dag_id} as of {logical_date} in the database")
+        return
+    profiles_json, sizing_json = sizing_overrides()
+    print(build_report(dsn, row[0], profiles_json=profiles_json, sizing_json=sizing_json))

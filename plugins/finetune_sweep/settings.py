@@ -1,0 +1,135 @@
+"""Settings of the Airflow side, read from the environment once, with defaults.
+
+Everything here is cheap and offline, so the DAG file may read it at parse time. The sizing
+overrides (``FINETUNE_PROFILES`` / ``FINETUNE_SIZING``) are deliberately *not* cached: ``plan``
+reads them at run time through :func:`sizing_overrides`, so a change takes effect on the next run
+without a DAG re-parse and a bad override fails a run, never the DAG import.
+
+Environment:
+
+``FINETUNE_POD_BACKEND``      ``kubernetes`` (default) or ``local`` (section 7 of the design)
+``FINETUNE_NAMESPACE``        namespace of the pods (default ``finetune``)
+``FINETUNE_IMAGE``            the image, ``repository[:tag]`` (default below); the DAG param
+                              ``image`` gives the tag of each run (its default: this tag, else
+                              ``0.1.0``), so every pod runs a pinned tag, never ``latest``
+``FINETUNE_DB_SECRET``        Kubernetes Secret holding the libpq URI (default ``finetune-db``)
+``FINETUNE_DB_SECRET_KEY``    key inside that Secret (default ``dsn``)
+``FINETUNE_CONN_ID``          Airflow connection of the gate and the local backend (``finetune_db``)
+``FINETUNE_SERVICE_ACCOUNT``  service account of the pods (default: the namespace default)
+``FINETUNE_DATA_URI``         optional ``--data-uri`` passed to every ``run`` pod
+``FINETUNE_RETRY_DELAY_SECONDS``  delay before an OOM retry of ``run_factor`` (default 10)
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DEFAULT_IMAGE = "ghcr.io/finetune-sweep/finetune:0.1.0"
+BACKENDS = ("kubernetes", "local")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the project cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The deployment settings of the Airflow side (see the module docstring for the variables)."""
+
+    pod_backend: str = "kubernetes"
+    namespace: str = "finetune"
+    image: str = DEFAULT_IMAGE
+    db_secret_name: str = "finetune-db"
+    db_secret_key: str = "dsn"
+    conn_id: str = "finetune_db"
+    service_account: str | None = None
+    data_uri: str | None = None
+    retry_delay_seconds: float = 10.0
+
+    @property
+    def image_repository(self) -> str:
+        """The image without its tag (a registry port such as ``host:5000/x`` is kept)."""
+        return split_image(self.image)[0]
+
+    @property
+    def image_tag(self) -> str:
+        """The tag of the pinned image (the default of the DAG param ``image``)."""
+        return split_image(self.image)[1]
+
+    def image_with_tag(self, tag: str) -> str:
+        """The pinned repository with another tag.
+
+        :param tag: the tag (already validated by the DAG param schema).
+        """
+        return f"{self.image_repository}:{tag}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from ``environ`` (default: ``os.environ``).
+
+        :param environ: the environment to read; tests pass a dict.
+        """
+        env = os.environ if environ is None else environ
+
+        def get(name: str, default: str | None) -> str | None:
+            value = env.get(name, "").strip()
+            return value or default
+
+        backend = (get("FINETUNE_POD_BACKEND", "kubernetes") or "kubernetes").lower()
+        if backend not in BACKENDS:
+            raise SettingsError(f"FINETUNE_POD_BACKEND={backend!r} is not one of {', '.join(BACKENDS)}")
+        image = get("FINETUNE_IMAGE", DEFAULT_IMAGE) or DEFAULT_IMAGE
+        split_image(image)  # refuse a malformed image early, with the variable named
+        delay_text = get("FINETUNE_RETRY_DELAY_SECONDS", None)
+        try:
+            retry_delay = float(delay_text) if delay_text is not None else cls.retry_delay_seconds
+        except ValueError:
+            retry_delay = -1.0
+        if not 0 <= retry_delay <= 3600:
+            raise SettingsError(f"FINETUNE_RETRY_DELAY_SECONDS={delay_text!r} must be seconds from 0 to 3600")
+        return cls(
+            pod_backend=backend,
+            namespace=get("FINETUNE_NAMESPACE", cls.namespace) or cls.namespace,
+            image=image,
+            db_secret_name=get("FINETUNE_DB_SECRET", cls.db_secret_name) or cls.db_secret_name,
+            db_secret_key=get("FINETUNE_DB_SECRET_KEY", cls.db_secret_key) or cls.db_secret_key,
+            conn_id=get("FINETUNE_CONN_ID", cls.conn_id) or cls.conn_id,
+            service_account=get("FINETUNE_SERVICE_ACCOUNT", None),
+            data_uri=get("FINETUNE_DATA_URI", None),
+            retry_delay_seconds=retry_delay,
+        )
+
+
+def split_image(image: str) -> tuple[str, str]:
+    """Split ``repository[:tag]``; without a tag, the tag is the default one (``0.1.0``).
+
+    :param image: e.g. ``ghcr.io/finetune-sweep/finetune:0.1.0`` or ``registry:5000/finetune``.
+    :raises SettingsError: a digest (the DAG param chooses tags) or an empty repository.
+    """
+    if "@" in image or not image.strip(":"):
+        raise SettingsError(f"FINETUNE_IMAGE={image!r} must be repository[:tag] (no digest)")
+    repository, sep, tag = image.rpartition(":")
+    # A colon inside the registry host (``host:5000/x``) is followed by a slash: not a tag.
+    if not sep or "/" in tag:
+        return image, DEFAULT_IMAGE.rpartition(":")[2]
+    if not repository or not tag:
+        raise SettingsError(f"FINETUNE_IMAGE={image!r} must be repository[:tag]")
+    return repository, tag
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once (``get_settings.cache_clear()`` in tests)."""
+    return Settings.from_env()
+
+
+def sizing_overrides(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:
+    """The raw ``FINETUNE_PROFILES`` and ``FINETUNE_SIZING`` JSON, read now (never cached).
+
+    :param environ: the environment to read (default: ``os.environ``).
+    """
+    env = os.environ if environ is None else environ
+    return env.get("FINETUNE_PROFILES") or None, env.get("FINETUNE_SIZING") or None

@@ -1,0 +1,187 @@
+"""`airflow dags test finetune_sweep` end to end, on the local pod backend and real PostgreSQL.
+
+Each test runs the real CLI in a subprocess (a fresh DagBag each time: `dag.test()` keeps params
+between calls on one DAG object) against its own fresh database, then reads the tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from finetune_sweep.db import connection_json_from_dsn
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+LOGICAL_DATE = "2026-06-07T00:00:00+00:00"
+SMALL_CONF = {
+    "factors": ["base_features", "l2_features"],
+    "cryptos": ["BTC", "ETH"],
+    "cost_bps": [10, 30],
+    "slippage_bps": [0],
+    "n_folds": 2,
+    "n_seeds": 20,
+    "hold_bars": 24,
+    "train_bars": 24 * 60,
+    "test_bars": 24 * 7,
+}
+# Local pods get modest limits (the cluster sizes are 8-24 GiB).
+SMALL_PROFILES = {"STANDARD": {"memory": "1536Mi"}, "MEDIUM": {"memory": "2Gi"}, "HEAVY": {"memory": "3Gi"}}
+
+
+@pytest.fixture(scope="session")
+def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated Airflow metadata database (SQLite) for every end-to-end run of the session."""
+    home = tmp_path_factory.mktemp("airflow-e2e")
+    env = _base_env(home)
+    done = subprocess.run([AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return home
+
+
+def _base_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FINETUNE_"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO_ROOT / "plugins"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+        FINETUNE_POD_BACKEND="local",
+        FINETUNE_PROFILES=json.dumps(SMALL_PROFILES),
+        FINETUNE_RETRY_DELAY_SECONDS="1",
+    )
+    return env
+
+
+def _dags_test(airflow_home: Path, dsn: str, conf: dict, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    env = _base_env(airflow_home)
+    env["AIRFLOW_CONN_FINETUNE_DB"] = connection_json_from_dsn(dsn)
+    env.update(extra_env)
+    return subprocess.run(
+        [AIRFLOW, "dags", "test", "finetune_sweep", LOGICAL_DATE, "-c", json.dumps(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+
+
+def _rows(dsn: str, sql: str, *params) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        # No parameters: pass None so that a literal % in the SQL is not read as a placeholder.
+        return conn.execute(sql, params or None).fetchall()
+
+
+def _scalar(dsn: str, sql: str, *params) -> object:
+    return _rows(dsn, sql, *params)[0][0]
+
+
+def _expected_keys(conf: dict) -> int:
+    return (
+        len(conf["factors"])
+        * len(conf["cryptos"])
+        * conf["n_folds"]
+        * len(conf["cost_bps"])
+        * len(conf["slippage_bps"])
+    )
+
+
+def test_complete_sweep_on_an_empty_database_succeeds(airflow_home: Path, empty_db: str) -> None:
+    done = _dags_test(airflow_home, empty_db, SMALL_CONF)
+    output = done.stdout + done.stderr
+
+    assert done.returncode == 0, output[-6000:]
+    keys = _expected_keys(SMALL_CONF)
+    assert _scalar(empty_db, "SELECT count(*) FROM finetune_results") == keys
+    assert _scalar(empty_db, "SELECT count(*) FROM finetune_baselines") == 3 * keys
+    statuses = _rows(empty_db, "SELECT factor, status FROM finetune_run_factors ORDER BY factor")
+    assert statuses == [("base_features", "done"), ("l2_features", "done")]
+    # The sweep is anchored at the run's data interval end, not at the wall clock.
+    as_of = _scalar(empty_db, "SELECT as_of FROM finetune_runs")
+    assert as_of.isoformat().startswith("2026-06-07T00:00:00")
+    assert "postgres@" not in output or "host=" not in output.split("postgres@", 1)[1][:80], "DSN leaked"
+
+
+def test_rerun_of_the_same_run_is_idempotent(airflow_home: Path, empty_db: str) -> None:
+    conf = {**SMALL_CONF, "factors": ["base_features"], "cryptos": ["SOL"]}
+    first = _dags_test(airflow_home, empty_db, conf)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-6000:]
+    counts = _scalar(empty_db, "SELECT (SELECT count(*) FROM finetune_results) * 1000 + count(*) FROM finetune_baselines")
+
+    second = _dags_test(airflow_home, empty_db, conf)
+
+    assert second.returncode == 0, (second.stdout + second.stderr)[-6000:]
+    again = _scalar(empty_db, "SELECT (SELECT count(*) FROM finetune_results) * 1000 + count(*) FROM finetune_baselines")
+    assert again == counts
+
+
+def test_a_failed_factor_pod_fails_the_run_and_the_gate_names_it(airflow_home: Path, migrated_db: str) -> None:
+    # Injected database fault: every write of l2_features' model rows is refused, so its pod exits
+    # non-zero having persisted nothing for that factor.
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE FUNCTION refuse_l2() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.factor = 'l2_features' THEN RAISE EXCEPTION 'injected fault for l2_features'; END IF;
+                RETURN NEW;
+            END $$;
+            CREATE TRIGGER refuse_l2 BEFORE INSERT ON finetune_results FOR EACH ROW EXECUTE FUNCTION refuse_l2();
+            """
+        )
+
+    done = _dags_test(airflow_home, migrated_db, SMALL_CONF)
+    output = done.stdout + done.stderr
+
+    assert done.returncode != 0, output[-6000:]
+    assert "DagRun failed" in output
+    gate_lines = [line for line in output.splitlines() if "l2_features" in line and "check_baselines" in output]
+    assert gate_lines, output[-6000:]
+    statuses = dict(_rows(migrated_db, "SELECT factor, status FROM finetune_run_factors"))
+    assert statuses["base_features"] == "done"
+    assert statuses["l2_features"] != "done"
+    # The healthy factor's keys are complete; the failed one's are absent, never half-written.
+    assert _scalar(migrated_db, "SELECT count(*) FROM finetune_results WHERE factor = 'l2_features'") == 0
+    assert _scalar(migrated_db, "SELECT count(*) FROM finetune_baselines WHERE factor = 'l2_features'") == 0
+
+
+def test_bad_params_fail_before_any_pod_and_write_nothing(airflow_home: Path, empty_db: str) -> None:
+    conf = {**SMALL_CONF, "cryptos": ["BTC'; DROP TABLE finetune_runs;--"]}
+
+    done = _dags_test(airflow_home, empty_db, conf)
+
+    assert done.returncode != 0
+    assert "cryptos" in (done.stdout + done.stderr)
+    tables = _scalar(empty_db, "SELECT count(*) FROM pg_tables WHERE tablename LIKE 'finetune_%'")
+    assert tables == 0, "no pod (not even migrate) may run on bad params"
+
+
+def test_oom_climbs_one_profile_and_the_run_succeeds(airflow_home: Path, empty_db: str) -> None:
+    # STANDARD shrunk below what a runner needs: the first attempt is OOMKilled by the enforced
+    # limit, the retry runs on MEDIUM and completes.
+    profiles = {"STANDARD": {"memory": "40Mi"}, "MEDIUM": {"memory": "2Gi"}, "HEAVY": {"memory": "3Gi"}}
+    conf = {**SMALL_CONF, "factors": ["base_features"], "cryptos": ["BTC"]}
+
+    done = _dags_test(airflow_home, empty_db, conf, FINETUNE_PROFILES=json.dumps(profiles))
+    output = done.stdout + done.stderr
+
+    assert done.returncode == 0, output[-6000:]
+    assert "OOMKilled" in output
+    attempts = _rows(
+        empty_db,
+        "SELECT attempt, profile, exit_reason FROM finetune_pod_attempts WHERE factor = 'base_features' ORDER BY attempt",
+    )
+    assert [(a[1], a[2]) for a in attempts][:1] == [("STANDARD", "OOMKilled")]
+    assert attempts[-1][1] == "MEDIUM"
+    row = _rows(empty_db, "SELECT status, profile, attempt FROM finetune_run_factors WHERE factor = 'base_features'")
+    assert row[0][0] == "done" and row[0][1] == "MEDIUM"

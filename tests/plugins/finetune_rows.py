@@ -1,0 +1,71 @@
+"""Rows of a finetune run written straight into a migrated database (gate and report tests)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import psycopg
+
+from finetune_sweep.gate import BASELINE_TYPES
+from finetune_sweep.planning import plan_pods, register_run, validate_params
+
+RUN_ID = "manual__2026-06-07T00:00:00+00:00"
+AS_OF = "2026-06-07T00:00:00Z"
+STRATEGY = "ridge_long_flat"
+PLAN = {"factors": ["base_features", "l2_features"], "cryptos": ["BTC", "ETH"], "cost_bps": [10, 30],
+        "slippage_bps": [0], "n_folds": 2}
+WINDOW_START = datetime(2026, 5, 1, tzinfo=timezone.utc)
+
+
+def window(fold_id: int) -> dict[str, Any]:
+    start = WINDOW_START + timedelta(days=7 * fold_id)
+    return {"test_start": start, "test_end": start + timedelta(hours=167), "n_bars": 168}
+
+
+def make_model_row(**overrides: Any) -> dict[str, Any]:
+    row = {"run_id": RUN_ID, "factor": "base_features", "strategy": STRATEGY, "crypto": "BTC", "fold_id": 0,
+           "cost_bps": 10, "slippage_bps": 0, **window(overrides.get("fold_id", 0)), "net_return": 0.01}
+    row.update(overrides)
+    row["variant"] = f"cost{row['cost_bps']}_slip{row['slippage_bps']}"
+    return row
+
+
+def make_baseline_row(baseline_type: str, model: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    row = {key: model[key] for key in ("run_id", "factor", "strategy", "crypto", "fold_id", "cost_bps", "slippage_bps",
+                                       "test_start", "test_end", "n_bars")}
+    row.update(baseline_type=baseline_type, net_return={"naive": 0.0}.get(baseline_type, 0.005), n_trades=1.0)
+    row.update(overrides)
+    return row
+
+
+def insert(conn: psycopg.Connection, table: str, row: dict[str, Any]) -> None:
+    if table == "finetune_results":
+        row = {**row, "model_hyperparams": psycopg.types.json.Jsonb({"alpha": 1.0}), "feature_hash": "abc", "n_trades": 2}
+    columns = ", ".join(row)
+    values = ", ".join(f"%({key})s" for key in row)
+    conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({values})", row)
+
+
+def seed_complete_run(dsn: str, *, skip_model: set | None = None, skip_baseline: set | None = None,
+                       statuses: dict[str, str] | None = None, **plan: Any) -> None:
+    """Register the plan and write every key it expects (except the skipped ones)."""
+    params = validate_params({**PLAN, **plan})
+    register_run(dsn, run_id=RUN_ID, dag_id="finetune_sweep", as_of=AS_OF, params=params,
+                 entries=plan_pods(params, run_id=RUN_ID, as_of=AS_OF))
+    with psycopg.connect(dsn) as conn:
+        for factor in params["factors"]:
+            status = (statuses or {}).get(factor, "done")
+            conn.execute("UPDATE finetune_run_factors SET status = %s WHERE factor = %s", (status, factor))
+        for factor, crypto, fold_id, cost, slip in itertools.product(
+            params["factors"], params["cryptos"], range(params["n_folds"]), params["cost_bps"], params["slippage_bps"]
+        ):
+            key = (factor, crypto, fold_id, cost, slip)
+            if key in (skip_model or set()):
+                continue
+            model = make_model_row(factor=factor, crypto=crypto, fold_id=fold_id, cost_bps=cost, slippage_bps=slip)
+            insert(conn, "finetune_results", model)
+            for baseline_type in BASELINE_TYPES:
+                if (*key, baseline_type) not in (skip_baseline or set()):
+                    insert(conn, "finetune_baselines", make_baseline_row(baseline_type, model))

@@ -1,0 +1,410 @@
+"""The local pod backend with real processes and the machine's real memory cgroups.
+
+The OOM tests allocate a few hundred MiB against a 64Mi limit: the kernel (cgroup) or the
+watchdog must kill the process and the outcome must read like a kubelet's ``OOMKilled``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.client import models as k8s
+
+from finetune_sweep.local_pod import (
+    CGROUP_V1_MEMORY_ROOT,
+    CGROUP_V2_ROOT,
+    LocalPodError,
+    LocalPodRunner,
+    create_cgroup,
+    redact,
+    run_pod_locally,
+)
+
+LOG = logging.getLogger("test.local_pod")
+LIMIT = "64Mi"
+LIMIT_BYTES = 64 * 2**20
+# Touches every page (b"x" * n writes them), so the memory is really resident.
+ALLOCATE_256MI = "import time; x = b'x' * (256 * 2**20); time.sleep(2)"
+ALLOCATE_8MI = "x = b'x' * (8 * 2**20); print('allocated', len(x))"
+
+PASSWORD = "s3cr3t-pw-4711"
+CONNECTION = {
+    "conn_type": "postgres",
+    "host": "db.internal",
+    "port": 5432,
+    "login": "finetune",
+    "password": PASSWORD,
+    "schema": "finetune",
+}
+
+
+def _cgroup_available() -> bool:
+    try:
+        group = create_cgroup(name=f"finetune-probe-{os.getpid()}")
+    except LocalPodError:
+        return False
+    group.remove()
+    return True
+
+
+needs_cgroup = pytest.mark.skipif(not _cgroup_available(), reason="no writable memory cgroup on this machine")
+
+
+def _finetune_groups() -> set[str]:
+    groups: set[str] = set()
+    for root in (CGROUP_V1_MEMORY_ROOT, CGROUP_V2_ROOT):
+        if root.is_dir():
+            groups |= {p.name for p in root.iterdir() if p.name.startswith("finetune-")}
+    return groups
+
+
+def _make_pod(
+    *,
+    code: str = "print('hello')",
+    memory: str | None = LIMIT,
+    env: list[k8s.V1EnvVar] | None = None,
+    command: list[str] | None = None,
+    args: list[str] | None = None,
+) -> k8s.V1Pod:
+    resources = k8s.V1ResourceRequirements(
+        requests={"memory": memory, "cpu": "1"} if memory else None, limits={"memory": memory} if memory else None
+    )
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="finetune-test-pod-abc", namespace="finetune", labels={"app": "t"}),
+        spec=k8s.V1PodSpec(
+            restart_policy="Never",
+            containers=[
+                k8s.V1Container(
+                    name="base",
+                    image="ghcr.io/finetune-sweep/finetune:0.1.0",
+                    command=["python", "-c", code] if command is None else command,
+                    args=args,
+                    env=env,
+                    resources=resources,
+                )
+            ],
+        ),
+    )
+
+
+def _secret_env(name: str = "finetune-db", key: str = "url") -> k8s.V1EnvVar:
+    return k8s.V1EnvVar(
+        name="FINETUNE_DB_URL",
+        value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name=name, key=key)),
+    )
+
+
+class _Lines(logging.Handler):
+    """Collects the messages of one logger (Airflow's log setup may replace pytest's caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.records: list[tuple[float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append((time.monotonic(), record.getMessage()))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(message for _, message in self.records)
+
+
+@pytest.fixture
+def lines() -> Iterator[_Lines]:
+    handler = _Lines()
+    LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        LOG.removeHandler(handler)
+
+
+@needs_cgroup
+def test_cgroup_oom_kill_reads_like_kubelet_oomkilled(lines: _Lines) -> None:
+    before = _finetune_groups()
+
+    result = run_pod_locally(_make_pod(code=ALLOCATE_256MI), log=LOG, enforcement="cgroup")
+
+    assert result.reason == "OOMKilled"
+    assert result.oom_killed
+    assert result.exit_code == 137
+    assert result.enforcement in {"cgroup-v1", "cgroup-v2"}
+    assert result.memory_limit_bytes == LIMIT_BYTES
+    # the kernel kills at the limit: the group's peak is the limit (give or take a page)
+    assert result.peak_memory_bytes is not None
+    assert result.peak_memory_bytes >= 0.95 * LIMIT_BYTES
+    assert result.seconds < 2  # killed before its sleep
+    assert _finetune_groups() == before, "the cgroup must be removed afterwards"
+
+
+@pytest.mark.parametrize("enforcement", [pytest.param("auto", id="auto"), pytest.param("watchdog", id="watchdog")])
+def test_small_allocation_completes(enforcement: str, lines: _Lines) -> None:
+    result = run_pod_locally(_make_pod(code=ALLOCATE_8MI), log=LOG, enforcement=enforcement)
+
+    assert (result.reason, result.exit_code, result.oom_killed) == ("Completed", 0, False)
+    assert result.peak_memory_bytes is not None
+    assert 8 * 2**20 <= result.peak_memory_bytes < LIMIT_BYTES
+    assert "[stdout] allocated 8388608" in lines.text
+
+
+@pytest.mark.parametrize("enforcement", [pytest.param("auto", id="auto"), pytest.param("watchdog", id="watchdog")])
+def test_nonzero_exit_is_error(enforcement: str, lines: _Lines) -> None:
+    code = "import sys; print('bad input', file=sys.stderr); sys.exit(3)"
+
+    result = run_pod_locally(_make_pod(code=code), log=LOG, enforcement=enforcement)
+
+    assert (result.reason, result.exit_code, result.oom_killed) == ("Error", 3, False)
+    assert "[stderr] bad input" in lines.text
+    assert result.log_tail == ("bad input",)
+
+
+def test_watchdog_kills_past_the_limit(lines: _Lines) -> None:
+    result = run_pod_locally(_make_pod(code=ALLOCATE_256MI), log=LOG, enforcement="watchdog")
+
+    assert (result.reason, result.exit_code, result.oom_killed) == ("OOMKilled", 137, True)
+    assert result.enforcement == "watchdog"
+    # sampling sees the tree past the limit, before the allocation completes
+    assert result.peak_memory_bytes is not None
+    assert LIMIT_BYTES < result.peak_memory_bytes < 256 * 2**20
+    assert result.seconds < 2
+
+
+def test_watchdog_sees_the_whole_process_tree(lines: _Lines) -> None:
+    # the parent stays small; its child allocates: a pod's limit covers every process in it
+    code = (
+        "import subprocess, sys; "
+        "sys.exit(subprocess.call([sys.executable, '-c', \"import time; x = b'x' * (256 * 2**20); time.sleep(2)\"]))"
+    )
+
+    result = run_pod_locally(_make_pod(code=code), log=LOG, enforcement="watchdog")
+
+    assert result.reason == "OOMKilled"
+    assert result.exit_code == 137
+
+
+def test_auto_falls_back_to_the_watchdog_without_cgroup(tmp_path: Path, lines: _Lines) -> None:
+    result = run_pod_locally(
+        _make_pod(code=ALLOCATE_256MI),
+        log=LOG,
+        cgroup_v1_root=tmp_path / "no-v1",
+        cgroup_v2_root=tmp_path / "no-v2",
+    )
+
+    assert result.enforcement == "watchdog"
+    assert result.reason == "OOMKilled"
+    assert "resident-memory watchdog" in lines.text
+
+
+def test_cgroup_enforcement_required_but_unavailable(tmp_path: Path) -> None:
+    runner = LocalPodRunner(
+        _make_pod(), enforcement="cgroup", cgroup_v1_root=tmp_path / "x", cgroup_v2_root=tmp_path / "y"
+    )
+    with pytest.raises(LocalPodError, match="no writable memory cgroup"):
+        runner.run()
+
+
+def test_downward_api_and_literal_env(lines: _Lines) -> None:
+    env = [
+        k8s.V1EnvVar(name="GREETING", value="hello"),
+        k8s.V1EnvVar(name="MESSAGE", value="$(GREETING) world $$(GREETING)"),
+        k8s.V1EnvVar(
+            name="FINETUNE_MEMORY_LIMIT_BYTES",
+            value_from=k8s.V1EnvVarSource(
+                resource_field_ref=k8s.V1ResourceFieldSelector(resource="limits.memory", divisor="1")
+            ),
+        ),
+        k8s.V1EnvVar(
+            name="LIMIT_MI",
+            value_from=k8s.V1EnvVarSource(
+                resource_field_ref=k8s.V1ResourceFieldSelector(resource="limits.memory", divisor="1Mi")
+            ),
+        ),
+        k8s.V1EnvVar(
+            name="POD_NAME",
+            value_from=k8s.V1EnvVarSource(field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.name")),
+        ),
+        k8s.V1EnvVar(
+            name="POD_NAMESPACE",
+            value_from=k8s.V1EnvVarSource(field_ref=k8s.V1ObjectFieldSelector(field_path="metadata.namespace")),
+        ),
+    ]
+    keys = ["MESSAGE", "FINETUNE_MEMORY_LIMIT_BYTES", "LIMIT_MI", "POD_NAME", "POD_NAMESPACE", "HOSTNAME"]
+    code = f"import json, os; print(json.dumps({{k: os.environ.get(k) for k in {keys!r}}}))"
+
+    result = run_pod_locally(_make_pod(code=code, env=env), log=LOG)
+
+    assert result.reason == "Completed"
+    seen = json.loads(result.log_tail[-1])
+    assert seen == {
+        "MESSAGE": "hello world $(GREETING)",
+        "FINETUNE_MEMORY_LIMIT_BYTES": str(LIMIT_BYTES),
+        "LIMIT_MI": "64",
+        "POD_NAME": "finetune-test-pod-abc",
+        "POD_NAMESPACE": "finetune",
+        "HOSTNAME": "finetune-test-pod-abc",
+    }
+
+
+def test_worker_environment_does_not_leak_into_the_container(
+    monkeypatch: pytest.MonkeyPatch, lines: _Lines
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_SOMETHING_ELSE", "postgresql://u:other-secret@h/db")
+    code = "import os; print(sorted(k for k in os.environ if k.startswith('AIRFLOW')))"
+
+    result = run_pod_locally(_make_pod(code=code), log=LOG)
+
+    assert result.log_tail[-1] == "[]"
+
+
+def test_db_secret_resolved_from_airflow_connection_and_never_logged(
+    monkeypatch: pytest.MonkeyPatch, lines: _Lines, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from finetune_sweep.db import dsn_from_connection
+
+    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", json.dumps(CONNECTION))
+    expected = dsn_from_connection("finetune_db")
+    assert PASSWORD in expected
+    # the container checks it got the DSN, then (carelessly) prints it and a derived message
+    code = (
+        "import os, sys; dsn = os.environ['FINETUNE_DB_URL']; "
+        f"ok = dsn == {expected!r}; "
+        "print('connecting to', dsn); print('error: password', dsn.split(':')[2].split('@')[0], 'rejected', "
+        "file=sys.stderr); sys.exit(0 if ok else 1)"
+    )
+
+    result = run_pod_locally(_make_pod(code=code, env=[_secret_env()]), log=LOG)
+
+    assert result.reason == "Completed", "the container must receive the connection's DSN"
+    assert PASSWORD not in lines.text
+    assert expected not in lines.text
+    assert "connecting to ***" in lines.text
+    assert "error: password *** rejected" in lines.text
+    assert all(PASSWORD not in line for line in result.log_tail)
+    # nor on whatever the log handlers wrote to the terminal
+    captured = capfd.readouterr()
+    assert PASSWORD not in captured.out + captured.err
+
+
+def test_explicit_db_secret_and_dsn(lines: _Lines) -> None:
+    dsn = f"postgresql://finetune:{PASSWORD}@db/finetune"
+    code = f"import os, sys; sys.exit(0 if os.environ['DB'] == {dsn!r} else 1)"
+    env = [
+        k8s.V1EnvVar(
+            name="DB",
+            value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name="finetune-db", key="url")),
+        )
+    ]
+
+    result = run_pod_locally(
+        _make_pod(code=code, env=env), dsn=dsn, db_secret=("finetune-db", "url"), log=LOG
+    )
+
+    assert result.reason == "Completed"
+
+
+def test_other_secret_is_refused_clearly() -> None:
+    env = [
+        _secret_env(),
+        k8s.V1EnvVar(
+            name="API_TOKEN",
+            value_from=k8s.V1EnvVarSource(secret_key_ref=k8s.V1SecretKeySelector(name="exchange", key="token")),
+        ),
+    ]
+    with pytest.raises(LocalPodError, match="secretKeyRef exchange/token: .*only the database Secret"):
+        run_pod_locally(_make_pod(env=env), dsn="postgresql://u@h/db")
+
+
+def test_env_from_is_refused() -> None:
+    pod = _make_pod()
+    pod.spec.containers[0].env_from = [k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name="cm"))]
+    with pytest.raises(LocalPodError, match="envFrom"):
+        run_pod_locally(pod)
+
+
+def test_container_without_command_is_refused() -> None:
+    with pytest.raises(LocalPodError, match="no command"):
+        run_pod_locally(_make_pod(command=[], args=["run"]))
+
+
+def test_command_and_args_are_passed_with_expansion(lines: _Lines) -> None:
+    pod = _make_pod(
+        command=["python", "-c", "import sys; print(sys.argv[1:])"],
+        args=["run", "--factor", "$(FACTOR)"],
+        env=[k8s.V1EnvVar(name="FACTOR", value="btc_features")],
+    )
+
+    result = run_pod_locally(pod, log=LOG)
+
+    assert result.log_tail[-1] == "['run', '--factor', 'btc_features']"
+
+
+def test_json_events_are_parsed(lines: _Lines) -> None:
+    usage = {"event": "pod_usage", "run_id": "r", "factor": "f", "peak_memory_bytes": 12345, "seconds": 0.1}
+    code = f"import json; print('not json {{'); print(json.dumps({usage!r}))"
+
+    result = run_pod_locally(_make_pod(code=code), log=LOG, enforcement="none")
+
+    assert result.pod_usage == usage
+    assert result.enforcement == "none"
+    # without cgroup or watchdog, the pod's own report is the peak
+    assert result.peak_memory_bytes == 12345
+
+
+def test_lines_stream_while_the_container_runs(lines: _Lines) -> None:
+    code = "import sys, time; print('first'); sys.stdout.flush(); time.sleep(1.5); print('second')"
+
+    run_pod_locally(_make_pod(code=code), log=LOG)
+
+    times = {message: at for at, message in lines.records if message.startswith("[stdout]")}
+    assert times["[stdout] second"] - times["[stdout] first"] > 1.0
+
+
+def test_kill_takes_the_container_down(lines: _Lines) -> None:
+    runner = LocalPodRunner(_make_pod(code="import time; time.sleep(30)"), log=LOG)
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(runner.run()))
+    thread.start()
+    time.sleep(1.0)
+    runner.kill()
+    thread.join(timeout=10)
+
+    assert results and results[0].exit_code == 137
+    assert results[0].reason == "Error"  # a kill is not an OOM
+
+
+def test_no_memory_limit_runs_unlimited(lines: _Lines) -> None:
+    code = "import os; print(os.environ['LIMIT'])"
+    env = [
+        k8s.V1EnvVar(
+            name="LIMIT",
+            value_from=k8s.V1EnvVarSource(resource_field_ref=k8s.V1ResourceFieldSelector(resource="limits.memory")),
+        )
+    ]
+
+    result = run_pod_locally(_make_pod(code=code, memory=None, env=env), log=LOG)
+
+    assert result.reason == "Completed"
+    assert result.memory_limit_bytes is None
+    # the downward API reports the node's memory when a container has no limit
+    assert int(result.log_tail[-1]) == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db", id="uri-password"),
+        pytest.param("postgresql://u@/db?host=/tmp", "postgresql://u@/db?host=/tmp", id="no-password"),
+        pytest.param("token abc123 seen", "token *** seen", id="literal-secret"),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text, ["abc123"]) == expected

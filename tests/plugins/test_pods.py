@@ -1,0 +1,211 @@
+"""Tests of finetune_sweep.pods: every factor's pod, built by the KubernetesPodOperator offline and
+validated against the Kubernetes schema; resources, labels, the DSN secret, security context."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from kubernetes.client import ApiClient
+from kubernetes.client import models as k8s
+
+from finetune_sweep import pods
+from finetune_sweep.planning import default_params, plan_pods
+from finetune_sweep.settings import Settings
+from finetune_sweep.sizing import PROFILES, SIZING_MAP, load_profiles
+
+K8S_VERSION = kubernetes_validate.latest_version()
+RUN_ID = "manual__2026-06-07T00:00:00+00:00"
+AS_OF = "2026-06-07T00:00:00Z"
+SECRET_DSN = "postgresql://finetune:hunter2@db.internal:5432/finetune"
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _make_settings(**overrides: Any) -> Settings:
+    return Settings(**{"namespace": "finetune", "db_secret_name": "finetune-db", "db_secret_key": "dsn", **overrides})
+
+
+def _make_entry(factor: str, **overrides: Any) -> dict[str, Any]:
+    params = {**default_params(), "factors": [factor], **overrides}
+    (entry,) = plan_pods(params, run_id=RUN_ID, as_of=AS_OF)
+    return entry
+
+
+def _build_manifest(entry: dict[str, Any], *, settings: Settings | None = None) -> dict[str, Any]:
+    """What the operator would submit: the pod of a KubernetesPodOperator built from the kwargs."""
+    settings = settings or _make_settings()
+    kwargs = {**pods.common_pod_kwargs(image=settings.image, settings=settings), **entry}
+    kwargs.pop("factor")
+    kwargs.pop("profile")
+    kwargs["container_resources"] = pods.to_resource_requirements(kwargs["container_resources"])
+    operator = KubernetesPodOperator(task_id="run_factor", **kwargs)
+    pod = operator.build_pod_request_obj(None, dry_run=True)
+    return ApiClient().sanitize_for_serialization(pod)
+
+
+@pytest.mark.parametrize("factor", [pytest.param(f, id=f) for f in SIZING_MAP])
+def test_every_factor_pod_is_a_valid_kubernetes_pod(factor: str) -> None:
+    manifest = _build_manifest(_make_entry(factor))
+
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    container = manifest["spec"]["containers"][0]
+    profile = PROFILES[SIZING_MAP[factor]]
+    assert container["resources"] == {
+        "requests": {"memory": profile.memory, "cpu": profile.cpu},
+        "limits": {"memory": profile.memory},
+    }
+    assert "cpu" not in container["resources"]["limits"], "no cpu limit: throttling only slows the job"
+    assert manifest["spec"]["nodeSelector"] == profile.node_selector
+    labels = manifest["metadata"]["labels"]
+    assert labels["finetune/factor"] == factor
+    assert labels["finetune/profile"] == profile.name.lower()
+    assert all(len(v) <= 63 and LABEL_VALUE.match(v) for v in labels.values())
+    assert re.match(rf"^finetune-{factor.replace('_', '-')}-[a-z0-9]+$", manifest["metadata"]["name"])
+    assert container["command"] == ["python", "-m", "finetune"]
+    assert container["args"][:5] == ["run", "--run-id", RUN_ID, "--factor", factor]
+
+
+def test_the_dsn_comes_from_the_secret_and_never_as_a_literal() -> None:
+    manifest = _build_manifest(_make_entry("base_features"))
+
+    env = {e["name"]: e for e in manifest["spec"]["containers"][0]["env"]}
+    assert env["FINETUNE_DB_URL"] == {
+        "name": "FINETUNE_DB_URL",
+        "valueFrom": {"secretKeyRef": {"name": "finetune-db", "key": "dsn"}},
+    }
+    assert "value" not in env["FINETUNE_DB_URL"]
+    text = json.dumps(manifest)
+    assert "postgresql://" not in text and "hunter2" not in text and SECRET_DSN not in text
+
+
+def test_the_memory_limit_reaches_the_pod_through_the_downward_api() -> None:
+    manifest = _build_manifest(_make_entry("base_features"))
+
+    env = {e["name"]: e for e in manifest["spec"]["containers"][0]["env"]}
+    assert env[pods.MEMORY_LIMIT_ENV]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.memory"
+
+
+def test_security_context_is_restricted() -> None:
+    manifest = _build_manifest(_make_entry("l2_features"))
+
+    pod_sc = manifest["spec"]["securityContext"]
+    assert pod_sc["runAsNonRoot"] is True
+    assert pod_sc["runAsUser"] == pods.CONTAINER_UID
+    assert pod_sc["fsGroup"] == pods.CONTAINER_UID
+    assert pod_sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = manifest["spec"]["containers"][0]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    # The read-only root needs a writable /tmp.
+    assert container["volumeMounts"] == [{"mountPath": "/tmp", "name": "tmp"}]
+    assert manifest["spec"]["volumes"][0]["emptyDir"] == {"sizeLimit": "2Gi"}
+    assert manifest["spec"]["automountServiceAccountToken"] is False
+    assert manifest["spec"]["restartPolicy"] == "Never"
+
+
+def test_overridden_profiles_reach_the_pod() -> None:
+    profiles = load_profiles('{"STANDARD": {"memory": "256Mi", "node_selector": {}}}')
+    entry = pods.factor_pod_kwargs(
+        factor="base_features", profile=profiles["STANDARD"], run_id=RUN_ID, run_args={"as_of": AS_OF}
+    )
+
+    manifest = _build_manifest(entry)
+
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    assert manifest["spec"]["containers"][0]["resources"]["limits"] == {"memory": "256Mi"}
+    assert not manifest["spec"].get("nodeSelector")
+
+
+def test_common_pod_kwargs() -> None:
+    kwargs = pods.common_pod_kwargs(image="repo/finetune:{{ params.image }}", settings=_make_settings(service_account="sa"))
+
+    assert kwargs["on_finish_action"] == "delete_succeeded_pod"
+    assert kwargs["get_logs"] is True
+    assert kwargs["namespace"] == "finetune"
+    assert kwargs["image"] == "repo/finetune:{{ params.image }}"
+    assert kwargs["service_account_name"] == "sa"
+    assert "is_delete_operator_pod" not in kwargs
+    (secret,) = kwargs["secrets"]
+    assert (secret.deploy_type, secret.deploy_target, secret.secret, secret.key) == ("env", "FINETUNE_DB_URL", "finetune-db", "dsn")
+
+
+def test_factor_pod_kwargs_is_json_for_xcom() -> None:
+    entry = _make_entry("btc_features", cryptos=["BTC"], cost_bps=[10, 30], slippage_bps=[0, 5])
+
+    assert json.loads(json.dumps(entry)) == entry
+    assert set(entry) == {"factor", "profile", "name", "labels", "container_resources", "node_selector", "arguments"}
+    assert entry["name"] == "finetune-btc-features"
+    assert entry["arguments"] == [
+        "run", "--run-id", RUN_ID, "--factor", "btc_features", "--cryptos", "BTC", "--cost-bps", "10,30",
+        "--slippage-bps", "0,5", "--as-of", AS_OF, "--n-folds", "4", "--n-seeds", "100", "--hold-bars", "24",
+        "--train-bars", "4320", "--test-bars", "720",
+    ]
+
+
+def test_run_arguments_adds_the_data_uri_and_refuses_unknown_keys() -> None:
+    args = pods.run_arguments(run_id="r", factor="f", run_args={"as_of": AS_OF, "data_uri": "file:///d", "n_folds": None})
+
+    assert args == ["run", "--run-id", "r", "--factor", "f", "--as-of", AS_OF, "--data-uri", "file:///d"]
+    with pytest.raises(ValueError, match="unknown run argument"):
+        pods.run_arguments(run_id="r", factor="f", run_args={"folds": 3})
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param("base_features", "base_features", id="valid-kept"),
+        pytest.param("STANDARD", "STANDARD", id="upper-kept"),
+    ],
+)
+def test_label_value_keeps_valid_values(value: str, expected: str) -> None:
+    assert pods.label_value(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(RUN_ID, id="airflow-run-id"),
+        pytest.param("scheduled__" + "x" * 80, id="too-long"),
+        pytest.param("__", id="only-invalid"),
+        pytest.param("BTC'; DROP TABLE x;--", id="injection"),
+    ],
+)
+def test_label_value_sanitises_and_stays_distinct(value: str) -> None:
+    safe = pods.label_value(value)
+
+    assert len(safe) <= 63 and LABEL_VALUE.match(safe)
+    assert safe != pods.label_value(value + "1")
+    assert safe == pods.label_value(value), "stable for the same run id"
+
+
+def test_resources_for_and_to_resource_requirements() -> None:
+    resources = pods.resources_for(PROFILES["MEDIUM"])
+
+    assert resources == {"requests": {"memory": "16Gi", "cpu": "4"}, "limits": {"memory": "16Gi"}}
+    model = pods.to_resource_requirements(resources)
+    assert isinstance(model, k8s.V1ResourceRequirements)
+    assert model.limits == {"memory": "16Gi"}
+    assert pods.to_resource_requirements(model) is model
+
+
+def test_render_cli_prints_the_camelcase_manifest(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_PROFILES", '{"HEAVY": {"memory": "30Gi"}}')
+
+    assert pods.main(["render", "--factor", "n_features", "--run-id", RUN_ID, "--output", "json"]) == 0
+
+    manifest = json.loads(capsys.readouterr().out)
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    container = manifest["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "30Gi"
+    assert "securityContext" in container and "readOnlyRootFilesystem" in container["securityContext"]
+    assert container["image"].endswith(":0.1.0")
+
+
+def test_render_cli_refuses_an_unknown_factor(capsys: pytest.CaptureFixture[str]) -> None:
+    assert pods.main(["render", "--factor", "eth_features"]) == 2
+    assert "eth_features" in capsys.readouterr().err

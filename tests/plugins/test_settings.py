@@ -1,0 +1,91 @@
+"""Tests of finetune_sweep.settings: defaults, environment, refusals."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune_sweep.settings import DEFAULT_IMAGE, Settings, SettingsError, get_settings, sizing_overrides, split_image
+
+
+def test_defaults_from_an_empty_environment() -> None:
+    settings = Settings.from_env({})
+
+    assert settings == Settings()
+    assert settings.pod_backend == "kubernetes"
+    assert settings.image == DEFAULT_IMAGE
+    assert (settings.image_repository, settings.image_tag) == ("ghcr.io/finetune-sweep/finetune", "0.1.0")
+    assert settings.conn_id == "finetune_db"
+    assert settings.retry_delay_seconds == 10.0
+
+
+def test_environment_overrides() -> None:
+    settings = Settings.from_env(
+        {
+            "FINETUNE_POD_BACKEND": "LOCAL",
+            "FINETUNE_NAMESPACE": "quant",
+            "FINETUNE_IMAGE": "registry.local:5000/ft/finetune:2.0",
+            "FINETUNE_DB_SECRET": "pg",
+            "FINETUNE_DB_SECRET_KEY": "dsn",
+            "FINETUNE_SERVICE_ACCOUNT": "finetune-runner",
+            "FINETUNE_DATA_URI": "file:///data",
+            "FINETUNE_RETRY_DELAY_SECONDS": "1",
+        }
+    )
+
+    assert settings.pod_backend == "local"
+    assert settings.namespace == "quant"
+    assert settings.image_repository == "registry.local:5000/ft/finetune"
+    assert settings.image_with_tag("2.1") == "registry.local:5000/ft/finetune:2.1"
+    assert (settings.db_secret_name, settings.db_secret_key) == ("pg", "dsn")
+    assert settings.service_account == "finetune-runner"
+    assert settings.data_uri == "file:///data"
+    assert settings.retry_delay_seconds == 1.0
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        pytest.param({"FINETUNE_POD_BACKEND": "docker"}, "FINETUNE_POD_BACKEND", id="unknown-backend"),
+        pytest.param({"FINETUNE_IMAGE": "x/y:1@sha256:abc"}, "no digest", id="digest"),
+        pytest.param({"FINETUNE_IMAGE": ":1.0"}, "repository", id="no-repository"),
+        pytest.param({"FINETUNE_IMAGE": "x/y:"}, "repository", id="empty-tag"),
+        pytest.param({"FINETUNE_RETRY_DELAY_SECONDS": "soon"}, "RETRY_DELAY", id="bad-delay"),
+        pytest.param({"FINETUNE_RETRY_DELAY_SECONDS": "-1"}, "RETRY_DELAY", id="negative-delay"),
+    ],
+)
+def test_refuses_bad_values(env: dict[str, str], match: str) -> None:
+    with pytest.raises(SettingsError, match=match):
+        Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("image", "expected"),
+    [
+        pytest.param("a/b:c", ("a/b", "c"), id="tagged"),
+        pytest.param("ghcr.io/x/finetune", ("ghcr.io/x/finetune", "0.1.0"), id="untagged-gets-the-default"),
+        pytest.param("registry:5000/finetune", ("registry:5000/finetune", "0.1.0"), id="port-is-not-a-tag"),
+        pytest.param("registry:5000/finetune:2", ("registry:5000/finetune", "2"), id="port-and-tag"),
+    ],
+)
+def test_split_image(image: str, expected: tuple[str, str]) -> None:
+    assert split_image(image) == expected
+
+
+def test_get_settings_is_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    get_settings.cache_clear()
+    monkeypatch.setenv("FINETUNE_NAMESPACE", "first")
+    first = get_settings()
+    monkeypatch.setenv("FINETUNE_NAMESPACE", "second")
+    try:
+        assert get_settings() is first
+        assert first.namespace == "first"
+    finally:
+        get_settings.cache_clear()
+
+
+def test_sizing_overrides_are_read_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_PROFILES", '{"STANDARD": {"memory": "1Gi"}}')
+    monkeypatch.delenv("FINETUNE_SIZING", raising=False)
+    assert sizing_overrides() == ('{"STANDARD": {"memory": "1Gi"}}', None)
+    monkeypatch.setenv("FINETUNE_SIZING", '{"l2_features": "MEDIUM"}')
+    assert sizing_overrides()[1] == '{"l2_features": "MEDIUM"}'

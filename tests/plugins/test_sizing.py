@@ -1,0 +1,297 @@
+"""Tests of finetune_sweep.sizing: quantities, profiles and overrides, the ladder, the recommender."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from finetune_sweep import sizing
+from finetune_sweep.sizing import (
+    PROFILE_ORDER,
+    PROFILES,
+    SIZING_MAP,
+    SizingError,
+    load_profiles,
+    load_sizing,
+    next_profile,
+    parse_quantity,
+    profile_for,
+    recommend,
+)
+
+GI = 2**30
+
+
+def _make_attempt(**overrides: Any) -> dict[str, Any]:
+    row = {
+        "run_id": "scheduled__2026-06-07T00:00:00+00:00",
+        "factor": "base_features",
+        "attempt": 1,
+        "profile": "STANDARD",
+        "memory_limit_bytes": 8 * GI,
+        "peak_memory_bytes": 3 * GI,
+        "exit_reason": None,
+        "duration_seconds": 120.0,
+        "finished_at": None,
+    }
+    row.update(overrides)
+    return row
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [
+        pytest.param("8Gi", 8 * GI, id="gibibytes"),
+        pytest.param("512Mi", 512 * 2**20, id="mebibytes"),
+        pytest.param("1Ti", 2**40, id="tebibytes"),
+        pytest.param("64Ki", 64 * 1024, id="kibibytes"),
+        pytest.param("1.5Gi", 3 * GI // 2, id="decimal-binary"),
+        pytest.param("2G", 2 * 10**9, id="gigabytes"),
+        pytest.param("100M", 10**8, id="megabytes"),
+        pytest.param("10k", 10_000, id="kilobytes"),
+        pytest.param("1000", 1000, id="plain-bytes"),
+        pytest.param(4096, 4096, id="int-bytes"),
+        pytest.param("0.5k", 500, id="decimal-decimal"),
+    ],
+)
+def test_parse_quantity(quantity: str | int, expected: int) -> None:
+    assert parse_quantity(quantity) == expected
+
+
+@pytest.mark.parametrize(
+    "quantity",
+    [
+        pytest.param("8GB", id="wrong-suffix"),
+        pytest.param("8 gigs", id="words"),
+        pytest.param("", id="empty"),
+        pytest.param("-1Gi", id="negative"),
+        pytest.param("100m", id="milli-bytes"),
+        pytest.param("Gi", id="no-number"),
+        pytest.param(True, id="bool"),
+    ],
+)
+def test_parse_quantity_refuses(quantity: Any) -> None:
+    with pytest.raises(ValueError, match="memory quantity"):
+        parse_quantity(quantity)
+
+
+def test_profiles_match_the_design() -> None:
+    assert [PROFILES[name].memory for name in PROFILE_ORDER] == ["8Gi", "16Gi", "24Gi"]
+    assert [PROFILES[name].memory_bytes for name in PROFILE_ORDER] == [8 * GI, 16 * GI, 24 * GI]
+    assert all(PROFILES[name].node_selector == {"finetune/pool": name.lower()} for name in PROFILE_ORDER)
+    assert SIZING_MAP == {
+        "base_features": "STANDARD",
+        "n_features": "HEAVY",
+        "btc_features": "HEAVY",
+        "l2_features": "STANDARD",
+    }
+
+
+def test_load_profiles_applies_overrides() -> None:
+    profiles = load_profiles(json.dumps({"STANDARD": {"memory": "256Mi"}, "HEAVY": {"cpu": "500m", "node_selector": {}}}))
+
+    assert profiles["STANDARD"].memory_bytes == 256 * 2**20
+    assert profiles["STANDARD"].cpu == PROFILES["STANDARD"].cpu
+    assert profiles["HEAVY"].cpu == "500m"
+    assert profiles["HEAVY"].node_selector == {}
+    assert profiles["MEDIUM"] == PROFILES["MEDIUM"]
+    assert PROFILES["STANDARD"].memory == "8Gi", "the defaults are never mutated"
+
+
+@pytest.mark.parametrize("raw", [pytest.param(None, id="none"), pytest.param("", id="empty"), pytest.param("  ", id="blank")])
+def test_load_profiles_without_overrides(raw: str | None) -> None:
+    assert load_profiles(raw) == PROFILES
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        pytest.param("{not json", "not valid JSON", id="bad-json"),
+        pytest.param("[1]", "JSON object", id="not-object"),
+        pytest.param('{"HUGE": {"memory": "1Ti"}}', "unknown profile 'HUGE'.*STANDARD, MEDIUM, HEAVY", id="unknown-profile"),
+        pytest.param('{"STANDARD": {"mem": "1Gi"}}', "unknown key.*mem.*memory, cpu, node_selector", id="unknown-key"),
+        pytest.param('{"STANDARD": {"memory": "lots"}}', "STANDARD.*memory", id="bad-memory"),
+        pytest.param('{"STANDARD": {"memory": 5}}', "STANDARD.*memory", id="memory-not-string"),
+        pytest.param('{"STANDARD": {"cpu": "two"}}', "cpu", id="bad-cpu"),
+        pytest.param('{"STANDARD": {"node_selector": {"a": 1}}}', "node_selector", id="bad-selector"),
+        pytest.param('{"STANDARD": {"memory": "32Gi"}}', "must grow", id="ladder-shrinks"),
+        pytest.param('{"STANDARD": "8Gi"}', "must be an object", id="profile-not-object"),
+    ],
+)
+def test_load_profiles_refuses(raw: str, match: str) -> None:
+    with pytest.raises(SizingError, match=match):
+        load_profiles(raw)
+
+
+def test_load_sizing_applies_overrides() -> None:
+    assert load_sizing('{"l2_features": "MEDIUM"}')["l2_features"] == "MEDIUM"
+    assert load_sizing(None) == SIZING_MAP
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        pytest.param('{"x_features": "HEAVY"}', "unknown factor 'x_features'.*base_features", id="unknown-factor"),
+        pytest.param('{"l2_features": "XL"}', "unknown profile 'XL'", id="unknown-profile"),
+        pytest.param("nope", "FINETUNE_SIZING is not valid JSON", id="bad-json"),
+    ],
+)
+def test_load_sizing_refuses(raw: str, match: str) -> None:
+    with pytest.raises(SizingError, match=match):
+        load_sizing(raw)
+
+
+def test_profile_for_and_unknown_factor() -> None:
+    assert profile_for("btc_features").name == "HEAVY"
+    assert profile_for("l2_features", sizing={"l2_features": "MEDIUM"}).name == "MEDIUM"
+    with pytest.raises(SizingError, match="unknown factor 'eth_features'; known factors: base_features"):
+        profile_for("eth_features")
+
+
+def test_next_profile_climbs_then_stops() -> None:
+    assert next_profile("STANDARD").name == "MEDIUM"
+    assert next_profile("MEDIUM").name == "HEAVY"
+    assert next_profile("HEAVY") is None
+    small = load_profiles('{"MEDIUM": {"memory": "9Gi"}}')
+    assert next_profile("STANDARD", small).memory == "9Gi"
+    with pytest.raises(SizingError, match="unknown profile"):
+        next_profile("TINY")
+
+
+# ------------------------------------------------------------------ recommender
+
+# Recorded history, including the incident: btc_features (then on STANDARD) peaked at 7.68Gi of 8Gi.
+INCIDENT_ROWS = [
+    _make_attempt(run_id="r1", factor="base_features", peak_memory_bytes=int(2.0 * GI)),
+    _make_attempt(run_id="r2", factor="base_features", peak_memory_bytes=int(2.5 * GI)),
+    _make_attempt(run_id="r3", factor="base_features", peak_memory_bytes=int(3.0 * GI)),
+    _make_attempt(run_id="r1", factor="btc_features", peak_memory_bytes=int(6.9 * GI)),
+    _make_attempt(run_id="r2", factor="btc_features", peak_memory_bytes=int(7.68 * GI)),
+    _make_attempt(run_id="r3", factor="n_features", profile="HEAVY", memory_limit_bytes=24 * GI, peak_memory_bytes=11 * GI),
+]
+INCIDENT_SIZING = {**SIZING_MAP, "btc_features": "STANDARD"}
+
+
+def _by_factor(rows: list[dict[str, Any]], sizing_map: dict[str, str] | None = None) -> dict[str, sizing.Recommendation]:
+    return {rec.factor: rec for rec in recommend(rows, sizing_map or INCIDENT_SIZING, PROFILES)}
+
+
+def test_recommend_flags_the_incident_and_moves_it_up() -> None:
+    recs = _by_factor(INCIDENT_ROWS)
+
+    btc = recs["btc_features"]
+    assert btc.flagged
+    assert btc.current == "STANDARD"
+    assert btc.recommended in ("MEDIUM", "HEAVY")
+    assert btc.recommended == "MEDIUM"  # p95 ~7.6Gi needs 9.5Gi: the smallest fit is 16Gi
+    assert btc.max_peak == int(7.68 * GI)
+    assert btc.headroom is not None and btc.headroom < 0.2
+    assert any("96%" in reason for reason in btc.reasons)
+
+
+def test_recommend_keeps_a_comfortable_factor_and_can_shrink() -> None:
+    recs = _by_factor(INCIDENT_ROWS)
+
+    base = recs["base_features"]
+    assert not base.flagged
+    assert (base.runs_seen, base.attempts, base.ooms) == (3, 3, 0)
+    assert base.p50_peak == 2.5 * GI
+    assert base.recommended == "STANDARD"
+    # 11Gi of 24Gi: 20 % headroom needs 13.75Gi, so MEDIUM (16Gi) would do.
+    assert recs["n_features"].recommended == "MEDIUM"
+    assert not recs["n_features"].flagged
+
+
+def test_recommend_counts_an_oom_as_a_peak_above_its_limit() -> None:
+    rows = [
+        _make_attempt(run_id="r1", factor="l2_features", peak_memory_bytes=7 * GI, exit_reason="OOMKilled"),
+        _make_attempt(run_id="r1", factor="l2_features", attempt=2, profile="MEDIUM", memory_limit_bytes=16 * GI,
+                      peak_memory_bytes=int(8.5 * GI)),
+    ]
+
+    rec = _by_factor(rows)["l2_features"]
+
+    assert rec.ooms == 1
+    assert rec.flagged
+    assert rec.recommended in ("MEDIUM", "HEAVY")
+    assert rec.needed_bytes > 8 * GI
+    assert any("OOMKilled" in reason for reason in rec.reasons)
+
+
+def test_recommend_when_nothing_fits() -> None:
+    rows = [_make_attempt(factor="n_features", profile="HEAVY", memory_limit_bytes=24 * GI, peak_memory_bytes=None,
+                          exit_reason="OOMKilled")]
+
+    rec = _by_factor(rows)["n_features"]
+
+    assert rec.recommended is None
+    assert rec.flagged
+    assert "none fits" in sizing.format_recommendations([rec])
+
+
+def test_recommend_without_history_keeps_the_current_profile() -> None:
+    recs = _by_factor([])
+
+    assert set(recs) == set(SIZING_MAP)
+    assert all(rec.recommended == rec.current and not rec.flagged and rec.p95_peak is None for rec in recs.values())
+
+
+def test_format_recommendations_lists_every_factor_and_the_flags() -> None:
+    text = sizing.format_recommendations(recommend(INCIDENT_ROWS, INCIDENT_SIZING, PROFILES))
+
+    lines = text.splitlines()
+    assert lines[0].split()[:4] == ["factor", "runs", "attempts", "ooms"]
+    assert any(line.startswith("btc_features") and "FLAG" in line and "MEDIUM" in line for line in lines)
+    assert any(line.strip().startswith("btc_features: run r2") for line in lines)
+    assert "7.68Gi" in text
+
+
+def test_recommend_cli_reads_the_history(migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    monkeypatch.delenv("FINETUNE_PROFILES", raising=False)
+    monkeypatch.setenv("FINETUNE_SIZING", '{"btc_features": "STANDARD"}')
+    with psycopg.connect(migrated_db) as conn:
+        conn.execute(
+            "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+            "VALUES ('r2', 'finetune_sweep', 'ridge_long_flat', '2026-06-07T00:00:00Z', '{}')"
+        )
+        conn.execute("INSERT INTO finetune_run_factors (run_id, factor, profile, status) VALUES ('r2', 'btc_features', 'STANDARD', 'done')")
+        conn.execute(
+            "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes, peak_memory_bytes, "
+            "exit_reason, duration_seconds) VALUES ('r2', 'btc_features', 1, 'STANDARD', %s, %s, NULL, 60)",
+            (8 * GI, int(7.68 * GI)),
+        )
+
+    assert sizing.main(["recommend", "--dsn", migrated_db]) == 0
+
+    out = capsys.readouterr().out
+    btc = next(line for line in out.splitlines() if line.startswith("btc_features"))
+    assert "FLAG" in btc and "MEDIUM" in btc and "7.68Gi" in btc
+
+
+def test_recommend_cli_on_a_database_without_tables(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert sizing.main(["recommend", "--dsn", empty_db]) == 2
+    assert "no finetune tables" in capsys.readouterr().err
+
+
+def test_fetch_history_falls_back_to_the_manifest(migrated_db: str) -> None:
+    import psycopg
+
+    with psycopg.connect(migrated_db) as conn:
+        conn.execute("DROP TABLE finetune_pod_attempts")
+        conn.execute(
+            "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+            "VALUES ('r1', 'finetune_sweep', 'ridge_long_flat', '2026-06-07T00:00:00Z', '{}')"
+        )
+        conn.execute(
+            "INSERT INTO finetune_run_factors (run_id, factor, profile, status, memory_limit_bytes, peak_memory_bytes) "
+            "VALUES ('r1', 'l2_features', 'STANDARD', 'done', %s, %s)",
+            (8 * GI, 2 * GI),
+        )
+
+    (row,) = sizing.fetch_history(migrated_db)
+
+    assert (row["factor"], row["peak_memory_bytes"], row["duration_seconds"]) == ("l2_features", 2 * GI, None)
