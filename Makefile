@@ -12,6 +12,9 @@ $(STAMP): requirements.txt images/finetune/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.8
 	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt
+	# plugins/ on the venv's path (as Airflow puts it on sys.path), so that
+	# `python -m finetune_sweep.pods render` and `... sizing recommend` work from the venv.
+	echo "$(CURDIR)/plugins" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/finetune_sweep_plugins.pth"
 	touch $(STAMP)
 
 venv: $(STAMP)

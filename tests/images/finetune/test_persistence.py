@@ -183,3 +183,20 @@ def test_redact_dsn(dsn: str, expected: str) -> None:
 
 def test_scrub_removes_the_password_anywhere() -> None:
     assert scrub("failed for pw123 at host", "postgresql://u:pw123@h/db") == "failed for *** at host"
+
+
+def test_a_connection_killed_by_the_server_is_reconnected_and_the_key_persists(migrated_db: str) -> None:
+    # Injected fault: the server terminates the pod's session between two keys (as a failover or
+    # an idle-session reaper would); the next write reconnects within its retries.
+    first, second = ResultKey("BTC", 0, 10, 0), ResultKey("BTC", 0, 30, 0)
+    with _open_store(migrated_db) as store:
+        store.persist_key(strategy=STRATEGY, key=first, window=WINDOW, model=_make_model(), baselines=BASELINES)
+        backend_pid = store._conn.info.backend_pid
+        with psycopg.connect(migrated_db, autocommit=True) as admin:
+            assert admin.execute("SELECT pg_terminate_backend(%s)", (backend_pid,)).fetchone()[0]
+
+        store.persist_key(strategy=STRATEGY, key=second, window=WINDOW, model=_make_model(), baselines=BASELINES)
+
+        assert store._conn.info.backend_pid != backend_pid
+    assert _count(migrated_db, "finetune_results") == 2
+    assert _count(migrated_db, "finetune_baselines") == 6
