@@ -97,6 +97,8 @@ def main() -> int:
 
         from finetune_sweep.report import print_run_summary
 
+        # The summary's sizing table judges headroom against the profiles the pods ran with.
+        os.environ["FINETUNE_PROFILES"] = env["FINETUNE_PROFILES"]
         print_run_summary(dsn=dsn, dag_id="finetune_sweep", logical_date=DEMO_LOGICAL_DATE)
         return code
     finally:

@@ -1,0 +1,250 @@
+"""Triggering `finetune_sweep` through the REST API of a real, local Airflow api-server.
+
+One api-server per module (a free port on 127.0.0.1, its own AIRFLOW_HOME with a migrated SQLite
+metadata database and the DAG serialised into it). No scheduler runs: a valid trigger leaves a
+`queued` run, which is all these tests need. They prove that the trigger accepts a valid conf on
+the (paused) DAG, that invalid params are refused at trigger time with HTTP 400 naming the param
+and no run is created, and that the DAG's params expose the factors pick list (the trigger form's
+multi-select).
+
+Auth: the simple auth manager with ``SIMPLE_AUTH_MANAGER_ALL_ADMINS=True`` hands out a JWT on
+``GET /auth/token`` (HTTP 201, ``{"access_token": ...}``) without a login; the tests send it as a
+Bearer token, as any REST client of such a deployment would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from finetune_sweep.sizing import SIZING_MAP
+
+pytestmark = pytest.mark.e2e
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+DAG_ID = "finetune_sweep"
+RUNS_URL = f"/api/v2/dags/{DAG_ID}/dagRuns"
+# Generous bounds for a loaded 2-core CI machine (unloaded: ~10 s to prepare, ~10 s to start).
+PREPARE_TIMEOUT = 150
+START_TIMEOUT = 120
+# One Python process migrates the metadata database, then serialises the DAG into it (one Airflow
+# import instead of two). It touches argv[1] between the two steps, so that the api-server can
+# start while the DAG is being parsed.
+PREPARE = """
+import pathlib, sys
+from airflow.__main__ import main
+marker = pathlib.Path(sys.argv[1])
+sys.argv = ["airflow", "db", "migrate"]
+main()
+marker.touch()
+sys.argv = ["airflow", "dags", "reserialize"]
+main()
+"""
+
+
+def _base_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FINETUNE_"))}
+    env.update(
+        AIRFLOW_HOME=str(home),
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
+        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO_ROOT / "plugins"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
+        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
+        # A full-length key (the generated default is short enough to warn on every request).
+        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(64),
+    )
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError as err:
+        return f"<no log: {err}>"
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    """Terminate the process group (uvicorn and its children), then kill what is left."""
+    if proc is None or proc.poll() is not None:
+        return
+    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=grace)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """An authenticated client of a real api-server serving the serialised `finetune_sweep`."""
+    home = tmp_path_factory.mktemp("airflow-api")
+    env = _base_env(home)
+    marker = home / "migrated"
+    prepare_log, server_log = home / "prepare.log", home / "api-server.log"
+    port = _free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    prepare = server = None
+    try:
+        with prepare_log.open("wb") as out:
+            prepare = subprocess.Popen(
+                [sys.executable, "-c", PREPARE, str(marker)],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + PREPARE_TIMEOUT
+        while not marker.exists():
+            if prepare.poll() is not None:
+                pytest.fail(f"`airflow db migrate` failed (exit {prepare.returncode}):\n{_tail(prepare_log)}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"`airflow db migrate` did not finish in {PREPARE_TIMEOUT} s:\n{_tail(prepare_log)}")
+            time.sleep(0.2)
+
+        with server_log.open("wb") as out:
+            server = subprocess.Popen(
+                [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+        try:
+            rc = prepare.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"`airflow dags reserialize` did not finish in {PREPARE_TIMEOUT} s:\n{_tail(prepare_log)}")
+        assert rc == 0, f"`airflow dags reserialize` failed (exit {rc}):\n{_tail(prepare_log)}"
+
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"api-server exited with {server.returncode}:\n{_tail(server_log)}")
+            try:
+                if httpx.get(f"{base_url}/api/v2/monitor/health", timeout=5, trust_env=False).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"api-server did not answer on {base_url} within {START_TIMEOUT} s:\n{_tail(server_log)}")
+            time.sleep(0.5)
+
+        token = httpx.get(f"{base_url}/auth/token", timeout=30, trust_env=False)
+        assert token.status_code == 201, f"{token.status_code} {token.text}\n{_tail(server_log)}"
+        headers = {"Authorization": f"Bearer {token.json()['access_token']}"}
+        # trust_env=False: a proxy from the environment must not see requests to 127.0.0.1.
+        with httpx.Client(base_url=base_url, headers=headers, timeout=60, trust_env=False) as client:
+            yield client
+    finally:
+        _stop(server)
+        _stop(prepare)
+
+
+def _runs(api: httpx.Client) -> list[dict[str, Any]]:
+    response = api.get(RUNS_URL, params={"limit": 100})
+    assert response.status_code == 200, response.text
+    return response.json()["dag_runs"]
+
+
+def _trigger(api: httpx.Client, conf: dict[str, Any], logical_date: str) -> httpx.Response:
+    return api.post(RUNS_URL, json={"logical_date": logical_date, "conf": conf})
+
+
+def test_a_token_is_issued_and_a_forged_one_is_refused(api: httpx.Client) -> None:
+    assert api.get(f"/api/v2/dags/{DAG_ID}").status_code == 200
+    forged = httpx.get(
+        f"{api.base_url}/api/v2/dags/{DAG_ID}",
+        headers={"Authorization": "Bearer not-a-jwt"},
+        timeout=30,
+        trust_env=False,
+    )
+    assert forged.status_code in (401, 403), forged.text
+
+
+def test_a_valid_conf_creates_a_queued_run_on_the_paused_dag(api: httpx.Client) -> None:
+    dag = api.get(f"/api/v2/dags/{DAG_ID}").json()
+    assert dag["is_paused"] is True, "the DAG starts paused; a manual trigger must not need it unpaused"
+    conf = {"factors": ["base_features"], "cryptos": ["BTC"]}
+
+    response = _trigger(api, conf, "2026-06-07T00:00:00Z")
+
+    assert response.status_code == 200, response.text
+    run = response.json()
+    assert run["state"] == "queued"
+    assert run["run_type"] == "manual"
+    assert run["conf"] == conf
+    assert run["logical_date"].startswith("2026-06-07T00:00:00")
+    listed = {r["dag_run_id"]: r["state"] for r in _runs(api)}
+    assert listed.get(run["dag_run_id"]) == "queued"
+
+
+@pytest.mark.parametrize(
+    ("conf", "param", "bad_value"),
+    [
+        pytest.param(
+            {"factors": ["base_features", "no_such_factor"]}, "factors", "no_such_factor", id="unknown-factor"
+        ),
+        pytest.param({"cost_bps": [10, -5]}, "cost_bps", "-5", id="negative-cost"),
+        pytest.param({"cryptos": ["btc-usd"]}, "cryptos", "btc-usd", id="malformed-symbol"),
+        pytest.param({"cryptos": ["BTC'; DROP TABLE x;--"]}, "cryptos", "DROP TABLE x", id="injection"),
+        pytest.param({"n_folds": 0}, "n_folds", "0", id="folds-below-minimum"),
+        pytest.param({"factors": []}, "factors", "[]", id="no-factor"),
+    ],
+)
+def test_invalid_params_are_refused_at_trigger_time(
+    api: httpx.Client, conf: dict[str, Any], param: str, bad_value: str
+) -> None:
+    before = {r["dag_run_id"] for r in _runs(api)}
+    # A logical date of its own: a run created despite the refusal could not hide behind another.
+    logical_date = f"2027-01-{len(before) + 10:02d}T00:00:00Z"
+
+    response = _trigger(api, {"factors": ["base_features"], "cryptos": ["BTC"], **conf}, logical_date)
+
+    assert response.status_code == 400, f"{response.status_code} {response.text}"
+    detail = response.json()["detail"]
+    assert isinstance(detail, str), detail
+    assert detail.startswith(f"Invalid input for param {param}:"), detail
+    assert bad_value in detail, detail
+    after = _runs(api)
+    assert {r["dag_run_id"] for r in after} == before, "a refused trigger must not create a run"
+    assert not [r for r in after if r["logical_date"] and r["logical_date"].startswith(logical_date[:10])]
+
+
+def test_the_dag_details_expose_the_factors_pick_list(api: httpx.Client) -> None:
+    response = api.get(f"/api/v2/dags/{DAG_ID}/details")
+
+    assert response.status_code == 200, response.text
+    params = response.json()["params"]
+    factors = params["factors"]
+    schema = factors["schema"]
+    # The form's multi-select needs `examples`; REST/CLI validation needs `items.enum`: same list.
+    assert schema["type"] == "array"
+    assert schema["examples"] == schema["items"]["enum"] == factors["value"]
+    assert schema["minItems"] == 1 and schema["uniqueItems"] is True
+    assert params["cryptos"]["schema"]["items"]["pattern"] == "^[A-Z0-9]{2,10}$"
+    assert schema["examples"] == list(SIZING_MAP)
