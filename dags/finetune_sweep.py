@@ -64,7 +64,9 @@ def finetune_sweep():
     def register(entries: list[dict]) -> dict:
         return planning.register_from_context(entries, get_current_context())
 
-    @task
+    # all_done: the report (sizing table included) is printed after a failed run too; the task
+    # itself fails unless every factor pod and the gate succeeded.
+    @task(trigger_rule="all_done")
     def report() -> None:
         from finetune_sweep.report import report_from_context
 
@@ -93,8 +95,8 @@ def finetune_sweep():
     summary = report()
 
     planned >> migrate >> registered >> run_factor >> check_baselines
-    # report is the only leaf and needs both: a failed gate *or* a failed factor pod leaves it
-    # upstream_failed, which fails the run (a failed non-leaf task alone would not).
+    # report is the only leaf and carries the verdict: a failed gate *or* a failed factor pod makes
+    # it fail, which fails the run (a failed non-leaf task alone would not).
     [run_factor, check_baselines] >> summary
 
 

@@ -120,24 +120,56 @@ def build_report(dsn: str, run_id: str, *, profiles_json: str | None = None, siz
     )
 
 
+# The tasks whose outcome decides the run: every factor pod and the gate.
+VERDICT_TASKS = ("run_factor", "check_baselines")
+
+
+def unsuccessful_tasks(task_states: Mapping[str, str | None]) -> list[str]:
+    """``"task: state"`` for every task instance that did not succeed, sorted.
+
+    :param task_states: task instance key (``run_factor_0`` for a mapped one) -> state, as
+        ``RuntimeTaskInstance.get_task_states`` returns them for one run.
+    """
+    return sorted(f"{key}: {state}" for key, state in task_states.items() if state != "success")
+
+
 def report_from_context(context: Context) -> None:
-    """The ``report`` task: print the report of this run to the task log.
+    """The ``report`` task: print the report of this run, then fail if the sweep did not succeed.
+
+    It runs whatever happened upstream (``trigger_rule=all_done``), so that the sizing table of a
+    run whose pod was OOMKilled or crashed is in the log too. Being the DAG's only leaf, it then
+    carries the verdict: the run fails unless every factor pod and the gate succeeded (a failed
+    task that is not a leaf would not fail the run by itself).
 
     :param context: the task context.
     """
+    import psycopg
+    from airflow.exceptions import AirflowFailException
+
     from finetune_sweep.db import dsn_from_connection
     from finetune_sweep.planning import run_id_from_context
     from finetune_sweep.settings import get_settings, sizing_overrides
 
+    ti = context["ti"]
+    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=list(VERDICT_TASKS))
+    failed = unsuccessful_tasks(states.get(ti.run_id, {}))
+
     profiles_json, sizing_json = sizing_overrides()
-    print(
-        build_report(
+    try:
+        text = build_report(
             dsn_from_connection(get_settings().conn_id),
             run_id_from_context(context),
             profiles_json=profiles_json,
             sizing_json=sizing_json,
         )
-    )
+    except psycopg.Error as exc:
+        # A run that failed before `migrate` has no tables to report on; the verdict still stands.
+        text = f"no report: the finetune database could not be read ({type(exc).__name__})"
+    print(text)
+    if failed:
+        raise AirflowFailException(
+            f"the sweep did not succeed: {', '.join(failed)} (check_baselines lists the missing keys)"
+        )
 
 
 FIND_RUN_SQL = """

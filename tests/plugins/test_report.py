@@ -75,3 +75,20 @@ def test_print_run_summary_on_an_empty_database(empty_db: str, capsys: pytest.Ca
     report.print_run_summary(dsn=empty_db, dag_id="finetune_sweep", logical_date="2026-06-07T00:00:00+00:00")
 
     assert capsys.readouterr().out.startswith("no finetune run")
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        pytest.param({"run_factor_0": "success", "run_factor_1": "success", "check_baselines": "success"}, [],
+                     id="all-succeeded"),
+        pytest.param({"run_factor_0": "success", "run_factor_1": "failed", "check_baselines": "failed"},
+                     ["check_baselines: failed", "run_factor_1: failed"], id="a-pod-and-the-gate-failed"),
+        pytest.param({"run_factor": "upstream_failed", "check_baselines": "failed"},
+                     ["check_baselines: failed", "run_factor: upstream_failed"], id="plan-failed"),
+        pytest.param({"run_factor_0": "success", "check_baselines": None}, ["check_baselines: None"],
+                     id="gate-never-ran"),
+    ],
+)
+def test_unsuccessful_tasks_decide_the_verdict(states: dict[str, str | None], expected: list[str]) -> None:
+    assert report.unsuccessful_tasks(states) == expected
