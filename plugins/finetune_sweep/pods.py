@@ -195,6 +195,9 @@ def common_pod_kwargs(*, image: str, settings: Settings | None = None) -> dict[s
     }
     if settings.service_account:
         kwargs["service_account_name"] = settings.service_account
+    if settings.pod_template_file:
+        # The KubernetesPodOperator merges the template under the spec built here.
+        kwargs["pod_template_file"] = settings.pod_template_file
     return kwargs
 
 

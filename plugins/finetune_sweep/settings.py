@@ -18,6 +18,9 @@ Environment:
 ``FINETUNE_SERVICE_ACCOUNT``  service account of the pods (default: the namespace default)
 ``FINETUNE_DATA_URI``         optional ``--data-uri`` passed to every ``run`` pod
 ``FINETUNE_RETRY_DELAY_SECONDS``  delay before an OOM retry of ``run_factor`` (default 10)
+``FINETUNE_POD_TEMPLATE_FILE``    optional pod template (YAML) for what the cluster needs beyond
+                              the spec built here (tolerations, imagePullSecrets, priority class);
+                              the operator's own fields (image, resources, env, security) win
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class Settings:
     service_account: str | None = None
     data_uri: str | None = None
     retry_delay_seconds: float = 10.0
+    pod_template_file: str | None = None
 
     @property
     def image_repository(self) -> str:
@@ -100,6 +104,7 @@ class Settings:
             service_account=get("FINETUNE_SERVICE_ACCOUNT", None),
             data_uri=get("FINETUNE_DATA_URI", None),
             retry_delay_seconds=retry_delay,
+            pod_template_file=get("FINETUNE_POD_TEMPLATE_FILE", None),
         )
 
 

@@ -209,3 +209,46 @@ def test_render_cli_prints_the_camelcase_manifest(capsys: pytest.CaptureFixture[
 def test_render_cli_refuses_an_unknown_factor(capsys: pytest.CaptureFixture[str]) -> None:
     assert pods.main(["render", "--factor", "eth_features"]) == 2
     assert "eth_features" in capsys.readouterr().err
+
+
+def test_a_cluster_pod_template_is_merged_under_the_spec_built_here(tmp_path) -> None:
+    # What a cluster needs beyond this project's spec (tolerations, pull secrets, priority) comes
+    # from the template; resources, image and security context stay the ones built here.
+    template = tmp_path / "pod_template.yaml"
+    template.write_text(
+        """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: placeholder
+spec:
+  priorityClassName: batch-low
+  imagePullSecrets: [{name: registry-creds}]
+  tolerations: [{key: dedicated, operator: Equal, value: finetune, effect: NoSchedule}]
+  containers:
+    - name: base
+      image: ignored/by-the-operator:latest
+      resources: {limits: {memory: 1Mi}}
+"""
+    )
+    manifest = _build_manifest(
+        _make_entry("btc_features"), settings=_make_settings(pod_template_file=str(template))
+    )
+
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    spec = manifest["spec"]
+    assert spec["priorityClassName"] == "batch-low"
+    assert spec["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert spec["tolerations"][0]["value"] == "finetune"
+    (container,) = spec["containers"]
+    heavy = PROFILES["HEAVY"]
+    assert container["resources"]["limits"] == {"memory": heavy.memory}
+    assert container["image"] == _make_settings().image
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_the_pod_template_setting_is_read_from_the_environment() -> None:
+    settings = Settings.from_env({"FINETUNE_POD_TEMPLATE_FILE": "/etc/finetune/pod.yaml"})
+
+    assert pods.common_pod_kwargs(image="x:1", settings=settings)["pod_template_file"] == "/etc/finetune/pod.yaml"
+    assert "pod_template_file" not in pods.common_pod_kwargs(image="x:1", settings=Settings.from_env({}))
