@@ -17,8 +17,7 @@ What it adds to the KubernetesPodOperator (DESIGN sections 3, 6 and 7):
   row) and raised as an :class:`AirflowException` naming factor, profile, limit and peak; an OOM
   on the top profile, and any other failure, raise :class:`AirflowFailException` (no retry).
   The DAG gives ``run_factor`` ``retries=len(PROFILE_ORDER) - 1`` (two) for the ladder to climb.
-  Clearing a task also increments its try number: a cleared factor starts a step higher, capped
-  at the top profile.
+  Clearing a task starts a new round of tries on the planned profile (see :func:`ladder_steps`).
 - **Mapped-instance names.** ``execute`` puts the factor into the context as ``factor``; the DAG
   uses ``map_index_template="{{ task.factor }}"`` (``task`` is the unmapped operator, available
   already at the early, pre-execute rendering, so a running instance is named too).
@@ -169,6 +168,24 @@ def kubernetes_termination(
         peak_memory_bytes=peak,
         detail=(terminated.message or "").strip() or None,
     )
+
+
+def ladder_steps(*, try_number: int, max_tries: int | None, retries: int) -> int:
+    """How many profile steps up this try runs: the OOMs since the first try of its round.
+
+    Only an OOM raises a retryable error, so every try after the first of a round followed an OOM.
+    Clearing a task starts a new round: Airflow raises ``max_tries`` to ``try_number + retries``,
+    so the round's first try is ``max_tries - retries + 1`` (as Airflow itself computes it for
+    reschedules), and a cleared factor starts again on its planned profile instead of climbing.
+
+    :param try_number: Airflow's try number (1 for the first try).
+    :param max_tries: the task instance's ``max_tries``; ``None`` when unknown (then rounds are
+        not told apart and every earlier try counts).
+    :param retries: the task's ``retries``.
+    """
+    if max_tries is None or max_tries < retries:
+        return max(try_number - 1, 0)
+    return max(try_number - (max_tries - retries + 1), 0)
 
 
 def attempt_profile(planned: str, *, try_number: int, profiles: Mapping[str, PodProfile]) -> PodProfile:
@@ -348,9 +365,14 @@ class FactorPodOperator(KubernetesPodOperator):
         except SizingError as exc:
             # a bad override is no reason to retry (a retry would also move the profile up)
             raise AirflowFailException(str(exc)) from exc
-        try_number = int(context["ti"].try_number)
+        ti = context["ti"]
+        try_number = int(ti.try_number)
+        steps = ladder_steps(
+            try_number=try_number, max_tries=getattr(ti, "max_tries", None), retries=int(self.retries or 0)
+        )
         planned = profiles[self.profile] if self.profile in profiles else None
-        profile = attempt_profile(str(self.profile), try_number=try_number, profiles=profiles)
+        # attempt_profile counts a first try as 1: ``steps`` OOMs so far put this try steps + 1.
+        profile = attempt_profile(str(self.profile), try_number=steps + 1, profiles=profiles)
         self.attempt_profile = profile
         self.container_resources = as_resource_requirements(resources_for(profile))
         self.labels = {

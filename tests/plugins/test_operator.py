@@ -22,6 +22,7 @@ from kubernetes.client import models as k8s
 
 from finetune_sweep import pods
 from finetune_sweep.operator import (
+    ladder_steps,
     FactorPodOperator,
     PodTermination,
     attempt_profile,
@@ -159,6 +160,30 @@ def test_native_rendered_cpu_becomes_a_quantity_string() -> None:
 )
 def test_attempt_profile(planned: str, try_number: int, expected: str) -> None:
     assert attempt_profile(planned, try_number=try_number, profiles=PROFILES).name == expected
+
+
+@pytest.mark.parametrize(
+    ("try_number", "max_tries", "expected"),
+    [
+        pytest.param(1, 2, 0, id="first-try"),
+        pytest.param(2, 2, 1, id="after-one-oom"),
+        pytest.param(3, 2, 2, id="after-two-ooms"),
+        # Cleared after try 3 failed: Airflow sets max_tries = 3 + retries; try 4 starts a round.
+        pytest.param(4, 5, 0, id="cleared-starts-on-the-planned-profile"),
+        pytest.param(5, 5, 1, id="cleared-then-one-oom"),
+        pytest.param(3, None, 2, id="no-round-information"),
+    ],
+)
+def test_ladder_steps_count_the_ooms_of_the_current_round(try_number: int, max_tries: int | None, expected: int) -> None:
+    assert ladder_steps(try_number=try_number, max_tries=max_tries, retries=2) == expected
+
+
+def test_a_cleared_factor_is_not_moved_up() -> None:
+    op = _make_operator(retries=2)
+    context = _make_context(try_number=4)
+    context["ti"].max_tries = 5  # what clearing after try 3 leaves
+
+    assert op._apply_attempt_profile(context).name == "STANDARD"
 
 
 def test_attempt_profile_unknown_profile_fails() -> None:
