@@ -24,6 +24,7 @@ DEMO_DIR = REPO_ROOT / ".demo"
 sys.path[:0] = [str(REPO_ROOT / "plugins")]
 
 from finetune_sweep.db import connection_json_from_dsn, redact_dsn  # noqa: E402
+from finetune_sweep.local_airflow import local_airflow_env  # noqa: E402
 
 # Small enough to finish in about a minute on 2 cores, big enough to show every factor and cost.
 DEMO_CONF = {
@@ -53,13 +54,8 @@ def _start_embedded_postgres():
 def _airflow_env(dsn: str) -> dict[str, str]:
     airflow_home = DEMO_DIR / "airflow"
     airflow_home.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    env = local_airflow_env(airflow_home, inherit_settings=True)
     env.update(
-        AIRFLOW_HOME=str(airflow_home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO_ROOT / "plugins"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{airflow_home}/airflow.db",
         AIRFLOW_CONN_FINETUNE_DB=connection_json_from_dsn(dsn),
         FINETUNE_POD_BACKEND="local",
         FINETUNE_PROFILES=json.dumps(DEMO_PROFILES),

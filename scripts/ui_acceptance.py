@@ -54,6 +54,7 @@ DAG_ID = "finetune_sweep"
 sys.path[:0] = [str(REPO_ROOT / "plugins")]
 
 from finetune_sweep.db import connection_json_from_dsn, redact_dsn  # noqa: E402
+from finetune_sweep.local_airflow import local_airflow_env  # noqa: E402
 
 # Requests to 127.0.0.1 never go through a proxy from the environment.
 LOCAL = build_opener(ProxyHandler({}))
@@ -88,16 +89,11 @@ def free_port() -> int:
 
 
 def airflow_env(home: Path, port: int, dsn: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FINETUNE_"))}
+    env = local_airflow_env(home)
     base_url = f"http://127.0.0.1:{port}"
     env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO_ROOT / "plugins"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
         AIRFLOW__CORE__EXECUTOR="LocalExecutor",
         AIRFLOW__CORE__PARALLELISM="4",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
         AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(64),
         AIRFLOW__API__BASE_URL=base_url,

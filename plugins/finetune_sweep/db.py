@@ -5,7 +5,8 @@ The URI carries the password: callers pass it to psycopg and never log it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -24,6 +25,10 @@ LIBPQ_EXTRA_KEYS = (
     "keepalives",
     "keepalives_idle",
 )
+
+# The password of any URI in a text (``scheme://user:PASSWORD@``) and of a libpq keyword string.
+_URI_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(password=)[^&\s]*", re.IGNORECASE)
 
 
 def dsn_from_connection(conn_id: str = "finetune_db") -> str:
@@ -129,12 +134,23 @@ def connection_json_from_dsn(dsn: str) -> str:
     return json.dumps(conn)
 
 
+def redact(text: str, secrets: Iterable[str | None] = ()) -> str:
+    """Hide secret values and DSN passwords in ``text`` (a log line, a message, a DSN).
+
+    :param text: the text to print or log.
+    :param secrets: literal values to replace with ``***`` (e.g. a resolved DSN, or its password
+        alone, which leaks as easily in a libpq error message).
+    """
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _URI_PASSWORD.sub(r"\g<head>***@", text)
+    return _KEYWORD_PASSWORD.sub(r"\1***", text)
+
+
 def redact_dsn(dsn: str) -> str:
     """The DSN with its password replaced by ``***`` (URI or ``key=value`` form), safe to print.
 
     :param dsn: a libpq URI or connection string.
     """
-    import re
-
-    redacted = re.sub(r"(://[^:/@?#]*:)[^@/?#]*@", r"\1***@", dsn)
-    return re.sub(r"(password=)[^&\s]*", r"\1***", redacted, flags=re.IGNORECASE)
+    return redact(dsn)

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from finetune_sweep.db import redact
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
@@ -51,7 +53,6 @@ __all__ = [
     "LocalPodResult",
     "LocalPodRunner",
     "run_pod_locally",
-    "redact",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -77,7 +78,6 @@ DEFAULT_INHERITED_ENV = (
 Enforcement = Literal["auto", "cgroup", "watchdog", "none"]
 Reason = Literal["Completed", "Error", "OOMKilled"]
 
-_DSN_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@", re.IGNORECASE)
 _ENV_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
@@ -118,18 +118,6 @@ class LocalPodResult:
     def succeeded(self) -> bool:
         """Whether the container completed with exit code 0."""
         return self.reason == "Completed"
-
-
-def redact(text: str, secrets: Iterable[str] = ()) -> str:
-    """Hide secret values and URI passwords in ``text``.
-
-    :param text: a log line or message.
-    :param secrets: literal values to replace with ``***`` (e.g. a resolved DSN).
-    """
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _DSN_PASSWORD.sub(r"\g<head>***@", text)
 
 
 # --------------------------------------------------------------------------- pod spec -> process

@@ -462,7 +462,7 @@ class FactorPodOperator(KubernetesPodOperator):
         from finetune.persistence import DatabaseUnavailable, connect
 
         from finetune_sweep.db import dsn_from_connection
-        from finetune_sweep.local_pod import redact
+        from finetune_sweep.db import redact
         from finetune_sweep.settings import Settings
 
         row = {

@@ -7,7 +7,6 @@ between calls on one DAG object) against its own fresh database, then reads the 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,10 +15,10 @@ import psycopg
 import pytest
 
 from finetune_sweep.db import connection_json_from_dsn
+from finetune_sweep.local_airflow import local_airflow_env
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 LOGICAL_DATE = "2026-06-07T00:00:00+00:00"
 SMALL_CONF = {
@@ -48,13 +47,8 @@ def airflow_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _base_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FINETUNE_"))}
+    env = local_airflow_env(home)
     env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO_ROOT / "plugins"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
         FINETUNE_POD_BACKEND="local",
         FINETUNE_PROFILES=json.dumps(SMALL_PROFILES),
         FINETUNE_RETRY_DELAY_SECONDS="1",

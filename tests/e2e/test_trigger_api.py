@@ -14,7 +14,6 @@ Bearer token, as any REST client of such a deployment would.
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import signal
@@ -29,11 +28,11 @@ from typing import Any
 import httpx
 import pytest
 
+from finetune_sweep.local_airflow import local_airflow_env
 from finetune_sweep.sizing import SIZING_MAP
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 DAG_ID = "finetune_sweep"
 RUNS_URL = f"/api/v2/dags/{DAG_ID}/dagRuns"
@@ -56,13 +55,8 @@ main()
 
 
 def _base_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "FINETUNE_"))}
+    env = local_airflow_env(home)
     env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
-        AIRFLOW__CORE__PLUGINS_FOLDER=str(REPO_ROOT / "plugins"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home}/airflow.db",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
         # A full-length key (the generated default is short enough to warn on every request).
         AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(64),

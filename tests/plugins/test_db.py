@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from finetune_sweep.db import connection_json_from_dsn, dsn_from_connection, dsn_from_parts, redact_dsn
+from finetune_sweep.db import connection_json_from_dsn, dsn_from_connection, dsn_from_parts, redact, redact_dsn
 
 
 def _make_parts(**overrides: Any) -> dict[str, Any]:
@@ -85,3 +85,15 @@ def test_connection_json_refuses_other_schemes() -> None:
 def test_redact_dsn(dsn: str, expected: str) -> None:
     assert redact_dsn(dsn) == expected
     assert "secret" not in redact_dsn(dsn)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db", id="uri-password"),
+        pytest.param("postgresql://u@/db?host=/tmp", "postgresql://u@/db?host=/tmp", id="no-password"),
+        pytest.param("token abc123 seen", "token *** seen", id="literal-secret"),
+    ],
+)
+def test_redact(text: str, expected: str) -> None:
+    assert redact(text, ["abc123"]) == expected

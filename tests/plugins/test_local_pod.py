@@ -24,7 +24,6 @@ from finetune_sweep.local_pod import (
     LocalPodError,
     LocalPodRunner,
     create_cgroup,
-    redact,
     run_pod_locally,
 )
 
@@ -396,15 +395,3 @@ def test_no_memory_limit_runs_unlimited(lines: _Lines) -> None:
     assert result.memory_limit_bytes is None
     # the downward API reports the node's memory when a container has no limit
     assert int(result.log_tail[-1]) == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        pytest.param("postgresql://u:pw@h:5432/db", "postgresql://u:***@h:5432/db", id="uri-password"),
-        pytest.param("postgresql://u@/db?host=/tmp", "postgresql://u@/db?host=/tmp", id="no-password"),
-        pytest.param("token abc123 seen", "token *** seen", id="literal-secret"),
-    ],
-)
-def test_redact(text: str, expected: str) -> None:
-    assert redact(text, ["abc123"]) == expected
