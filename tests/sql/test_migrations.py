@@ -78,7 +78,7 @@ def test_v002_adds_slippage_safely_on_populated_tables(empty_db: str) -> None:
         for baseline_type in ("buy_and_hold", "random", "naive"):
             _insert(conn, "finetune_baselines", _baseline_row(baseline_type=baseline_type))
 
-    assert apply_migrations(empty_db) == ["002", "003"]
+    assert apply_migrations(empty_db)[:2] == ["002", "003"]
 
     with psycopg.connect(empty_db, autocommit=True) as conn:
         for table in ("finetune_results", "finetune_baselines"):

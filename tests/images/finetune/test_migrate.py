@@ -13,6 +13,9 @@ from finetune import migrate
 from finetune.migrate import MigrationError, apply_migrations, checksum, default_migrations_dir
 
 REPO_SQL = Path(__file__).resolve().parents[3] / "sql"
+# (version, name) of every migration shipped in sql/, in order: the expected history of a full apply.
+REPO_MIGRATIONS = sorted(tuple(p.stem[1:].split("__", 1)) for p in REPO_SQL.glob("V*__*.sql"))
+REPO_VERSIONS = [version for version, _ in REPO_MIGRATIONS]
 
 
 def _history(dsn: str) -> list[tuple[str, str, str]]:
@@ -43,11 +46,10 @@ def _copy_repo_sql(tmp_path: Path) -> Path:
 
 
 def test_applies_in_order_then_nothing(empty_db: str) -> None:
-    assert apply_migrations(empty_db, REPO_SQL) == ["001", "002", "003"]
+    assert apply_migrations(empty_db, REPO_SQL) == REPO_VERSIONS
     history = _history(empty_db)
-    assert [(v, n) for v, n, _ in history] == [
-        ("001", "create_core_tables"), ("002", "add_slippage_bps"), ("003", "pod_attempts"),
-    ]
+    assert [(v, n) for v, n, _ in history] == REPO_MIGRATIONS
+    assert REPO_MIGRATIONS[:3] == [("001", "create_core_tables"), ("002", "add_slippage_bps"), ("003", "pod_attempts")]
     assert all(digest == checksum((REPO_SQL / f"V{v}__{n}.sql").read_bytes()) for v, n, digest in history)
     assert apply_migrations(empty_db, REPO_SQL) == []
     assert _history(empty_db) == history
@@ -69,7 +71,7 @@ def test_crlf_checkout_of_an_applied_file_is_not_a_change(empty_db: str, tmp_pat
 def test_target_stops_at_a_version(empty_db: str) -> None:
     assert apply_migrations(empty_db, REPO_SQL, target="2") == ["001", "002"]
     assert "finetune_pod_attempts" not in _tables(empty_db)
-    assert apply_migrations(empty_db, REPO_SQL) == ["003"]
+    assert apply_migrations(empty_db, REPO_SQL) == REPO_VERSIONS[2:]
 
 
 def test_unknown_target_is_refused(empty_db: str) -> None:
@@ -89,7 +91,7 @@ def test_changed_applied_file_stops_and_changes_nothing(empty_db: str, tmp_path:
     message = str(error.value)
     assert "\n" not in message
     assert "checksum mismatch" in message and "V001__create_core_tables.sql" in message
-    # V002 and V003 were pending and valid, yet nothing was applied.
+    # The later versions were pending and valid, yet nothing was applied.
     assert (_history(empty_db), _tables(empty_db)) == before
 
 
@@ -100,7 +102,7 @@ def test_changed_applied_file_stops_and_changes_nothing(empty_db: str, tmp_path:
         pytest.param("v004__x.sql", "misnamed migration file v004__x.sql", id="lowercase-v"),
         pytest.param("V004__x.SQL", "misnamed migration file V004__x.SQL", id="upper-extension"),
         pytest.param("notes.txt", "misnamed migration file notes.txt", id="stray-file"),
-        pytest.param("V005__later.sql", "version gap: V005__later.sql", id="gap"),
+        pytest.param("V099__later.sql", "version gap: V099__later.sql", id="gap"),
         pytest.param("V03__again.sql", "duplicate migration version 3", id="duplicate-version"),
     ],
 )
@@ -119,14 +121,16 @@ def test_bad_directory_stops_before_anything_is_applied(
 def test_hidden_files_are_ignored(empty_db: str, tmp_path: Path) -> None:
     directory = _copy_repo_sql(tmp_path)
     (directory / ".gitkeep").write_text("")
-    assert apply_migrations(empty_db, directory) == ["001", "002", "003"]
+    assert apply_migrations(empty_db, directory) == REPO_VERSIONS
 
 
 def test_applied_file_that_vanished_stops(empty_db: str, tmp_path: Path) -> None:
     directory = _copy_repo_sql(tmp_path)
     apply_migrations(empty_db, directory)
-    (directory / "V003__pod_attempts.sql").unlink()
-    with pytest.raises(MigrationError, match="V003__pod_attempts.sql is missing"):
+    # The newest one: removing an older one would be refused as a version gap first.
+    version, name = REPO_MIGRATIONS[-1]
+    (directory / f"V{version}__{name}.sql").unlink()
+    with pytest.raises(MigrationError, match=f"V{version}__{name}.sql is missing"):
         apply_migrations(empty_db, directory)
 
 
