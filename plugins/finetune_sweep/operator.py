@@ -59,6 +59,8 @@ SIGKILL_EXIT_CODE = 137
 OOM_NEAR_LIMIT_RATIO = 0.95
 PROFILE_ENV = "FINETUNE_PROFILE"
 ATTEMPT_ENV = "FINETUNE_ATTEMPT"
+# The Airflow run of the attempt: with the try number it keys the attempt history (V007).
+AIRFLOW_RUN_ENV = "FINETUNE_AIRFLOW_RUN_ID"
 
 
 @dataclass(frozen=True)
@@ -386,7 +388,9 @@ class FactorPodOperator(KubernetesPodOperator):
                 selector.pop(key, None)
         selector.update(profile.node_selector)
         self.node_selector = selector
-        self._set_env({PROFILE_ENV: profile.name, ATTEMPT_ENV: str(try_number)})
+        self._set_env(
+            {PROFILE_ENV: profile.name, ATTEMPT_ENV: str(try_number), AIRFLOW_RUN_ENV: str(context["run_id"])}
+        )
         if announce:
             self.log.info(
                 "factor %s try %s runs on profile %s (memory %s, planned %s)",
@@ -468,6 +472,7 @@ class FactorPodOperator(KubernetesPodOperator):
         row = {
             "run_id": self._record_run_id(context),
             "factor": self.factor,
+            "airflow_run_id": str(context["run_id"]),
             "attempt": attempt,
             "profile": profile.name,
             "memory_limit_bytes": limit,
@@ -516,11 +521,11 @@ ON CONFLICT (run_id, factor) DO UPDATE SET
 
 _UPSERT_FAILED_ATTEMPT = """
 INSERT INTO finetune_pod_attempts AS a
-    (run_id, factor, attempt, profile, memory_limit_bytes, peak_memory_bytes, exit_reason, duration_seconds,
-     finished_at)
-VALUES (%(run_id)s, %(factor)s, %(attempt)s, %(profile)s, %(memory_limit_bytes)s, %(peak_memory_bytes)s,
+    (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, peak_memory_bytes, exit_reason,
+     duration_seconds, finished_at)
+VALUES (%(run_id)s, %(factor)s, %(airflow_run_id)s, %(attempt)s, %(profile)s, %(memory_limit_bytes)s, %(peak_memory_bytes)s,
         %(exit_reason)s, %(duration_seconds)s, now())
-ON CONFLICT (run_id, factor, attempt) DO UPDATE SET
+ON CONFLICT (run_id, factor, airflow_run_id, attempt) DO UPDATE SET
     exit_reason = CASE WHEN EXCLUDED.exit_reason = %(oom_reason)s THEN EXCLUDED.exit_reason ELSE a.exit_reason END,
     peak_memory_bytes = GREATEST(a.peak_memory_bytes, EXCLUDED.peak_memory_bytes),
     memory_limit_bytes = COALESCE(a.memory_limit_bytes, EXCLUDED.memory_limit_bytes),

@@ -348,9 +348,10 @@ def test_the_pods_own_failure_record_is_kept(local_backend: None, registered_db:
             (reason, 5 * MI),
         )
         conn.execute(
-            "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes, "
-            "peak_memory_bytes, exit_reason, duration_seconds) VALUES (%s, 'base_features', 1, 'STANDARD', %s, %s, %s, 0.5)",
-            (RUN_ID, 64 * MI, 5 * MI, reason),
+            "INSERT INTO finetune_pod_attempts (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, "
+            "peak_memory_bytes, exit_reason, duration_seconds) "
+            "VALUES (%s, 'base_features', %s, 1, 'STANDARD', %s, %s, %s, 0.5)",
+            (RUN_ID, RUN_ID, 64 * MI, 5 * MI, reason),
         )
     event = json.dumps({"event": "run_finished", "status": "failed", "exit_code": 1, "exit_reason": reason})
     op = _make_operator(code=f"import sys; print({event!r}); sys.exit(1)")

@@ -156,3 +156,24 @@ def test_pod_attempts_keep_one_row_per_attempt(migrated_db: str) -> None:
             conn.execute(
                 "INSERT INTO finetune_pod_attempts (run_id, factor, attempt) VALUES ('r1', 'base_features', 2)"
             )
+
+
+def test_pod_attempts_of_another_airflow_run_are_kept(migrated_db: str) -> None:
+    """V007: a rerun of the same finetune run (a new DAG run, try numbers from 1 again) adds rows."""
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        _make_manifest(conn)
+        for airflow_run_id, reason in (("scheduled__2026-06-07", "OOMKilled"), ("manual__2026-06-08", "completed")):
+            conn.execute(
+                "INSERT INTO finetune_pod_attempts (run_id, factor, airflow_run_id, attempt, exit_reason) "
+                "VALUES ('r1', 'base_features', %s, 1, %s)",
+                (airflow_run_id, reason),
+            )
+        rows = conn.execute(
+            "SELECT airflow_run_id, attempt, exit_reason FROM finetune_pod_attempts ORDER BY airflow_run_id"
+        ).fetchall()
+        assert rows == [("manual__2026-06-08", 1, "completed"), ("scheduled__2026-06-07", 1, "OOMKilled")]
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute(
+                "INSERT INTO finetune_pod_attempts (run_id, factor, airflow_run_id, attempt) "
+                "VALUES ('r1', 'base_features', 'manual__2026-06-08', 1)"
+            )

@@ -124,7 +124,12 @@ def _pod_context(environ: Mapping[str, str]) -> PodContext:
     attempt = environ.get("FINETUNE_ATTEMPT", "1").strip() or "1"
     if not attempt.isdigit() or int(attempt) < 1:
         raise InputError(f"FINETUNE_ATTEMPT must be an integer >= 1, got {attempt!r}")
-    return PodContext(attempt=int(attempt), profile=environ.get("FINETUNE_PROFILE") or None, environ=environ)
+    return PodContext(
+        attempt=int(attempt),
+        profile=environ.get("FINETUNE_PROFILE") or None,
+        environ=environ,
+        airflow_run_id=environ.get("FINETUNE_AIRFLOW_RUN_ID", "").strip(),
+    )
 
 
 def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:

@@ -297,6 +297,7 @@ class Store:
         peak_memory_bytes: int | None,
         exit_reason: str,
         duration_seconds: float,
+        airflow_run_id: str = "",
     ) -> None:
         """Record the outcome on the manifest and in the per-attempt history, in one transaction."""
 
@@ -312,10 +313,10 @@ class Store:
             )
             conn.execute(
                 """
-                INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,
-                    peak_memory_bytes, exit_reason, duration_seconds, finished_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now())
-                ON CONFLICT (run_id, factor, attempt) DO UPDATE SET
+                INSERT INTO finetune_pod_attempts (run_id, factor, airflow_run_id, attempt, profile,
+                    memory_limit_bytes, peak_memory_bytes, exit_reason, duration_seconds, finished_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+                ON CONFLICT (run_id, factor, airflow_run_id, attempt) DO UPDATE SET
                     profile = EXCLUDED.profile,
                     memory_limit_bytes = EXCLUDED.memory_limit_bytes,
                     peak_memory_bytes = EXCLUDED.peak_memory_bytes,
@@ -326,6 +327,7 @@ class Store:
                 (
                     self.run_id,
                     self.factor,
+                    airflow_run_id,
                     attempt,
                     profile,
                     memory_limit_bytes,

@@ -113,6 +113,8 @@ class PodContext:
     attempt: int
     profile: str | None
     environ: Mapping[str, str]
+    # The Airflow run that started the pod ('' outside Airflow): part of the attempt history's key.
+    airflow_run_id: str = ""
     # When the pod's work began (time.monotonic), so that pod_usage's seconds include the loading.
     started: float = field(default_factory=time.monotonic)
 
@@ -323,6 +325,7 @@ def _finish(
         store.finish(
             status=status,
             attempt=pod.attempt,
+            airflow_run_id=pod.airflow_run_id,
             profile=pod.profile,
             memory_limit_bytes=usage.memory_limit_bytes,
             peak_memory_bytes=usage.peak_memory_bytes,

@@ -152,6 +152,12 @@ def test_rerun_upserts_and_records_the_new_attempt(
     assert code == 0
     assert _counts(dsn) == {**before, "finetune_pod_attempts": 2}
     assert _query(dsn, "SELECT attempt, status FROM finetune_run_factors") == [(2, "done")]
+    # A new DAG run of the same sweep starts again at try 1: its attempt is kept beside the first.
+    code, _ = _run(dsn, capsys, env={"FINETUNE_ATTEMPT": "1", "FINETUNE_AIRFLOW_RUN_ID": "manual__2026-06-08"})
+    assert code == 0
+    assert _query(dsn, "SELECT airflow_run_id, attempt FROM finetune_pod_attempts ORDER BY 1, 2") == [
+        ("", 1), ("", 2), ("manual__2026-06-08", 1),
+    ]
 
 
 def test_baselines_are_computed_once_per_key(
