@@ -17,6 +17,7 @@ from typing import NoReturn
 import pandas as pd
 import psycopg
 
+from finetune.bars import BAR_LABELS, DEFAULT_MAX_GAP_BARS, DEFAULT_MAX_STALE_BARS, GAP_MODES, BarOptions, parse_interval
 from finetune.data import to_utc, validate_symbol
 from finetune.events import EventLog
 from finetune.factors import KNOWN_FACTORS, UnknownFactorError, check_factor
@@ -71,6 +72,19 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _non_negative(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def _interval(text: str) -> pd.Timedelta:
+    try:
+        return parse_interval(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _symbol(text: str) -> str:
     try:
         return validate_symbol(text)
@@ -89,7 +103,9 @@ def _as_of(text: str) -> pd.Timestamp:
     try:
         return to_utc(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not an ISO timestamp: {text!r}") from exc
+        # to_utc names the refused wall-clock words ('now', 'today') itself.
+        message = str(exc) if str(exc).startswith("not an ISO timestamp") else f"not an ISO timestamp: {text!r}"
+        raise argparse.ArgumentTypeError(message) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,7 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--hold-bars", required=True, type=_positive)
     run.add_argument("--train-bars", type=_positive, default=DEFAULT_TRAIN_BARS)
     run.add_argument("--test-bars", type=_positive, default=DEFAULT_TEST_BARS)
-    run.add_argument("--data-uri", default=None, help="file:///dir or synthetic:// (default: FINETUNE_DATA_URI)")
+    run.add_argument(
+        "--data-uri",
+        default=None,
+        help="synthetic://, file:///dir, s3://bucket/prefix or gs://bucket/prefix (default: FINETUNE_DATA_URI)",
+    )
+    # Data options (DESIGN 4.1): how the data's rows become calendar bars (finetune.bars).
+    run.add_argument("--gaps", choices=GAP_MODES, default="fill", help="fill (default), refuse or rows")
+    run.add_argument("--max-gap-bars", type=_non_negative, default=DEFAULT_MAX_GAP_BARS,
+                     help=f"longest gap --gaps fill fills (default {DEFAULT_MAX_GAP_BARS})")
+    run.add_argument("--bar-label", choices=BAR_LABELS, default="open", help="a stamp is the bar's open (default) or close")
+    run.add_argument("--max-stale-bars", type=_non_negative, default=DEFAULT_MAX_STALE_BARS,
+                     help=f"the last bar may close at most this many bars before as-of (default {DEFAULT_MAX_STALE_BARS})")
+    run.add_argument("--bar-interval", type=_interval, default=None, help="e.g. 1h, 15min, 1d (default: detected)")
     return parser
 
 
@@ -146,6 +174,13 @@ def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
         train_bars=args.train_bars,
         test_bars=args.test_bars,
         data_uri=args.data_uri or environ.get("FINETUNE_DATA_URI") or None,
+        bars=BarOptions(
+            gaps=args.gaps,
+            max_gap_bars=args.max_gap_bars,
+            bar_label=args.bar_label,
+            max_stale_bars=args.max_stale_bars,
+            bar_interval=args.bar_interval,
+        ),
     )
     with sigterm_raises():
         try:

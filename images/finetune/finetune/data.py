@@ -1,4 +1,4 @@
-"""Market data for the pod: a built-in deterministic synthetic market, or files under a folder.
+"""Market data for the pod: a built-in deterministic synthetic market, or files in a folder or bucket.
 
 ``MarketData(None)`` / ``MarketData("synthetic://")`` serves hourly bars of
 :data:`SYNTHETIC_SYMBOLS` from :data:`SYNTHETIC_START` to :data:`SYNTHETIC_END`, the same bytes on
@@ -9,12 +9,18 @@ the alts load on BTC's shocks (``z = rho * z_btc + sqrt(1 - rho^2) * z_own``), s
 with it as real crypto does. The whole history is generated once and cut at ``as_of``, so a bar
 never changes with the as-of that reads it.
 
-``MarketData("file:///dir")`` reads ``DIR/<SYMBOL>.parquet``, else ``DIR/<SYMBOL>.csv``. The
-timestamp is the column named timestamp/date/time/datetime/open_time (any case), else the
-first column (for parquet, a DatetimeIndex too); tz-naive times are UTC; integer times are epoch
-seconds, or milliseconds when >= 1e11 (exchange klines). Open/high/low/close/volume columns may be
-in any case. Rows out of order are sorted; a duplicated timestamp is an error (two different bars
-for one hour leave no right answer). Rows after ``as_of`` are cut; the wall clock is never read.
+``MarketData("file:///dir")`` (or ``s3://bucket/prefix``, ``gs://bucket/prefix``: see
+:mod:`finetune.locations`) reads ``<SYMBOL>.parquet``, else ``<SYMBOL>.csv``. The timestamp is
+the column named timestamp/date/time/datetime/open_time (any case), else the first column (for
+parquet, a DatetimeIndex too); tz-naive times are UTC; numeric times are epoch seconds,
+milliseconds, microseconds or nanoseconds, told apart by magnitude (:func:`epoch_unit`).
+Open/high/low/close/volume columns may be in any case. Rows out of order are sorted; a duplicated
+timestamp is an error (two different bars for one hour leave no right answer).
+
+Every source then goes through :func:`finetune.bars.calendar_bars`: only bars closed by as-of,
+stale feeds refused, gaps filled or refused on the bar interval's grid (a ``filled`` column marks
+the filled bars). As-of is always an explicit timestamp: ``now``, ``today`` and every other
+route to the wall clock are refused (:func:`to_utc`).
 """
 
 from __future__ import annotations
@@ -22,11 +28,12 @@ from __future__ import annotations
 import math
 import re
 import zlib
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
+
+from finetune.bars import BarCalendar, BarOptions, calendar_bars
+from finetune.locations import DataError, DataLocation
 
 SYNTHETIC_URI = "synthetic://"
 SYNTHETIC_START = pd.Timestamp("2021-01-01T00:00:00Z")
@@ -49,11 +56,11 @@ _SYNTHETIC_PARAMS = {
 }
 _GARCH_ALPHA = 0.06
 _GARCH_BETA = 0.92
-_EPOCH_MS_THRESHOLD = 1e11  # epoch seconds stay below this until the year 5138
-
-
-class DataError(ValueError):
-    """Market data that cannot be used; the one-line message names the symbol, file or as-of."""
+# Epoch magnitudes: seconds stay below 1e11 until the year 5138; ms, us and ns of any date from
+# 1973 to 5138 fall in the next three decades each, so the size of a stamp names its unit.
+EPOCH_UNITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
+# An ISO date leads every timestamp we accept; 'now', 'today' & co. would read the wall clock.
+_ISO_START = re.compile(r"^\s*[+-]?\d{4}-\d{2}-\d{2}")
 
 
 def validate_symbol(symbol: str) -> str:
@@ -64,7 +71,15 @@ def validate_symbol(symbol: str) -> str:
 
 
 def to_utc(ts: pd.Timestamp | str) -> pd.Timestamp:
-    """A timestamp in UTC; a naive one is taken to be UTC already."""
+    """A timestamp in UTC; a naive one is taken to be UTC already.
+
+    A string must start with an ISO date (``2026-06-07``, ``2026-06-07T00:00:00Z``): pandas would
+    turn ``now`` or ``today`` into the wall clock, and a run anchored there cannot be repeated.
+    """
+    if isinstance(ts, str) and not _ISO_START.match(ts):
+        raise ValueError(
+            f"not an ISO timestamp: {ts!r} (as-of is always explicit, e.g. 2026-06-07T00:00:00Z, never the wall clock)"
+        )
     stamp = pd.Timestamp(ts)
     if stamp is pd.NaT:
         raise ValueError(f"not a timestamp: {ts!r}")
@@ -125,18 +140,18 @@ def synthetic_ohlcv(symbol: str) -> pd.DataFrame:
     )
 
 
-def _file_location(data_uri: str) -> Path:
-    parsed = urlparse(data_uri)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
-        raise ValueError(f"unsupported data URI {data_uri!r}: use synthetic:// or file:///absolute/dir")
-    return Path(unquote(parsed.path))
+def epoch_unit(largest: float) -> str:
+    """``s``, ``ms``, ``us`` or ``ns``: the unit in which ``largest`` (absolute) is a date after 1973."""
+    for threshold, unit in EPOCH_UNITS:
+        if largest < threshold:
+            return unit
+    return "ns"
 
 
 def _timestamps(raw: pd.Series, where: str) -> pd.DatetimeIndex:
-    """UTC timestamps of ``raw``; integers are epoch s (ms when >= 1e11); naive is UTC."""
-    if pd.api.types.is_integer_dtype(raw) and len(raw):
-        unit = "ms" if raw.abs().max() >= _EPOCH_MS_THRESHOLD else "s"
-        parsed = pd.to_datetime(raw, unit=unit, utc=True)
+    """UTC timestamps of ``raw``; numbers are epoch s/ms/us/ns by magnitude; naive is UTC."""
+    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw) and len(raw):
+        parsed = pd.to_datetime(raw, unit=epoch_unit(float(raw.abs().max())), utc=True)
     else:
         parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed")
     bad = parsed.isna().to_numpy()
@@ -186,47 +201,48 @@ def normalise_ohlcv(frame: pd.DataFrame, where: str) -> pd.DataFrame:
     return result
 
 
-def read_ohlcv_file(directory: Path, symbol: str) -> pd.DataFrame:
-    """``DIR/<SYMBOL>.parquet`` (preferred) or ``DIR/<SYMBOL>.csv``, normalised."""
-    for suffix, reader in ((".parquet", pd.read_parquet), (".csv", pd.read_csv)):
-        path = directory / f"{symbol}{suffix}"
-        if path.is_file():
-            try:
-                frame = reader(path)
-            except (ValueError, OSError) as exc:
-                first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise DataError(f"symbol {symbol}: cannot read {path}: {first_line}") from exc
-            return normalise_ohlcv(frame, f"symbol {symbol}, file {path}")
-    raise DataError(f"no data for symbol {symbol}: neither {symbol}.parquet nor {symbol}.csv in {directory}")
+def read_ohlcv(location: DataLocation, symbol: str) -> pd.DataFrame:
+    """``<SYMBOL>.parquet`` (preferred) or ``<SYMBOL>.csv`` at ``location``, normalised."""
+    frame, shown = location.read_table(symbol)
+    return normalise_ohlcv(frame, f"symbol {symbol}, file {shown}")
 
 
 class MarketData:
-    """Hourly OHLCV per symbol from ``data_uri`` (None or ``synthetic://``, or ``file:///dir``).
+    """OHLCV bars per symbol from ``data_uri`` (None or ``synthetic://``, ``file:///dir``,
+    ``s3://bucket/prefix``, ``gs://bucket/prefix``), made calendar-correct by ``bars``.
 
-    Each symbol is read once and cached; :meth:`ohlcv` returns the rows up to ``as_of``.
+    Each symbol is read once and cached; :meth:`ohlcv` returns the bars usable at ``as_of``.
     """
 
-    def __init__(self, data_uri: str | None = None) -> None:
+    def __init__(self, data_uri: str | None = None, *, bars: BarOptions | None = None) -> None:
         self.data_uri = data_uri or SYNTHETIC_URI
-        self._directory = None if self.data_uri == SYNTHETIC_URI else _file_location(self.data_uri)
+        self.bars = bars or BarOptions()
+        self._location = None if self.data_uri == SYNTHETIC_URI else DataLocation.from_uri(self.data_uri)
         self._cache: dict[str, pd.DataFrame] = {}
+        self._calendars: dict[tuple[str, pd.Timestamp], tuple[pd.DataFrame, BarCalendar]] = {}
 
     def _history(self, symbol: str) -> pd.DataFrame:
         if symbol not in self._cache:
-            if self._directory is None:
+            if self._location is None:
                 self._cache[symbol] = synthetic_ohlcv(symbol)
             else:
-                self._cache[symbol] = read_ohlcv_file(self._directory, symbol)
+                self._cache[symbol] = read_ohlcv(self._location, symbol)
         return self._cache[symbol]
 
-    def ohlcv(self, symbol: str, *, as_of: pd.Timestamp) -> pd.DataFrame:
-        """Bars of ``symbol`` with timestamp <= ``as_of``: UTC index, float64 OHLCV columns."""
+    def _bars(self, symbol: str, as_of: pd.Timestamp) -> tuple[pd.DataFrame, BarCalendar]:
         validate_symbol(symbol)
-        cutoff = to_utc(as_of)
-        history = self._history(symbol)
-        end = int(history.index.searchsorted(cutoff, side="right"))
-        if end == 0:
-            raise DataError(
-                f"symbol {symbol}: as-of {cutoff.isoformat()} is before its first bar {history.index[0].isoformat()}"
+        key = (symbol, to_utc(as_of))
+        if key not in self._calendars:
+            self._calendars[key] = calendar_bars(
+                self._history(symbol), as_of=key[1], options=self.bars, where=f"symbol {symbol}"
             )
-        return history.iloc[:end]
+        return self._calendars[key]
+
+    def ohlcv(self, symbol: str, *, as_of: pd.Timestamp) -> pd.DataFrame:
+        """Bars of ``symbol`` usable at ``as_of``: UTC index, float64 OHLCV columns and a bool
+        ``filled`` column (True where :mod:`finetune.bars` filled a missing bar)."""
+        return self._bars(symbol, as_of)[0]
+
+    def calendar(self, symbol: str, *, as_of: pd.Timestamp) -> BarCalendar:
+        """The bar interval, bars per year and unfilled gap found for ``symbol`` at ``as_of``."""
+        return self._bars(symbol, as_of)[1]

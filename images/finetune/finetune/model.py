@@ -38,7 +38,7 @@ RIDGE_LAMBDAS = (10.0, 1.0, 0.1, 0.01)
 THRESHOLD_MULTIPLES = (2.0, 1.0, 0.5, 0.0)
 SELECTION_ROUND_TRIP_COST = round_trip_cost(10)
 SELECTION_FRACTION = 0.2
-BARS_PER_YEAR = 24 * 365  # hourly bars, crypto trades around the clock
+BARS_PER_YEAR = 24 * 365  # hourly bars (the default): crypto trades around the clock
 
 
 @dataclass(frozen=True)
@@ -188,14 +188,19 @@ def equity_curve(
     return equity
 
 
-def evaluate(positions: np.ndarray, close: np.ndarray, round_trip_cost: float) -> ModelMetrics:
+def evaluate(
+    positions: np.ndarray, close: np.ndarray, round_trip_cost: float, *, bars_per_year: float = BARS_PER_YEAR
+) -> ModelMetrics:
     """Metrics of long/flat ``positions`` over ``close`` (DESIGN 5 cost convention).
 
     ``position[t]`` is held from ``close[t]`` to ``close[t+1]``; the book is flat after the last
     bar whatever its position says. Each trade nets ``c[exit]/c[entry] - 1 - rt`` (half of ``rt``
     at the entry, half at the exit), trades compound. ``sharpe`` is the mean over the population
-    std (ddof=0) of the per-bar returns of the equity curve times ``sqrt(24 * 365)``, 0 when the
-    std is 0; ``max_drawdown`` is the largest fall from an equity peak as a positive fraction.
+    std (ddof=0) of the per-bar returns of the equity curve times ``sqrt(bars_per_year)``, 0 when
+    the std is 0; ``max_drawdown`` is the largest fall from an equity peak as a positive fraction.
+
+    :param bars_per_year: bars of the data's interval in a year (:func:`finetune.bars.bars_per_year`,
+        8760 for hourly bars, the default): the Sharpe ratio is annualised by its square root.
     """
     prices = validate_close(close)
     if not math.isfinite(round_trip_cost) or round_trip_cost < 0:
@@ -208,7 +213,9 @@ def evaluate(positions: np.ndarray, close: np.ndarray, round_trip_cost: float) -
     equity = equity_curve(prices, entries, exits, net, round_trip_cost)
     bar_returns = np.diff(equity, prepend=1.0) / np.concatenate(([1.0], equity[:-1]))
     std = float(bar_returns.std())
-    sharpe = float(bar_returns.mean()) / std * math.sqrt(BARS_PER_YEAR) if std > 0 else 0.0
+    if not math.isfinite(bars_per_year) or bars_per_year <= 0:
+        raise ValueError(f"bars_per_year must be a finite number > 0, got {bars_per_year!r}")
+    sharpe = float(bar_returns.mean()) / std * math.sqrt(bars_per_year) if std > 0 else 0.0
     peaks = np.maximum.accumulate(np.maximum(equity, 1.0))
     return ModelMetrics(
         net_return=compound(net),

@@ -155,17 +155,18 @@ class ModelRow:
     sharpe: float | None
     max_drawdown: float | None
     n_trades: int
+    n_filled_bars: int | None = None  # test-window bars filled by --gaps fill (None: not counted)
 
 
 _UPSERT_RESULT = """
 INSERT INTO finetune_results (
     run_id, factor, strategy, variant, crypto, fold_id, cost_bps, slippage_bps,
     test_start, test_end, n_bars, model_hyperparams, feature_hash,
-    net_return, sharpe, max_drawdown, n_trades
+    net_return, sharpe, max_drawdown, n_trades, n_filled_bars
 ) VALUES (
     %(run_id)s, %(factor)s, %(strategy)s, %(variant)s, %(crypto)s, %(fold_id)s, %(cost_bps)s,
     %(slippage_bps)s, %(test_start)s, %(test_end)s, %(n_bars)s, %(model_hyperparams)s,
-    %(feature_hash)s, %(net_return)s, %(sharpe)s, %(max_drawdown)s, %(n_trades)s
+    %(feature_hash)s, %(net_return)s, %(sharpe)s, %(max_drawdown)s, %(n_trades)s, %(n_filled_bars)s
 )
 ON CONFLICT ON CONSTRAINT uq_finetune_result DO UPDATE SET
     strategy = EXCLUDED.strategy,
@@ -178,6 +179,7 @@ ON CONFLICT ON CONSTRAINT uq_finetune_result DO UPDATE SET
     sharpe = EXCLUDED.sharpe,
     max_drawdown = EXCLUDED.max_drawdown,
     n_trades = EXCLUDED.n_trades,
+    n_filled_bars = EXCLUDED.n_filled_bars,
     updated_at = now()
 """
 
@@ -367,6 +369,7 @@ class Store:
             "sharpe": model.sharpe,
             "max_drawdown": model.max_drawdown,
             "n_trades": model.n_trades,
+            "n_filled_bars": model.n_filled_bars,
         }
         baseline_params = [
             {

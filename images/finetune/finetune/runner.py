@@ -31,10 +31,11 @@ import psycopg
 
 from finetune import baselines
 from finetune.baselines import BASELINE_TYPES, BaselineResult
+from finetune.bars import BarOptions, Gap
 from finetune.costs import round_trip_cost
-from finetune.data import MarketData
+from finetune.data import DataError, MarketData
 from finetune.events import EventLog
-from finetune.factors import FeatureStore, build_feature_store, check_factor
+from finetune.factors import BTC, FeatureStore, build_feature_store, check_factor
 from finetune.folds import Fold, walk_forward_folds
 from finetune.model import STRATEGY, evaluate, fine_tune
 from finetune.persistence import ModelRow, ResultKey, Store, Window, dsn_password, error_line, keys_as_dicts
@@ -90,6 +91,7 @@ class RunConfig:
     train_bars: int
     test_bars: int
     data_uri: str | None
+    bars: BarOptions = BarOptions()  # how the data's rows become calendar bars (--gaps & co.)
 
     @property
     def cost_bases(self) -> list[tuple[int, int]]:
@@ -103,6 +105,7 @@ class RunConfig:
         params["cost_bps"] = list(self.cost_bps)
         params["slippage_bps"] = list(self.slippage_bps)
         params["as_of"] = self.as_of.isoformat()
+        params["bars"] = self.bars.as_json()
         return params
 
 
@@ -121,17 +124,48 @@ class PodContext:
 
 @dataclass
 class Prepared:
-    """One crypto, ready to run: its features and its folds."""
+    """One crypto, ready to run: its features, its folds, and its bars' calendar."""
 
     store: FeatureStore
     folds: list[Fold]
+    # True where the bar of store.index[i] was filled by --gaps fill (counted per test window).
+    filled: np.ndarray
+    # Bars of the data's interval in a year: the Sharpe ratio's annualisation.
+    bars_per_year: float
+
+
+def _unfilled_gap(market: MarketData, config: RunConfig, crypto: str) -> tuple[str, Gap] | None:
+    """The newest unfilled gap in the bars ``crypto``'s features read (BTC's too for btc_features).
+
+    The bars start after such a gap (:mod:`finetune.bars`), so when the folds then lack bars, the
+    span the run uses reached across it: the gap is the cause to report.
+    """
+    symbols = [crypto] + ([BTC] if config.factor == "btc_features" and crypto != BTC else [])
+    found = []
+    for symbol in symbols:
+        try:
+            gap = market.calendar(symbol, as_of=config.as_of).unfilled_gap
+        except DataError:
+            return None  # the bars themselves were refused: that error is the cause
+        if gap is not None:
+            found.append((symbol, gap))
+    return max(found, key=lambda item: item[1].after, default=None)
+
+
+def _gap_message(crypto: str, symbol: str, gap: Gap, config: RunConfig, cause: str) -> str:
+    whose = "" if symbol == crypto else f"{symbol} (read by {config.factor}) has "
+    allowed = f"--max-gap-bars {config.bars.max_gap_bars}" if config.bars.gaps == "fill" else "--gaps refuse"
+    return (
+        f"symbol {crypto}: {whose}{gap.describe()} inside the span the run uses ({allowed}); "
+        f"the bars after it are too few: {cause}"
+    )
 
 
 def prepare(config: RunConfig) -> dict[str, Prepared]:
     """Feature stores and folds of every crypto, or :class:`InputError` naming the problem."""
     try:
         check_factor(config.factor)
-        market = MarketData(config.data_uri)
+        market = MarketData(config.data_uri, bars=config.bars)
     except ValueError as exc:
         raise InputError(error_line(exc)) from exc
     prepared = {}
@@ -150,8 +184,17 @@ def prepare(config: RunConfig) -> dict[str, Prepared]:
             # DataError, FoldError and pandas' parser errors are all ValueErrors: at this stage
             # each one means the inputs cannot make a run. Fold messages do not know the symbol.
             message = error_line(exc)
+            gap = _unfilled_gap(market, config, crypto)
+            if gap is not None:
+                raise InputError(_gap_message(crypto, *gap, config, message)) from exc
             raise InputError(message if crypto in message else f"symbol {crypto}: {message}") from exc
-        prepared[crypto] = Prepared(store=store, folds=folds)
+        bars = market.ohlcv(crypto, as_of=config.as_of)
+        prepared[crypto] = Prepared(
+            store=store,
+            folds=folds,
+            filled=bars["filled"].reindex(store.index).to_numpy(dtype=bool),
+            bars_per_year=market.calendar(crypto, as_of=config.as_of).bars_per_year,
+        )
     return prepared
 
 
@@ -212,7 +255,7 @@ class _Run:
         failed = []
         for cost, slip in self.config.cost_bases:
             key = ResultKey(crypto, fold.fold_id, cost, slip)
-            metrics = evaluate(positions, close, round_trip_cost(cost, slip))
+            metrics = evaluate(positions, close, round_trip_cost(cost, slip), bars_per_year=item.bars_per_year)
             row = ModelRow(
                 variant=VARIANT,
                 model_hyperparams=model.hyperparams,
@@ -221,6 +264,7 @@ class _Run:
                 sharpe=_finite_or_none(metrics.sharpe),
                 max_drawdown=_finite_or_none(metrics.max_drawdown),
                 n_trades=int(metrics.n_trades),
+                n_filled_bars=int(item.filled[fold.test_start : fold.test_end].sum()),
             )
             try:
                 self.store.persist_key(

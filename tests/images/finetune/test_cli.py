@@ -70,7 +70,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.param({"--cryptos": "ZZZ"}, "no synthetic data for symbol ZZZ", id="symbol-without-data"),
         pytest.param({"--as-of": "2019-01-01T00:00:00Z"}, "symbol BTC: as-of 2019-01-01T00:00:00+00:00 is before its first bar", id="as-of-before-data"),
         pytest.param({"--train-bars": "100000"}, "symbol BTC: fold 0 of 2: needs 100000 training bars", id="too-few-bars"),
-        pytest.param({"--data-uri": "s3://bucket/x"}, "unsupported data URI 's3://bucket/x'", id="unsupported-data-uri"),
+        pytest.param({"--data-uri": "ftp://bucket/x"}, "unsupported data URI 'ftp://bucket/x'", id="unsupported-data-uri"),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(

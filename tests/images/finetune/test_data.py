@@ -22,6 +22,7 @@ from finetune.data import (
 )
 
 AS_OF = pd.Timestamp("2026-06-07T00:00:00Z")
+FILE_AS_OF = pd.Timestamp("2024-01-01T04:00:00Z")  # the four bars of _bars() have all closed
 PACKAGE_DIR = Path(__file__).resolve().parents[3] / "images" / "finetune"
 
 
@@ -92,12 +93,13 @@ def test_synthetic_is_deterministic_and_hourly():
     first, second = MarketData().ohlcv("ETH", as_of=AS_OF), MarketData("synthetic://").ohlcv("ETH", as_of=AS_OF)
     pd.testing.assert_frame_equal(first, second)
     assert first.index[0] == SYNTHETIC_START
-    assert first.index[-1] == AS_OF
+    assert first.index[-1] == AS_OF - pd.Timedelta(hours=1)  # the bar opening at as-of has not closed
     assert (np.diff(first.index.asi8) == np.diff(first.index.asi8)[0]).all()
     assert first.index[1] - first.index[0] == pd.Timedelta(hours=1)
     assert str(first.index.tz) == "UTC"
-    assert list(first.columns) == ["open", "high", "low", "close", "volume"]
-    assert (first.dtypes == np.float64).all()
+    assert list(first.columns) == ["open", "high", "low", "close", "volume", "filled"]
+    assert (first.drop(columns="filled").dtypes == np.float64).all()
+    assert not first["filled"].any()
 
 
 @pytest.mark.parametrize("symbol", [pytest.param(s, id=s) for s in SYNTHETIC_SYMBOLS])
@@ -129,7 +131,7 @@ def test_as_of_cuts_rows_and_never_changes_a_bar():
     market = MarketData()
     early = market.ohlcv("SOL", as_of=pd.Timestamp("2023-03-01T12:30:00Z"))
     late = market.ohlcv("SOL", as_of=AS_OF)
-    assert early.index[-1] == pd.Timestamp("2023-03-01T12:00:00Z")
+    assert early.index[-1] == pd.Timestamp("2023-03-01T11:00:00Z")  # the 12:00 bar closes at 13:00
     pd.testing.assert_frame_equal(early, late.loc[: early.index[-1]])
 
 
@@ -158,41 +160,41 @@ def test_synthetic_errors_name_the_symbol(symbol, as_of, match):
 
 def test_csv_with_any_case_columns(tmp_path):
     bars = _write_csv(tmp_path, _bars()).ohlcv("BTC", as_of=pd.Timestamp("2024-01-01T02:00:00Z"))
-    assert list(bars.columns) == ["open", "high", "low", "close", "volume"]
-    assert bars["close"].tolist() == [100.0, 101.0, 102.0]  # the 03:00 bar is after as-of
+    assert list(bars.columns) == ["open", "high", "low", "close", "volume", "filled"]
+    assert bars["close"].tolist() == [100.0, 101.0]  # the 02:00 bar opens at as-of, the 03:00 one after
     assert bars.index[0] == pd.Timestamp("2024-01-01T00:00:00Z")
 
 
 def test_parquet_with_a_datetime_index(tmp_path):
     frame = _bars().set_index("timestamp").tz_localize("UTC")
     frame.to_parquet(tmp_path / "ETH.parquet")
-    bars = MarketData(tmp_path.as_uri()).ohlcv("ETH", as_of=AS_OF)
+    bars = MarketData(tmp_path.as_uri()).ohlcv("ETH", as_of=FILE_AS_OF)
     assert bars["close"].tolist() == [100.0, 101.0, 102.0, 103.0]
     assert str(bars.index.tz) == "UTC"
 
 
 def test_first_column_is_the_time_when_none_is_named(tmp_path):
     frame = _bars().rename(columns={"timestamp": "when"})
-    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=AS_OF)
+    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=FILE_AS_OF)
     assert bars.index[-1] == pd.Timestamp("2024-01-01T03:00:00Z")
 
 
 def test_epoch_milliseconds_open_time(tmp_path):
     frame = _bars().drop(columns="timestamp")
     frame.insert(0, "open_time", [1704067200000 + 3_600_000 * i for i in range(4)])  # 2024-01-01T00:00Z
-    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=AS_OF)
+    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=FILE_AS_OF)
     assert bars.index[0] == pd.Timestamp("2024-01-01T00:00:00Z")
 
 
 def test_offset_timestamps_are_converted_to_utc(tmp_path):
     frame = _bars()
     frame["timestamp"] = [f"2024-01-01T0{h}:00:00+02:00" for h in range(2, 6)]
-    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=AS_OF)
+    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=FILE_AS_OF)
     assert bars.index[0] == pd.Timestamp("2024-01-01T00:00:00Z")
 
 
 def test_unsorted_rows_are_sorted(tmp_path):
-    bars = _write_csv(tmp_path, _bars().iloc[[2, 0, 3, 1]]).ohlcv("BTC", as_of=AS_OF)
+    bars = _write_csv(tmp_path, _bars().iloc[[2, 0, 3, 1]]).ohlcv("BTC", as_of=FILE_AS_OF)
     assert bars["close"].tolist() == [100.0, 101.0, 102.0, 103.0]
     assert bars.index.is_monotonic_increasing
 
@@ -202,7 +204,7 @@ def test_parquet_is_preferred_to_csv(tmp_path):
     other = _bars()
     other["Close"] += 1000
     other.to_csv(tmp_path / "BTC.csv", index=False)
-    assert MarketData(tmp_path.as_uri()).ohlcv("BTC", as_of=AS_OF)["close"].iloc[0] == 100.0
+    assert MarketData(tmp_path.as_uri()).ohlcv("BTC", as_of=FILE_AS_OF)["close"].iloc[0] == 100.0
 
 
 BAD_VALUE = "missing, non-numeric or non-positive value"
@@ -258,14 +260,14 @@ def _duplicate(frame):
 def test_malformed_files_name_symbol_file_and_problem(tmp_path, spoil, match):
     market = _write_csv(tmp_path, spoil(_bars()))
     with pytest.raises(DataError, match=match) as info:
-        market.ohlcv("BTC", as_of=AS_OF)
+        market.ohlcv("BTC", as_of=FILE_AS_OF)
     assert "symbol BTC" in str(info.value) and "BTC.csv" in str(info.value)
     assert "\n" not in str(info.value)
 
 
 def test_missing_symbol_file(tmp_path):
     with pytest.raises(DataError, match="no data for symbol SOL: neither SOL.parquet nor SOL.csv"):
-        MarketData(tmp_path.as_uri()).ohlcv("SOL", as_of=AS_OF)
+        MarketData(tmp_path.as_uri()).ohlcv("SOL", as_of=FILE_AS_OF)
 
 
 def test_as_of_before_the_first_file_bar(tmp_path):
@@ -276,10 +278,17 @@ def test_as_of_before_the_first_file_bar(tmp_path):
 def test_an_unreadable_parquet_is_a_data_error(tmp_path):
     (tmp_path / "BTC.parquet").write_bytes(b"not parquet")
     with pytest.raises(DataError, match="symbol BTC: cannot read"):
-        MarketData(tmp_path.as_uri()).ohlcv("BTC", as_of=AS_OF)
+        MarketData(tmp_path.as_uri()).ohlcv("BTC", as_of=FILE_AS_OF)
 
 
-@pytest.mark.parametrize("uri", [pytest.param("s3://bucket/x", id="s3"), pytest.param("file://host/dir", id="remote-host")])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        pytest.param("ftp://bucket/x", id="ftp"),
+        pytest.param("file://host/dir", id="remote-host"),
+        pytest.param("s3:///no-bucket", id="s3-without-bucket"),
+    ],
+)
 def test_unsupported_uris(uri):
     with pytest.raises(ValueError, match="unsupported data URI"):
         MarketData(uri)
@@ -287,4 +296,4 @@ def test_unsupported_uris(uri):
 
 def test_the_symbol_is_validated_before_any_file_is_touched(tmp_path):
     with pytest.raises(ValueError, match="invalid symbol"):
-        MarketData(tmp_path.as_uri()).ohlcv("../BTC", as_of=AS_OF)
+        MarketData(tmp_path.as_uri()).ohlcv("../BTC", as_of=FILE_AS_OF)

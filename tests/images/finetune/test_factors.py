@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from finetune.bars import BarOptions
 from finetune.data import DataError, MarketData
 from finetune.factors import (
     KNOWN_FACTORS,
@@ -20,7 +21,11 @@ from finetune.factors import (
 )
 
 AS_OF = pd.Timestamp("2021-03-01T00:00:00Z")  # two months of synthetic bars keep the tests fast
-LATER = pd.Timestamp("2025-01-01T00:00:00Z")
+
+
+def _closed(n_bars: int, start: str = "2024-01-01") -> pd.Timestamp:
+    """The as-of at which the n-th hourly bar from ``start`` has just closed."""
+    return pd.Timestamp(start, tz="UTC") + pd.Timedelta(hours=n_bars)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +57,7 @@ def test_every_factor_builds_a_finite_float32_store(market, factor, n_features):
     assert len(set(store.feature_names)) == n_features
     assert np.isfinite(store.features).all()
     assert store.close.dtype == np.float64
-    assert store.index[-1] == AS_OF
+    assert store.index[-1] == AS_OF - pd.Timedelta(hours=1)  # the bar opening at as-of has not closed
     assert store.nbytes == store.features.nbytes + store.close.nbytes + store.index.nbytes
 
 
@@ -108,8 +113,9 @@ def test_btc_is_aligned_by_timestamp_never_from_the_future(tmp_path):
     alt.index = alt_index
     for symbol, frame in (("BTC", btc), ("ALT", alt)):
         frame.rename_axis("timestamp").reset_index().to_csv(tmp_path / f"{symbol}.csv", index=False)
-    market = MarketData(tmp_path.as_uri())
-    as_of = pd.Timestamp("2024-02-01T00:00:00Z")
+    # The 02:30 stamp is off the hourly grid: rows as given (DESIGN 4.1 --gaps rows).
+    market = MarketData(tmp_path.as_uri(), bars=BarOptions(gaps="rows"))
+    as_of = btc.index[-1] + pd.Timedelta(hours=1)  # the last bar has just closed
     store = build_feature_store("btc_features", "ALT", market, as_of=as_of)
     column = dict(zip(store.feature_names, store.features.T))
     btc_log = np.log(btc["close"].to_numpy())
@@ -175,13 +181,13 @@ def test_unknown_factor_lists_the_known_ones(market):
 def test_too_short_a_history_is_a_data_error(tmp_path):
     _hourly(np.linspace(1.0, 2.0, 100)).reset_index().to_csv(tmp_path / "BTC.csv", index=False)
     with pytest.raises(DataError, match="symbol BTC: 100 bars .* leave no base_features rows"):
-        build_feature_store("base_features", "BTC", MarketData(tmp_path.as_uri()), as_of=LATER)
+        build_feature_store("base_features", "BTC", MarketData(tmp_path.as_uri()), as_of=_closed(100))
 
 
 def test_flat_prices_give_zero_not_nan(tmp_path):
     # a flat window has zero volatility: ratios over it are 0, the store is still complete
     _hourly(np.full(500, 3.0)).reset_index().to_csv(tmp_path / "BTC.csv", index=False)
-    store = build_feature_store("base_features", "BTC", MarketData(tmp_path.as_uri()), as_of=LATER)
+    store = build_feature_store("base_features", "BTC", MarketData(tmp_path.as_uri()), as_of=_closed(500))
     assert len(store.index) == 500 - 335
     assert np.isfinite(store.features).all()
 

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 
 from finetune.baselines import buy_and_hold
+from finetune.bars import bars_per_year
 from finetune.factors import FeatureStore
 from finetune.folds import Fold
 from finetune.model import (
-    BARS_PER_YEAR,
     RIDGE_LAMBDAS,
     SELECTION_ROUND_TRIP_COST,
     THRESHOLD_MULTIPLES,
@@ -99,8 +99,35 @@ def test_each_side_pays_half_the_round_trip():
     assert evaluate(np.array([1, 0, 0]), np.full(3, 50.0), 0.01).max_drawdown == pytest.approx(0.01, abs=1e-15)
 
 
-def test_sharpe_is_annualised_for_hourly_bars():
-    assert BARS_PER_YEAR == 8760
+# Always long over closes 100, 102, 102, 104.04, 104.04 at no cost: the equity is the price, its
+# bar returns are 0 (the first mark), 0.02, 0, 0.02, 0. Mean 0.008; population variance
+# 2 * 0.02**2 / 5 - 0.008**2 = 0.000096; per-bar Sharpe 0.008 / sqrt(0.000096) = sqrt(2/3).
+# Annualised by sqrt(bars per year) of the bar interval: sqrt(2/3 * 8760) = sqrt(5840) for hourly
+# bars, sqrt(2/3 * 365) for daily, sqrt(2/3 * 35040) = sqrt(23360) for 15-minute bars.
+KNOWN_SHARPE_CLOSE = [100.0, 102.0, 102.0, 104.04, 104.04]
+
+
+@pytest.mark.parametrize(
+    ("interval", "expected"),
+    [
+        pytest.param("1h", math.sqrt(5840.0), id="hourly"),
+        pytest.param("1d", math.sqrt(2 / 3 * 365), id="daily"),
+        pytest.param("15min", math.sqrt(23360.0), id="15-minute"),
+    ],
+)
+def test_sharpe_is_annualised_by_the_bar_interval(interval, expected):
+    metrics = evaluate(np.ones(5), KNOWN_SHARPE_CLOSE, 0.0, bars_per_year=bars_per_year(pd.Timedelta(interval)))
+    assert metrics.sharpe == pytest.approx(expected, rel=1e-9)
+
+
+def test_sharpe_defaults_to_hourly_bars():
+    assert evaluate(np.ones(5), KNOWN_SHARPE_CLOSE, 0.0).sharpe == pytest.approx(math.sqrt(5840.0), rel=1e-9)
+
+
+@pytest.mark.parametrize("bad", [pytest.param(0.0, id="zero"), pytest.param(float("nan"), id="nan"), pytest.param(-1.0, id="negative")])
+def test_bars_per_year_must_be_positive(bad):
+    with pytest.raises(ValueError, match="bars_per_year must be a finite number > 0"):
+        evaluate(np.ones(5), KNOWN_SHARPE_CLOSE, 0.0, bars_per_year=bad)
 
 
 @pytest.mark.parametrize(
