@@ -203,6 +203,14 @@ def calendar_bars(
     interval = options.bar_interval
     if interval is None:
         interval = detect_interval(known.index, where)
+    elif len(known) > 1 and options.gaps != "rows" and detect_interval(known.index, where) != interval:
+        # A given interval finer than the data's would "fill" every other bar; a coarser one
+        # would put stamps off its grid: either way the bars would not be the data's.
+        step = detect_interval(known.index, where)
+        raise DataError(
+            f"{where}: --bar-interval {describe(interval)} is not the data's bar interval: its stamps are "
+            f"most often {describe(step)} apart"
+        )
     bars = known.iloc[: _usable(known.index, as_of=as_of, interval=interval, label=options.bar_label)]
     if bars.empty:
         raise DataError(

@@ -155,6 +155,7 @@ def _unfilled_gap(market: MarketData, config: RunConfig, crypto: str) -> tuple[s
 def _gap_message(crypto: str, symbol: str, gap: Gap, config: RunConfig, cause: str) -> str:
     whose = "" if symbol == crypto else f"{symbol} (read by {config.factor}) has "
     allowed = f"--max-gap-bars {config.bars.max_gap_bars}" if config.bars.gaps == "fill" else "--gaps refuse"
+    cause = cause.removeprefix(f"symbol {crypto}: ")
     return (
         f"symbol {crypto}: {whose}{gap.describe()} inside the span the run uses ({allowed}); "
         f"the bars after it are too few: {cause}"

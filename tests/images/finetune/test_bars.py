@@ -214,3 +214,9 @@ def test_the_calendar_reads_no_row_after_as_of():
 def test_bar_options_are_validated(options, match):
     with pytest.raises(ValueError, match=match):
         BarOptions(**options)
+
+
+@pytest.mark.parametrize("given", [pytest.param("30min", id="finer"), pytest.param("2h", id="coarser")])
+def test_a_given_interval_must_be_the_datas(given):
+    with pytest.raises(DataError, match=f"symbol ETH: --bar-interval {given} is not the data's bar interval: .* 1h apart"):
+        _bars(_hourly(20), _closed(20), bar_interval=pd.Timedelta(given))

@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +16,7 @@ import pytest
 
 from finetune import persistence
 from finetune.cli import main
-from finetune.data import MarketData
+from finetune.data import synthetic_ohlcv
 
 TABLES = ("finetune_runs", "finetune_run_factors", "finetune_results", "finetune_baselines", "finetune_pod_attempts")
 AS_OF = "2026-06-07T00:00:00Z"
@@ -39,8 +41,11 @@ def _total_rows(dsn: str) -> int:
         return sum(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES)
 
 
-def _write_ohlcv(directory: Path, symbol: str, n_bars: int) -> None:
-    frame = MarketData().ohlcv(symbol, as_of=pd.Timestamp(AS_OF)).iloc[-n_bars:]
+def _write_ohlcv(directory: Path, symbol: str, n_bars: int, *, drop: Sequence[int] = ()) -> None:
+    """The last ``n_bars`` hourly synthetic bars up to and including the one stamped at as-of
+    (open-stamped: it is still open at as-of), without the bars at positions ``drop``."""
+    frame = synthetic_ohlcv(symbol).loc[:AS_OF].iloc[-n_bars:]
+    frame = frame.drop(index=frame.index[list(drop)])
     frame.rename(columns=str.capitalize).to_csv(directory / f"{symbol}.csv", index_label="timestamp")
 
 
@@ -175,3 +180,120 @@ def test_subprocess_run_on_file_data(migrated_db: str, data_dir: Path) -> None:
         (params,) = conn.execute("SELECT params FROM finetune_runs").fetchone()
     assert params["data_uri"] == data_dir.as_uri()
 
+
+
+# --- calendar-correct bars, checked from outside (issue 8 item 1) ------------------------------
+
+N_BARS = 1200  # hourly bars per file, the last one stamped at as-of (still open then)
+HOLE = (-20, -19, -18)  # three hours inside the newest 48-bar test window
+TEN_DAYS = tuple(range(-500, -260))  # 240 bars, inside the span a 2-fold run of 300 training bars uses
+STALE_TAIL = tuple(range(-121, 0))  # the feed stops 5 days (+ the open bar) before as-of
+
+
+def _subprocess_run(argv: list[str], dsn: str, data_uri: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "FINETUNE_DB_URL": dsn, "FINETUNE_DATA_URI": data_uri}
+    return subprocess.run(
+        [sys.executable, "-m", "finetune", *argv], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+
+
+def _market_dir(tmp_path: Path, *, eth_drop: Sequence[int]) -> Path:
+    _write_ohlcv(tmp_path, "BTC", N_BARS)
+    _write_ohlcv(tmp_path, "ETH", N_BARS, drop=eth_drop)
+    return tmp_path
+
+
+def _windows(dsn: str, table: str) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(f"SELECT crypto, fold_id, test_start, test_end, n_bars FROM {table}").fetchall()
+
+
+def test_subprocess_fills_a_three_hour_hole_and_records_it(migrated_db: str, tmp_path: Path) -> None:
+    data_uri = _market_dir(tmp_path, eth_drop=HOLE).as_uri()
+    proc = _subprocess_run(_make_argv(**{"--cryptos": "BTC,ETH"}), migrated_db, data_uri)
+    assert proc.returncode == 0, proc.stderr
+    with psycopg.connect(migrated_db) as conn:
+        filled = dict(
+            ((crypto, fold), n)
+            for crypto, fold, n in conn.execute("SELECT crypto, fold_id, n_filled_bars FROM finetune_results")
+        )
+        (params,) = conn.execute("SELECT params FROM finetune_runs").fetchone()
+    assert filled == {("BTC", 0): 0, ("BTC", 1): 0, ("ETH", 0): 0, ("ETH", 1): 3}
+    rows = _windows(migrated_db, "finetune_results") + _windows(migrated_db, "finetune_baselines")
+    assert len(rows) == 4 + 12
+    for _, _, start, end, n_bars in rows:
+        assert end - start == (n_bars - 1) * timedelta(hours=1)  # bars are hours, holes included
+    newest = {end for _, fold, _, end, _ in rows if fold == 1}
+    # the bar stamped at as-of opens then: it is excluded, the newest window ends an hour before
+    assert newest == {datetime(2026, 6, 6, 23, tzinfo=timezone.utc)}
+    assert params["bars"] == {"gaps": "fill", "max_gap_bars": 6, "bar_label": "open", "max_stale_bars": 24, "bar_interval": None}
+
+
+def test_subprocess_refuses_a_ten_day_hole_in_the_span_and_writes_nothing(migrated_db: str, tmp_path: Path) -> None:
+    data_uri = _market_dir(tmp_path, eth_drop=TEN_DAYS).as_uri()
+    proc = _subprocess_run(_make_argv(**{"--cryptos": "BTC,ETH"}), migrated_db, data_uri)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    first_missing = (pd.Timestamp(AS_OF) + (TEN_DAYS[0] + 1) * pd.Timedelta(hours=1)).isoformat()
+    assert f"symbol ETH: a gap of 240 missing bars (10d) starting {first_missing} inside the span" in proc.stderr
+    assert _total_rows(migrated_db) == 0
+
+
+def test_subprocess_refuses_a_feed_that_stopped_five_days_before_as_of(migrated_db: str, tmp_path: Path) -> None:
+    data_uri = _market_dir(tmp_path, eth_drop=STALE_TAIL).as_uri()
+    proc = _subprocess_run(_make_argv(**{"--cryptos": "BTC,ETH"}), migrated_db, data_uri)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert "symbol ETH: stale data: its last usable bar 2026-06-01T23:00:00+00:00 closes 5d" in proc.stderr
+    assert f"before as-of {pd.Timestamp(AS_OF).isoformat()}" in proc.stderr
+    assert _total_rows(migrated_db) == 0
+
+
+def test_a_hole_far_before_the_span_is_not_the_runs_concern(migrated_db: str, tmp_path: Path) -> None:
+    data_uri = _market_dir(tmp_path, eth_drop=tuple(range(10, 250))).as_uri()  # 10 days, 950 bars before as-of
+    assert main(_make_argv(**{"--data-uri": data_uri}), environ={"FINETUNE_DB_URL": migrated_db}) == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        pytest.param({"--gaps": "refuse"}, "symbol ETH: a gap of 3 missing bars (3h) starting", id="refuse-any-gap"),
+        pytest.param({"--max-gap-bars": "2"}, "symbol ETH: a gap of 3 missing bars (3h) starting", id="gap-above-max"),
+        pytest.param({"--as-of": "now"}, "not an ISO timestamp: 'now'", id="as-of-now"),
+        pytest.param({"--as-of": "today"}, "never the wall clock", id="as-of-today"),
+        pytest.param({"--gaps": "skip"}, "argument --gaps: invalid choice: 'skip'", id="bad-gaps"),
+        pytest.param({"--bar-label": "mid"}, "argument --bar-label: invalid choice: 'mid'", id="bad-label"),
+        pytest.param({"--max-stale-bars": "-1"}, "argument --max-stale-bars: expected an integer >= 0", id="bad-stale"),
+        pytest.param({"--bar-interval": "hourly"}, "not a bar interval: 'hourly'", id="bad-interval"),
+        pytest.param({"--bar-interval": "30min"}, "--bar-interval 30min is not the data's bar interval", id="interval-not-the-datas"),
+    ],
+)
+def test_bar_refusals_exit_2_with_one_line(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, overrides: dict[str, str], expected: str
+) -> None:
+    data_uri = _market_dir(tmp_path, eth_drop=HOLE).as_uri()
+    argv = _make_argv(**{"--data-uri": data_uri, "--cryptos": "BTC,ETH", **overrides})
+    code = main(argv, environ={"FINETUNE_DB_URL": migrated_db})
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert len(captured.err.splitlines()) == 1 and expected in captured.err, captured.err
+    assert _total_rows(migrated_db) == 0
+
+
+def test_gaps_rows_takes_the_rows_as_given(migrated_db: str, tmp_path: Path) -> None:
+    data_uri = _market_dir(tmp_path, eth_drop=HOLE).as_uri()
+    argv = _make_argv(**{"--data-uri": data_uri, "--cryptos": "ETH", "--gaps": "rows"})
+    assert main(argv, environ={"FINETUNE_DB_URL": migrated_db}) == 0
+    windows = {fold: (start, end, n) for _, fold, start, end, n in _windows(migrated_db, "finetune_results")}
+    start, end, n_bars = windows[1]
+    assert n_bars == 48 and end - start == (48 - 1 + len(HOLE)) * timedelta(hours=1)  # rows, not hours
+    with psycopg.connect(migrated_db) as conn:
+        assert {n for (n,) in conn.execute("SELECT n_filled_bars FROM finetune_results")} == {0}
+
+
+def test_close_labelled_bars_use_the_bar_stamped_at_as_of(migrated_db: str, tmp_path: Path) -> None:
+    data_uri = _market_dir(tmp_path, eth_drop=()).as_uri()
+    argv = _make_argv(**{"--data-uri": data_uri, "--cryptos": "BTC", "--bar-label": "close"})
+    assert main(argv, environ={"FINETUNE_DB_URL": migrated_db}) == 0
+    newest = max(end for _, _, _, end, _ in _windows(migrated_db, "finetune_results"))
+    assert newest == datetime(2026, 6, 7, tzinfo=timezone.utc)

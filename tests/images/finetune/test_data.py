@@ -16,8 +16,10 @@ from finetune.data import (
     SYNTHETIC_SYMBOLS,
     DataError,
     MarketData,
+    epoch_unit,
     symbol_seed,
     synthetic_ohlcv,
+    to_utc,
     validate_symbol,
 )
 
@@ -297,3 +299,72 @@ def test_unsupported_uris(uri):
 def test_the_symbol_is_validated_before_any_file_is_touched(tmp_path):
     with pytest.raises(ValueError, match="invalid symbol"):
         MarketData(tmp_path.as_uri()).ohlcv("../BTC", as_of=FILE_AS_OF)
+
+
+# --- epoch units and as-of ----------------------------------------------------------------
+
+EPOCH_2024_SECONDS = 1704067200  # 2024-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize(
+    ("unit", "per_second"),
+    [
+        pytest.param("s", 1, id="seconds"),
+        pytest.param("ms", 1_000, id="milliseconds"),
+        pytest.param("us", 1_000_000, id="microseconds"),
+        pytest.param("ns", 1_000_000_000, id="nanoseconds"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [pytest.param(".csv", id="csv"), pytest.param(".parquet", id="parquet")])
+def test_epoch_stamps_are_read_in_the_unit_their_size_names(tmp_path, unit, per_second, suffix):
+    frame = _bars().drop(columns="timestamp")
+    frame.insert(0, "open_time", [(EPOCH_2024_SECONDS + 3600 * i) * per_second for i in range(4)])
+    if suffix == ".csv":
+        frame.to_csv(tmp_path / "BTC.csv", index=False)
+    else:
+        frame.to_parquet(tmp_path / "BTC.parquet")
+    bars = MarketData(tmp_path.as_uri()).ohlcv("BTC", as_of=FILE_AS_OF)
+    assert list(bars.index) == list(pd.date_range("2024-01-01", periods=4, freq="h", tz="UTC"))
+
+
+@pytest.mark.parametrize(
+    ("largest", "unit"),
+    [
+        pytest.param(1.7e9, "s", id="s-2023"),
+        pytest.param(9.9e10, "s", id="s-year-5000"),
+        pytest.param(1.7e12, "ms", id="ms"),
+        pytest.param(1.7e15, "us", id="us"),
+        pytest.param(1.7e18, "ns", id="ns"),
+    ],
+)
+def test_epoch_unit_by_magnitude(largest, unit):
+    assert epoch_unit(largest) == unit
+
+
+@pytest.mark.parametrize(
+    "text",
+    [pytest.param(t, id=t.strip() or "blank") for t in ("now", "NOW", " now", "today", "Today", "tomorrow", "", "1717718400")],
+)
+def test_as_of_never_reads_the_wall_clock(text):
+    with pytest.raises(ValueError, match="not an ISO timestamp.*never the wall clock"):
+        to_utc(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("2026-06-07T00:00:00Z", "2026-06-07T00:00:00+00:00", id="zulu"),
+        pytest.param("2026-06-07", "2026-06-07T00:00:00+00:00", id="date"),
+        pytest.param("2026-06-07T02:00:00+02:00", "2026-06-07T00:00:00+00:00", id="offset"),
+    ],
+)
+def test_explicit_as_of_is_utc(text, expected):
+    assert to_utc(text).isoformat() == expected
+
+
+def test_filled_bars_are_marked_in_the_frame(tmp_path):
+    hours = pd.date_range("2024-01-01", periods=10, freq="h").delete([4, 5])
+    frame = _bars(10).iloc[[0, 1, 2, 3, 6, 7, 8, 9]].assign(timestamp=hours)
+    bars = _write_csv(tmp_path, frame).ohlcv("BTC", as_of=pd.Timestamp("2024-01-01T10:00:00Z"))
+    assert len(bars) == 10 and bars["filled"].tolist() == [False] * 4 + [True] * 2 + [False] * 4
+    assert bars["close"].iloc[4] == bars["close"].iloc[3] and bars["volume"].iloc[4] == 0.0
