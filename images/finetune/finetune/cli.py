@@ -17,7 +17,14 @@ from typing import NoReturn
 import pandas as pd
 import psycopg
 
-from finetune.bars import BAR_LABELS, DEFAULT_MAX_GAP_BARS, DEFAULT_MAX_STALE_BARS, GAP_MODES, BarOptions, parse_interval
+from finetune.bars import (
+    BAR_LABELS,
+    DEFAULT_MAX_GAP_BARS,
+    DEFAULT_MAX_STALE_BARS,
+    GAP_MODES,
+    BarOptions,
+    parse_interval,
+)
 from finetune.data import to_utc, validate_symbol
 from finetune.events import EventLog
 from finetune.factors import KNOWN_FACTORS, UnknownFactorError, check_factor
@@ -138,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help=f"longest gap --gaps fill fills (default {DEFAULT_MAX_GAP_BARS})")
     run.add_argument("--bar-label", choices=BAR_LABELS, default="open", help="a stamp is the bar's open (default) or close")
     run.add_argument("--max-stale-bars", type=_non_negative, default=DEFAULT_MAX_STALE_BARS,
-                     help=f"the last bar may close at most this many bars before as-of (default {DEFAULT_MAX_STALE_BARS})")
+                     help=f"the last bar closes at most this many bars before as-of (default {DEFAULT_MAX_STALE_BARS})")
     run.add_argument("--bar-interval", type=_interval, default=None, help="e.g. 1h, 15min, 1d (default: detected)")
     return parser
 

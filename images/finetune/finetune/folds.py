@@ -8,7 +8,9 @@ test window starts: a training label at bar ``t`` reads ``close[t + hold_bars]``
 (``t = train_end - 1``) reads ``close[test_start - 1]``, never a test bar (the embargo).
 
 Only the index and ``as_of`` define the windows: no wall clock, the same inputs give the same
-folds at any time.
+folds at any time. The index is the calendar bars of :mod:`finetune.bars` (the regular grid of the
+data's interval unless ``--gaps rows``), so ``train_bars``, ``test_bars`` and ``hold_bars`` are
+spans of calendar time: a window of ``n`` bars spans exactly ``n - 1`` intervals.
 """
 
 from __future__ import annotations

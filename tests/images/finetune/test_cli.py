@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -297,3 +298,28 @@ def test_close_labelled_bars_use_the_bar_stamped_at_as_of(migrated_db: str, tmp_
     assert main(argv, environ={"FINETUNE_DB_URL": migrated_db}) == 0
     newest = max(end for _, _, _, end, _ in _windows(migrated_db, "finetune_results"))
     assert newest == datetime(2026, 6, 7, tzinfo=timezone.utc)
+
+
+def test_sharpe_is_annualised_by_the_datas_interval(migrated_db: str, tmp_path: Path) -> None:
+    # The same closes stamped hourly and daily: identical bars, folds and returns; only the
+    # annualisation differs, by sqrt(8760 / 365) = sqrt(24).
+    frame = synthetic_ohlcv("ETH").loc[:AS_OF].iloc[-N_BARS:]  # the model trades in one of its 4 folds
+    sharpes = {}
+    for interval in ("h", "D"):
+        directory = tmp_path / interval
+        directory.mkdir()
+        stamped = frame.set_axis(pd.date_range("2020-01-01", periods=N_BARS, freq=interval, tz="UTC"))
+        stamped.rename(columns=str.capitalize).to_csv(directory / "ETH.csv", index_label="timestamp")
+        as_of = stamped.index[-1] + pd.Timedelta(1, unit=interval)
+        argv = _make_argv(**{"--run-id": f"run-{interval}", "--cryptos": "ETH", "--as-of": as_of.isoformat(),
+                             "--n-folds": "4", "--data-uri": directory.as_uri()})
+        assert main(argv, environ={"FINETUNE_DB_URL": migrated_db}) == 0
+        with psycopg.connect(migrated_db) as conn:
+            sharpes[interval] = conn.execute(
+                "SELECT fold_id, net_return, sharpe FROM finetune_results WHERE run_id = %s ORDER BY fold_id",
+                (f"run-{interval}",),
+            ).fetchall()
+    assert [(fold, ret) for fold, ret, _ in sharpes["h"]] == [(fold, ret) for fold, ret, _ in sharpes["D"]]
+    assert any(sharpe != 0 for _, _, sharpe in sharpes["h"])  # at least one fold trades
+    for (_, _, hourly), (_, _, daily) in zip(sharpes["h"], sharpes["D"]):
+        assert hourly == pytest.approx(daily * math.sqrt(24), rel=1e-9)

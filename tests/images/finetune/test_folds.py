@@ -3,6 +3,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from finetune.bars import BarOptions, calendar_bars
 from finetune.folds import (
     DEFAULT_TEST_BARS,
     DEFAULT_TRAIN_BARS,
@@ -109,3 +110,17 @@ def test_bad_counts(overrides, named):
 def test_unsorted_index_is_refused():
     with pytest.raises(ValueError, match="strictly increasing"):
         walk_forward_folds(INDEX[::-1], as_of=INDEX[-1], n_folds=1, train_bars=5, test_bars=5, hold_bars=1)
+
+
+def test_windows_on_calendar_bars_span_exactly_n_minus_1_intervals():
+    # A 3-hour hole inside the newest test window: filled on the grid, every window keeps its hours;
+    # taken as rows (today's --gaps rows), the newest "10-bar" window spans 12 hours.
+    ohlcv = {column: 100.0 for column in ("open", "high", "low", "close", "volume")}
+    rows = pd.DataFrame(ohlcv, index=INDEX.delete([93, 94, 95]))
+    as_of = INDEX[-1] + pd.Timedelta(hours=1)
+    for gaps, newest_span in (("fill", 9), ("rows", 12)):
+        bars, _ = calendar_bars(rows, as_of=as_of, options=BarOptions(gaps=gaps), where="symbol X")
+        folds = walk_forward_folds(bars.index, as_of=as_of, n_folds=3, train_bars=20, test_bars=10, hold_bars=5)
+        spans = [bars.index[f.test_end - 1] - bars.index[f.test_start] for f in folds]
+        assert spans[:2] == [pd.Timedelta(hours=9)] * 2
+        assert spans[2] == pd.Timedelta(hours=newest_span)
