@@ -37,7 +37,7 @@ from finetune.data import DataError, MarketData
 from finetune.events import EventLog
 from finetune.factors import BTC, FeatureStore, build_feature_store, check_factor
 from finetune.folds import Fold, walk_forward_folds
-from finetune.model import STRATEGY, evaluate, fine_tune
+from finetune.model import BARS_PER_YEAR, STRATEGY, evaluate, fine_tune
 from finetune.persistence import ModelRow, ResultKey, Store, Window, dsn_password, error_line, keys_as_dicts
 from finetune.usage import measure_usage
 
@@ -128,10 +128,15 @@ class Prepared:
 
     store: FeatureStore
     folds: list[Fold]
-    # True where the bar of store.index[i] was filled by --gaps fill (counted per test window).
-    filled: np.ndarray
+    # True where the bar of store.index[i] was filled by --gaps fill (counted per test window);
+    # None: not known, n_filled_bars stays NULL.
+    filled: np.ndarray | None = None
     # Bars of the data's interval in a year: the Sharpe ratio's annualisation.
-    bars_per_year: float
+    bars_per_year: float = BARS_PER_YEAR
+
+    def n_filled_bars(self, fold: Fold) -> int | None:
+        """How many bars of the fold's test window were filled."""
+        return None if self.filled is None else int(self.filled[fold.test_start : fold.test_end].sum())
 
 
 def _unfilled_gap(market: MarketData, config: RunConfig, crypto: str) -> tuple[str, Gap] | None:
@@ -265,7 +270,7 @@ class _Run:
                 sharpe=_finite_or_none(metrics.sharpe),
                 max_drawdown=_finite_or_none(metrics.max_drawdown),
                 n_trades=int(metrics.n_trades),
-                n_filled_bars=int(item.filled[fold.test_start : fold.test_end].sum()),
+                n_filled_bars=item.n_filled_bars(fold),
             )
             try:
                 self.store.persist_key(
