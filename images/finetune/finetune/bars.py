@@ -17,7 +17,9 @@ options"):
   ``max_gap_bars`` missing bars is filled with the previous close carried forward
   (open = high = low = close, volume 0) and marked in the ``filled`` column. ``refuse``: no gap is
   filled. ``rows``: rows as given, for markets with sessions (FX weekends, equity nights), where a
-  missing row is not missing data.
+  missing row is not missing data; the Sharpe ratio is then annualised by the rows per year
+  observed (an hourly FX series has ~6240, not 8760), and a closed session longer than
+  ``max_stale_bars`` before as-of needs a larger ``--max-stale-bars``.
 
 **The span the run uses** runs from the earliest bar that the oldest fold's first training row
 reads (its training start minus the factor's feature warm-up) to as-of. A gap before that span is
@@ -203,14 +205,15 @@ def calendar_bars(
     interval = options.bar_interval
     if interval is None:
         interval = detect_interval(known.index, where)
-    elif len(known) > 1 and options.gaps != "rows" and detect_interval(known.index, where) != interval:
+    elif len(known) > 1 and options.gaps != "rows":
         # A given interval finer than the data's would "fill" every other bar; a coarser one
         # would put stamps off its grid: either way the bars would not be the data's.
         step = detect_interval(known.index, where)
-        raise DataError(
-            f"{where}: --bar-interval {describe(interval)} is not the data's bar interval: its stamps are "
-            f"most often {describe(step)} apart"
-        )
+        if step != interval:
+            raise DataError(
+                f"{where}: --bar-interval {describe(interval)} is not the data's bar interval: its stamps are "
+                f"most often {describe(step)} apart"
+            )
     bars = known.iloc[: _usable(known.index, as_of=as_of, interval=interval, label=options.bar_label)]
     if bars.empty:
         raise DataError(
