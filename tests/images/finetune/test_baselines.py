@@ -5,6 +5,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from design_reference import random_baseline as reference_random_baseline
+from design_reference import seed_runs as reference_seed_runs
 from scipy import stats
 
 from finetune.baselines import (
@@ -23,37 +25,6 @@ from finetune.baselines import (
 def _close(n: int, seed: int = 7, vol: float = 0.01) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return 100.0 * np.exp(np.cumsum(rng.normal(0.0, vol, n)))
-
-
-def reference_seed_runs(close, rt, *, n_seeds, hold_bars, p_entry=None):
-    """Each seed of the DESIGN 5 random baseline, one trade at a time in plain Python:
-    a list of (net return, number of trades)."""
-    n = len(close)
-    p = 1.0 / hold_bars if p_entry is None else p_entry
-    returns, trades = [], []
-    for seed in range(n_seeds):
-        gaps = np.random.default_rng(seed).geometric(p, size=n // hold_bars + 1)
-        next_free, growth, count = 0, 1.0, 0
-        for gap in gaps:
-            entry = next_free + int(gap) - 1
-            exit_ = entry + hold_bars
-            if exit_ > n - 1:
-                break
-            growth *= 1.0 + (close[exit_] / close[entry] - 1.0 - rt)
-            count += 1
-            next_free = exit_
-        returns.append(growth - 1.0)
-        trades.append(count)
-    return list(zip(returns, trades))
-
-
-def reference_random_baseline(close, rt, *, n_seeds, hold_bars, p_entry=None):
-    """(mean, population std, mean trade count) of :func:`reference_seed_runs`."""
-    runs = reference_seed_runs(close, rt, n_seeds=n_seeds, hold_bars=hold_bars, p_entry=p_entry)
-    returns, trades = [r for r, _ in runs], [t for _, t in runs]
-    mean = sum(returns) / n_seeds
-    std = math.sqrt(sum((r - mean) ** 2 for r in returns) / n_seeds)
-    return mean, std, sum(trades) / n_seeds
 
 
 # --- buy_and_hold and naive ---------------------------------------------------------------

@@ -5,6 +5,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from design_reference import held_share
+from design_reference import shift_test as reference_shift_test
 from scipy import stats
 
 from finetune.baselines import buy_and_hold
@@ -28,28 +30,6 @@ POSITIONS_5 = np.array([1, 0, 1, 1, 0])
 def _close(n: int, seed: int, vol: float = 0.01) -> np.ndarray:
     rng = np.random.default_rng(seed)
     return 100.0 * np.exp(np.cumsum(rng.normal(0.0, vol, n)))
-
-
-def _reference_return(positions: list[int], close: np.ndarray, rt: float) -> float:
-    """The model's convention in plain Python: flat after the last bar, a trade per long run."""
-    held = list(positions[:-1]) + [0]
-    growth, entry, previous = 1.0, None, 0
-    for t, position in enumerate(held):
-        if position and not previous:
-            entry = t
-        elif previous and not position:
-            growth *= 1.0 + (close[t] / close[entry] - 1.0 - rt)
-        previous = position
-    return growth - 1.0
-
-
-def reference_shift_test(positions, close, rt, *, n_shifts):
-    """DESIGN 5 verbatim, one shift at a time with np.roll and the per-trade loop above."""
-    n = len(close)
-    model = _reference_return(list(positions), close, rt)
-    offsets = np.random.default_rng(0).integers(1, n, size=n_shifts) if n >= 2 else []
-    shifted = [_reference_return(list(np.roll(positions, int(k))), close, rt) for k in offsets]
-    return (1 + sum(r >= model for r in shifted)) / (1 + len(offsets)), model
 
 
 # --- shift test -----------------------------------------------------------------------------
@@ -208,7 +188,7 @@ def test_exposure_of_a_model_equals_its_trades_holding_periods():
     held[-1] = 0
     change = np.diff(held, prepend=0)
     periods = int((np.flatnonzero(change < 0) - np.flatnonzero(change > 0)).sum())  # exit - entry
-    assert exposure(positions) == pytest.approx(periods / 199)
+    assert exposure(positions) == pytest.approx(periods / 199) == pytest.approx(held_share(list(positions)))
     assert evaluate(positions, close, 0.0).n_trades == np.count_nonzero(change > 0)
 
 
