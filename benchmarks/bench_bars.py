@@ -30,7 +30,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "images" / "finetune"))
 
 from finetune.bars import BarOptions, calendar_bars  # noqa: E402
-from finetune.data import normalise_ohlcv, synthetic_ohlcv  # noqa: E402
+from finetune.data import normalise_ohlcv  # noqa: E402
+from finetune.synthetic import synthetic_ohlcv  # noqa: E402
 from finetune.locations import DataLocation  # noqa: E402
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from finetune import persistence
 from finetune.cli import main
-from finetune.data import synthetic_ohlcv
+from finetune.synthetic import synthetic_ohlcv
 from finetune.migrate import default_migrations_dir, load_migrations
 
 TABLES = ("finetune_runs", "finetune_run_factors", "finetune_results", "finetune_baselines", "finetune_pod_attempts")

@@ -18,7 +18,8 @@ import pyarrow.fs as pafs
 import pytest
 from moto.server import ThreadedMotoServer
 
-from finetune.data import MarketData, synthetic_ohlcv
+from finetune.data import MarketData
+from finetune.synthetic import synthetic_ohlcv
 from finetune.locations import DataError, DataLocation, one_line
 
 BUCKET = "market-data"
