@@ -16,11 +16,8 @@ and the ratios calendar / read and DataLocation / direct read.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -29,19 +26,11 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "images" / "finetune"))
 
+from bench_significance import median_seconds  # noqa: E402  (this folder is sys.path[0])
 from finetune.bars import BarOptions, calendar_bars  # noqa: E402
 from finetune.data import normalise_ohlcv  # noqa: E402
 from finetune.synthetic import synthetic_ohlcv  # noqa: E402
 from finetune.locations import DataLocation  # noqa: E402
-
-
-def _median_seconds(work: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _holed_history(years: int) -> pd.DataFrame:
@@ -66,14 +55,14 @@ def main() -> None:
         history.to_parquet(directory / "BTC.parquet")
         location = DataLocation.from_uri(directory.as_uri())
         rows = normalise_ohlcv(pd.read_csv(directory / "ETH.csv"), "ETH")
-        calendar = _median_seconds(
+        calendar = median_seconds(
             lambda: calendar_bars(rows, as_of=as_of, options=BarOptions(), where="ETH"), args.repeats
         )
         bars, found = calendar_bars(rows, as_of=as_of, options=BarOptions(), where="ETH")
         print(f"calendar_bars: {calendar * 1e3:8.1f} ms  ({found.n_filled} bars filled, {len(bars)} bars)")
         for symbol, suffix, reader in (("ETH", ".csv", pd.read_csv), ("BTC", ".parquet", pd.read_parquet)):
-            direct = _median_seconds(lambda: reader(directory / f"{symbol}{suffix}"), args.repeats)
-            through = _median_seconds(lambda: location.read_table(symbol), args.repeats)
+            direct = median_seconds(lambda: reader(directory / f"{symbol}{suffix}"), args.repeats)
+            through = median_seconds(lambda: location.read_table(symbol), args.repeats)
             print(
                 f"{suffix:8s} read direct {direct * 1e3:8.1f} ms, through DataLocation {through * 1e3:8.1f} ms "
                 f"(ratio {through / direct:.2f}); calendar / read = {calendar / through:.2f}"
