@@ -295,6 +295,17 @@ def test_gaps_rows_takes_the_rows_as_given(migrated_db: str, tmp_path: Path) -> 
         assert {n for (n,) in conn.execute("SELECT n_filled_bars FROM finetune_results")} == {0}
 
 
+def test_gaps_rows_with_close_labels_is_the_behaviour_before_calendar_bars(migrated_db: str, tmp_path: Path) -> None:
+    # Rows as given, the row stamped at as-of used: the newest window is the file's last 48 rows.
+    data_dir = _market_dir(tmp_path, eth_drop=HOLE)
+    argv = _make_argv(**{"--data-uri": data_dir.as_uri(), "--cryptos": "ETH", "--gaps": "rows", "--bar-label": "close"})
+    assert main(argv, environ={"FINETUNE_DB_URL": migrated_db}) == 0
+    rows = pd.read_csv(data_dir / "ETH.csv", parse_dates=["timestamp"])["timestamp"]
+    windows = {fold: (start, end, n) for _, fold, start, end, n in _windows(migrated_db, "finetune_results")}
+    assert windows[1] == (rows.iloc[-48].to_pydatetime(), rows.iloc[-1].to_pydatetime(), 48)
+    assert windows[0] == (rows.iloc[-96].to_pydatetime(), rows.iloc[-49].to_pydatetime(), 48)
+
+
 def test_close_labelled_bars_use_the_bar_stamped_at_as_of(migrated_db: str, tmp_path: Path) -> None:
     data_uri = _market_dir(tmp_path, eth_drop=()).as_uri()
     argv = _make_argv(**{"--data-uri": data_uri, "--cryptos": "BTC", "--bar-label": "close"})
