@@ -68,6 +68,11 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.param({"--as-of": "yesterday"}, "not an ISO timestamp: 'yesterday'", id="bad-as-of"),
         pytest.param({"--run-id": None}, "the following arguments are required: --run-id", id="missing-run-id"),
         pytest.param({"--cryptos": "ZZZ"}, "no synthetic data for symbol ZZZ", id="symbol-without-data"),
+        pytest.param(
+            {"--data-uri": "synthetic://random_walk"},
+            "unsupported synthetic data URI 'synthetic://random_walk': use synthetic:// (planted lead-lag), synthetic://random-walk",
+            id="unknown-synthetic-market",
+        ),
         pytest.param({"--as-of": "2019-01-01T00:00:00Z"}, "symbol BTC: as-of 2019-01-01T00:00:00+00:00 is before its first bar", id="as-of-before-data"),
         pytest.param({"--train-bars": "100000"}, "symbol BTC: fold 0 of 2: needs 100000 training bars", id="too-few-bars"),
         pytest.param({"--data-uri": "s3://bucket/x"}, "unsupported data URI 's3://bucket/x'", id="unsupported-data-uri"),
