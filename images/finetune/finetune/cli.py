@@ -22,7 +22,7 @@ from finetune.events import EventLog
 from finetune.factors import KNOWN_FACTORS, UnknownFactorError, check_factor
 from finetune.folds import DEFAULT_TEST_BARS, DEFAULT_TRAIN_BARS
 from finetune.migrate import MigrationError, apply_migrations
-from finetune.connection import DatabaseRefused, DatabaseSettings, DatabaseSettingsError
+from finetune.connection import DatabaseRefused, DatabaseSettings, DatabaseSettingsError, timeout_error
 from finetune.events import print_error
 from finetune.persistence import DatabaseUnavailable, dsn_password, error_line
 from finetune.runner import (
@@ -189,6 +189,10 @@ def _migrate(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> 
         applied = apply_migrations(dsn, args.dir, target=args.target, settings=settings)
     except DatabaseRefused as exc:
         return _refuse(str(exc), EXIT_USAGE)
+    except psycopg.Error as exc:
+        # Outside a migration's own transaction: e.g. the lock_timeout while another migrate
+        # holds the advisory lock for longer than that.
+        return _refuse(f"migrate failed: {timeout_error(exc, settings) or error_line(exc, dsn)}", EXIT_FAILED)
     except (MigrationError, DatabaseUnavailable) as exc:
         return _refuse(str(exc), EXIT_FAILED)
     EventLog(secrets=[dsn_password(dsn)]).emit("migrate_finished", applied=applied)

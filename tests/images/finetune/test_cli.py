@@ -14,7 +14,7 @@ import pytest
 
 from finetune.cli import main
 from finetune.data import MarketData
-from finetune.migrate import default_migrations_dir, load_migrations
+from finetune.migrate import ADVISORY_LOCK_KEY, default_migrations_dir, load_migrations
 
 TABLES = ("finetune_runs", "finetune_run_factors", "finetune_results", "finetune_baselines", "finetune_pod_attempts")
 AS_OF = "2026-06-07T00:00:00Z"
@@ -175,6 +175,19 @@ def test_migrate_applies_then_reports_nothing_to_do(empty_db: str, capsys: pytes
     assert json.loads(capsys.readouterr().out)["applied"] == [m.version for m in load_migrations(default_migrations_dir())]
     assert main(["migrate"], environ={"FINETUNE_DB_URL": empty_db}) == 0
     assert json.loads(capsys.readouterr().out)["applied"] == []
+
+
+def test_migrate_behind_a_lock_past_the_lock_timeout_is_one_line_exit_1(
+    migrated_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))  # another migrate, still running
+        code = main(["migrate"], environ={"FINETUNE_DB_URL": migrated_db, "FINETUNE_DB_LOCK_TIMEOUT_SECONDS": "0.3"})
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "finetune: error: migrate failed: database lock_timeout of 0.3 s exceeded "
+        "(FINETUNE_DB_LOCK_TIMEOUT_SECONDS): canceling statement due to lock timeout\n"
+    )
 
 
 def test_migrate_refusal_is_one_line_exit_1(empty_db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
