@@ -17,13 +17,12 @@ from typing import NoReturn
 import pandas as pd
 import psycopg
 
+from finetune.connection import DatabaseRefused, DatabaseSettings, DatabaseSettingsError, timeout_error
 from finetune.data import to_utc, validate_symbol
-from finetune.events import EventLog
+from finetune.events import EventLog, print_error
 from finetune.factors import KNOWN_FACTORS, UnknownFactorError, check_factor
 from finetune.folds import DEFAULT_TEST_BARS, DEFAULT_TRAIN_BARS
 from finetune.migrate import MigrationError, apply_migrations
-from finetune.connection import DatabaseRefused, DatabaseSettings, DatabaseSettingsError, timeout_error
-from finetune.events import print_error
 from finetune.persistence import DatabaseUnavailable, dsn_password, error_line
 from finetune.runner import (
     EXIT_FAILED,

@@ -34,9 +34,9 @@ import psycopg
 
 from finetune import baselines
 from finetune.baselines import BASELINE_TYPES, BaselineResult
+from finetune.connection import DatabaseSettings, DatabaseTimeout, DatabaseUnavailable, RetryNotice
 from finetune.costs import round_trip_cost
 from finetune.data import MarketData
-from finetune.connection import DatabaseSettings, DatabaseTimeout, DatabaseUnavailable, RetryNotice
 from finetune.events import EventLog, print_error
 from finetune.factors import FeatureStore, build_feature_store, check_factor
 from finetune.folds import Fold, walk_forward_folds
@@ -414,7 +414,8 @@ def _finish(
         # Without its 'done' the gate fails the run anyway; a failure already fails it.
         events.emit("record_failed", error=record_error, best_effort=status != "done")
         exit_code = EXIT_FAILED
-    events.emit("run_finished", status=status, exit_code=exit_code, exit_reason=exit_reason, seconds=round(seconds, 3))
+    outcome = status if exit_code == EXIT_OK or status != "done" else "failed"
+    events.emit("run_finished", status=outcome, exit_code=exit_code, exit_reason=exit_reason, seconds=round(seconds, 3))
     if status != "done":
         line = f"factor {store.factor} failed: {exit_reason}"
         print_error(line if record_error is None else f"{line}; the failure could not be recorded: {record_error}")

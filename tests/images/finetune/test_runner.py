@@ -261,6 +261,32 @@ def test_a_crash_mid_run_marks_the_factor_failed(
     assert _stored_keys(migrated_db) == _planned_keys(cryptos=("BTC",))
 
 
+def test_a_completed_run_whose_record_is_refused_exits_1_with_one_line(
+    migrated_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE FUNCTION refuse_attempts() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'injected: attempts are read-only'; END $$;
+            CREATE TRIGGER refuse_attempts BEFORE INSERT ON finetune_pod_attempts
+                FOR EACH ROW EXECUTE FUNCTION refuse_attempts();
+            """
+        )
+    code = main(_make_argv(), environ={"FINETUNE_DB_URL": migrated_db})
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 1
+    assert [e["event"] for e in events][-2:] == ["record_failed", "run_finished"]
+    assert events[-1]["status"] == "failed" and events[-1]["exit_reason"] == "completed"
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith(
+        "finetune: error: factor base_features completed but could not be recorded: injected: attempts are read-only"
+    )
+    # Every key persisted; only the outcome is missing, so the gate fails the run on 'running'.
+    assert _stored_keys(migrated_db) == _planned_keys()
+    assert _query(migrated_db, "SELECT status FROM finetune_run_factors") == [("running",)]
+
+
 def test_sigterm_marks_the_factor_failed(
     migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
