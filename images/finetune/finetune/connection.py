@@ -285,7 +285,7 @@ def open_connection(
     try:
         given = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise DatabaseRefused(f"FINETUNE_DB_URL is not a valid libpq URI: {error_line(exc, dsn)}") from exc
+        raise DatabaseRefused(f"the database URI is not a valid libpq connection string: {error_line(exc, dsn)}") from exc
     extra: dict[str, object] = {key: value for key, value in KEEPALIVES.items() if key not in given}
     try:
         return psycopg.connect(

@@ -145,6 +145,17 @@ def test_refused_credentials_exit_2_at_once_as_a_configuration_error(
 
 
 @pytest.mark.parametrize("command", COMMANDS)
+def test_a_malformed_database_uri_exits_2_without_its_password(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    code = main(command, environ={"FINETUNE_DB_URL": "host=db password=Sup3rS3cret dbname"})
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (
+        "finetune: error: the database URI is not a valid libpq connection string: "
+        'missing "=" after "dbname" in connection info string\n'
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 @pytest.mark.parametrize(
     ("name", "value"),
     [
