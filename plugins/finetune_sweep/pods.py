@@ -160,6 +160,8 @@ def common_pod_kwargs(*, image: str, settings: Settings | None = None) -> dict[s
             k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
             # The root filesystem is read-only: anything that wants a home writes to /tmp.
             k8s.V1EnvVar(name="HOME", value="/tmp"),
+            # Statement/lock timeouts and retry budget of the pod's database connections.
+            *(k8s.V1EnvVar(name=name, value=value) for name, value in settings.pod_database_env),
         ],
         # The pod reports its peak against the limit it really got (the downward API, not the plan).
         "pod_runtime_info_envs": [

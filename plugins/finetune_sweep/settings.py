@@ -21,6 +21,10 @@ Environment:
 ``FINETUNE_POD_TEMPLATE_FILE``    optional pod template (YAML) for what the cluster needs beyond
                               the spec built here (tolerations, imagePullSecrets, priority class);
                               the operator's own fields (image, resources, env, security) win
+``FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS``, ``FINETUNE_DB_LOCK_TIMEOUT_SECONDS``,
+``FINETUNE_DB_RETRY_SECONDS``, ``FINETUNE_DB_CONNECT_TIMEOUT_SECONDS``
+                              when set here, passed to every pod's env (the pod validates them:
+                              exit 2 naming a bad one); unset, the pod's defaults apply
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ from dataclasses import dataclass
 
 DEFAULT_IMAGE = "ghcr.io/finetune-sweep/finetune:0.1.0"
 BACKENDS = ("kubernetes", "local")
+# The pod's database bounds (finetune.connection): set on the Airflow side, they reach every pod.
+POD_DATABASE_ENV = (
+    "FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS",
+    "FINETUNE_DB_LOCK_TIMEOUT_SECONDS",
+    "FINETUNE_DB_RETRY_SECONDS",
+    "FINETUNE_DB_CONNECT_TIMEOUT_SECONDS",
+)
 
 
 class SettingsError(ValueError):
@@ -52,6 +63,8 @@ class Settings:
     data_uri: str | None = None
     retry_delay_seconds: float = 10.0
     pod_template_file: str | None = None
+    # (name, value) of the POD_DATABASE_ENV variables that are set.
+    pod_database_env: tuple[tuple[str, str], ...] = ()
 
     @property
     def image_repository(self) -> str:
@@ -105,6 +118,7 @@ class Settings:
             data_uri=get("FINETUNE_DATA_URI", None),
             retry_delay_seconds=retry_delay,
             pod_template_file=get("FINETUNE_POD_TEMPLATE_FILE", None),
+            pod_database_env=tuple((name, value) for name in POD_DATABASE_ENV if (value := get(name, None))),
         )
 
 

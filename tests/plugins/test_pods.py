@@ -89,6 +89,15 @@ def test_the_memory_limit_reaches_the_pod_through_the_downward_api() -> None:
     assert env[pods.MEMORY_LIMIT_ENV]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.memory"
 
 
+def test_the_database_bounds_set_on_the_airflow_side_reach_the_pod() -> None:
+    settings = Settings.from_env({"FINETUNE_DB_LOCK_TIMEOUT_SECONDS": "20", "FINETUNE_DB_RETRY_SECONDS": "300"})
+    manifest = _build_manifest(_make_entry("base_features"), settings=settings)
+
+    env = {e["name"]: e.get("value") for e in manifest["spec"]["containers"][0]["env"]}
+    assert env["FINETUNE_DB_LOCK_TIMEOUT_SECONDS"] == "20" and env["FINETUNE_DB_RETRY_SECONDS"] == "300"
+    assert "FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS" not in env  # unset: the pod's default applies
+
+
 def test_security_context_is_restricted() -> None:
     manifest = _build_manifest(_make_entry("l2_features"))
 
