@@ -411,6 +411,19 @@ def _api_status(exc: BaseException) -> int | None:
         return None
 
 
+def _error_text(exc: BaseException) -> str:
+    """One line for an error: an API error's status, reason and the API server's own message."""
+    status = _api_status(exc)
+    if status is None:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    text = f"HTTP {status} {getattr(exc, 'reason', '') or ''}".strip()
+    try:
+        message = json.loads(getattr(exc, "body", None) or "{}").get("message")
+    except (TypeError, ValueError, AttributeError):
+        message = None
+    return f"{text}: {message}" if message else text
+
+
 class _RememberingPodManager(PodManager):
     """The provider's PodManager, remembering the last status it read of each pod.
 
@@ -470,6 +483,7 @@ class FactorPodOperator(KubernetesPodOperator):
         self._base_tolerations: list[Any] | None = None
         self._base_affinity: Any = None
         self._interruption_recorded = False
+        self._event_pod: k8s.V1Pod | None = None
 
     # -- execution
 
@@ -503,7 +517,7 @@ class FactorPodOperator(KubernetesPodOperator):
         except AirflowTaskTimeout as exc:
             # Fail, do not retry: a hung pod would hang again; the pod goes with the task.
             self._record_interruption(context, "TimedOut: the task's execution_timeout elapsed")
-            self._delete_pod_quietly(self.pod)
+            self.on_kill()
             raise PodFailed(
                 f"factor {self.factor} exceeded its execution timeout on profile {self._profile_name}; not retried"
             ) from exc
@@ -511,7 +525,7 @@ class FactorPodOperator(KubernetesPodOperator):
             if self._killed:
                 self._record_interruption(context, KILLED_REASON)
                 raise
-            termination = PodTermination(str(exc), None, False, None, None) if local else self._k8s_termination()
+            termination = PodTermination(str(exc), None, False, None, None) if local else self._k8s_termination(exc)
             self._conclude(context, termination, cause=exc)
         assert isinstance(result, LocalPodResult)
         if not result.succeeded:
@@ -535,6 +549,8 @@ class FactorPodOperator(KubernetesPodOperator):
         if self.attempt_profile is None:
             self._read_settings()
             self._apply_attempt_profile(context, announce=False)
+        # the pod the trigger watched, even if it can no longer be read
+        self._event_pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=event.get("name"), namespace=event.get("namespace")))
         try:
             return super().trigger_reentry(context, event)
         except (AirflowSkipException, _Classified):
@@ -543,7 +559,7 @@ class FactorPodOperator(KubernetesPodOperator):
             if self._killed:
                 self._record_interruption(context, KILLED_REASON)
                 raise
-            self._conclude(context, self._k8s_termination(), cause=exc)
+            self._conclude(context, self._k8s_termination(exc), cause=exc)
 
     def on_kill(self) -> None:
         """Stop the pod (local process tree, or as the KubernetesPodOperator does); record ``Killed``."""
@@ -843,11 +859,17 @@ class FactorPodOperator(KubernetesPodOperator):
             return
         self._best_effort(f"delete pod {pod.metadata.name}", lambda: self.pod_manager.delete_pod(pod))
 
-    def _k8s_termination(self) -> PodTermination:
-        """The base container's end as the API server reports it, with what the pod said."""
-        target = self.pod or self.pod_request_obj
+    def _k8s_termination(self, cause: BaseException) -> PodTermination:
+        """The base container's end as the API server reports it, with what the pod said.
+
+        :param cause: the error the provider raised (named when the pod was never created).
+        """
+        from finetune_sweep.db import redact
+
+        target = self.pod or self._event_pod
         if target is None or target.metadata is None or not target.metadata.name:
-            return kubernetes_termination(None)
+            # creation itself failed (refused by the API server, admission, quota): not retried
+            return kubernetes_termination(None, detail=redact(_error_text(cause))[:MAX_REASON_CHARS])
         remote, gone = None, False
         try:
             remote = self.pod_manager.read_pod(target)

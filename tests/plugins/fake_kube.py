@@ -129,6 +129,7 @@ class FakeCoreV1Api:
         self.default_log: list[str] = []
         self.calls = _Calls()
         self.patch_error: ApiException | None = None
+        self.create_error: ApiException | None = None
         # once set, pod reads fail with this after the provider has listed a failed pod's events
         # (that is, during the operator's own classification)
         self.read_error_after_events: Exception | None = None
@@ -162,6 +163,8 @@ class FakeCoreV1Api:
     # -- pods
 
     def create_namespaced_pod(self, body: Any, namespace: str, **_: Any) -> k8s.V1Pod:
+        if self.create_error is not None:
+            raise self.create_error
         pod = self.api_client._ApiClient__deserialize(copy.deepcopy(body), "V1Pod")  # type: ignore[attr-defined]
         pod.metadata.namespace = namespace
         self._counter += 1

@@ -750,6 +750,36 @@ def test_errors_while_classifying_do_not_change_the_outcome(
         assert "could not record attempt 1 of factor base_features (OOMKilled)" in capsys.readouterr().out
 
 
+def test_a_pod_the_api_server_refuses_fails_fast(kube: FakeCoreV1Api, registered_db: str) -> None:
+    from kubernetes.client.exceptions import ApiException
+
+    refused = ApiException(status=403, reason="Forbidden")
+    refused.body = json.dumps({"kind": "Status", "message": 'pods "x" is forbidden: exceeded quota: finetune-memory'})
+    kube.create_error = refused
+
+    with pytest.raises(PodFailed, match=r"PodNotCreated \(HTTP 403 Forbidden: pods .* exceeded quota: finetune-memory\); not retried"):
+        _k8s_operator().execute(_make_context())
+
+    assert _attempts(registered_db)[0][4].startswith("PodNotCreated: ")
+
+
+def test_a_pod_deleted_while_deferred_is_a_disruption(kube: FakeCoreV1Api, registered_db: str) -> None:
+    from airflow.sdk.exceptions import TaskDeferred
+
+    kube.kubelet = set_running
+    store = TaskStateStore()
+    with pytest.raises(TaskDeferred) as deferred:
+        _k8s_operator(deferrable=True).execute(_make_context(store=store))
+    trigger = deferred.value.trigger
+    kube.delete_namespaced_pod(trigger.pod_name, trigger.pod_namespace)  # e.g. a node drain, outside the task
+
+    event = {"status": "error", "namespace": trigger.pod_namespace, "name": trigger.pod_name, "message": "gone"}
+    with pytest.raises(PodDisrupted, match="PodDeleted"):
+        _k8s_operator(deferrable=True).trigger_reentry(_make_context(store=store), event)
+
+    assert store.get(LADDER_STATE_KEY) == {"round": 1, "ooms": 0, "disruptions": 1}
+
+
 def test_a_killed_task_is_recorded_as_killed(kube: FakeCoreV1Api, registered_db: str) -> None:
     import threading
 
