@@ -611,14 +611,19 @@ def test_oom_sync_is_retried_one_profile_up_by_the_stored_count(kube: FakeCoreV1
     assert retry.pod_request_obj.spec.containers[0].resources.limits == {"memory": "16Gi"}
 
 
-def test_oom_deferred_is_classified_in_a_fresh_instance(kube: FakeCoreV1Api, registered_db: str) -> None:
+def _defer_running_pod(kube: FakeCoreV1Api, store: TaskStateStore) -> Any:
+    """Try 1 in deferrable mode: the pod runs, the task defers; returns the trigger."""
     from airflow.sdk.exceptions import TaskDeferred
 
     kube.kubelet = set_running
-    store = TaskStateStore()
     with pytest.raises(TaskDeferred) as deferred:
         _k8s_operator(deferrable=True).execute(_make_context(store=store))
-    trigger = deferred.value.trigger
+    return deferred.value.trigger
+
+
+def test_oom_deferred_is_classified_in_a_fresh_instance(kube: FakeCoreV1Api, registered_db: str) -> None:
+    store = TaskStateStore()
+    trigger = _defer_running_pod(kube, store)
     kube.update(trigger.pod_name, _oom)
 
     # Airflow resumes the task in a new operator instance: nothing of the first one survives
@@ -764,13 +769,8 @@ def test_a_pod_the_api_server_refuses_fails_fast(kube: FakeCoreV1Api, registered
 
 
 def test_a_pod_deleted_while_deferred_is_a_disruption(kube: FakeCoreV1Api, registered_db: str) -> None:
-    from airflow.sdk.exceptions import TaskDeferred
-
-    kube.kubelet = set_running
     store = TaskStateStore()
-    with pytest.raises(TaskDeferred) as deferred:
-        _k8s_operator(deferrable=True).execute(_make_context(store=store))
-    trigger = deferred.value.trigger
+    trigger = _defer_running_pod(kube, store)
     kube.delete_namespaced_pod(trigger.pod_name, trigger.pod_namespace)  # e.g. a node drain, outside the task
 
     event = {"status": "error", "namespace": trigger.pod_namespace, "name": trigger.pod_name, "message": "gone"}
