@@ -525,7 +525,7 @@ class FactorPodOperator(KubernetesPodOperator):
             if self._killed:
                 self._record_interruption(context, KILLED_REASON)
                 raise
-            termination = PodTermination(str(exc), None, False, None, None) if local else self._k8s_termination(exc)
+            termination = PodTermination(str(exc), None, False, None, None) if local else self._classify(exc)
             self._conclude(context, termination, cause=exc)
         assert isinstance(result, LocalPodResult)
         if not result.succeeded:
@@ -559,7 +559,7 @@ class FactorPodOperator(KubernetesPodOperator):
             if self._killed:
                 self._record_interruption(context, KILLED_REASON)
                 raise
-            self._conclude(context, self._k8s_termination(exc), cause=exc)
+            self._conclude(context, self._classify(exc), cause=exc)
 
     def on_kill(self) -> None:
         """Stop the pod (local process tree, or as the KubernetesPodOperator does); record ``Killed``."""
@@ -858,6 +858,11 @@ class FactorPodOperator(KubernetesPodOperator):
         if pod is None or pod.metadata is None or not pod.metadata.name:
             return
         self._best_effort(f"delete pod {pod.metadata.name}", lambda: self.pod_manager.delete_pod(pod))
+
+    def _classify(self, cause: BaseException) -> PodTermination:
+        """:meth:`_k8s_termination`, never raising: an unreadable outcome fails fast, recorded."""
+        termination = self._best_effort("classify the pod's end", lambda: self._k8s_termination(cause))
+        return termination or PodTermination("Unclassified", None, False, None, None, detail=_error_text(cause))
 
     def _k8s_termination(self, cause: BaseException) -> PodTermination:
         """The base container's end as the API server reports it, with what the pod said.

@@ -416,6 +416,16 @@ def test_the_pods_own_failure_record_is_kept(local_backend: None, registered_db:
     ) == [(reason, 0.5)]
 
 
+def test_local_exit_2_line_is_the_recorded_exit_reason(local_backend: None, registered_db: str) -> None:
+    line = "finetune: error: 24 folds of 8760 test bars need 210240 bars; the data has 43800"
+    op = _make_operator(code=f"import sys; print({line!r}, file=sys.stderr); sys.exit(2)")
+
+    with pytest.raises(PodFailed, match=r"Error: exit 2 \(finetune: error: 24 folds"):
+        op.execute(_make_context())
+
+    assert _manifest(registered_db) == ("failed", "STANDARD", f"Error: exit 2: {line}")
+
+
 def test_local_backend_error_fails_fast(local_backend: None, registered_db: str) -> None:
     from airflow.providers.cncf.kubernetes.secret import Secret
 
@@ -778,6 +788,23 @@ def test_a_pod_deleted_while_deferred_is_a_disruption(kube: FakeCoreV1Api, regis
         _k8s_operator(deferrable=True).trigger_reentry(_make_context(store=store), event)
 
     assert store.get(LADDER_STATE_KEY) == {"round": 1, "ooms": 0, "disruptions": 1}
+
+
+def test_a_classifier_bug_still_fails_fast_and_is_recorded(
+    kube: FakeCoreV1Api, registered_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import finetune_sweep.operator as operator_module
+
+    def broken(*args: Any, **kwargs: Any) -> PodTermination:
+        raise AttributeError("'NoneType' object has no attribute 'containers'")
+
+    monkeypatch.setattr(operator_module, "kubernetes_termination", broken)
+    kube.kubelet = _oom
+
+    with pytest.raises(PodFailed, match="Unclassified"):
+        _k8s_operator().execute(_make_context())
+
+    assert _attempts(registered_db)[0][4].startswith("Unclassified: Pod ")
 
 
 def test_a_killed_task_is_recorded_as_killed(kube: FakeCoreV1Api, registered_db: str) -> None:
