@@ -426,6 +426,22 @@ def test_local_exit_2_line_is_the_recorded_exit_reason(local_backend: None, regi
     assert _manifest(registered_db) == ("failed", "STANDARD", f"Error: exit 2: {line}")
 
 
+def test_local_killed_task_is_recorded_as_killed(local_backend: None, registered_db: str) -> None:
+    import threading
+
+    op = _make_operator(code="import time; time.sleep(60)")
+    killer = threading.Timer(1.0, op.on_kill)
+    killer.start()
+    try:
+        with pytest.raises(AirflowException, match="the task was killed") as raised:
+            op.execute(_make_context())
+    finally:
+        killer.cancel()
+
+    assert not isinstance(raised.value, AirflowFailException)
+    assert _manifest(registered_db) == ("planned", "STANDARD", "Killed")
+
+
 def test_local_backend_error_fails_fast(local_backend: None, registered_db: str) -> None:
     from airflow.providers.cncf.kubernetes.secret import Secret
 
@@ -1011,6 +1027,8 @@ with create_session() as session:
     print("RESULT " + json.dumps({
         "state": str(run.state),
         "tis": sorted([ti.map_index, ti.rendered_map_index, str(ti.state), ti.try_number] for ti in tis),
+        # what a setup prepended to this script adds (see _K8S_PROBE_SETUP)
+        **globals().get("probe_extra", dict)(),
     }))
 '''
 
@@ -1094,7 +1112,7 @@ with DAG("ft_operator_probe", schedule=None, start_date=pendulum.datetime(2026, 
 # The provider's real code under Airflow's own task runner and task state store; only the
 # Kubernetes API is the fake. base_features: disrupted once on STANDARD, then OOMKilled on STANDARD,
 # then fine on MEDIUM; l2_features: fine at once.
-_K8S_PROBE_RUNNER = '''
+_K8S_PROBE_SETUP = '''
 import json, sys
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from fake_kube import FakeCoreV1Api, set_disrupted, set_terminated
@@ -1118,22 +1136,8 @@ fake = FakeCoreV1Api(kubelet=kubelet)
 KubernetesHook.core_v1_client = property(lambda self: fake)
 KubernetesHook.is_in_cluster = property(lambda self: False)
 
-from airflow.utils import db
-from airflow.dag_processing.dagbag import DagBag
-from airflow.models import TaskInstance
-from airflow.utils.session import create_session
-
-db.initdb()
-dag = DagBag(sys.argv[1]).get_dag("ft_operator_probe")
-run = dag.test()
-with create_session() as session:
-    tis = session.query(TaskInstance).filter(TaskInstance.run_id == run.run_id).all()
-    print("RESULT " + json.dumps({
-        "state": str(run.state),
-        "tis": sorted([ti.map_index, ti.rendered_map_index, str(ti.state), ti.try_number] for ti in tis),
-        "profiles": sorted(profiles_seen),
-        "left": sorted(name for _, name in fake.pods),
-    }))
+def probe_extra():
+    return {"profiles": sorted(profiles_seen), "left": sorted(name for _, name in fake.pods)}
 '''
 
 
@@ -1144,7 +1148,7 @@ def test_kubernetes_ladder_under_airflow_with_a_fake_api(tmp_path: Any) -> None:
     result, stdout = _run_probe(
         tmp_path,
         dag_text=_K8S_PROBE_DAG,
-        runner=_K8S_PROBE_RUNNER,
+        runner=_K8S_PROBE_SETUP + _PROBE_RUNNER,
         env_extra={
             "FINETUNE_POD_BACKEND": "kubernetes",
             "AIRFLOW_CONN_KUBERNETES_DEFAULT": json.dumps({"conn_type": "kubernetes"}),
