@@ -38,8 +38,11 @@ from finetune_sweep.settings import get_settings
 SETTINGS = get_settings()
 # Partial arguments are rendered (mapped XCom values are not): the tag comes from the param.
 IMAGE = SETTINGS.image_repository + ":{{ params.image }}"
-# One retry per step up the profile ladder; the operator fails any non-OOM error without retry.
+# One retry per step up the profile ladder, plus the same-profile retries of pods the cluster
+# disrupts (eviction, preemption, node shutdown); the operator counts both itself (task state
+# store) and fails any other error without retry.
 OOM_RETRIES = len(sizing.PROFILE_ORDER) - 1
+RUN_FACTOR_RETRIES = OOM_RETRIES + SETTINGS.disruption_retries
 MIGRATE_PROFILE = sizing.PodProfile("MIGRATE", "512Mi", "250m")
 
 
@@ -86,7 +89,7 @@ def finetune_sweep():
     registered = register(planned)
     run_factor = FactorPodOperator.partial(
         task_id="run_factor",
-        retries=OOM_RETRIES,
+        retries=RUN_FACTOR_RETRIES,
         retry_delay=timedelta(seconds=SETTINGS.retry_delay_seconds),
         map_index_template="{{ task.factor }}",
         **common,

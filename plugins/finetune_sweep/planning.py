@@ -284,6 +284,7 @@ def plan_pods(
             profile=sizing.profile_for(factor, sizing=sizing_map, profiles=profiles),
             run_id=run_id,
             run_args=run_args,
+            profiles=profiles,
         )
         for factor in valid["factors"]
     ]

@@ -25,6 +25,14 @@ Environment:
 ``FINETUNE_DB_RETRY_SECONDS``, ``FINETUNE_DB_CONNECT_TIMEOUT_SECONDS``
                               when set here, passed to every pod's env (the pod validates them:
                               exit 2 naming a bad one); unset, the pod's defaults apply
+``FINETUNE_SCHEDULE_TIMEOUT_SECONDS``  how long a pod may wait to be scheduled (default 900: a
+                              high-memory node may have to be scaled up first)
+``FINETUNE_STARTUP_TIMEOUT_SECONDS``   how long a scheduled pod may take to start (default 180:
+                              image pull; a missing DSN Secret fails after this, not after 900 s)
+``FINETUNE_KEEP_FAILED_PODS``  ``true`` keeps failed factor pods for debugging (default: they are
+                              deleted once their logs and status were read)
+``FINETUNE_DISRUPTION_RETRIES``  retries on the same profile of a pod the cluster disrupted
+                              (eviction, preemption, node shutdown; default 2)
 """
 
 from __future__ import annotations
@@ -65,6 +73,10 @@ class Settings:
     pod_template_file: str | None = None
     # (name, value) of the POD_DATABASE_ENV variables that are set.
     pod_database_env: tuple[tuple[str, str], ...] = ()
+    schedule_timeout_seconds: int = 900
+    startup_timeout_seconds: int = 180
+    keep_failed_pods: bool = False
+    disruption_retries: int = 2
 
     @property
     def image_repository(self) -> str:
@@ -107,6 +119,17 @@ class Settings:
             retry_delay = -1.0
         if not 0 <= retry_delay <= 3600:
             raise SettingsError(f"FINETUNE_RETRY_DELAY_SECONDS={delay_text!r} must be seconds from 0 to 3600")
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            text = get(name, None)
+            if text is None:
+                return default
+            if not text.isdigit() or not low <= int(text) <= high:
+                raise SettingsError(f"{name}={text!r} must be an integer from {low} to {high}")
+            return int(text)
+
+        keep_text = (get("FINETUNE_KEEP_FAILED_PODS", "false") or "false").lower()
+        if keep_text not in ("true", "false", "1", "0", "yes", "no"):
+            raise SettingsError(f"FINETUNE_KEEP_FAILED_PODS={keep_text!r} must be true or false")
         return cls(
             pod_backend=backend,
             namespace=get("FINETUNE_NAMESPACE", cls.namespace) or cls.namespace,
@@ -119,6 +142,10 @@ class Settings:
             retry_delay_seconds=retry_delay,
             pod_template_file=get("FINETUNE_POD_TEMPLATE_FILE", None),
             pod_database_env=tuple((name, value) for name in POD_DATABASE_ENV if (value := get(name, None))),
+            schedule_timeout_seconds=integer("FINETUNE_SCHEDULE_TIMEOUT_SECONDS", cls.schedule_timeout_seconds, 1, 86400),
+            startup_timeout_seconds=integer("FINETUNE_STARTUP_TIMEOUT_SECONDS", cls.startup_timeout_seconds, 1, 86400),
+            keep_failed_pods=keep_text in ("true", "1", "yes"),
+            disruption_retries=integer("FINETUNE_DISRUPTION_RETRIES", cls.disruption_retries, 0, 10),
         )
 
 

@@ -8,7 +8,14 @@ Each profile also selects its node pool with the label ``finetune/pool=<profile 
 (``standard``, ``medium``, ``heavy``): label the node pools (or node groups) accordingly, or
 override ``node_selector`` per profile with ``FINETUNE_PROFILES``, e.g.
 ``{"HEAVY": {"node_selector": {"cloud.google.com/gke-nodepool": "highmem"}}}``; an empty
-``{}`` lets the profile run anywhere.
+``{}`` lets the profile run anywhere. A profile may also carry ``tolerations`` (a list of
+Kubernetes tolerations, camelCase JSON) and ``affinity`` (a Kubernetes ``Affinity`` object) for
+tainted or specially labelled high-memory pools, e.g.
+``{"HEAVY": {"tolerations": [{"key": "highmem", "operator": "Exists", "effect": "NoSchedule"}]}}``.
+
+The profiles are resolved once per run (by ``plan``) and travel with each factor's mapped kwargs
+as JSON (:func:`profiles_to_json` / :func:`profiles_from_json`), so a worker never re-reads
+``FINETUNE_PROFILES`` and every try of a run sees the sizes its manifest was planned with.
 
 ``python -m finetune_sweep.sizing recommend [--dsn DSN]`` prints the recommendation table from
 the recorded pod attempts (``finetune_pod_attempts``).
@@ -98,12 +105,16 @@ class PodProfile:
     :param memory: memory request and limit, a Kubernetes quantity.
     :param cpu: cpu request (no cpu limit is set).
     :param node_selector: node labels the pod must match.
+    :param tolerations: Kubernetes tolerations (camelCase JSON objects) the pod gets.
+    :param affinity: a Kubernetes ``Affinity`` (camelCase JSON object), or None.
     """
 
     name: str
     memory: str
     cpu: str
     node_selector: dict[str, str] = field(default_factory=dict, hash=False)
+    tolerations: tuple[dict[str, Any], ...] = field(default=(), hash=False)
+    affinity: dict[str, Any] | None = field(default=None, hash=False)
 
     @property
     def memory_bytes(self) -> int:
@@ -125,7 +136,11 @@ SIZING_MAP: dict[str, str] = {
     "l2_features": "STANDARD",
 }
 
-_PROFILE_KEYS = ("memory", "cpu", "node_selector")
+_PROFILE_KEYS = ("memory", "cpu", "node_selector", "tolerations", "affinity")
+_TOLERATION_KEYS = ("key", "operator", "value", "effect", "tolerationSeconds")
+_TOLERATION_OPERATORS = ("Exists", "Equal")
+_TOLERATION_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+_AFFINITY_KEYS = ("nodeAffinity", "podAffinity", "podAntiAffinity")
 
 
 def _load_json_object(raw: str, variable: str) -> dict[str, Any]:
@@ -142,7 +157,7 @@ def load_profiles(overrides_json: str | None = None) -> dict[str, PodProfile]:
     """:data:`PROFILES` with ``FINETUNE_PROFILES`` overrides applied.
 
     e.g. ``{"STANDARD": {"memory": "256Mi"}}``; keys per profile: ``memory``, ``cpu``,
-    ``node_selector``. The ladder must still grow: each profile's memory must be larger than the
+    ``node_selector``, ``tolerations``, ``affinity``. The ladder must still grow: each profile's memory must be larger than the
     one below it, otherwise an OOM retry would not help.
 
     :param overrides_json: the JSON text, or None/empty for the defaults.
@@ -197,7 +212,82 @@ def _apply_profile_changes(profile: PodProfile, changes: Mapping[str, Any]) -> P
         ):
             raise SizingError(f"{where}.node_selector must be an object of string labels")
         profile = replace(profile, node_selector=dict(selector))
+    if "tolerations" in changes:
+        profile = replace(profile, tolerations=_checked_tolerations(changes["tolerations"], where))
+    if "affinity" in changes:
+        profile = replace(profile, affinity=_checked_affinity(changes["affinity"], where))
     return profile
+
+
+def _checked_tolerations(value: Any, where: str) -> tuple[dict[str, Any], ...]:
+    """Tolerations as Kubernetes writes them; a typo would otherwise be dropped silently by the
+    client model and the pod would never reach its tainted pool."""
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise SizingError(f"{where}.tolerations must be a list of toleration objects")
+    for index, item in enumerate(value):
+        at = f"{where}.tolerations[{index}]"
+        unknown = sorted(set(item) - set(_TOLERATION_KEYS))
+        if unknown:
+            raise SizingError(f"{at}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_TOLERATION_KEYS)}")
+        operator = item.get("operator", "Equal")
+        if operator not in _TOLERATION_OPERATORS:
+            raise SizingError(f"{at}.operator: {operator!r} is not one of {', '.join(_TOLERATION_OPERATORS)}")
+        effect = item.get("effect")
+        if effect not in (None, "", *_TOLERATION_EFFECTS):
+            raise SizingError(f"{at}.effect: {effect!r} is not one of {', '.join(_TOLERATION_EFFECTS)}")
+        for key in ("key", "value"):
+            if key in item and not isinstance(item[key], str):
+                raise SizingError(f"{at}.{key} must be a string")
+        seconds = item.get("tolerationSeconds")
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, int)):
+            raise SizingError(f"{at}.tolerationSeconds must be an integer")
+    return tuple(dict(item) for item in value)
+
+
+def _checked_affinity(value: Any, where: str) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(part, dict) for part in value.values()):
+        raise SizingError(f"{where}.affinity must be an object with {', '.join(_AFFINITY_KEYS)}")
+    unknown = sorted(set(value) - set(_AFFINITY_KEYS))
+    if unknown:
+        raise SizingError(f"{where}.affinity: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_AFFINITY_KEYS)}")
+    return dict(value) or None
+
+
+def profiles_to_json(profiles: Mapping[str, PodProfile]) -> dict[str, dict[str, Any]]:
+    """The resolved profiles as plain JSON (the ``profiles`` key of each plan entry).
+
+    :param profiles: profile name -> profile (:func:`load_profiles`).
+    """
+    return {
+        name: {
+            "memory": profile.memory,
+            "cpu": profile.cpu,
+            "node_selector": dict(profile.node_selector),
+            "tolerations": [dict(item) for item in profile.tolerations],
+            "affinity": profile.affinity,
+        }
+        for name, profile in profiles.items()
+    }
+
+
+def profiles_from_json(value: Mapping[str, Any]) -> dict[str, PodProfile]:
+    """The profiles a plan entry carries (:func:`profiles_to_json`), checked like an override.
+
+    :param value: profile name -> ``{memory, cpu, node_selector, tolerations, affinity}``.
+    :raises SizingError: a profile missing from the ladder or a malformed entry.
+    """
+    if not isinstance(value, Mapping) or set(value) != set(PROFILE_ORDER):
+        raise SizingError(f"profiles must name exactly {', '.join(PROFILE_ORDER)}")
+    profiles: dict[str, PodProfile] = {}
+    for name in PROFILE_ORDER:
+        entry = value[name]
+        if not isinstance(entry, Mapping) or "memory" not in entry or "cpu" not in entry:
+            raise SizingError(f"profiles[{name!r}] must carry memory and cpu")
+        base = PodProfile(name, str(entry["memory"]), str(entry["cpu"]))
+        profiles[name] = _apply_profile_changes(base, {k: v for k, v in entry.items() if k in _PROFILE_KEYS})
+    return profiles
 
 
 def load_sizing(overrides_json: str | None = None) -> dict[str, str]:

@@ -133,6 +133,9 @@ def test_plan_pods_applies_the_overrides() -> None:
 
     assert entries[0]["profile"] == "MEDIUM"
     assert entries[0]["container_resources"]["limits"] == {"memory": "12Gi"}
+    # the resolved ladder travels with the entry: workers never re-read FINETUNE_PROFILES
+    assert entries[0]["profiles"]["MEDIUM"]["memory"] == "12Gi"
+    assert entries[0]["profiles"]["HEAVY"]["memory"] == "24Gi"
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ def _build_manifest(entry: dict[str, Any], *, settings: Settings | None = None) 
     kwargs = {**pods.common_pod_kwargs(image=settings.image, settings=settings), **entry}
     kwargs.pop("factor")
     kwargs.pop("profile")
+    kwargs.pop("profiles", None)
     kwargs["container_resources"] = pods.to_resource_requirements(kwargs["container_resources"])
     operator = KubernetesPodOperator(task_id="run_factor", **kwargs)
     pod = operator.build_pod_request_obj(None, dry_run=True)
@@ -147,7 +148,16 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
     entry = _make_entry("btc_features", cryptos=["BTC"], cost_bps=[10, 30], slippage_bps=[0, 5])
 
     assert json.loads(json.dumps(entry)) == entry
-    assert set(entry) == {"factor", "profile", "name", "labels", "container_resources", "node_selector", "arguments"}
+    assert set(entry) == {
+        "factor", "profile", "profiles", "name", "labels", "container_resources", "node_selector", "arguments",
+    }
+    with_ladder = pods.factor_pod_kwargs(
+        factor="btc_features", profile=PROFILES["HEAVY"], run_id=RUN_ID, run_args={"as_of": AS_OF}, profiles=PROFILES
+    )
+    assert json.loads(json.dumps(with_ladder)) == with_ladder
+    assert with_ladder["profiles"]["HEAVY"] == {
+        "memory": "24Gi", "cpu": "6", "node_selector": {"finetune/pool": "heavy"}, "tolerations": [], "affinity": None,
+    }
     assert entry["name"] == "finetune-btc-features"
     assert entry["arguments"] == [
         "run", "--run-id", RUN_ID, "--factor", "btc_features", "--cryptos", "BTC", "--cost-bps", "10,30",
@@ -261,3 +271,19 @@ def test_the_pod_template_setting_is_read_from_the_environment() -> None:
 
     assert pods.common_pod_kwargs(image="x:1", settings=settings)["pod_template_file"] == "/etc/finetune/pod.yaml"
     assert "pod_template_file" not in pods.common_pod_kwargs(image="x:1", settings=Settings.from_env({}))
+
+
+def test_rendered_pod_carries_the_profiles_tolerations_and_the_startup_timeouts() -> None:
+    profiles = load_profiles(
+        json.dumps({"HEAVY": {"tolerations": [{"key": "highmem", "operator": "Exists", "effect": "NoSchedule"}]}})
+    )
+    entry = pods.factor_pod_kwargs(
+        factor="btc_features", profile=profiles["HEAVY"], run_id=RUN_ID, run_args={"as_of": AS_OF}, profiles=profiles
+    )
+    settings = _make_settings()
+
+    manifest = pods.render_manifest(factor_kwargs=entry, image=settings.image, settings=settings)
+    kwargs = pods.common_pod_kwargs(image=settings.image, settings=settings)
+
+    assert manifest["spec"]["tolerations"] == [{"key": "highmem", "operator": "Exists", "effect": "NoSchedule"}]
+    assert (kwargs["schedule_timeout_seconds"], kwargs["startup_timeout_seconds"]) == (900, 180)

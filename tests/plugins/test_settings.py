@@ -29,6 +29,10 @@ def test_environment_overrides() -> None:
             "FINETUNE_SERVICE_ACCOUNT": "finetune-runner",
             "FINETUNE_DATA_URI": "file:///data",
             "FINETUNE_RETRY_DELAY_SECONDS": "1",
+            "FINETUNE_STARTUP_TIMEOUT_SECONDS": "60",
+            "FINETUNE_SCHEDULE_TIMEOUT_SECONDS": "1800",
+            "FINETUNE_KEEP_FAILED_PODS": "True",
+            "FINETUNE_DISRUPTION_RETRIES": "0",
         }
     )
 
@@ -40,6 +44,9 @@ def test_environment_overrides() -> None:
     assert settings.service_account == "finetune-runner"
     assert settings.data_uri == "file:///data"
     assert settings.retry_delay_seconds == 1.0
+    assert (settings.startup_timeout_seconds, settings.schedule_timeout_seconds) == (60, 1800)
+    assert settings.keep_failed_pods is True
+    assert settings.disruption_retries == 0
 
 
 @pytest.mark.parametrize(
@@ -51,6 +58,11 @@ def test_environment_overrides() -> None:
         pytest.param({"FINETUNE_IMAGE": "x/y:"}, "repository", id="empty-tag"),
         pytest.param({"FINETUNE_RETRY_DELAY_SECONDS": "soon"}, "RETRY_DELAY", id="bad-delay"),
         pytest.param({"FINETUNE_RETRY_DELAY_SECONDS": "-1"}, "RETRY_DELAY", id="negative-delay"),
+        pytest.param(
+            {"FINETUNE_STARTUP_TIMEOUT_SECONDS": "2m"}, "FINETUNE_STARTUP_TIMEOUT_SECONDS='2m' must be an integer", id="bad-startup"
+        ),
+        pytest.param({"FINETUNE_DISRUPTION_RETRIES": "11"}, "from 0 to 10", id="too-many-disruption-retries"),
+        pytest.param({"FINETUNE_KEEP_FAILED_PODS": "maybe"}, "KEEP_FAILED_PODS='maybe' must be true or false", id="bad-keep"),
     ],
 )
 def test_refuses_bad_values(env: dict[str, str], match: str) -> None:

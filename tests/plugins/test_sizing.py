@@ -111,7 +111,23 @@ def test_load_profiles_without_overrides(raw: str | None) -> None:
         pytest.param("{not json", "not valid JSON", id="bad-json"),
         pytest.param("[1]", "JSON object", id="not-object"),
         pytest.param('{"HUGE": {"memory": "1Ti"}}', "unknown profile 'HUGE'.*STANDARD, MEDIUM, HEAVY", id="unknown-profile"),
-        pytest.param('{"STANDARD": {"mem": "1Gi"}}', "unknown key.*mem.*memory, cpu, node_selector", id="unknown-key"),
+        pytest.param('{"STANDARD": {"mem": "1Gi"}}', "unknown key.*mem.*memory, cpu, node_selector, tolerations, affinity", id="unknown-key"),
+        pytest.param('{"HEAVY": {"tolerations": {"key": "x"}}}', "tolerations must be a list", id="tolerations-not-list"),
+        pytest.param(
+            '{"HEAVY": {"tolerations": [{"key": "x", "effect": "NoSchedul"}]}}',
+            r"tolerations\[0\]\.effect: 'NoSchedul' is not one of NoSchedule",
+            id="toleration-effect-typo",
+        ),
+        pytest.param(
+            '{"HEAVY": {"tolerations": [{"key": "x", "tolerationSecs": 5}]}}',
+            "unknown key.*tolerationSecs",
+            id="toleration-unknown-key",
+        ),
+        pytest.param(
+            '{"HEAVY": {"tolerations": [{"key": "x", "operator": "In"}]}}', "operator: 'In' is not one of Exists, Equal", id="toleration-operator"
+        ),
+        pytest.param('{"HEAVY": {"affinity": {"nodeAfinity": {}}}}', "affinity: unknown key.*nodeAfinity", id="affinity-typo"),
+        pytest.param('{"HEAVY": {"affinity": ["x"]}}', "affinity must be an object", id="affinity-not-object"),
         pytest.param('{"STANDARD": {"memory": "lots"}}', "STANDARD.*memory", id="bad-memory"),
         pytest.param('{"STANDARD": {"memory": 5}}', "STANDARD.*memory", id="memory-not-string"),
         pytest.param('{"STANDARD": {"cpu": "two"}}', "cpu", id="bad-cpu"),
@@ -295,3 +311,37 @@ def test_fetch_history_falls_back_to_the_manifest(migrated_db: str) -> None:
     (row,) = sizing.fetch_history(migrated_db)
 
     assert (row["factor"], row["peak_memory_bytes"], row["duration_seconds"]) == ("l2_features", 2 * GI, None)
+
+
+def test_profiles_carry_tolerations_and_affinity_through_json() -> None:
+    from finetune_sweep.sizing import profiles_from_json, profiles_to_json
+
+    raw = json.dumps(
+        {
+            "HEAVY": {
+                "tolerations": [{"key": "highmem", "operator": "Equal", "value": "true", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
+            }
+        }
+    )
+    profiles = load_profiles(raw)
+
+    assert profiles["HEAVY"].tolerations == ({"key": "highmem", "operator": "Equal", "value": "true", "effect": "NoSchedule"},)
+    assert profiles["STANDARD"].tolerations == () and profiles["STANDARD"].affinity is None
+    carried = json.loads(json.dumps(profiles_to_json(profiles)))
+    assert profiles_from_json(carried) == profiles
+    assert profiles_from_json(carried)["HEAVY"].affinity == {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+
+
+@pytest.mark.parametrize(
+    "carried",
+    [
+        pytest.param({"STANDARD": {"memory": "8Gi", "cpu": "2"}}, id="missing-profiles"),
+        pytest.param({name: {"cpu": "2"} for name in ("STANDARD", "MEDIUM", "HEAVY")}, id="missing-memory"),
+    ],
+)
+def test_profiles_from_json_refuses_an_incomplete_ladder(carried: dict[str, Any]) -> None:
+    from finetune_sweep.sizing import profiles_from_json
+
+    with pytest.raises(SizingError, match="profiles"):
+        profiles_from_json(carried)
