@@ -1,5 +1,10 @@
 """The sweep's params (schema, run-time validation), the plan (one pod per factor) and registration.
 
+``plan`` (no I/O) puts each factor on its map profile; ``register`` (which has the database) moves
+a factor up to what its recorded history asks for (``sizing.choose_start_profiles``; upward only,
+``FINETUNE_SIZING_MODE=static`` pins the map), records the choice on the manifest, and returns the
+entries the pods are expanded over.
+
 The same JSON schemas serve twice: as ``Param`` objects for the trigger form (and the trigger-time
 check of REST/CLI conf), and again inside ``plan`` at run time, because a run can start with conf
 that never met the form (an old REST client, ``dags test --conf``, a cleared run). ``plan`` also

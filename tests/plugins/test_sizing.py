@@ -473,3 +473,47 @@ def test_history_keeps_each_factors_last_runs_counting_every_airflow_rerun(migra
     assert _start(sizing.fetch_history(migrated_db, history_runs=8), "l2_features").profile == "STANDARD"
     assert _start(last_9, "l2_features").reason == "history: OOM on STANDARD in run r9 (attempt 1) -> MEDIUM"
     assert len(_windowed(migrated_db, history_runs=8, factors=["base_features"])) == 8
+
+
+def test_recommend_cli_reads_the_window_register_uses(migrated_db: str, capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FINETUNE_PROFILES", raising=False)
+    monkeypatch.setenv("FINETUNE_SIZING", '{"btc_features": "STANDARD"}')
+    monkeypatch.setenv("FINETUNE_SIZING_HISTORY_DAYS", "30")
+    monkeypatch.delenv("FINETUNE_SIZING_HISTORY_RUNS", raising=False)
+    monkeypatch.delenv("FINETUNE_SIZING_MODE", raising=False)
+    record_attempt(migrated_db, run_id="old", factor="btc_features", memory_limit_bytes=8 * GI,
+                   peak_memory_bytes=int(7.9 * GI), days_ago=31)
+    record_attempt(migrated_db, run_id="new", factor="btc_features", memory_limit_bytes=8 * GI,
+                   peak_memory_bytes=int(7.6 * GI), days_ago=1)
+
+    assert sizing.main(["recommend", "--dsn", migrated_db]) == 0
+
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "history: each factor's last 8 runs within 30 days"
+    btc = next(line for line in out.splitlines() if line.startswith("btc_features"))
+    assert btc.split()[1:3] == ["1", "1"], "one run, one attempt: the 31-day-old one is outside the window"
+    assert "7.60Gi" in btc and "7.90Gi" not in out
+    assert "advice: btc_features starts its next run on MEDIUM (history; map STANDARD)" in out
+
+
+def test_recommend_cli_refuses_a_bad_sizing_setting(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_SIZING_HISTORY_RUNS", "all")
+
+    assert sizing.main(["recommend", "--dsn", "postgresql://nowhere.invalid/x"]) == 2
+
+    err = capsys.readouterr().err
+    assert err == "error: FINETUNE_SIZING_HISTORY_RUNS='all' must be an integer from 1 to 1000\n"
+
+
+def test_fetch_history_before_v007_has_no_airflow_run(migrated_db: str) -> None:
+    import psycopg
+
+    record_attempt(migrated_db, run_id="r1", factor="l2_features", memory_limit_bytes=8 * GI, peak_memory_bytes=2 * GI,
+                   airflow_run_id="manual__x")
+    with psycopg.connect(migrated_db) as conn:
+        conn.execute("ALTER TABLE finetune_pod_attempts DROP COLUMN airflow_run_id")
+
+    (row,) = sizing.fetch_history(migrated_db, history_runs=8, history_days=90)
+
+    assert (row["run_id"], row["airflow_run_id"], row["peak_memory_bytes"]) == ("r1", "", 2 * GI)
