@@ -389,3 +389,14 @@ def test_a_bad_sizing_mode_fails_plan_before_any_pod(monkeypatch: pytest.MonkeyP
 
     with pytest.raises(AirflowFailException, match="FINETUNE_SIZING_MODE='adaptive' is not one of history, static"):
         planning.plan_from_context(_make_context())
+
+
+def test_a_bad_history_window_fails_register_before_it_writes(finetune_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    context = _make_context(params=_make_params(factors=["base_features"]), ti=_RecordingTaskInstance())
+    entries = planning.plan_from_context(context)
+    monkeypatch.setenv("FINETUNE_SIZING_HISTORY_DAYS", "0")
+
+    with pytest.raises(AirflowFailException, match="FINETUNE_SIZING_HISTORY_DAYS='0' must be an integer from 1 to 3650"):
+        planning.register_from_context(entries, context)
+
+    assert _query(finetune_db, "SELECT (SELECT count(*) FROM finetune_runs) + (SELECT count(*) FROM finetune_airflow_runs)") == [(0,)]
