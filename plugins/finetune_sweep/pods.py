@@ -295,6 +295,25 @@ def factor_pod_kwargs(
     return entry
 
 
+def with_profile(entry: Mapping[str, Any], *, profile: PodProfile) -> dict[str, Any]:
+    """A plan entry moved to another starting profile (``register`` applies the sizing history).
+
+    ``profile``, ``container_resources``, the profile label and ``node_selector`` follow the new
+    profile; every other key (arguments, name, keys other components add at plan time) passes
+    through unchanged.
+
+    :param entry: one entry of the plan (:func:`factor_pod_kwargs`).
+    :param profile: the profile the factor starts on.
+    """
+    return {
+        **entry,
+        "profile": profile.name,
+        "labels": {**entry.get("labels", {}), LABEL_PROFILE: label_value(profile.name.lower())},
+        "container_resources": resources_for(profile),
+        "node_selector": dict(profile.node_selector),
+    }
+
+
 def render_manifest(
     *, factor_kwargs: Mapping[str, Any], image: str, settings: Settings | None = None
 ) -> dict[str, Any]:
