@@ -20,17 +20,16 @@ scrubbed from the store's message.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import pandas as pd
 import pyarrow.fs as pafs
 
+from finetune.redaction import error_line, scrub_environment
+
 OBJECT_STORE_SCHEMES = ("s3", "gs")
-# Environment values that must never reach a message (the access key id is not a secret).
-SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN")
 FORMATS: tuple[tuple[str, Callable[..., pd.DataFrame]], ...] = ((".parquet", pd.read_parquet), (".csv", pd.read_csv))
 
 
@@ -38,15 +37,9 @@ class DataError(ValueError):
     """Market data that cannot be used; the one-line message names the symbol, file or as-of."""
 
 
-def one_line(exc: BaseException, environ: Mapping[str, str] | None = None) -> str:
-    """The first line of the error, with the environment's secrets replaced by ``***``."""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    env = os.environ if environ is None else environ
-    for name in SECRET_ENV:
-        secret = env.get(name, "")
-        if len(secret) >= 4:
-            text = text.replace(secret, "***")
-    return text
+def one_line(exc: BaseException) -> str:
+    """The store's error as one line, with the environment's data-store secrets scrubbed."""
+    return scrub_environment(error_line(exc))
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """Secrets kept out of every line the pod writes: the DSN's password, scrubbed from messages.
 
+The same goes for the cloud credentials a ``s3://`` / ``gs://`` data URI is read with: an object
+store's error could echo them, so :func:`scrub_environment` removes their values.
+
 libpq error messages may echo parts of the connection string, and a DSN named in a message (to
 say which server was unreachable) must not carry its password; these helpers are the one place
 that knows how a password hides in a URI or a ``key=value`` string.
@@ -7,10 +10,15 @@ that knows how a password hides in a URI or a ``key=value`` string.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+# Environment variables whose values are secrets of the data stores (the access key id is not).
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN")
 
 
 def dsn_password(dsn: str) -> str | None:
@@ -43,3 +51,14 @@ def error_line(exc: BaseException, dsn: str | None = None) -> str:
     """The error as one line (libpq messages span several), with the DSN's password scrubbed."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return scrub(text, dsn) if dsn else text
+
+
+def scrub_environment(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """``text`` with the values of :data:`SECRET_ENV` (from ``environ``, default the process's)
+    replaced by ``***``; values shorter than 4 characters are left alone (they would mangle text)."""
+    env = os.environ if environ is None else environ
+    for name in SECRET_ENV:
+        secret = env.get(name, "")
+        if len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text

@@ -136,9 +136,8 @@ def test_file_uris_read_the_local_folder(tmp_path):
     assert shown == str(tmp_path / "BTC.csv") and frame.empty
 
 
-def test_one_line_scrubs_secrets_of_the_environment():
-    error = OSError(f"denied for {SECRET}\nsecond line")
-    assert one_line(error, {"AWS_SECRET_ACCESS_KEY": SECRET}) == "denied for ***"
+def test_store_errors_are_one_line_without_the_environments_secret(aws_env):
+    assert one_line(OSError(f"denied for {SECRET}\nsecond line")) == "denied for *** second line"
 
 
 # --- the pod's command line --------------------------------------------------------------------

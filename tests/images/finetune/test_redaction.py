@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from finetune.redaction import error_line, redact_dsn, scrub
+from finetune.redaction import error_line, redact_dsn, scrub, scrub_environment
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,13 @@ def test_error_line_is_one_line_without_the_password() -> None:
     exc = RuntimeError('connection to server at "h" failed:\n\tFATAL: password pw123 rejected\n')
     assert error_line(exc, "postgresql://u:pw123@h/db") == 'connection to server at "h" failed: FATAL: password *** rejected'
     assert error_line(ValueError()) == "ValueError"
+
+
+@pytest.mark.parametrize("name", ["AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_OAUTH_ACCESS_TOKEN"])
+def test_scrub_environment_removes_data_store_secrets(name: str) -> None:
+    environ = {name: "s3cr3t-value", "AWS_ACCESS_KEY_ID": "AKIDPUBLIC"}
+    assert scrub_environment("denied: s3cr3t-value for AKIDPUBLIC", environ) == "denied: *** for AKIDPUBLIC"
+
+
+def test_scrub_environment_leaves_text_alone_without_secrets() -> None:
+    assert scrub_environment("denied: abc", {"AWS_SECRET_ACCESS_KEY": "ab"}) == "denied: abc"  # too short to be one
