@@ -16,8 +16,11 @@ and the ratios calendar / read and DataLocation / direct read.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
+import timeit
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +29,14 @@ import pandas as pd
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "images" / "finetune"))
 
-from bench_significance import median_seconds  # noqa: E402  (this folder is sys.path[0])
 from finetune.bars import BarOptions, calendar_bars  # noqa: E402
 from finetune.data import normalise_ohlcv  # noqa: E402
 from finetune.synthetic import synthetic_ohlcv  # noqa: E402
 from finetune.locations import DataLocation  # noqa: E402
+
+
+def median_seconds(work: Callable[[], object], repeats: int) -> float:
+    return statistics.median(timeit.repeat(work, number=1, repeat=repeats))
 
 
 def _holed_history(years: int) -> pd.DataFrame:
