@@ -431,12 +431,8 @@ def _entry_profiles(entries: Sequence[Mapping[str, Any]]) -> dict[str, sizing.Po
         return sizing.load_profiles(sizing_overrides()[0])
     if isinstance(resolved, str):
         resolved = json.loads(resolved)
-    return {
-        name: sizing.PodProfile(
-            name=name, memory=spec["memory"], cpu=spec["cpu"], node_selector=dict(spec.get("node_selector") or {})
-        )
-        for name, spec in resolved.items()
-    }
+    # the same decoding as the operator's, so tolerations and affinity survive the move
+    return sizing.profiles_from_json(resolved)
 
 
 def choose_profiles(
