@@ -307,10 +307,14 @@ def fetch_groups(conn: psycopg.Connection, run_id: str) -> list[GroupInput]:
     :param conn: an open connection, not in autocommit mode (its transaction is used).
     :param run_id: the finetune run id.
     """
-    # JIT compiles a big grouped join for ~0.6 s of fixed cost (DESIGN 8); the query is index
-    # scans and a hash aggregate, which the interpreter runs faster. LOCAL: this transaction only
-    # (psycopg opens one implicitly).
-    conn.execute("SET LOCAL jit = off")
+    # The step runs right after the pods wrote the run: the planner has no statistics for this
+    # run_id and estimates a few rows, then picks a merge join on `factor` alone with the rest as
+    # a join filter, quadratic in the run (a 60,000-key run did not finish in 60 s). The query
+    # reads the whole run once, which hash joins do in linear time whatever the estimates; the
+    # sort of 60,000 rows fits in 64 MB instead of spilling. JIT would add ~0.6 s of fixed cost
+    # (DESIGN 8). LOCAL: this transaction only (psycopg opens one implicitly).
+    for setting in ("jit = off", "enable_nestloop = off", "enable_mergejoin = off", "work_mem = '64MB'"):
+        conn.execute(f"SET LOCAL {setting}")
     rows = conn.execute(GROUPS_SQL, {"run_id": run_id}).fetchall()
     return [
         GroupInput(

@@ -309,3 +309,96 @@ def test_cli_recomputes_at_another_fdr(migrated_db: str, capsys: pytest.CaptureF
     assert ok == 0 and out.startswith("4 of 8 groups are findings at FDR 0.05")
     assert bad == 2 and err.strip() == "error: fdr_q must be a number strictly between 0 and 1, got 5.0"
     assert {row[11] for row in _stored(migrated_db)} == {0.05}
+
+
+# --- validated like a method -----------------------------------------------------------------
+#
+# With no edge anywhere every group's null holds, and then Benjamini-Hochberg's false discovery
+# rate *is* the probability of any discovery: the share of sweeps with at least one finding must
+# stay at or below fdr_q. Simulated over independently seeded random-walk markets with the pod's
+# own data (MarketData "synthetic://random-walk?seed=N"), cost and shift-test functions, and this
+# module's combination + BH. The positions stand in for the fitted model's, which would cost a
+# fine_tune per (crypto, fold) of every simulated sweep: like the model's, they are long/flat,
+# read only past closes, persist over many bars and include both a trend and a reversal rule
+# (the two ways in which a shift could leak -- the wrap moves later positions earlier).
+
+METHOD_FDR_Q = 0.10
+METHOD_MARKETS = 20
+METHOD_SWEEPS_PER_MARKET = 10  # windows months apart in one market: independent sweeps
+METHOD_CRYPTOS = ("BTC", "ETH", "SOL")
+METHOD_COSTS = (0, 30)
+METHOD_FOLDS = 2
+METHOD_TEST_BARS = 168
+METHOD_WARMUP = 24
+METHOD_N_SHIFTS = 100
+METHOD_AS_OF = "2026-06-07T00:00:00Z"
+
+
+def _stand_in_positions(close: np.ndarray) -> dict[str, np.ndarray]:
+    """Long/flat positions on ``close[METHOD_WARMUP:]`` from past closes only."""
+    log_close = np.log(close)
+    return {
+        "trend_24": (log_close[METHOD_WARMUP:] > log_close[:-METHOD_WARMUP]).astype(np.float64),
+        "reversal_6": (log_close[METHOD_WARMUP:] < log_close[METHOD_WARMUP - 6 : -6]).astype(np.float64),
+    }
+
+
+def _simulated_sweeps() -> list[list[GroupInput]]:
+    """The groups (factor x crypto x cost, their folds' shift-test p-values) of every simulated sweep."""
+    pd = pytest.importorskip("pandas")
+    significance = pytest.importorskip("finetune.significance", reason="the shift test lands with the stats branch")
+    from finetune.costs import round_trip_cost
+    from finetune.data import MarketData
+
+    block = METHOD_WARMUP + METHOD_FOLDS * METHOD_TEST_BARS
+    sweeps = []
+    for seed in range(METHOD_MARKETS):
+        market = MarketData(f"synthetic://random-walk?seed={seed}")
+        closes = {c: market.ohlcv(c, as_of=pd.Timestamp(METHOD_AS_OF))["close"].to_numpy() for c in METHOD_CRYPTOS}
+        spacing = len(closes["BTC"]) // METHOD_SWEEPS_PER_MARKET
+        assert spacing > 10 * block, "sweeps far apart"
+        for sweep in range(METHOD_SWEEPS_PER_MARKET):
+            p_values: dict[tuple[str, str, int], list[float]] = {}
+            for crypto, close in closes.items():
+                for fold in range(METHOD_FOLDS):
+                    start = sweep * spacing + fold * METHOD_TEST_BARS
+                    window = close[start : start + METHOD_WARMUP + METHOD_TEST_BARS]
+                    for factor, positions in _stand_in_positions(window).items():
+                        for cost in METHOD_COSTS:
+                            test = significance.shift_test(positions, window[METHOD_WARMUP:], round_trip_cost(cost),
+                                                           n_shifts=METHOD_N_SHIFTS)
+                            p_values.setdefault((factor, crypto, cost), []).append(test.p_value)
+            sweeps.append([
+                _make_group(factor=factor, crypto=crypto, cost_bps=cost, n_folds=len(ps), n_p_values=len(ps),
+                            p_values=tuple(ps))
+                for (factor, crypto, cost), ps in p_values.items()
+            ])
+    return sweeps
+
+
+@pytest.fixture(scope="module")
+def null_sweeps() -> list[list[GroupInput]]:
+    return _simulated_sweeps()
+
+
+def test_method_no_edge_any_discovery_stays_within_fdr_q(null_sweeps: list[list[GroupInput]]) -> None:
+    any_finding = [any(f.discovered for f in compute_findings(groups, fdr_q=METHOD_FDR_Q)[0]) for groups in null_sweeps]
+    n, k = len(any_finding), sum(any_finding)
+
+    above = stats.binomtest(k, n, METHOD_FDR_Q, alternative="greater")
+    # One-sided Clopper-Pearson: the rate is below `upper` with 99 % confidence.
+    upper = stats.binomtest(k, n, alternative="less").proportion_ci(confidence_level=0.99).high
+    # No evidence at 1 % of a rate above fdr_q, and with 99 % confidence below 1.5 x fdr_q.
+    assert above.pvalue > 0.01, f"{k} of {n} null sweeps had a finding"
+    assert upper < 1.5 * METHOD_FDR_Q, f"{k} of {n} null sweeps had a finding (99 % upper bound {upper:.3f})"
+    assert n == METHOD_MARKETS * METHOD_SWEEPS_PER_MARKET and len(null_sweeps[0]) == 2 * 3 * 2
+
+
+def test_method_without_the_correction_the_same_sweeps_find_edges(null_sweeps: list[list[GroupInput]]) -> None:
+    # The simulation can tell a procedure that does not control the error: calling every group
+    # whose combined p-value is below fdr_q a finding (no multiple-comparison correction) finds
+    # "edges" in the random walk in far more than fdr_q of the sweeps.
+    uncorrected = [any(f.p_value <= METHOD_FDR_Q for f in compute_findings(groups)[0]) for groups in null_sweeps]
+
+    test = stats.binomtest(sum(uncorrected), len(uncorrected), METHOD_FDR_Q, alternative="greater")
+    assert test.pvalue < 1e-6, f"{sum(uncorrected)} of {len(uncorrected)}"
