@@ -52,6 +52,9 @@ def _base_env(home: Path) -> dict[str, str]:
         FINETUNE_POD_BACKEND="local",
         FINETUNE_PROFILES=json.dumps(SMALL_PROFILES),
         FINETUNE_RETRY_DELAY_SECONDS="1",
+        # On a shared 2-core machine under load, importing Airflow and the providers while parsing
+        # the DAG file took longer than the default 30 s DagBag import timeout.
+        AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT="300",
     )
     return env
 

@@ -7,6 +7,7 @@ here from the definitions (never the module's code path), and scipy itself.
 from __future__ import annotations
 
 import math
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -405,3 +406,46 @@ def test_method_without_the_correction_the_same_sweeps_find_edges(null_sweeps: l
 
     test = stats.binomtest(sum(uncorrected), len(uncorrected), METHOD_FDR_Q, alternative="greater")
     assert test.pvalue < 1e-6, f"{sum(uncorrected)} of {len(uncorrected)}"
+
+
+# --- the task --------------------------------------------------------------------------------
+
+
+def test_findings_task_reads_fdr_q_from_the_params(migrated_db: str, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from finetune_rows import PLAN
+
+    from finetune_sweep.db import connection_json_from_dsn
+    from finetune_sweep.planning import run_id_from_context
+    from finetune_sweep.settings import get_settings
+
+    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(migrated_db))
+    monkeypatch.delenv("FINETUNE_CONN_ID", raising=False)
+    get_settings.cache_clear()
+    context = {"params": {**PLAN, "fdr_q": 0.2}, "dag": SimpleNamespace(dag_id="finetune_sweep"),
+               "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc)}
+    run_id = run_id_from_context(context)
+    seed_complete_run(migrated_db, run_id=run_id)
+    _set_p_values(migrated_db, {"BTC": (0.001, 0.004), "ETH": (0.3, 0.9)})
+
+    summary = findings.findings_from_context(context)
+
+    assert summary == {"run_id": run_id, "fdr_q": 0.2, "combine_method": "fisher", "n_groups": 8, "n_discovered": 4,
+                       "n_untested": 0}
+    assert capsys.readouterr().out.startswith("4 of 8 groups are findings at FDR 0.2")
+    with psycopg.connect(migrated_db) as conn:
+        assert conn.execute("SELECT DISTINCT run_id, fdr_q FROM finetune_findings").fetchall() == [(run_id, 0.2)]
+
+
+def test_findings_task_refuses_a_bad_fdr_q_before_any_write(migrated_db: str) -> None:
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    context = {"params": {"fdr_q": 2}, "dag": SimpleNamespace(dag_id="finetune_sweep"),
+               "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc)}
+
+    with pytest.raises(AirflowFailException, match=r"invalid sweep: param 'fdr_q': 2 is greater than or equal to"):
+        findings.findings_from_context(context)
