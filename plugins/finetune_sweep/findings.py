@@ -79,6 +79,23 @@ GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
 ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
 """
 
+# The groups the step leaves out (for the report): one scan of the run's model rows, no joins.
+UNTESTED_SQL = """
+SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
+       count(*)::integer AS n_folds,
+       count(m.perm_p_value)::integer AS n_p_values,
+       array_agg(m.perm_p_value ORDER BY m.fold_id) AS p_values,
+       avg(m.net_return) AS mean_model_return,
+       NULL::double precision AS mean_edge_vs_buy_and_hold,
+       NULL::double precision AS mean_edge_vs_random
+FROM finetune_results AS m
+JOIN finetune_run_factors AS f ON f.run_id = m.run_id AND f.factor = m.factor
+WHERE m.run_id = %(run_id)s
+GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
+HAVING count(m.perm_p_value) < count(*)
+ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
+"""
+
 FINDING_COLUMNS = (
     "run_id",
     "factor",
@@ -315,7 +332,19 @@ def fetch_groups(conn: psycopg.Connection, run_id: str) -> list[GroupInput]:
     # (DESIGN 8). LOCAL: this transaction only (psycopg opens one implicitly).
     for setting in ("jit = off", "enable_nestloop = off", "enable_mergejoin = off", "work_mem = '64MB'"):
         conn.execute(f"SET LOCAL {setting}")
-    rows = conn.execute(GROUPS_SQL, {"run_id": run_id}).fetchall()
+    return _groups(conn.execute(GROUPS_SQL, {"run_id": run_id}).fetchall())
+
+
+def fetch_untested(conn: psycopg.Connection, run_id: str) -> list[GroupInput]:
+    """The run's groups that lack a shift-test p-value on some fold (:data:`UNTESTED_SQL`).
+
+    :param conn: an open connection.
+    :param run_id: the finetune run id.
+    """
+    return _groups(conn.execute(UNTESTED_SQL, {"run_id": run_id}).fetchall())
+
+
+def _groups(rows: Sequence[Sequence[Any]]) -> list[GroupInput]:
     return [
         GroupInput(
             factor=factor,

@@ -212,7 +212,7 @@ def fetch_findings_section(dsn: str, run_id: str) -> str:
         counts = conn.execute(FINDINGS_COUNT_SQL, {"run_id": run_id}).fetchone()
         discovered = conn.execute(DISCOVERED_SQL, {"run_id": run_id, "limit": MAX_LISTED_FINDINGS}).fetchall()
     with psycopg.connect(dsn) as conn:
-        untested = [group for group in findings.fetch_groups(conn, run_id) if not group.testable]
+        untested = findings.fetch_untested(conn, run_id)
     return format_findings(
         discovered,
         n_groups=counts["n_groups"],
