@@ -163,17 +163,35 @@ def _dsn() -> str:
                         f"the Airflow connection {conn_id!r} is not available ({type(err).__name__})") from None
 
 
-def _connect() -> Any:
-    import psycopg
+class _Database:
+    """The finetune database of one request: its DSN and a connection; a failure is a 503 page."""
 
-    from finetune_sweep.db import redact
+    def __init__(self) -> None:
+        self.dsn = _dsn()
+        self.conn: Any = None
 
-    dsn = _dsn()
-    try:
-        return queries.connect(dsn)
-    except psycopg.Error as err:
+    def __enter__(self) -> _Database:
+        import psycopg
+
+        try:
+            self.conn = queries.connect(self.dsn)
+        except psycopg.Error as err:
+            self._unavailable(err)
+        return self
+
+    def __exit__(self, kind: Any, err: Any, trace: Any) -> bool:
+        import psycopg
+
+        self.conn.close()
+        if isinstance(err, psycopg.OperationalError):
+            self._unavailable(err)
+        return False
+
+    def _unavailable(self, err: Exception) -> None:
+        from finetune_sweep.db import redact
+
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise PageError(503, "Finetune database unavailable", redact(first_line, [dsn])) from None
+        raise PageError(503, "Finetune database unavailable", redact(first_line, [self.dsn])) from None
 
 
 class _Resolved:
@@ -244,10 +262,10 @@ def create_app() -> FastAPI:
 
     @app.get("/dags/{dag_id}/runs/{airflow_run_id}", dependencies=READ_RUN, response_class=HTMLResponse)
     def run_tab(dag_id: str, airflow_run_id: str) -> Response:
-        with _connect() as conn:
-            resolved = _resolve(conn, dag_id, airflow_run_id)
-            data = queries.fetch_run_page(conn, resolved.run_id, airflow_run_id=airflow_run_id) if resolved.run_id else None
-            linked = queries.airflow_runs_of(conn, resolved.run_id) if data else []
+        with _Database() as db:
+            resolved = _resolve(db.conn, dag_id, airflow_run_id)
+            linked = queries.airflow_runs_of(db.conn, resolved.run_id) if resolved.run_id else []
+            data = queries.fetch_run_page(db.dsn, resolved.run_id, airflow_run_id=airflow_run_id) if resolved.run_id else None
         base = "./" + quote(airflow_run_id, safe="") + "/"
         if data is None:
             return page("not_registered.html", dag_id=dag_id, airflow_run_id=airflow_run_id,
@@ -277,9 +295,9 @@ def create_app() -> FastAPI:
         slippage_bps: str | None = None,
     ) -> Response:
         cost, slip = _int_or_none(cost_bps, "cost_bps"), _int_or_none(slippage_bps, "slippage_bps")
-        with _connect() as conn:
-            run_id = _require_run(_resolve(conn, dag_id, airflow_run_id))
-            rows = queries.fetch_folds(conn, run_id, factor=factor, crypto=crypto, cost_bps=cost, slippage_bps=slip)
+        with _Database() as db:
+            run_id = _require_run(_resolve(db.conn, dag_id, airflow_run_id))
+            rows = queries.fetch_folds(db.conn, run_id, factor=factor, crypto=crypto, cost_bps=cost, slippage_bps=slip)
         return page("folds.html", dag_id=dag_id, airflow_run_id=airflow_run_id, run_id=run_id, rows=rows,
                     selection={"factor": factor, "crypto": crypto, "cost_bps": cost, "slippage_bps": slip},
                     back="../" + quote(airflow_run_id, safe=""), static="../../../../static/")
@@ -287,9 +305,9 @@ def create_app() -> FastAPI:
     @app.get("/dags/{dag_id}/runs/{airflow_run_id}/{table}.{fmt}", dependencies=READ_RUN)
     def download(dag_id: str, airflow_run_id: str, table: Literal["rows", "folds"],
                  fmt: Literal["csv", "json"]) -> Response:
-        with _connect() as conn:
-            run_id = _require_run(_resolve(conn, dag_id, airflow_run_id))
-            rows = queries.fetch_groups(conn, run_id) if table == "rows" else queries.fetch_folds(conn, run_id)
+        with _Database() as db:
+            run_id = _require_run(_resolve(db.conn, dag_id, airflow_run_id))
+            rows = queries.fetch_groups(db.conn, run_id) if table == "rows" else queries.fetch_folds(db.conn, run_id)
         columns = GROUP_COLUMNS if table == "rows" else FOLD_COLUMNS
         body = _to_csv(rows, columns) if fmt == "csv" else _to_json(rows, columns)
         # The file is named by the finetune run (what a notebook joins on); ':' is not portable.
@@ -305,19 +323,19 @@ def create_app() -> FastAPI:
         from finetune_sweep import sizing
         from finetune_sweep.settings import sizing_overrides
 
-        with _connect() as conn:
-            history = queries.fetch_history(conn, dag_id) if queries.has_finetune_tables(conn) else []
-        if not history:
-            raise PageError(404, "No sweep history", f"no finetune runs of DAG {dag_id!r} in the finetune database")
-        profiles_json, sizing_json = sizing_overrides()
-        try:
-            recommendations = sizing.recommend(
-                sizing.fetch_history(_dsn()), sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json)
-            )
-        except sizing.SizingError as err:
-            recommendations, advice_error = [], str(err)
-        else:
-            advice_error = None
+        with _Database() as db:
+            history = queries.fetch_history(db.conn, dag_id) if queries.has_finetune_tables(db.conn) else []
+            if not history:
+                raise PageError(404, "No sweep history", f"no finetune runs of DAG {dag_id!r} in the finetune database")
+            profiles_json, sizing_json = sizing_overrides()
+            try:
+                recommendations = sizing.recommend(
+                    sizing.fetch_history(db.dsn), sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json)
+                )
+            except sizing.SizingError as err:
+                recommendations, advice_error = [], str(err)
+            else:
+                advice_error = None
         runs = sorted({(row["as_of"], row["run_id"]) for row in history}, reverse=True)
         return page("dag.html", dag_id=dag_id, history=history, runs=runs,
                     charts=_for_chart(charts.history_charts(history)), with_charts=True, recommendations=recommendations,
