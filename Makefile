@@ -27,6 +27,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_baselines.py
+	$(PY) benchmarks/bench_significance.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_dag.py
 

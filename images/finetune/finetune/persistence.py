@@ -148,6 +148,14 @@ class Window:
 
 @dataclass(frozen=True)
 class ModelRow:
+    """A model row; the significance fields (DESIGN 4.2, 5 "Shift test") may be None (NULL).
+
+    ``positions`` are the model's 0/1 positions per test bar in bar order (``smallint[]``);
+    ``exposure`` the share of the window's holding periods spent long; ``random_percentile`` the
+    share of the random seeds below the row's net return (ties half); ``perm_p_value`` and
+    ``perm_n_shifts`` the shift test's p-value and number of shifts.
+    """
+
     variant: str
     model_hyperparams: Mapping[str, Any]
     feature_hash: str
@@ -155,17 +163,24 @@ class ModelRow:
     sharpe: float | None
     max_drawdown: float | None
     n_trades: int
+    exposure: float | None = None
+    positions: Sequence[int] | None = None
+    random_percentile: float | None = None
+    perm_p_value: float | None = None
+    perm_n_shifts: int | None = None
 
 
 _UPSERT_RESULT = """
 INSERT INTO finetune_results (
     run_id, factor, strategy, variant, crypto, fold_id, cost_bps, slippage_bps,
     test_start, test_end, n_bars, model_hyperparams, feature_hash,
-    net_return, sharpe, max_drawdown, n_trades
+    net_return, sharpe, max_drawdown, n_trades,
+    exposure, positions, random_percentile, perm_p_value, perm_n_shifts
 ) VALUES (
     %(run_id)s, %(factor)s, %(strategy)s, %(variant)s, %(crypto)s, %(fold_id)s, %(cost_bps)s,
     %(slippage_bps)s, %(test_start)s, %(test_end)s, %(n_bars)s, %(model_hyperparams)s,
-    %(feature_hash)s, %(net_return)s, %(sharpe)s, %(max_drawdown)s, %(n_trades)s
+    %(feature_hash)s, %(net_return)s, %(sharpe)s, %(max_drawdown)s, %(n_trades)s,
+    %(exposure)s, %(positions)s::smallint[], %(random_percentile)s, %(perm_p_value)s, %(perm_n_shifts)s
 )
 ON CONFLICT ON CONSTRAINT uq_finetune_result DO UPDATE SET
     strategy = EXCLUDED.strategy,
@@ -178,17 +193,24 @@ ON CONFLICT ON CONSTRAINT uq_finetune_result DO UPDATE SET
     sharpe = EXCLUDED.sharpe,
     max_drawdown = EXCLUDED.max_drawdown,
     n_trades = EXCLUDED.n_trades,
+    exposure = EXCLUDED.exposure,
+    positions = EXCLUDED.positions,
+    random_percentile = EXCLUDED.random_percentile,
+    perm_p_value = EXCLUDED.perm_p_value,
+    perm_n_shifts = EXCLUDED.perm_n_shifts,
     updated_at = now()
 """
 
 _UPSERT_BASELINE = """
 INSERT INTO finetune_baselines (
     run_id, factor, strategy, baseline_type, crypto, fold_id, cost_bps, slippage_bps,
-    test_start, test_end, n_bars, net_return, n_trades, n_seeds, hold_bars, return_std
+    test_start, test_end, n_bars, net_return, n_trades, n_seeds, hold_bars, return_std,
+    exposure, seed_p05, seed_p50, seed_p95
 ) VALUES (
     %(run_id)s, %(factor)s, %(strategy)s, %(baseline_type)s, %(crypto)s, %(fold_id)s,
     %(cost_bps)s, %(slippage_bps)s, %(test_start)s, %(test_end)s, %(n_bars)s, %(net_return)s,
-    %(n_trades)s, %(n_seeds)s, %(hold_bars)s, %(return_std)s
+    %(n_trades)s, %(n_seeds)s, %(hold_bars)s, %(return_std)s,
+    %(exposure)s, %(seed_p05)s, %(seed_p50)s, %(seed_p95)s
 )
 ON CONFLICT ON CONSTRAINT uq_finetune_baseline DO UPDATE SET
     test_start = EXCLUDED.test_start,
@@ -199,6 +221,10 @@ ON CONFLICT ON CONSTRAINT uq_finetune_baseline DO UPDATE SET
     n_seeds = EXCLUDED.n_seeds,
     hold_bars = EXCLUDED.hold_bars,
     return_std = EXCLUDED.return_std,
+    exposure = EXCLUDED.exposure,
+    seed_p05 = EXCLUDED.seed_p05,
+    seed_p50 = EXCLUDED.seed_p50,
+    seed_p95 = EXCLUDED.seed_p95,
     updated_at = now()
 """
 
@@ -367,6 +393,11 @@ class Store:
             "sharpe": model.sharpe,
             "max_drawdown": model.max_drawdown,
             "n_trades": model.n_trades,
+            "exposure": model.exposure,
+            "positions": None if model.positions is None else [int(p) for p in model.positions],
+            "random_percentile": model.random_percentile,
+            "perm_p_value": model.perm_p_value,
+            "perm_n_shifts": model.perm_n_shifts,
         }
         baseline_params = [
             {
@@ -377,6 +408,10 @@ class Store:
                 "n_seeds": b.n_seeds,
                 "hold_bars": b.hold_bars,
                 "return_std": b.return_std,
+                "exposure": b.exposure,
+                "seed_p05": b.seed_p05,
+                "seed_p50": b.seed_p50,
+                "seed_p95": b.seed_p95,
             }
             for b in baselines
         ]

@@ -5,9 +5,12 @@ Phases, in this order, so that a refused run writes nothing:
 1. :func:`prepare` loads the data, builds the feature store and the folds of every crypto. Any
    problem (unknown factor, missing or malformed data, as-of before the data, too few bars for a
    fold) raises :class:`InputError` before the database is touched.
-2. :func:`execute` registers the run, marks the factor ``running`` and loops crypto x fold: one
-   ``fine_tune`` per (crypto, fold), then per cost basis the model's metrics and the three
-   baselines (memoised per key), persisted as one transaction per key on one window.
+2. :func:`execute` registers the run, marks the factor ``running`` and loops crypto x fold:
+   :func:`evaluate_fold` fine-tunes once per (crypto, fold) and computes, on the fold's test
+   window, the random seeds and the shift test once for all cost bases (neither's trades depend
+   on the cost; each is netted per cost basis), then per cost basis the model's metrics, its
+   significance (random percentile, shift-test p-value, exposure, positions) and the three
+   baselines; each key persists as one transaction on one window.
 3. It then asks the database which planned keys are complete. A missing key emits
    ``baselines_incomplete`` and fails the run; the outcome, peak memory and limit are recorded on
    the manifest and in the per-attempt history.
@@ -29,7 +32,7 @@ import numpy as np
 import pandas as pd
 import psycopg
 
-from finetune import baselines
+from finetune import baselines, significance
 from finetune.baselines import BASELINE_TYPES, BaselineResult
 from finetune.costs import round_trip_cost
 from finetune.data import MarketData
@@ -180,8 +183,56 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+@dataclass(frozen=True)
+class KeyResult:
+    """What one key persists: its model row and its three baselines (on the fold's window)."""
+
+    key: ResultKey
+    model: ModelRow
+    baselines: tuple[BaselineResult, ...]
+
+
+def evaluate_fold(
+    crypto: str, item: Prepared, fold: Fold, *, cost_bases: list[tuple[int, int]], n_seeds: int, hold_bars: int
+) -> list[KeyResult]:
+    """Fine-tune once on the fold, then the model row and baselines of every cost basis.
+
+    No I/O: the power tests of the synthetic market call it directly. The random seeds' entries
+    and the shift test's shifted trades are computed once for the window and netted per cost
+    basis (one pass per window; a key-level memo would never be hit: each key is visited once).
+    """
+    close = item.store.close[fold.test_start : fold.test_end]
+    model = fine_tune(item.store, fold, hold_bars=hold_bars)
+    positions = model.positions(item.store.features[fold.test_start : fold.test_end])
+    costs = {basis: round_trip_cost(*basis) for basis in cost_bases}
+    distinct = list(dict.fromkeys(costs.values()))  # 10+0 and 5+5 bps are one round-trip cost
+    window = baselines.compute_window_baselines(close, distinct, n_seeds=n_seeds, hold_bars=hold_bars)
+    shifts = dict(zip(distinct, significance.shift_tests(positions, close, distinct, n_shifts=n_seeds)))
+    exposure = significance.exposure(positions)
+    stored_positions = significance.position_list(positions)
+    results = []
+    for (cost, slip), rt in costs.items():
+        metrics = evaluate(positions, close, rt)
+        row = ModelRow(
+            variant=VARIANT,
+            model_hyperparams=model.hyperparams,
+            feature_hash=item.store.feature_hash,
+            net_return=float(metrics.net_return),
+            sharpe=_finite_or_none(metrics.sharpe),
+            max_drawdown=_finite_or_none(metrics.max_drawdown),
+            n_trades=int(metrics.n_trades),
+            exposure=exposure,
+            positions=stored_positions,
+            random_percentile=significance.random_percentile(float(metrics.net_return), window.seed_returns(rt)),
+            perm_p_value=shifts[rt].p_value,
+            perm_n_shifts=shifts[rt].n_shifts,
+        )
+        results.append(KeyResult(ResultKey(crypto, fold.fold_id, cost, slip), row, window.by_cost[rt]))
+    return results
+
+
 class _Run:
-    """The state of one execution: the store, the events, the memoised baselines."""
+    """The state of one execution: the store, the events, the planned windows."""
 
     def __init__(self, config: RunConfig, prepared: Mapping[str, Prepared], store: Store, events: EventLog) -> None:
         self.config = config
@@ -189,54 +240,36 @@ class _Run:
         self.store = store
         self.events = events
         self.planned = planned_windows(config, prepared)
-        # One baseline computation per key (DESIGN 5, "Memoisation").
-        self.memo: dict[ResultKey, tuple[BaselineResult, ...]] = {}
-
-    def baselines_for(self, key: ResultKey, close: np.ndarray) -> tuple[BaselineResult, ...]:
-        if key not in self.memo:
-            self.memo[key] = baselines.compute_baselines(
-                close,
-                round_trip_cost(key.cost_bps, key.slippage_bps),
-                n_seeds=self.config.n_seeds,
-                hold_bars=self.config.hold_bars,
-            )
-        return self.memo[key]
 
     def run_fold(self, crypto: str, fold: Fold) -> list[ResultKey]:
-        """Fine-tune once, then persist every cost basis; returns the keys that failed to persist."""
+        """Evaluate the fold, then persist every cost basis; returns the keys that failed to persist."""
         item = self.prepared[crypto]
         window = test_window(item.store, fold)
-        close = item.store.close[fold.test_start : fold.test_end]
-        model = fine_tune(item.store, fold, hold_bars=self.config.hold_bars)
-        positions = model.positions(item.store.features[fold.test_start : fold.test_end])
+        results = evaluate_fold(
+            crypto,
+            item,
+            fold,
+            cost_bases=self.config.cost_bases,
+            n_seeds=self.config.n_seeds,
+            hold_bars=self.config.hold_bars,
+        )
         failed = []
-        for cost, slip in self.config.cost_bases:
-            key = ResultKey(crypto, fold.fold_id, cost, slip)
-            metrics = evaluate(positions, close, round_trip_cost(cost, slip))
-            row = ModelRow(
-                variant=VARIANT,
-                model_hyperparams=model.hyperparams,
-                feature_hash=item.store.feature_hash,
-                net_return=float(metrics.net_return),
-                sharpe=_finite_or_none(metrics.sharpe),
-                max_drawdown=_finite_or_none(metrics.max_drawdown),
-                n_trades=int(metrics.n_trades),
-            )
+        for result in results:
             try:
                 self.store.persist_key(
                     strategy=STRATEGY,
-                    key=key,
+                    key=result.key,
                     window=window,
-                    model=row,
-                    baselines=self.baselines_for(key, close),
+                    model=result.model,
+                    baselines=result.baselines,
                 )
             except psycopg.OperationalError:
                 raise  # the database is gone after the retries: no later key can persist either
             except psycopg.Error as exc:
                 # A refused write (constraint, trigger) loses this key only: its transaction rolled
                 # back, the others may still persist, and the completeness check reports it.
-                failed.append(key)
-                self.events.emit("persist_failed", key=key.as_dict(), error=error_line(exc, self.store.dsn))
+                failed.append(result.key)
+                self.events.emit("persist_failed", key=result.key.as_dict(), error=error_line(exc, self.store.dsn))
         return failed
 
     def loop(self) -> None:

@@ -69,6 +69,45 @@ def test_persist_key_is_an_idempotent_upsert(migrated_db: str) -> None:
         )
 
 
+def test_significance_columns_round_trip_and_are_upserted(migrated_db: str) -> None:
+    key = ResultKey("SOL", 2, 0, 0)
+    positions = [0, 1, 1, 0] * 6
+    significant = _make_model(
+        exposure=11 / 23, positions=positions, random_percentile=0.975, perm_p_value=3 / 101, perm_n_shifts=100
+    )
+    random_row = BaselineResult(
+        "random", -0.002, 2.5, n_seeds=10, hold_bars=4, return_std=0.01,
+        exposure=10 / 23, seed_p05=-0.03, seed_p50=-0.001, seed_p95=0.02,
+    )
+    baselines = (BaselineResult("buy_and_hold", 0.01, 1.0, exposure=1.0), random_row, BaselineResult("naive", 0.0, 0.0, exposure=0.0))
+    select_model = "SELECT exposure, positions, random_percentile, perm_p_value, perm_n_shifts FROM finetune_results"
+    select_baselines = "SELECT baseline_type, exposure, seed_p05, seed_p50, seed_p95 FROM finetune_baselines ORDER BY 1"
+    with _open_store(migrated_db) as store:
+        store.persist_key(strategy=STRATEGY, key=key, window=WINDOW, model=_make_model(), baselines=BASELINES)
+        with psycopg.connect(migrated_db) as conn:
+            assert conn.execute(select_model).fetchone() == (None, None, None, None, None)
+        store.persist_key(strategy=STRATEGY, key=key, window=WINDOW, model=significant, baselines=baselines)
+    with psycopg.connect(migrated_db) as conn:
+        assert conn.execute(select_model).fetchone() == (11 / 23, positions, 0.975, 3 / 101, 100)
+        assert conn.execute("SELECT pg_typeof(positions)::text FROM finetune_results").fetchone() == ("smallint[]",)
+        assert conn.execute(select_baselines).fetchall() == [
+            ("buy_and_hold", 1.0, None, None, None),
+            ("naive", 0.0, None, None, None),
+            ("random", 10 / 23, -0.03, -0.001, 0.02),
+        ]
+
+
+def test_an_out_of_range_percentile_is_refused_with_its_key(migrated_db: str) -> None:
+    key = ResultKey("ETH", 0, 10, 0)
+    with _open_store(migrated_db) as store:
+        with pytest.raises(psycopg.errors.CheckViolation, match="random_percentile"):
+            store.persist_key(
+                strategy=STRATEGY, key=key, window=WINDOW, model=_make_model(random_percentile=1.5), baselines=BASELINES
+            )
+    assert _count(migrated_db, "finetune_results") == 0
+    assert _count(migrated_db, "finetune_baselines") == 0
+
+
 def test_a_failing_baseline_leaves_the_key_absent(migrated_db: str) -> None:
     key = ResultKey("ETH", 1, 15, 0)
     with _open_store(migrated_db) as store:

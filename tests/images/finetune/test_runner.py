@@ -1,8 +1,9 @@
 """The runner end to end on real PostgreSQL (in-process through ``cli.main`` for speed).
 
 A small grid (2 cryptos x 2 folds x 2 costs x 2 slippages) on the synthetic market: exact row
-counts, identical windows, baselines equal to an independent recomputation, idempotent reruns,
-and the failure paths (a key whose write is refused, a crash mid-run).
+counts, identical windows, baselines and model rows (return, exposure, percentile, shift test)
+equal to an independent per-trade recomputation, idempotent reruns, and the failure paths (a key
+whose write is refused, a crash mid-run).
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import design_reference as reference
 import psycopg
 import pytest
+from scipy import stats
 
 from finetune import baselines, runner
 from finetune.cli import main
-from finetune.costs import round_trip_cost
 from finetune.data import MarketData
-from finetune.factors import build_feature_store
-from finetune.folds import walk_forward_folds
 
 AS_OF = "2026-06-07T00:00:00Z"
 CRYPTOS = ("BTC", "ETH")
@@ -96,36 +97,68 @@ def test_full_run_persists_every_key_with_its_baselines(completed_run: tuple[str
     assert _query(dsn, "SELECT count(*) FROM finetune_results WHERE model_hyperparams = '{}'::jsonb OR feature_hash = ''") == [(0,)]
 
 
+def _window_close(market: MarketData, crypto: str, start: datetime, end: datetime) -> np.ndarray:
+    """The stored window's close prices, read from the market by its timestamps."""
+    return market.ohlcv(crypto, as_of=pd.Timestamp(AS_OF))["close"].loc[start:end].to_numpy()
+
+
 def test_baselines_equal_an_independent_recomputation(completed_run: tuple[str, list[dict]]) -> None:
+    # DESIGN 5 as plain per-trade loops (design_reference), on the closes of each stored window
     dsn, _ = completed_run
-    as_of = pd.Timestamp(AS_OF)
     market = MarketData()
     rows = _query(
         dsn,
         "SELECT crypto, fold_id, cost_bps, slippage_bps, baseline_type, test_start, test_end, n_bars, "
-        "net_return, n_trades, n_seeds, hold_bars, return_std FROM finetune_baselines",
+        "net_return, n_trades, n_seeds, hold_bars, return_std, exposure, seed_p05, seed_p50, seed_p95 "
+        "FROM finetune_baselines",
     )
-    stores = {c: build_feature_store("base_features", c, market, as_of=as_of) for c in CRYPTOS}
-    folds = {
-        c: walk_forward_folds(s.index, as_of=as_of, n_folds=N_FOLDS, train_bars=TRAIN_BARS, test_bars=TEST_BARS, hold_bars=HOLD_BARS)
-        for c, s in stores.items()
-    }
-    for crypto, fold_id, cost, slip, kind, start, end, n_bars, net, n_trades, n_seeds, hold, std in rows:
-        store, fold = stores[crypto], folds[crypto][fold_id]
-        assert (start, end, n_bars) == (store.index[fold.test_start], store.index[fold.test_end - 1], TEST_BARS)
-        close = store.close[fold.test_start : fold.test_end]
-        rt = round_trip_cost(cost, slip)
-        expected = {
-            "buy_and_hold": baselines.buy_and_hold(close, rt),
-            "naive": baselines.naive(close),
-            "random": baselines.random_baseline(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS),
-        }[kind]
-        assert np.isclose(net, expected.net_return, rtol=0, atol=1e-12), (crypto, fold_id, cost, slip, kind)
-        assert np.isclose(n_trades, expected.n_trades)
-        assert (n_seeds, hold) == (expected.n_seeds, expected.hold_bars)
-        assert (std is None and expected.return_std is None) or np.isclose(std, expected.return_std)
+    assert len(rows) == 3 * N_KEYS
+    for crypto, fold_id, cost, slip, kind, start, end, n_bars, net, n_trades, n_seeds, hold, std, held, p05, p50, p95 in rows:
+        close = _window_close(market, crypto, start, end)
+        assert len(close) == n_bars == TEST_BARS and end - start == pd.Timedelta(hours=n_bars - 1)
+        rt = 2 * (cost + slip) / 10_000
+        where = (crypto, fold_id, cost, slip, kind)
+        if kind == "naive":
+            assert (net, n_trades, held, n_seeds, hold, std, p05) == (0.0, 0.0, 0.0, None, None, None, None), where
+        elif kind == "buy_and_hold":
+            assert np.isclose(net, close[-1] / close[0] - 1 - rt, rtol=0, atol=1e-12), where
+            assert (n_trades, held, n_seeds, p05) == (1.0, 1.0, None, None), where
+        else:
+            runs = reference.seed_runs(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS)
+            returns = [r for r, _ in runs]
+            mean, ref_std, trades = reference.random_baseline(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS)
+            assert np.isclose(net, mean, rtol=0, atol=1e-12) and np.isclose(std, ref_std, rtol=0, atol=1e-12), where
+            assert np.isclose(n_trades, trades) and (n_seeds, hold) == (N_SEEDS, HOLD_BARS), where
+            assert np.isclose(held, sum(t * HOLD_BARS for _, t in runs) / N_SEEDS / (n_bars - 1)), where
+            expected = [stats.scoreatpercentile(returns, q) for q in (5, 50, 95)]
+            np.testing.assert_allclose([p05, p50, p95], expected, rtol=0, atol=1e-12, err_msg=str(where))
     # The newest test window ends at the last bar <= as-of.
-    assert max(row[6] for row in rows) <= as_of
+    assert max(row[6] for row in rows) <= pd.Timestamp(AS_OF)
+
+
+def test_model_rows_equal_a_recomputation_from_their_stored_positions(completed_run: tuple[str, list[dict]]) -> None:
+    # What anyone can do with a stored row: recompute its return, exposure, percentile, shift test.
+    dsn, _ = completed_run
+    market = MarketData()
+    rows = _query(
+        dsn,
+        "SELECT crypto, fold_id, cost_bps, slippage_bps, test_start, test_end, n_bars, net_return, n_trades, "
+        "positions, exposure, random_percentile, perm_p_value, perm_n_shifts FROM finetune_results",
+    )
+    assert len(rows) == N_KEYS
+    for crypto, fold_id, cost, slip, start, end, n_bars, net, n_trades, positions, held, pct, p_value, n_shifts in rows:
+        where = (crypto, fold_id, cost, slip)
+        close = _window_close(market, crypto, start, end)
+        rt = 2 * (cost + slip) / 10_000
+        assert len(positions) == n_bars and set(positions) <= {0, 1}, where
+        assert np.isclose(net, reference.positions_return(positions, close, rt), rtol=0, atol=1e-12), where
+        assert held == reference.held_share(positions), where
+        seeds = [r for r, _ in reference.seed_runs(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS)]
+        assert pct == stats.percentileofscore(seeds, net, kind="mean") / 100, where
+        ref_p, _ = reference.shift_test(positions, close, rt, n_shifts=N_SEEDS)
+        assert (p_value, n_shifts) == (ref_p, N_SEEDS), where
+    # the grid holds models that trade, so the checks above are not all on flat books
+    assert any(0 < row[10] < 1 for row in rows)
 
 
 def test_events_trace_the_run(completed_run: tuple[str, list[dict]]) -> None:
@@ -160,19 +193,22 @@ def test_rerun_upserts_and_records_the_new_attempt(
     ]
 
 
-def test_baselines_are_computed_once_per_key(
+def test_the_random_seeds_are_drawn_once_per_window(
     migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[float] = []
-    real = baselines.compute_baselines
+    # one pass per (crypto, fold) nets every cost basis of the window (DESIGN 5, "Memoisation")
+    calls: list[tuple[float, ...]] = []
+    real = baselines.compute_window_baselines
 
-    def counting(close: np.ndarray, rt: float, **kwargs: int) -> tuple:
-        calls.append(rt)
-        return real(close, rt, **kwargs)
+    def counting(close: np.ndarray, rts: list[float], **kwargs: int) -> baselines.WindowBaselines:
+        calls.append(tuple(rts))
+        return real(close, rts, **kwargs)
 
-    monkeypatch.setattr(baselines, "compute_baselines", counting)
+    monkeypatch.setattr(baselines, "compute_window_baselines", counting)
     code, _ = _run(migrated_db, capsys)
-    assert code == 0 and len(calls) == N_KEYS
+    assert code == 0 and len(calls) == len(CRYPTOS) * N_FOLDS
+    # 10+0, 10+5, 30+0, 30+5 bps: four distinct round-trip costs, each netted in the one pass
+    assert all(len(rts) == len(COSTS) * len(SLIPPAGES) for rts in calls)
 
 
 def test_a_refused_key_is_absent_and_reported(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
