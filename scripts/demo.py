@@ -81,7 +81,13 @@ def _airflow(args: list[str], env: dict[str, str], *, progress: DagTestProgress 
         log.write(f"$ airflow {' '.join(args)}\n")
         log.flush()
         proc = subprocess.Popen(
-            [airflow, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            [airflow, *args],
+            # unbuffered: a task's line is printed when it finishes, not when a pipe buffer fills
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
         )
         for line in proc.stdout:
             log.write(line)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -28,7 +27,7 @@ SCRIPTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent / "plugins")]
 
 import demo  # noqa: E402
-from ui_acceptance import AIRFLOW, DAG_ID, OUT_DIR, Deployment, log  # noqa: E402
+from ui_acceptance import AIRFLOW, DAG_ID, OUT_DIR, Deployment, deployment_settings, log  # noqa: E402
 
 from finetune_sweep.db import redact_dsn  # noqa: E402
 from finetune_sweep.local_airflow import free_port  # noqa: E402
@@ -44,17 +43,7 @@ def _port_is_free(port: int) -> bool:
 
 def _env(dsn: str, port: int) -> dict[str, str]:
     env = demo.airflow_env(dsn)
-    base_url = f"http://127.0.0.1:{port}"
-    env.update(
-        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
-        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(64),
-        AIRFLOW__API__BASE_URL=base_url,
-        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{base_url}/execution/",
-        # Runs start when triggered from the UI; no surprise @weekly run of the full default sweep.
-        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
-        FINETUNE_RETRY_DELAY_SECONDS="1",
-    )
+    env.update(deployment_settings(port))
     return env
 
 

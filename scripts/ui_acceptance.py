@@ -84,26 +84,34 @@ def log(message: str) -> None:
     print(f"[{Path(sys.argv[0]).stem} {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+def deployment_settings(port: int) -> dict[str, str]:
+    """A login-free local deployment on 127.0.0.1:``port`` (LocalExecutor; manual runs only)."""
+    base_url = f"http://127.0.0.1:{port}"
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+        "AIRFLOW__API__BASE_URL": base_url,
+        # Task processes report to this api-server's execution API (default: localhost:8080).
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+        # Manual runs only: no scheduled @weekly run, which would run the full default sweep
+        # and, with max_active_runs=1, block a triggered one.
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "FINETUNE_RETRY_DELAY_SECONDS": "1",
+    }
+
+
 def airflow_env(home: Path, port: int, dsn: str) -> dict[str, str]:
     env = local_airflow_env(home)
-    base_url = f"http://127.0.0.1:{port}"
+    env.update(deployment_settings(port))
     env.update(
-        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
-        AIRFLOW__CORE__PARALLELISM="4",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
-        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(64),
-        AIRFLOW__API__BASE_URL=base_url,
-        # Task processes report to this api-server's execution API (default: localhost:8080).
-        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{base_url}/execution/",
-        # Manual runs only: unpaused (so a triggered run starts) but no scheduled @weekly run,
-        # which would run the full default sweep and, with max_active_runs=1, block ours.
+        # unpaused, so that the triggered run starts
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
-        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
-        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
         AIRFLOW_CONN_FINETUNE_DB=connection_json_from_dsn(dsn),
         FINETUNE_POD_BACKEND="local",
         FINETUNE_PROFILES=json.dumps(LOCAL_PROFILES),
-        FINETUNE_RETRY_DELAY_SECONDS="1",
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "plugins"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     )
     return env
