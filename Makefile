@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_significance.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_dag.py
+	$(PY) benchmarks/bench_db_faults.py
 
 clean:
 	rm -rf $(VENV) .demo

@@ -5,8 +5,9 @@ Fine-tunes one model per **factor** on Kubernetes (one pod per factor, sized by 
 and guarantees that every model row has its three **same-basis baselines** (buy-and-hold, random,
 naive: same crypto, fold window and cost basis).
 
-`plan` (validate params, resolve profiles; no I/O) -> `migrate` (pod: `python -m finetune migrate`)
--> `register` (upsert the run and its factor manifest) -> `run_factor` (one pod per factor; an
+`plan` (validate params, resolve map profiles; no I/O) -> `migrate` (pod: `python -m finetune migrate`)
+-> `register` (each factor starts on the larger of its map profile and what its recorded history
+asks for; upsert the run and its factor manifest) -> `run_factor` (one pod per factor; an
 OOMKilled pod is retried one profile up) -> `check_baselines` (SQL gate: fails the run, listing
 the problems, when a factor is not done or a model row or baseline is missing or off-basis)
 -> `report` (model vs baselines, sizing recommendations).
@@ -15,7 +16,7 @@ the problems, when a factor is not done or a model row or baseline is missing or
 date; manual: the trigger time recorded on the run), so every retry sees the same windows. The
 finetune run id is `finetune_sweep__<as_of>__<params hash>`: rerunning the same sweep upserts.
 Settings: `FINETUNE_POD_BACKEND` (`kubernetes`|`local`), `FINETUNE_PROFILES` / `FINETUNE_SIZING`
-(JSON, read by `plan` at run time), connection `finetune_db`.
+(JSON, read by `plan` at run time), `FINETUNE_SIZING_MODE` (`history`|`static`), connection `finetune_db`.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ def finetune_sweep():
     def plan() -> list[dict]:
         return planning.plan_from_context(get_current_context())
 
+    # register starts each factor on the larger of its map profile and its history's (it has the
+    # database; plan has none), so the pods are expanded over its output.
     @task
-    def register(entries: list[dict]) -> dict:
+    def register(entries: list[dict]) -> list[dict]:
         return planning.register_from_context(entries, get_current_context())
 
     # all_done: the report (sizing table included) is printed after a failed run too; the task
@@ -93,7 +96,7 @@ def finetune_sweep():
         retry_delay=timedelta(seconds=SETTINGS.retry_delay_seconds),
         map_index_template="{{ task.factor }}",
         **common,
-    ).expand_kwargs(planned)
+    ).expand_kwargs(registered)
     check_baselines = SqlSensor(task_id="check_baselines", **gate.gate_sensor_kwargs(conn_id=SETTINGS.conn_id))
     summary = report()
 

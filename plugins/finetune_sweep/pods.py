@@ -194,6 +194,8 @@ def common_pod_kwargs(*, image: str, settings: Settings | None = None) -> dict[s
             k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
             # The root filesystem is read-only: anything that wants a home writes to /tmp.
             k8s.V1EnvVar(name="HOME", value="/tmp"),
+            # Statement/lock timeouts and retry budget of the pod's database connections.
+            *(k8s.V1EnvVar(name=name, value=value) for name, value in settings.pod_database_env),
         ],
         # The pod reports its peak against the limit it really got (the downward API, not the plan).
         "pod_runtime_info_envs": [
@@ -291,6 +293,25 @@ def factor_pod_kwargs(
     if profiles is not None:
         entry["profiles"] = profiles_to_json(profiles)
     return entry
+
+
+def with_profile(entry: Mapping[str, Any], *, profile: PodProfile) -> dict[str, Any]:
+    """A plan entry moved to another starting profile (``register`` applies the sizing history).
+
+    ``profile``, ``container_resources``, the profile label and ``node_selector`` follow the new
+    profile; every other key (arguments, name, keys other components add at plan time) passes
+    through unchanged.
+
+    :param entry: one entry of the plan (:func:`factor_pod_kwargs`).
+    :param profile: the profile the factor starts on.
+    """
+    return {
+        **entry,
+        "profile": profile.name,
+        "labels": {**entry.get("labels", {}), LABEL_PROFILE: label_value(profile.name.lower())},
+        "container_resources": resources_for(profile),
+        "node_selector": dict(profile.node_selector),
+    }
 
 
 def render_manifest(

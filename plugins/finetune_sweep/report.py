@@ -1,6 +1,8 @@
-"""End-of-run report: model vs same-basis baselines per factor/crypto/cost, and the sizing table.
+"""End-of-run report: model vs same-basis baselines per factor/crypto/cost, and the sizing tables.
 
-Both tables are printed to the task log (the ``report`` task), so the answer to "did fine-tuning
+The sizing part shows, per factor, the map profile, the profile the run started on and why
+(``register`` chose it from the history), then the recommender's advice over the same history
+window. The tables are printed to the task log (the ``report`` task), so the answer to "did fine-tuning
 beat buy-and-hold at 30 bps?" and "is any factor close to its memory limit?" is one click away.
 """
 
@@ -12,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+    from finetune_sweep.settings import SizingPolicy
 
 # Baselines are joined on the model row's full basis: key, strategy and identical window.
 SUMMARY_SQL = """
@@ -99,24 +103,114 @@ def fetch_summary(dsn: str, run_id: str) -> list[dict[str, Any]]:
         return list(conn.execute(SUMMARY_SQL, {"run_id": run_id}).fetchall())
 
 
-def build_report(dsn: str, run_id: str, *, profiles_json: str | None = None, sizing_json: str | None = None) -> str:
-    """Both tables of the report as text.
+# The run's sizing: per factor the map profile, the profile register chose and why, and what this
+# registration's attempts ran on. The chosen profile is the first attempt's of the latest
+# registration (the manifest's `profile` follows the ladder), else the manifest's (no pod yet).
+RUN_SIZING_SQL = """
+WITH registration AS (
+    SELECT airflow_run_id, registered_at
+    FROM finetune_airflow_runs
+    WHERE run_id = %(run_id)s
+    ORDER BY registered_at DESC, airflow_run_id DESC
+    LIMIT 1
+),
+this_round AS (
+    SELECT a.factor, a.attempt, a.profile, a.exit_reason
+    FROM finetune_pod_attempts AS a
+    JOIN registration AS r ON a.airflow_run_id = r.airflow_run_id AND a.finished_at >= r.registered_at
+    WHERE a.run_id = %(run_id)s
+),
+first_attempt AS (
+    SELECT DISTINCT ON (factor) factor, profile
+    FROM this_round
+    ORDER BY factor, attempt
+),
+attempts AS (
+    SELECT factor,
+           string_agg(coalesce(profile, '?') || ' ' || coalesce(exit_reason, '?'), ', ' ORDER BY attempt) AS attempts
+    FROM this_round
+    GROUP BY factor
+)
+SELECT f.factor, f.map_profile, coalesce(fa.profile, f.profile) AS chosen_profile, f.profile_reason,
+       f.status, f.peak_memory_bytes, f.memory_limit_bytes, a.attempts
+FROM finetune_run_factors AS f
+LEFT JOIN first_attempt AS fa USING (factor)
+LEFT JOIN attempts AS a USING (factor)
+WHERE f.run_id = %(run_id)s
+ORDER BY f.factor
+"""
+
+
+def format_run_sizing(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A fixed-width table of the run's sizing: map profile, chosen profile, reason, attempts.
+
+    :param rows: rows of :data:`RUN_SIZING_SQL` (as mappings).
+    """
+    from finetune_sweep.sizing import format_bytes
+
+    if not rows:
+        return "no factors registered for this run"
+    table = [("factor", "map", "chosen", "status", "peak", "limit", "attempts", "reason")]
+    for row in rows:
+        table.append(
+            (
+                row["factor"],
+                row.get("map_profile") or "-",
+                row.get("chosen_profile") or "-",
+                row.get("status") or "-",
+                format_bytes(row.get("peak_memory_bytes")),
+                format_bytes(row.get("memory_limit_bytes")),
+                row.get("attempts") or "-",
+                row.get("profile_reason") or "-",
+            )
+        )
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+
+
+def fetch_run_sizing(dsn: str, run_id: str) -> list[dict[str, Any]]:
+    """The sizing rows of one run (:data:`RUN_SIZING_SQL`).
+
+    :param dsn: libpq URI of the finetune database.
+    :param run_id: the finetune run id.
+    """
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        return list(conn.execute(RUN_SIZING_SQL, {"run_id": run_id}).fetchall())
+
+
+def build_report(
+    dsn: str,
+    run_id: str,
+    *,
+    profiles_json: str | None = None,
+    sizing_json: str | None = None,
+    policy: SizingPolicy | None = None,
+) -> str:
+    """The report as text: model vs baselines, the run's sizing, and the sizing advice.
 
     :param dsn: libpq URI of the finetune database.
     :param run_id: the finetune run id.
     :param profiles_json: ``FINETUNE_PROFILES`` (current sizing of the recommendation table).
     :param sizing_json: ``FINETUNE_SIZING``.
+    :param policy: the sizing mode and history window (default: ``settings.sizing_policy()``).
     """
     from finetune_sweep import sizing
+    from finetune_sweep.settings import sizing_policy
 
+    policy = policy or sizing_policy()
     summary = format_summary(fetch_summary(dsn, run_id))
-    recommendations = sizing.recommend(
-        sizing.fetch_history(dsn), sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json)
-    )
+    history = sizing.fetch_history(dsn, history_runs=policy.history_runs, history_days=policy.history_days)
+    recommendations = sizing.recommend(history, sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json))
+    window = sizing.describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
     return (
         f"Model vs same-basis baselines, run {run_id} (mean net return over folds)\n{summary}\n\n"
-        f"Sizing (all recorded pod attempts; flag = a peak above 80 % of its limit)\n"
-        f"{sizing.format_recommendations(recommendations)}"
+        f"Sizing of this run (map profile, the profile it started on and why, sizing mode {policy.mode})\n"
+        f"{format_run_sizing(fetch_run_sizing(dsn, run_id))}\n\n"
+        f"Sizing advice (recorded pod attempts: {window}; flag = a peak above 80 % of its limit)\n"
+        f"{sizing.format_recommendations(recommendations, mode=policy.mode)}"
     )
 
 
@@ -148,7 +242,8 @@ def report_from_context(context: Context) -> None:
 
     from finetune_sweep.db import dsn_from_connection
     from finetune_sweep.planning import run_id_from_context
-    from finetune_sweep.settings import get_settings, sizing_overrides
+    from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides
+    from finetune_sweep.sizing import SizingError
 
     ti = context["ti"]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=list(VERDICT_TASKS))
@@ -165,6 +260,9 @@ def report_from_context(context: Context) -> None:
     except psycopg.Error as exc:
         # A run that failed before `migrate` has no tables to report on; the verdict still stands.
         text = f"no report: the finetune database could not be read ({type(exc).__name__})"
+    except (SettingsError, SizingError) as exc:
+        # A bad sizing setting already failed `plan`; say it again here instead of a traceback.
+        text = f"no report: {exc}"
     print(text)
     if failed:
         raise AirflowFailException(

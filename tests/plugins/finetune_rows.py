@@ -69,3 +69,37 @@ def seed_complete_run(dsn: str, *, skip_model: set | None = None, skip_baseline:
             for baseline_type in BASELINE_TYPES:
                 if (*key, baseline_type) not in (skip_baseline or set()):
                     insert(conn, "finetune_baselines", make_baseline_row(baseline_type, model))
+
+
+def record_attempt(
+    dsn: str,
+    *,
+    run_id: str,
+    factor: str,
+    memory_limit_bytes: int | None,
+    peak_memory_bytes: int | None,
+    profile: str = "STANDARD",
+    attempt: int = 1,
+    exit_reason: str | None = "completed",
+    airflow_run_id: str = "",
+    days_ago: float = 0.0,
+) -> None:
+    """Record one past pod attempt (with its run and manifest row), finished ``days_ago`` days ago."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+            "VALUES (%s, 'finetune_sweep', %s, %s, '{}') ON CONFLICT DO NOTHING",
+            (run_id, STRATEGY, WINDOW_START),
+        )
+        conn.execute(
+            "INSERT INTO finetune_run_factors (run_id, factor, profile, status) VALUES (%s, %s, %s, 'done') "
+            "ON CONFLICT DO NOTHING",
+            (run_id, factor, profile),
+        )
+        conn.execute(
+            "INSERT INTO finetune_pod_attempts (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, "
+            "peak_memory_bytes, exit_reason, duration_seconds, finished_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 60, now() - make_interval(secs => %s))",
+            (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, peak_memory_bytes, exit_reason,
+             days_ago * 86400),
+        )

@@ -16,7 +16,7 @@ from kubernetes.client import models as k8s
 from finetune_sweep import pods
 from finetune_sweep.planning import default_params, plan_pods
 from finetune_sweep.settings import Settings
-from finetune_sweep.sizing import PROFILES, SIZING_MAP, load_profiles
+from finetune_sweep.sizing import PROFILES, SIZING_MAP, PodProfile, load_profiles
 
 K8S_VERSION = kubernetes_validate.latest_version()
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
@@ -90,6 +90,15 @@ def test_the_memory_limit_reaches_the_pod_through_the_downward_api() -> None:
     assert env[pods.MEMORY_LIMIT_ENV]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.memory"
 
 
+def test_the_database_bounds_set_on_the_airflow_side_reach_the_pod() -> None:
+    settings = Settings.from_env({"FINETUNE_DB_LOCK_TIMEOUT_SECONDS": "20", "FINETUNE_DB_RETRY_SECONDS": "300"})
+    manifest = _build_manifest(_make_entry("base_features"), settings=settings)
+
+    env = {e["name"]: e.get("value") for e in manifest["spec"]["containers"][0]["env"]}
+    assert env["FINETUNE_DB_LOCK_TIMEOUT_SECONDS"] == "20" and env["FINETUNE_DB_RETRY_SECONDS"] == "300"
+    assert "FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS" not in env  # unset: the pod's default applies
+
+
 def test_security_context_is_restricted() -> None:
     manifest = _build_manifest(_make_entry("l2_features"))
 
@@ -155,6 +164,23 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
         "--slippage-bps", "0,5", "--as-of", AS_OF, "--n-folds", "4", "--n-seeds", "100", "--hold-bars", "24",
         "--train-bars", "4320", "--test-bars", "720",
     ]
+
+
+def test_with_profile_moves_the_entry_and_passes_other_keys_through() -> None:
+    entry = {**_make_entry("btc_features"), "profiles": {"HEAVY": {"memory": "24Gi"}}, "active_deadline_seconds": 60}
+    medium = PodProfile("MEDIUM", "16Gi", "4", {"pool": "m"})
+
+    moved = pods.with_profile(entry, profile=medium)
+
+    assert moved["profile"] == "MEDIUM"
+    assert moved["container_resources"] == {"requests": {"memory": "16Gi", "cpu": "4"}, "limits": {"memory": "16Gi"}}
+    assert moved["node_selector"] == {"pool": "m"}
+    assert moved["labels"] == {**entry["labels"], "finetune/profile": "medium"}
+    unchanged = set(entry) - {"profile", "container_resources", "node_selector", "labels"}
+    assert unchanged == {"factor", "name", "arguments", "profiles", "active_deadline_seconds"}
+    assert all(moved[key] == entry[key] for key in unchanged)
+    assert entry["profile"] == "HEAVY", "the input entry is not mutated"
+    assert json.loads(json.dumps(moved)) == moved
 
 
 def test_run_arguments_adds_the_data_uri_and_refuses_unknown_keys() -> None:

@@ -6,9 +6,14 @@ from typing import Any
 
 import psycopg
 import pytest
-from finetune_rows import RUN_ID, seed_complete_run
+from finetune_rows import AS_OF, PLAN, RUN_ID, record_attempt, seed_complete_run
 
-from finetune_sweep import report
+from finetune_sweep import pods, report
+from finetune_sweep.planning import plan_pods, register_run, validate_params
+from finetune_sweep.settings import SizingPolicy
+from finetune_sweep.sizing import PROFILES, StartChoice
+
+GI = 2**30
 
 
 def _make_summary_row(**overrides: Any) -> dict[str, Any]:
@@ -48,15 +53,64 @@ def test_build_report_on_a_real_run(migrated_db: str) -> None:
             (RUN_ID, 8 * 2**30, 7 * 2**30),
         )
 
-    text = report.build_report(migrated_db, RUN_ID)
+    text = report.build_report(migrated_db, RUN_ID, policy=SizingPolicy())
 
-    summary, sizing_table = text.split("\n\nSizing")
+    summary, run_sizing, advice = text.split("\n\nSizing")
     # 2 factors x 2 cryptos x 2 costs, each over 2 folds and beating buy-and-hold in both.
     model_lines = summary.splitlines()[2:]
     assert len(model_lines) == 8
     assert all(line.split()[4] == "2" and line.split()[-1] == "2/2" for line in model_lines)
-    sizing_line = next(line for line in sizing_table.splitlines() if line.startswith("l2_features") and "FLAG" in line)
+    assert run_sizing.splitlines()[0] == " of this run (map profile, the profile it started on and why, sizing mode history)"
+    assert [line.split()[:3] for line in run_sizing.splitlines()[2:]] == [
+        ["base_features", "STANDARD", "STANDARD"], ["l2_features", "STANDARD", "STANDARD"]]
+    assert advice.startswith(" advice (recorded pod attempts: each factor's last 8 runs within 90 days;")
+    sizing_line = next(line for line in advice.splitlines() if line.startswith("l2_features") and "FLAG" in line)
     assert "MEDIUM" in sizing_line
+    assert "advice: l2_features starts its next run on MEDIUM (history; map STANDARD)" in advice
+
+
+def test_the_run_sizing_shows_map_chosen_reason_and_this_registrations_attempts(migrated_db: str) -> None:
+    params = validate_params(PLAN)
+    reason = "history: p95 7.60Gi on STANDARD (95 % of 8.00Gi) -> MEDIUM"
+    choices = {"l2_features": StartChoice("l2_features", "STANDARD", "MEDIUM", reason)}
+    entries = [pods.with_profile(e, profile=PROFILES["MEDIUM"]) if e["factor"] == "l2_features" else e
+               for e in plan_pods(params, run_id=RUN_ID, as_of=AS_OF)]
+
+    def register(airflow_run_id: str) -> None:
+        register_run(migrated_db, run_id=RUN_ID, dag_id="finetune_sweep", as_of=AS_OF, params=params,
+                     entries=entries, choices=choices, airflow_run_id=airflow_run_id)
+
+    def attempt(airflow_run_id: str, factor: str, attempt: int, profile: str, exit_reason: str) -> None:
+        record_attempt(migrated_db, run_id=RUN_ID, factor=factor, airflow_run_id=airflow_run_id, attempt=attempt,
+                       profile=profile, memory_limit_bytes=PROFILES[profile].memory_bytes,
+                       peak_memory_bytes=GI, exit_reason=exit_reason)
+
+    # An earlier Airflow run of the same sweep, then this one, registered twice (the run was cleared):
+    # only the attempts after the latest registration are this run's.
+    register("manual__earlier")
+    attempt("manual__earlier", "l2_features", 1, "STANDARD", "OOMKilled")
+    register("manual__now")
+    attempt("manual__now", "l2_features", 1, "HEAVY", "error")
+    register("manual__now")
+    attempt("manual__now", "l2_features", 2, "MEDIUM", "OOMKilled")
+    attempt("manual__now", "l2_features", 3, "HEAVY", "completed")
+    attempt("manual__now", "base_features", 2, "STANDARD", "completed")
+    with psycopg.connect(migrated_db) as conn:
+        conn.execute("UPDATE finetune_run_factors SET status = 'done', profile = 'HEAVY', peak_memory_bytes = %s, "
+                     "memory_limit_bytes = %s WHERE factor = 'l2_features'", (GI, 24 * GI))
+
+    rows = {row["factor"]: row for row in report.fetch_run_sizing(migrated_db, RUN_ID)}
+    table = report.format_run_sizing(list(rows.values()))
+
+    assert rows["l2_features"]["chosen_profile"] == "MEDIUM", "register's choice, though the ladder moved on"
+    assert rows["l2_features"]["attempts"] == "MEDIUM OOMKilled, HEAVY completed"
+    assert rows["base_features"]["attempts"] == "STANDARD completed"
+    header, base, l2 = table.splitlines()
+    assert header.split() == ["factor", "map", "chosen", "status", "peak", "limit", "attempts", "reason"]
+    assert base.split() == ["base_features", "STANDARD", "STANDARD", "planned", "-", "8.00Gi", "STANDARD", "completed", "map"]
+    assert l2.split()[:6] == ["l2_features", "STANDARD", "MEDIUM", "done", "1.00Gi", "24.00Gi"]
+    assert l2.endswith(reason)
+    assert report.format_run_sizing([]) == "no factors registered for this run"
 
 
 def test_print_run_summary_finds_the_run_by_its_as_of(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,9 @@ Phases, in this order, so that a refused run writes nothing:
    baselines; each key persists as one transaction on one window.
 3. It then asks the database which planned keys are complete. A missing key emits
    ``baselines_incomplete`` and fails the run; the outcome, peak memory and limit are recorded on
-   the manifest and in the per-attempt history.
+   the manifest and in the per-attempt history. A run that crashes, is stopped (SIGTERM) or loses
+   the database on the way reports the keys it never persisted from its own record, since the
+   database may not answer, and is recorded ``failed`` on a fresh connection.
 
 Model rows carry ``variant = "default"``: the runner sweeps no ablation, and the cost basis has
 its own columns in the key, so a cost-named variant would only repeat them.
@@ -23,9 +25,10 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,9 +37,10 @@ import psycopg
 
 from finetune import baselines, significance
 from finetune.baselines import BASELINE_TYPES, BaselineResult
+from finetune.connection import DatabaseSettings, DatabaseTimeout, DatabaseUnavailable, RetryNotice
 from finetune.costs import round_trip_cost
 from finetune.data import MarketData
-from finetune.events import EventLog
+from finetune.events import EventLog, print_error
 from finetune.factors import FeatureStore, build_feature_store, check_factor
 from finetune.folds import Fold, walk_forward_folds
 from finetune.model import STRATEGY, evaluate, fine_tune
@@ -59,15 +63,26 @@ class Terminated(RuntimeError):
 
     Raised from the signal handler so that the run's failure path records the factor as failed
     instead of leaving it ``running``; SIGKILL (an OOM kill) cannot be caught and is the DAG's
-    to report.
+    to report. When it interrupts a statement (an INSERT waiting on a lock), the store cancels
+    that statement and drops the connection before anything else touches the database.
     """
+
+
+# After a SIGTERM the kubelet sends SIGKILL when the grace period ends (30 s unless the pod says
+# otherwise): the failure record gets this long for its timeouts and retries, so that it lands.
+TERMINATION_RECORD_SECONDS = 10.0
 
 
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread."""
+    """Within the block, the first SIGTERM raises :class:`Terminated` in the main thread.
+
+    Later ones are ignored: the run is already stopping, and a second exception raised inside
+    the cancel or the failure record would only lose that record.
+    """
 
     def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated(f"received {signal.Signals(signum).name}")
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -120,6 +135,8 @@ class PodContext:
     airflow_run_id: str = ""
     # When the pod's work began (time.monotonic), so that pod_usage's seconds include the loading.
     started: float = field(default_factory=time.monotonic)
+    # Statement/lock timeouts and the retry budget of the pod's connections (FINETUNE_DB_*).
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
 
 @dataclass
@@ -302,36 +319,81 @@ def execute(
 ) -> int:
     """Run the prepared grid against the database; returns the exit code.
 
-    :raises persistence.DatabaseUnavailable: when the database cannot be reached at the start.
+    Any failure once the factor is ``running`` (an exception, SIGTERM, the database lost beyond
+    the retry budget, a statement or lock timeout) emits ``run_error`` and
+    ``baselines_incomplete`` with the keys this run never persisted, records the factor
+    ``failed`` with the reason on a fresh connection, and prints one line on stderr.
+
+    :raises persistence.DatabaseUnavailable: when the database cannot be reached at the start
+        (:class:`~finetune.connection.DatabaseRefused` when it refuses the credentials).
     """
     events = events or EventLog(run_id=config.run_id, factor=config.factor, secrets=[dsn_password(dsn)])
     limit = measure_usage(pod.environ).memory_limit_bytes
-    with Store(dsn, run_id=config.run_id, factor=config.factor) as store:
+    store = Store(
+        dsn, run_id=config.run_id, factor=config.factor, settings=pod.database, on_retry=_retry_reporter(events, dsn)
+    )
+    with store:
         run = _Run(config, prepared, store, events)
         store.register_run(strategy=STRATEGY, as_of=config.as_of.to_pydatetime(), params=config.params(), dag_id=None)
-        store.mark_running(attempt=pod.attempt, profile=pod.profile, memory_limit_bytes=limit)
-        events.emit(
-            "run_started",
-            cryptos=list(config.cryptos),
-            cost_bases=[list(basis) for basis in config.cost_bases],
-            n_folds=config.n_folds,
-            n_keys=len(run.planned),
-            attempt=pod.attempt,
-            profile=pod.profile,
-            memory_limit_bytes=limit,
-        )
         try:
+            store.mark_running(attempt=pod.attempt, profile=pod.profile, memory_limit_bytes=limit)
+            events.emit(
+                "run_started",
+                cryptos=list(config.cryptos),
+                cost_bases=[list(basis) for basis in config.cost_bases],
+                n_folds=config.n_folds,
+                n_keys=len(run.planned),
+                attempt=pod.attempt,
+                profile=pod.profile,
+                memory_limit_bytes=limit,
+            )
             run.loop()
             missing = run.missing_keys()
         except Exception as exc:  # reported, recorded as the factor's failure, and exit 1
-            exit_reason = f"error: {type(exc).__name__}: {error_line(exc, dsn)}"
+            exit_reason = failure_reason(exc, dsn)
             events.emit("run_error", error=exit_reason)
-            return _finish(store, events, pod, status="failed", exit_reason=exit_reason, best_effort=True)
+            # The database may be gone or locked: what this run committed is known without it.
+            unpersisted = sorted(set(run.planned) - store.persisted_keys)
+            _report_incomplete(events, unpersisted, n_keys=len(run.planned), checked_by="run")
+            return _finish(store, events, pod, status="failed", exit_reason=exit_reason, terminated=isinstance(exc, Terminated))
         if missing:
-            events.emit("baselines_incomplete", missing=keys_as_dicts(missing), n_missing=len(missing), n_keys=len(run.planned))
+            _report_incomplete(events, missing, n_keys=len(run.planned), checked_by="database")
             exit_reason = f"baselines_incomplete: {len(missing)} of {len(run.planned)} keys missing"
             return _finish(store, events, pod, status="failed", exit_reason=exit_reason)
         return _finish(store, events, pod, status="done", exit_reason="completed")
+
+
+def failure_reason(exc: BaseException, dsn: str) -> str:
+    """The factor's ``exit_reason`` for a run ended by ``exc``: one line, no secret."""
+    if isinstance(exc, Terminated):
+        return f"terminated: {exc}"
+    if isinstance(exc, DatabaseUnavailable | DatabaseTimeout):
+        return error_line(exc, dsn)  # already says "database ..." and names the setting
+    return f"error: {type(exc).__name__}: {error_line(exc, dsn)}"
+
+
+def _retry_reporter(events: EventLog, dsn: str) -> Callable[[RetryNotice], None]:
+    def report(notice: RetryNotice) -> None:
+        events.emit(
+            "database_retry",
+            attempt=notice.attempt,
+            delay_seconds=round(notice.delay, 3),
+            error=error_line(notice.error, dsn),
+        )
+
+    return report
+
+
+def _report_incomplete(events: EventLog, missing: Sequence[ResultKey], *, n_keys: int, checked_by: str) -> None:
+    """``baselines_incomplete`` naming the keys; ``checked_by`` says who knew: database or run."""
+    if missing:
+        events.emit(
+            "baselines_incomplete",
+            missing=keys_as_dicts(missing),
+            n_missing=len(missing),
+            n_keys=n_keys,
+            checked_by=checked_by,
+        )
 
 
 def _finish(
@@ -341,9 +403,14 @@ def _finish(
     *,
     status: str,
     exit_reason: str,
-    best_effort: bool = False,
+    terminated: bool = False,
 ) -> int:
-    """Report usage, record the outcome, emit ``run_finished``; returns the exit code."""
+    """Report usage, record the outcome, emit ``run_finished``; returns the exit code.
+
+    A failure is recorded on a fresh connection (the run's may be broken or mid-statement), with
+    the full retry budget, or within :data:`TERMINATION_RECORD_SECONDS` after a SIGTERM. If the
+    record cannot be written, the pod still exits non-zero and the gate decides.
+    """
     seconds = time.monotonic() - pod.started
     usage = measure_usage(pod.environ)
     events.emit(
@@ -354,21 +421,37 @@ def _finish(
         source=usage.source,
     )
     exit_code = EXIT_OK if status == "done" else EXIT_FAILED
+    record = partial(
+        store.finish,
+        status=status,
+        attempt=pod.attempt,
+        airflow_run_id=pod.airflow_run_id,
+        profile=pod.profile,
+        memory_limit_bytes=usage.memory_limit_bytes,
+        peak_memory_bytes=usage.peak_memory_bytes,
+        exit_reason=exit_reason,
+        duration_seconds=seconds,
+    )
+    record_error = None
     try:
-        store.finish(
-            status=status,
-            attempt=pod.attempt,
-            airflow_run_id=pod.airflow_run_id,
-            profile=pod.profile,
-            memory_limit_bytes=usage.memory_limit_bytes,
-            peak_memory_bytes=usage.peak_memory_bytes,
-            exit_reason=exit_reason,
-            duration_seconds=seconds,
-        )
-    except psycopg.Error as exc:
+        try:
+            if status != "done":
+                store.close()
+            record(within_seconds=TERMINATION_RECORD_SECONDS if terminated else None)
+        except Terminated:
+            # Stopped while recording (the handler ignores any further SIGTERM): record again,
+            # quickly; a 'done' stays true, every key having persisted.
+            record(within_seconds=TERMINATION_RECORD_SECONDS)
+    except (psycopg.Error, DatabaseUnavailable, DatabaseTimeout) as exc:
+        record_error = error_line(exc, store.dsn)
         # Without its 'done' the gate fails the run anyway; a failure already fails it.
-        events.emit("record_failed", error=error_line(exc, store.dsn), best_effort=best_effort)
+        events.emit("record_failed", error=record_error, best_effort=status != "done")
         exit_code = EXIT_FAILED
-        status = "failed"
-    events.emit("run_finished", status=status, exit_code=exit_code, exit_reason=exit_reason, seconds=round(seconds, 3))
+    outcome = status if exit_code == EXIT_OK or status != "done" else "failed"
+    events.emit("run_finished", status=outcome, exit_code=exit_code, exit_reason=exit_reason, seconds=round(seconds, 3))
+    if status != "done":
+        line = f"factor {store.factor} failed: {exit_reason}"
+        print_error(line if record_error is None else f"{line}; the failure could not be recorded: {record_error}")
+    elif record_error is not None:
+        print_error(f"factor {store.factor} completed but could not be recorded: {record_error}")
     return exit_code

@@ -97,15 +97,16 @@ def compounded_returns(held: np.ndarray, prices: np.ndarray, round_trip_costs: S
     bar forced flat, trades from each rise to the next fall, ``prod(c[x]/c[e] - 1 - rt + 1) - 1``.
     ``held`` is modified (its last column is cleared).
     """
-    rows = held.shape[0]
+    rows, n = held.shape
     held[:, -1] = False
     change = np.diff(held, axis=1, prepend=False)  # booleans diff as "differs": True at each flip
-    # Rises and falls alternate along a row, starting with a rise: the k-th flip of a row is an
-    # entry when k is even, an exit when odd. np.nonzero lists the flips row by row, in bar order.
-    flip_rows, flip_cols = np.nonzero(change)
-    entries, exits = flip_cols[0::2], flip_cols[1::2]
-    trade_rows = flip_rows[0::2]
-    gross = prices[exits] / prices[entries]
+    # Rises and falls alternate along a row, starting with a rise and ending flat: the flips of the
+    # flattened matrix, in row-major order, pair up as (entry, exit) within each row. flatnonzero
+    # on the flat view is an order of magnitude faster than a 2-D nonzero.
+    flips = np.flatnonzero(change)
+    entries, exits = flips[0::2], flips[1::2]
+    trade_rows = entries // n
+    gross = prices[exits - trade_rows * n] / prices[entries - trade_rows * n]
     counts = np.bincount(trade_rows, minlength=rows)
     traded = counts > 0
     starts = (np.cumsum(counts) - counts)[traded]

@@ -188,6 +188,7 @@ def test_entries_drawn_in_chunks_are_the_design_formula(chunk):
 def test_random_without_room_for_a_trade_is_flat(n, hold_bars):
     result = random_baseline(_close(n), 0.002, n_seeds=5, hold_bars=hold_bars)
     assert (result.net_return, result.n_trades, result.return_std) == (0.0, 0.0, 0.0)
+    assert (result.exposure, result.seed_p05, result.seed_p50, result.seed_p95) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_random_first_window_with_room_for_a_trade():

@@ -3,7 +3,9 @@
 A small grid (2 cryptos x 2 folds x 2 costs x 2 slippages) on the synthetic market: exact row
 counts, identical windows, baselines and model rows (return, exposure, percentile, shift test)
 equal to an independent per-trade recomputation, idempotent reruns, and the failure paths (a key
-whose write is refused, a crash mid-run).
+whose write is refused, a crash mid-run). The database faults run the pod as a real subprocess:
+SIGTERM inside an INSERT blocked on a held lock, a lock never released, and a failover
+(connections terminated and refused) ridden out or outlasting the budget.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 
@@ -19,6 +24,7 @@ import pandas as pd
 import design_reference as reference
 import psycopg
 import pytest
+from conftest import DatabaseOutage
 from scipy import stats
 
 from finetune import baselines, runner
@@ -59,6 +65,27 @@ def _counts(dsn: str) -> dict[str, int]:
 def _query(dsn: str, sql: str) -> list[tuple]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql).fetchall()
+
+
+def _planned_keys(*, cryptos: tuple[str, ...] = CRYPTOS) -> list[dict]:
+    """The grid's keys as ``baselines_incomplete`` names them (sorted like the runner's keys)."""
+    return [
+        {"crypto": crypto, "fold_id": fold, "cost_bps": cost, "slippage_bps": slip}
+        for crypto in sorted(cryptos) for fold in range(N_FOLDS) for cost in COSTS for slip in SLIPPAGES
+    ]
+
+
+def _stored_keys(dsn: str, run_id: str = "run-1") -> list[dict]:
+    """The keys of a run whose model row has its three baselines."""
+    rows = _query(
+        dsn,
+        f"""
+        SELECT r.crypto, r.fold_id, r.cost_bps, r.slippage_bps FROM finetune_results r
+        JOIN finetune_baselines b USING (run_id, factor, strategy, crypto, fold_id, cost_bps, slippage_bps, test_start, test_end, n_bars)
+        WHERE r.run_id = '{run_id}' GROUP BY 1, 2, 3, 4 HAVING count(*) = 3 ORDER BY 1, 2, 3, 4
+        """,
+    )
+    return [{"crypto": c, "fold_id": f, "cost_bps": cost, "slippage_bps": slip} for c, f, cost, slip in rows]
 
 
 @pytest.fixture
@@ -254,12 +281,46 @@ def test_a_crash_mid_run_marks_the_factor_failed(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "fine_tune", crash_on_third)
-    code, events = _run(migrated_db, capsys)
+    code = main(_make_argv(), environ={"FINETUNE_DB_URL": migrated_db})
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
     assert code == 1
-    assert [e["event"] for e in events][-3:] == ["run_error", "pod_usage", "run_finished"]
+    assert [e["event"] for e in events][-4:] == ["run_error", "baselines_incomplete", "pod_usage", "run_finished"]
     (status, reason), = _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors")
     assert status == "failed" and reason == "error: FloatingPointError: singular matrix in fold 0"
     assert _query(migrated_db, "SELECT exit_reason FROM finetune_pod_attempts") == [(reason,)]
+    assert captured.err == f"finetune: error: factor base_features failed: {reason}\n"
+    # The crash came in the third fine-tune (ETH fold 0): BTC's keys persisted, ETH's never did.
+    incomplete = events[-3]
+    assert incomplete["checked_by"] == "run" and incomplete["n_keys"] == N_KEYS
+    assert incomplete["missing"] == _planned_keys(cryptos=("ETH",))
+    assert _stored_keys(migrated_db) == _planned_keys(cryptos=("BTC",))
+
+
+def test_a_completed_run_whose_record_is_refused_exits_1_with_one_line(
+    migrated_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE FUNCTION refuse_attempts() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'injected: attempts are read-only'; END $$;
+            CREATE TRIGGER refuse_attempts BEFORE INSERT ON finetune_pod_attempts
+                FOR EACH ROW EXECUTE FUNCTION refuse_attempts();
+            """
+        )
+    code = main(_make_argv(), environ={"FINETUNE_DB_URL": migrated_db})
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 1
+    assert [e["event"] for e in events][-2:] == ["record_failed", "run_finished"]
+    assert events[-1]["status"] == "failed" and events[-1]["exit_reason"] == "completed"
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith(
+        "finetune: error: factor base_features completed but could not be recorded: injected: attempts are read-only"
+    )
+    # Every key persisted; only the outcome is missing, so the gate fails the run on 'running'.
+    assert _stored_keys(migrated_db) == _planned_keys()
+    assert _query(migrated_db, "SELECT status FROM finetune_run_factors") == [("running",)]
 
 
 def test_sigterm_marks_the_factor_failed(
@@ -278,6 +339,178 @@ def test_sigterm_marks_the_factor_failed(
     monkeypatch.setattr(runner, "fine_tune", terminated_on_second)
     code, events = _run(migrated_db, capsys)
     assert code == 1
-    assert events[-1]["exit_reason"] == "error: Terminated: received SIGTERM"
+    assert events[-1]["exit_reason"] == "terminated: received SIGTERM"
     assert _query(migrated_db, "SELECT status FROM finetune_run_factors") == [("failed",)]
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+# --- database faults, on the real entry point (python -m finetune run) as a subprocess ------------
+
+SECRET = "Pa55-w0rd-never-logged"
+
+
+def _with_password(dsn: str) -> str:
+    """The DSN with a password (the test server trusts local logins and ignores it)."""
+    return dsn.replace("postgres@", f"postgres:{SECRET}@", 1)
+
+
+def _start_pod(dsn: str, *, run_id: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "finetune", *_make_argv(**{"--run-id": run_id})],
+        env={**os.environ, "FINETUNE_DB_URL": _with_password(dsn), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], event: str) -> list[dict]:
+    """The pod's events up to and including the first ``event`` (the pod keeps running)."""
+    assert proc.stdout is not None
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == event:
+            return events
+    raise AssertionError(f"the pod ended before {event!r}: {events[-3:]}")
+
+
+def _finish_pod(proc: subprocess.Popen[str], events: list[dict] | None = None) -> tuple[list[dict], str]:
+    out, err = proc.communicate(timeout=120)
+    assert SECRET not in out and SECRET not in err
+    return [*(events or []), *(json.loads(line) for line in out.splitlines())], err
+
+
+def _pod_backends(dsn: str) -> list[tuple]:
+    return _query(
+        dsn,
+        "SELECT pid, state, wait_event_type FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'finetune-pod'",
+    )
+
+
+def _wait_for_pod_blocked_on_lock(dsn: str, proc: subprocess.Popen[str]) -> None:
+    for _ in range(1200):
+        if any(wait == "Lock" for _, _, wait in _pod_backends(dsn)):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the pod never blocked on the held lock")
+
+
+@pytest.mark.parametrize(
+    "locked_table",
+    [
+        pytest.param("finetune_results", id="blocked-in-execute"),
+        pytest.param("finetune_baselines", id="blocked-in-executemany-pipeline"),
+    ],
+)
+def test_sigterm_inside_a_blocked_insert_cancels_it_and_records_the_failure(migrated_db: str, locked_table: str) -> None:
+    with psycopg.connect(migrated_db) as holder:
+        holder.execute(f"LOCK TABLE {locked_table} IN ACCESS EXCLUSIVE MODE")
+        proc = _start_pod(migrated_db, run_id="run-1")
+        _wait_for_pod_blocked_on_lock(migrated_db, proc)
+
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # as the kubelet does when the pod is deleted
+        events, err = _finish_pod(proc)
+        print(f"\nSIGTERM to exit ({locked_table}): {time.monotonic() - sent:.2f} s")
+
+        # Still holding the lock: the pod's statement was cancelled, not left waiting behind it.
+        assert _pod_backends(migrated_db) == []
+        assert _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors") == [
+            ("failed", "terminated: received SIGTERM")
+        ]
+    assert proc.returncode == 1
+    assert err == "finetune: error: factor base_features failed: terminated: received SIGTERM\n"
+    names = [e["event"] for e in events]
+    assert names[-4:] == ["run_error", "baselines_incomplete", "pod_usage", "run_finished"]
+    # The first key blocked, so no key persisted; its model row rolled back with it.
+    assert events[-3]["missing"] == _planned_keys() and events[-3]["checked_by"] == "run"
+    assert _counts(migrated_db)["finetune_results"] == 0
+    assert _query(migrated_db, "SELECT exit_reason FROM finetune_pod_attempts") == [("terminated: received SIGTERM",)]
+
+
+def test_a_lock_never_released_fails_the_pod_by_itself_naming_the_timeout(migrated_db: str) -> None:
+    env = {"FINETUNE_DB_LOCK_TIMEOUT_SECONDS": "0.5", "FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS": "5"}
+    with psycopg.connect(migrated_db) as holder:
+        holder.execute("LOCK TABLE finetune_baselines IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        events, err = _finish_pod(_start_pod(migrated_db, run_id="run-1", env=env))
+        print(f"\nlock held forever, lock_timeout 0.5 s: pod exit after {time.monotonic() - started:.2f} s")
+    reason = "database lock_timeout of 0.5 s exceeded (FINETUNE_DB_LOCK_TIMEOUT_SECONDS): canceling statement due to lock timeout"
+    assert err == f"finetune: error: factor base_features failed: {reason}\n"
+    assert "database_retry" not in [e["event"] for e in events]  # the bound is not retried
+    assert events[-1]["exit_code"] == 1 and events[-1]["exit_reason"] == reason
+    assert _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors") == [("failed", reason)]
+
+
+def _stored_rows(dsn: str, table: str, run_id: str) -> list[tuple]:
+    """Every column of a run's rows but the run id, generated ids and write stamps, in key order."""
+    columns = [
+        name
+        for (name,) in _query(
+            dsn,
+            f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' "
+            "AND column_name NOT IN ('run_id', 'created_at', 'updated_at') AND is_identity = 'NO' "
+            "AND coalesce(column_default, '') NOT LIKE 'nextval%%' ORDER BY ordinal_position",
+        )
+    ]
+    listed = ", ".join(columns)
+    return _query(dsn, f"SELECT {listed} FROM {table} WHERE run_id = '{run_id}' ORDER BY {listed}")
+
+
+def test_an_outage_mid_run_is_ridden_out_with_the_values_of_an_undisturbed_run(
+    migrated_db: str, database_outage: DatabaseOutage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The undisturbed run, for comparison (same grid, another run id).
+    assert main(_make_argv(**{"--run-id": "calm"}), environ={"FINETUNE_DB_URL": migrated_db}) == 0
+    capsys.readouterr()
+
+    proc = _start_pod(migrated_db, run_id="failover", env={"FINETUNE_DB_RETRY_SECONDS": "60"})
+    events = _read_until(proc, "fold_done")
+    proc.send_signal(signal.SIGSTOP)  # hold the pod mid-run while the database goes away
+    database_outage.start()
+    proc.send_signal(signal.SIGCONT)
+    started = time.monotonic()
+    # Longer than the 3.5 s of retries the pod used to give up after.
+    time.sleep(7)
+    database_outage.end()
+    events, err = _finish_pod(proc, events)
+    print(f"\noutage of 7 s ridden; pod exit {time.monotonic() - started:.2f} s after the outage began")
+
+    assert proc.returncode == 0, err
+    retries = [e for e in events if e["event"] == "database_retry"]
+    assert len(retries) >= 2 and any("not currently accepting connections" in e["error"] for e in retries)
+    assert events[-1]["status"] == "done"
+    for table in ("finetune_results", "finetune_baselines"):
+        assert _stored_rows(migrated_db, table, "failover") == _stored_rows(migrated_db, table, "calm"), table
+    assert _stored_keys(migrated_db, "failover") == _planned_keys()
+
+
+def test_an_outage_beyond_the_budget_exits_non_zero_and_the_gate_decides(
+    migrated_db: str, database_outage: DatabaseOutage
+) -> None:
+    proc = _start_pod(migrated_db, run_id="run-1", env={"FINETUNE_DB_RETRY_SECONDS": "1.5"})
+    events = _read_until(proc, "fold_done")
+    proc.send_signal(signal.SIGSTOP)
+    database_outage.start()
+    proc.send_signal(signal.SIGCONT)
+    try:
+        events, err = _finish_pod(proc, events)
+    finally:
+        database_outage.end()
+
+    assert proc.returncode == 1
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("finetune: error: factor base_features failed: database unreachable (")
+    assert "the failure could not be recorded: database unreachable" in lines[0]
+    # The failure record was retried too (database_retry events), then given up.
+    events = [e for e in events if e["event"] != "database_retry"]
+    assert [e["event"] for e in events][-5:] == ["run_error", "baselines_incomplete", "pod_usage", "record_failed", "run_finished"]
+    # What the pod reports missing is exactly what the database lacks.
+    missing = events[-4]["missing"]
+    assert missing and missing == [key for key in _planned_keys() if key not in _stored_keys(migrated_db)]
+    # The failure record was lost with the database: the manifest still says running, and the
+    # gate fails the run for it.
+    assert _query(migrated_db, "SELECT status FROM finetune_run_factors") == [("running",)]
