@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -30,6 +30,10 @@ import pyarrow.fs as pafs
 from finetune.redaction import error_line, scrub_environment
 
 OBJECT_STORE_SCHEMES = ("s3", "gs")
+# The GCS client retries transient errors (an unreachable endpoint, missing credentials) for
+# minutes by default; a pod should refuse its data within one. ``?retry_limit_seconds=N`` in the
+# URI overrides this.
+GCS_RETRY_LIMIT_SECONDS = 60
 FORMATS: tuple[tuple[str, Callable[..., pd.DataFrame]], ...] = ((".parquet", pd.read_parquet), (".csv", pd.read_csv))
 
 
@@ -40,6 +44,15 @@ class DataError(ValueError):
 def one_line(exc: BaseException) -> str:
     """The store's error as one line, with the environment's data-store secrets scrubbed."""
     return scrub_environment(error_line(exc))
+
+
+def _with_gcs_retry_limit(data_uri: str) -> str:
+    """``data_uri`` with :data:`GCS_RETRY_LIMIT_SECONDS` as its GCS retry limit unless it has one."""
+    parts = urlsplit(data_uri)
+    if parts.scheme != "gs" or "retry_limit_seconds" in parse_qs(parts.query):
+        return data_uri
+    query = "&".join(filter(None, [parts.query, f"retry_limit_seconds={GCS_RETRY_LIMIT_SECONDS}"]))
+    return urlunsplit(parts._replace(query=query))
 
 
 @dataclass(frozen=True)
@@ -70,7 +83,7 @@ class DataLocation:
                     "GOOGLE_APPLICATION_CREDENTIALS or workload identity"
                 )
             try:
-                filesystem, base = pafs.FileSystem.from_uri(data_uri)
+                filesystem, base = pafs.FileSystem.from_uri(_with_gcs_retry_limit(data_uri))
             except (ValueError, OSError) as exc:
                 raise ValueError(f"unusable data URI {data_uri!r}: {one_line(exc)}") from exc
             return cls(filesystem, base.rstrip("/"), data_uri)

@@ -20,6 +20,7 @@ from moto.server import ThreadedMotoServer
 
 from finetune.data import MarketData
 from finetune.synthetic import synthetic_ohlcv
+import finetune.locations
 from finetune.locations import DataError, DataLocation, one_line
 
 BUCKET = "market-data"
@@ -119,9 +120,14 @@ def test_credentials_in_the_uri_are_refused_without_echoing_them():
     assert SECRET not in str(info.value)
 
 
-def test_gcs_errors_name_the_uri(monkeypatch):
-    # No GCS emulator here: an unreachable endpoint shows the error path (bounded by the retry limit).
-    uri = f"gs://{BUCKET}/hourly?endpoint_override=127.0.0.1:{_free_port()}&scheme=http&retry_limit_seconds=1"
+@pytest.mark.parametrize(
+    "retry", [pytest.param("&retry_limit_seconds=1", id="limit-in-uri"), pytest.param("", id="default-limit")]
+)
+def test_gcs_errors_name_the_uri(monkeypatch, retry):
+    # No GCS emulator here: an unreachable endpoint shows the error path, bounded by the retry
+    # limit of the URI or by GCS_RETRY_LIMIT_SECONDS (the client's own default is many minutes).
+    monkeypatch.setattr(finetune.locations, "GCS_RETRY_LIMIT_SECONDS", 1)
+    uri = f"gs://{BUCKET}/hourly?endpoint_override=127.0.0.1:{_free_port()}&scheme=http{retry}"
     location = DataLocation.from_uri(uri)
     assert isinstance(location.filesystem, pafs.GcsFileSystem) and location.base == f"{BUCKET}/hourly"
     with pytest.raises(DataError, match=f"symbol BTC: cannot read {uri.replace('?', '[?]')}: "):
@@ -182,3 +188,14 @@ def test_the_data_uri_is_stored_with_the_run_but_never_a_secret(migrated_db, s3_
         (params,) = conn.execute("SELECT params FROM finetune_runs").fetchone()
     assert params["data_uri"] == _uri(s3_endpoint) and SECRET not in json.dumps(params)
 
+
+
+@pytest.mark.parametrize(
+    ("query", "seconds"),
+    [pytest.param("", 60, id="default"), pytest.param("?retry_limit_seconds=5", 5, id="from-the-uri")],
+)
+def test_gcs_retries_are_bounded(query, seconds):
+    location = DataLocation.from_uri(f"gs://{BUCKET}/hourly{query}")
+    options = location.filesystem.__reduce__()[1][0]  # what pyarrow pickles: the client's options
+    assert options["retry_time_limit"].total_seconds() == seconds
+    assert location.uri == f"gs://{BUCKET}/hourly{query}"  # messages show the URI as given
