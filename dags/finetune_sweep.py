@@ -10,7 +10,9 @@ naive: same crypto, fold window and cost basis).
 asks for; upsert the run and its factor manifest) -> `run_factor` (one pod per factor; an
 OOMKilled pod is retried one profile up) -> `check_baselines` (SQL gate: fails the run, listing
 the problems, when a factor is not done or a model row or baseline is missing or off-basis)
--> `report` (model vs baselines, sizing recommendations).
+-> `findings` (only when the gate passed: folds' shift-test p-values combined per factor, crypto
+and cost, Benjamini-Hochberg over the run at the param `fdr_q`) -> `report` (findings first, then
+model vs baselines, sizing recommendations).
 
 `as_of` is the run's data interval end (scheduled: the weekly tick; `dags test`: the logical
 date; manual: the trigger time recorded on the run), so every retry sees the same windows. The
@@ -70,6 +72,13 @@ def finetune_sweep():
     def register(entries: list[dict]) -> list[dict]:
         return planning.register_from_context(entries, get_current_context())
 
+    # Default trigger rule: only after the gate passed (a failed gate writes no findings).
+    @task
+    def findings() -> dict:
+        from finetune_sweep.findings import findings_from_context
+
+        return findings_from_context(get_current_context())
+
     # all_done: the report (sizing table included) is printed after a failed run too; the task
     # itself fails unless every factor pod and the gate succeeded.
     @task(trigger_rule="all_done")
@@ -98,12 +107,13 @@ def finetune_sweep():
         **common,
     ).expand_kwargs(registered)
     check_baselines = SqlSensor(task_id="check_baselines", **gate.gate_sensor_kwargs(conn_id=SETTINGS.conn_id))
+    discoveries = findings()
     summary = report()
 
-    planned >> migrate >> registered >> run_factor >> check_baselines
-    # report is the only leaf and carries the verdict: a failed gate *or* a failed factor pod makes
-    # it fail, which fails the run (a failed non-leaf task alone would not).
-    [run_factor, check_baselines] >> summary
+    planned >> migrate >> registered >> run_factor >> check_baselines >> discoveries
+    # report is the only leaf and carries the verdict: a failed gate, a failed factor pod *or* a
+    # failed findings step makes it fail, which fails the run (a failed non-leaf task alone would not).
+    [run_factor, check_baselines, discoveries] >> summary
 
 
 finetune_sweep()

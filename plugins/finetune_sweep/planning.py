@@ -24,11 +24,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from finetune_sweep import pods, sizing
+from finetune_sweep.findings import DEFAULT_FDR_Q
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, Param
@@ -116,7 +118,20 @@ def _param_specs(known_factors: Sequence[str]) -> dict[str, dict[str, Any]]:
             "schema": {"type": "string", "pattern": IMAGE_TAG_PATTERN},
             "allowed": "an image tag matching " + IMAGE_TAG_PATTERN,
         },
+        "fdr_q": {
+            "default": DEFAULT_FDR_Q,
+            "title": "Findings FDR (q)",
+            "description": "False discovery rate of the findings step (Benjamini-Hochberg over the run's groups).",
+            "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "allowed": "a number strictly between 0 and 1, e.g. 0.1",
+        },
     }
+
+
+# Params that only read the stored rows afterwards (the findings step), never what a pod computes:
+# left out of the run id, so a sweep keeps the id it had before the param existed, and asking
+# for another FDR reruns onto the same rows (the findings step replaces the run's findings).
+NOT_IN_RUN_IDENTITY = ("fdr_q",)
 
 
 PARAM_NAMES: tuple[str, ...] = tuple(_param_specs(tuple(sizing.SIZING_MAP)))
@@ -180,6 +195,9 @@ def validate_params(params: Mapping[str, Any], *, known_factors: Sequence[str] |
         if error is not None:
             where = "".join(f"[{p}]" for p in error.absolute_path)
             raise PlanError(f"param {name!r}{where}: {error.message}; allowed: {spec['allowed']}")
+        # NaN passes every JSON Schema bound (each comparison with it is false).
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PlanError(f"param {name!r}: {value!r} is not a finite number; allowed: {spec['allowed']}")
         result[name] = _normalise(value)
     return result
 
@@ -229,9 +247,10 @@ def finetune_run_id(*, dag_id: str, as_of: str, params: Mapping[str, Any]) -> st
     :param dag_id: the DAG id.
     :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
     :param params: the validated params (:func:`validate_params`; defaults filled, so an omitted
-        param and its default give the same id).
+        param and its default give the same id). :data:`NOT_IN_RUN_IDENTITY` are left out.
     """
-    canonical = json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
+    identity = {key: value for key, value in params.items() if key not in NOT_IN_RUN_IDENTITY}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return f"{dag_id}__{as_of}__{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 
@@ -431,12 +450,8 @@ def _entry_profiles(entries: Sequence[Mapping[str, Any]]) -> dict[str, sizing.Po
         return sizing.load_profiles(sizing_overrides()[0])
     if isinstance(resolved, str):
         resolved = json.loads(resolved)
-    return {
-        name: sizing.PodProfile(
-            name=name, memory=spec["memory"], cpu=spec["cpu"], node_selector=dict(spec.get("node_selector") or {})
-        )
-        for name, spec in resolved.items()
-    }
+    # the same decoding as the operator's, so tolerations and affinity survive the move
+    return sizing.profiles_from_json(resolved)
 
 
 def choose_profiles(

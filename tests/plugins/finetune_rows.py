@@ -49,11 +49,11 @@ def insert(conn: psycopg.Connection, table: str, row: dict[str, Any]) -> None:
 
 
 def seed_complete_run(dsn: str, *, skip_model: set | None = None, skip_baseline: set | None = None,
-                       statuses: dict[str, str] | None = None, **plan: Any) -> None:
+                       statuses: dict[str, str] | None = None, run_id: str = RUN_ID, **plan: Any) -> None:
     """Register the plan and write every key it expects (except the skipped ones)."""
     params = validate_params({**PLAN, **plan})
-    register_run(dsn, run_id=RUN_ID, dag_id="finetune_sweep", as_of=AS_OF, params=params,
-                 entries=plan_pods(params, run_id=RUN_ID, as_of=AS_OF))
+    register_run(dsn, run_id=run_id, dag_id="finetune_sweep", as_of=AS_OF, params=params,
+                 entries=plan_pods(params, run_id=run_id, as_of=AS_OF))
     with psycopg.connect(dsn) as conn:
         for factor in params["factors"]:
             status = (statuses or {}).get(factor, "done")
@@ -64,7 +64,8 @@ def seed_complete_run(dsn: str, *, skip_model: set | None = None, skip_baseline:
             key = (factor, crypto, fold_id, cost, slip)
             if key in (skip_model or set()):
                 continue
-            model = make_model_row(factor=factor, crypto=crypto, fold_id=fold_id, cost_bps=cost, slippage_bps=slip)
+            model = make_model_row(run_id=run_id, factor=factor, crypto=crypto, fold_id=fold_id, cost_bps=cost,
+                                   slippage_bps=slip)
             insert(conn, "finetune_results", model)
             for baseline_type in BASELINE_TYPES:
                 if (*key, baseline_type) not in (skip_baseline or set()):

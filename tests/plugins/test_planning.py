@@ -69,6 +69,13 @@ def test_defaults_validate_and_are_normalised() -> None:
         pytest.param({"cryptos": "BTC"}, r"param 'cryptos'.*not of type 'array'", id="string-not-list"),
         pytest.param({"cost_bps": [1.5]}, r"param 'cost_bps'\[0\]", id="fractional-cost"),
         pytest.param({"drop_tables": True}, r"unknown param\(s\) 'drop_tables'.*allowed params: factors", id="unknown-key"),
+        pytest.param({"fdr_q": 0}, r"param 'fdr_q'.*strictly between 0 and 1", id="fdr-zero"),
+        pytest.param({"fdr_q": 1}, r"param 'fdr_q'.*strictly between 0 and 1", id="fdr-one"),
+        pytest.param({"fdr_q": 1.5}, r"param 'fdr_q'.*1.5", id="fdr-above-one"),
+        pytest.param({"fdr_q": -0.1}, r"param 'fdr_q'", id="fdr-negative"),
+        pytest.param({"fdr_q": "0.1"}, r"param 'fdr_q'.*not of type 'number'", id="fdr-string"),
+        pytest.param({"fdr_q": True}, r"param 'fdr_q'", id="fdr-bool"),
+        pytest.param({"fdr_q": float("nan")}, r"param 'fdr_q'", id="fdr-nan"),
     ],
 )
 def test_bad_params_are_refused_naming_the_param(overrides: dict[str, Any], match: str) -> None:
@@ -188,6 +195,19 @@ def test_finetune_run_id_is_stable_per_sweep() -> None:
     assert run_id(params=_make_params(cost_bps=[10.0, 15, 30])) == first, "normalised first"
     assert run_id(params=_make_params(cryptos=["BTC"])) != first
     assert run_id(data_interval_end=datetime(2026, 6, 14, tzinfo=timezone.utc)) != first
+
+
+def test_fdr_q_is_validated_and_left_out_of_the_run_id() -> None:
+    def run_id(**overrides: Any) -> str:
+        return planning.run_id_from_context(_make_context(params=_make_params(**overrides)))
+
+    assert validate_params({})["fdr_q"] == 0.1
+    assert validate_params(_make_params(fdr_q=0.05))["fdr_q"] == 0.05
+    # The findings step only reads stored rows: another FDR is the same sweep (same rows, the
+    # findings replaced), and the ids of param sets from before fdr_q existed are unchanged
+    # (these two were computed by main before the param was added).
+    assert run_id(fdr_q=0.01) == run_id() == "finetune_sweep__2026-06-07T00:00:00Z__06710d57"
+    assert run_id(factors=["btc_features"], cost_bps=[0], fdr_q=0.2).endswith("__3b270b54")
 
 
 def _registered(dsn: str) -> tuple[list[tuple], list[tuple]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import psycopg
@@ -14,11 +15,13 @@ from finetune_sweep.settings import SizingPolicy
 from finetune_sweep.sizing import PROFILES, StartChoice
 
 GI = 2**30
+from finetune_sweep import findings, report
 
 
 def _make_summary_row(**overrides: Any) -> dict[str, Any]:
     row = {"factor": "base_features", "crypto": "BTC", "cost_bps": 10, "slippage_bps": 0, "rows": 4, "model": 0.0123,
-           "buy_and_hold": -0.02, "random": 0.001, "naive": 0.0, "beats_buy_and_hold": 3, "missing_baselines": 0}
+           "buy_and_hold": -0.02, "random": 0.001, "naive": 0.0, "random_percentile": 0.735, "beats_buy_and_hold": 3,
+           "missing_baselines": 0}
     row.update(overrides)
     return row
 
@@ -27,8 +30,9 @@ def test_format_summary_is_a_readable_table() -> None:
     text = report.format_summary([_make_summary_row(), _make_summary_row(crypto="ETH", model=None, beats_buy_and_hold=0)])
 
     header, first, second = text.splitlines()
-    assert header.split() == ["factor", "crypto", "cost", "slip", "rows", "model", "buy&hold", "random", "naive", "beats", "b&h"]
-    assert first.split() == ["base_features", "BTC", "10", "0", "4", "+1.23%", "-2.00%", "+0.10%", "+0.00%", "3/4"]
+    assert header.split() == ["factor", "crypto", "cost", "slip", "rows", "model", "buy&hold", "random", "naive", "rnd",
+                              "pctl", "beats", "b&h"]
+    assert first.split() == ["base_features", "BTC", "10", "0", "4", "+1.23%", "-2.00%", "+0.10%", "+0.00%", "73.5%", "3/4"]
     assert second.split()[5] == "-"
     assert len(first) == len(second), "fixed width"
 
@@ -55,7 +59,11 @@ def test_build_report_on_a_real_run(migrated_db: str) -> None:
 
     text = report.build_report(migrated_db, RUN_ID, policy=SizingPolicy())
 
-    summary, run_sizing, advice = text.split("\n\nSizing")
+    findings_section, rest = text.split("\n\nModel vs same-basis baselines")
+    summary, run_sizing, advice = rest.split("\n\nSizing")
+    # No shift-test p-values on these rows: nothing is tested, and it says so.
+    assert "0 of 0 groups are findings at FDR 0.1" in findings_section
+    assert "8 group(s) NOT TESTED" in findings_section
     # 2 factors x 2 cryptos x 2 costs, each over 2 folds and beating buy-and-hold in both.
     model_lines = summary.splitlines()[2:]
     assert len(model_lines) == 8
@@ -113,6 +121,73 @@ def test_the_run_sizing_shows_map_chosen_reason_and_this_registrations_attempts(
     assert report.format_run_sizing([]) == "no factors registered for this run"
 
 
+def _seed_tested_run(dsn: str) -> None:
+    """The complete run with shift-test p-values (BTC strong, ETH none) and seed percentiles."""
+    seed_complete_run(dsn)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("UPDATE finetune_results SET perm_p_value = CASE crypto WHEN 'BTC' THEN 0.002 ELSE 0.6 END, "
+                     "random_percentile = 0.9 + 0.05 * fold_id")
+
+
+def test_build_report_prints_the_findings_first(migrated_db: str) -> None:
+    _seed_tested_run(migrated_db)
+    findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
+
+    text = report.build_report(migrated_db, RUN_ID, findings_state="success")
+
+    findings_section, rest = text.split("\n\nModel vs same-basis baselines")
+    title, headline, header, *found = findings_section.splitlines()
+    assert title.startswith(f"Findings, run {RUN_ID}")
+    assert headline.startswith("4 of 8 groups are findings at FDR 0.1 (folds combined by fisher")
+    assert header.split() == ["factor", "crypto", "cost", "slip", "folds", "model", "edge", "b&h", "edge", "random",
+                              "p", "q"]
+    assert len(found) == 4 and all(line.split()[1] == "BTC" for line in found)
+    # Fisher over two folds of 0.002: P (1 - ln P) with P = 4e-6.
+    assert found[0].split()[8] == f"{4e-6 * (1 - math.log(4e-6)):.2g}"
+    assert found[0].split()[5:8] == ["+1.00%", "+0.50%", "+0.50%"]
+    # The per-group table: mean percentile over the folds (0.90 and 0.95).
+    model_lines = rest.split("\n\nSizing")[0].splitlines()[2:]
+    assert all(line.split()[9] == "92.5%" for line in model_lines)
+
+
+def test_build_report_with_no_finding_says_so(migrated_db: str) -> None:
+    seed_complete_run(migrated_db)
+    with psycopg.connect(migrated_db) as conn:
+        conn.execute("UPDATE finetune_results SET perm_p_value = 0.5")
+    findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
+
+    text = report.build_report(migrated_db, RUN_ID, findings_state="success")
+
+    assert text.splitlines()[1].startswith("0 of 8 groups are findings at FDR 0.1: no finding in this run")
+    assert text.splitlines()[2] == ""
+
+
+def test_stored_findings_are_not_shown_when_this_runs_step_did_not_succeed(migrated_db: str) -> None:
+    _seed_tested_run(migrated_db)
+    findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
+
+    text = report.build_report(migrated_db, RUN_ID, findings_state="upstream_failed")
+
+    assert text.splitlines()[1] == (
+        "no findings: the findings step did not succeed in this run (findings: upstream_failed); "
+        "it runs only after check_baselines passed"
+    )
+    assert "groups are findings" not in text
+
+
+def test_format_findings_lists_at_most_the_rows_given() -> None:
+    row = {"factor": "btc_features", "crypto": "ETH", "cost_bps": 0, "slippage_bps": 0, "n_folds": 4,
+           "mean_model_return": 0.0312, "mean_edge_vs_buy_and_hold": None, "mean_edge_vs_random": 0.02,
+           "p_value": 0.00012, "q_value": 0.0123}
+
+    text = report.format_findings([row], n_groups=36, n_discovered=3, fdr_q=0.05, combine_method="fisher")
+
+    headline, _, line, more = text.splitlines()
+    assert headline.startswith("3 of 36 groups are findings at FDR 0.05")
+    assert line.split() == ["btc_features", "ETH", "0", "0", "4", "+3.12%", "-", "+2.00%", "0.00012", "0.0123"]
+    assert more == "... and 2 more (table finetune_findings)"
+
+
 def test_print_run_summary_finds_the_run_by_its_as_of(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     seed_complete_run(migrated_db)
 
@@ -142,6 +217,8 @@ def test_print_run_summary_on_an_empty_database(empty_db: str, capsys: pytest.Ca
                      ["check_baselines: failed", "run_factor: upstream_failed"], id="plan-failed"),
         pytest.param({"run_factor_0": "success", "check_baselines": None}, ["check_baselines: None"],
                      id="gate-never-ran"),
+        pytest.param({"run_factor_0": "success", "check_baselines": "success", "findings": "failed"},
+                     ["findings: failed"], id="findings-failed"),
     ],
 )
 def test_unsuccessful_tasks_decide_the_verdict(states: dict[str, str | None], expected: list[str]) -> None:
