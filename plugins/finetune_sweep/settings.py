@@ -20,7 +20,13 @@ Environment:
 ``FINETUNE_RETRY_DELAY_SECONDS``  delay before an OOM retry of ``run_factor`` (default 10)
 ``FINETUNE_POD_TEMPLATE_FILE``    optional pod template (YAML) for what the cluster needs beyond
                               the spec built here (tolerations, imagePullSecrets, priority class);
-                              the operator's own fields (image, resources, env, security) win
+                              the operator's own fields (image, resources, env, security) win;
+                              a template that would widen the pod is refused (``pod_template``)
+``FINETUNE_POD_DEADLINE_SECONDS``  the ``activeDeadlineSeconds`` of every ``run_factor`` pod, fixed;
+                              unset: sized from the pod's keys (below)
+``FINETUNE_POD_DEADLINE_PER_KEY_SECONDS``  allowance per key (crypto x fold x cost basis) of a
+                              pod (default 60)
+``FINETUNE_POD_DEADLINE_STARTUP_SECONDS``  allowance for loading data and connecting (default 600)
 """
 
 from __future__ import annotations
@@ -52,6 +58,9 @@ class Settings:
     data_uri: str | None = None
     retry_delay_seconds: float = 10.0
     pod_template_file: str | None = None
+    pod_deadline_seconds: int | None = None
+    pod_deadline_per_key_seconds: int = 60
+    pod_deadline_startup_seconds: int = 600
 
     @property
     def image_repository(self) -> str:
@@ -95,6 +104,13 @@ class Settings:
         if not 0 <= retry_delay <= 3600:
             raise SettingsError(f"FINETUNE_RETRY_DELAY_SECONDS={delay_text!r} must be seconds from 0 to 3600")
         return cls(
+            pod_deadline_seconds=_seconds(env, "FINETUNE_POD_DEADLINE_SECONDS", None),
+            pod_deadline_per_key_seconds=_seconds(
+                env, "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS", cls.pod_deadline_per_key_seconds
+            ),
+            pod_deadline_startup_seconds=_seconds(
+                env, "FINETUNE_POD_DEADLINE_STARTUP_SECONDS", cls.pod_deadline_startup_seconds
+            ),
             pod_backend=backend,
             namespace=get("FINETUNE_NAMESPACE", cls.namespace) or cls.namespace,
             image=image,
@@ -106,6 +122,16 @@ class Settings:
             retry_delay_seconds=retry_delay,
             pod_template_file=get("FINETUNE_POD_TEMPLATE_FILE", None),
         )
+
+
+def _seconds(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    """A whole number of seconds >= 1 from ``env[name]`` (unset or empty: ``default``)."""
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise SettingsError(f"{name}={text!r} must be a whole number of seconds, at least 1")
+    return int(text)
 
 
 def split_image(image: str) -> tuple[str, str]:

@@ -456,15 +456,56 @@ def fetch_history(dsn: str) -> list[dict[str, Any]]:
         return list(conn.execute(HISTORY_SQL if found["attempts"] else FALLBACK_HISTORY_SQL).fetchall())
 
 
+# libpq's words when the server answered but refused who we are or what we asked for: a
+# configuration error (fix the DSN or the role), never "unreachable", and no use retrying.
+_REFUSED_CONNECTION = (
+    "password authentication failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "no password supplied",
+    "does not exist",
+)
+# An unreachable host must fail in seconds, not after the operating system's TCP timeout.
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def database_error_line(exc: Exception, dsn: str) -> str:
+    """One line for a failed database connection: refused settings or unreachable, no secret.
+
+    :param exc: the psycopg error.
+    :param dsn: the DSN tried (its password is scrubbed from the line).
+    """
+    from finetune.persistence import dsn_password
+
+    from finetune_sweep.db import redact
+
+    text = redact(" ".join(str(exc).split()), [dsn, dsn_password(dsn)])
+    if any(words in text for words in _REFUSED_CONNECTION):
+        return f"the database refused the connection settings (a configuration error, not an outage): {text}"
+    return f"database unreachable: {text}"
+
+
+def _with_connect_timeout(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    if "connect_timeout" in conninfo_to_dict(dsn):
+        return dsn
+    return make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune_sweep.sizing recommend [--dsn DSN]``.
 
     The database is ``--dsn``, else ``FINETUNE_DB_URL``, else the Airflow connection
-    ``finetune_db``. ``FINETUNE_PROFILES`` / ``FINETUNE_SIZING`` give the current sizing.
+    ``finetune_db``. ``FINETUNE_PROFILES`` / ``FINETUNE_SIZING`` give the current sizing. Any
+    failure is one line on stderr and exit 2 (bad input or configuration) or 1 (the database is
+    unreachable), never a traceback.
 
     :param argv: the arguments (default: ``sys.argv[1:]``).
     """
     import os
+
+    import psycopg
 
     from finetune_sweep.settings import get_settings, sizing_overrides
 
@@ -483,14 +524,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     dsn = args.dsn or os.environ.get("FINETUNE_DB_URL")
     if not dsn:
+        from airflow.exceptions import AirflowNotFoundException
+
         from finetune_sweep.db import dsn_from_connection
 
-        dsn = dsn_from_connection(get_settings().conn_id)
+        conn_id = get_settings().conn_id
+        try:
+            dsn = dsn_from_connection(conn_id)
+        except AirflowNotFoundException:
+            print(
+                f"error: no database given: pass --dsn, set FINETUNE_DB_URL or define the Airflow connection {conn_id}",
+                file=sys.stderr,
+            )
+            return 2
     try:
-        history = fetch_history(dsn)
+        history = fetch_history(_with_connect_timeout(dsn))
     except SizingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except psycopg.ProgrammingError as err:  # a malformed DSN
+        print(f"error: invalid database DSN: {database_error_line(err, dsn)}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as err:
+        line = database_error_line(err, dsn)
+        print(f"error: {line}", file=sys.stderr)
+        return 1 if line.startswith("database unreachable") else 2
     print(format_recommendations(recommend(history, sizing, profiles)))
     return 0
 
