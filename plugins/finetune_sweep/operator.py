@@ -61,6 +61,8 @@ PROFILE_ENV = "FINETUNE_PROFILE"
 ATTEMPT_ENV = "FINETUNE_ATTEMPT"
 # The Airflow run of the attempt: with the try number it keys the attempt history (V007).
 AIRFLOW_RUN_ENV = "FINETUNE_AIRFLOW_RUN_ID"
+# The pod's status reason past its activeDeadlineSeconds (the local backend reports it alike).
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ class PodTermination:
         """What ``exit_reason`` records: ``OOMKilled`` or ``Error: exit N`` (or the reason)."""
         if self.oom_killed:
             return OOM_REASON
+        if self.reason == DEADLINE_EXCEEDED:
+            # the pod's bound stopped it: its container's exit code (143/137) says nothing more
+            return DEADLINE_EXCEEDED
         if self.exit_code is not None:
             return f"Error: exit {self.exit_code}"
         return self.reason
@@ -109,7 +114,8 @@ class PodTermination:
             peak_memory_bytes=result.peak_memory_bytes,
             seconds=result.seconds,
             detail=(
-                result.events.get("run_error", {}).get("error")
+                result.message
+                or result.events.get("run_error", {}).get("error")
                 or result.events.get("run_finished", {}).get("exit_reason")
                 or (result.log_tail[-1] if result.log_tail else None)
             ),
@@ -155,6 +161,11 @@ def kubernetes_termination(
         reason = (status.reason if status else None) or (status.phase if status else None) or "Unknown"
         return PodTermination(reason, None, False, limit, peak_memory_bytes)
     reason = terminated.reason or ("Completed" if terminated.exit_code == 0 else "Error")
+    if status is not None and status.reason == DEADLINE_EXCEEDED:
+        # activeDeadlineSeconds: the pod's reason, its container merely shows the kill
+        return PodTermination(
+            DEADLINE_EXCEEDED, terminated.exit_code, False, limit, peak_memory_bytes, detail=status.message or None
+        )
     oom = reason == OOM_REASON or (
         terminated.exit_code == SIGKILL_EXIT_CODE
         and limit is not None

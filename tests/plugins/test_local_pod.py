@@ -466,3 +466,22 @@ def test_no_deadline_when_the_container_finishes_first(lines: _Lines) -> None:
 
     assert (result.reason, result.exit_code, result.message) == ("Completed", 0, None)
     assert "DeadlineExceeded" not in lines.text
+
+
+def test_the_pods_exit_2_line_reaches_the_task_log(migrated_db: str, lines: _Lines) -> None:
+    # params that cannot fit the data, where plan cannot know the data's length (e.g. a file
+    # URI): the pod refuses them with one line, and that line is in the task log and the result
+    args = [
+        "run", "--run-id", "r", "--factor", "base_features", "--cryptos", "BTC", "--cost-bps", "10",
+        "--slippage-bps", "0", "--as-of", "2026-06-07T00:00:00Z", "--n-folds", "24", "--n-seeds", "10",
+        "--hold-bars", "24", "--train-bars", "4320", "--test-bars", "8760",
+    ]
+    pod = _make_pod(command=["python", "-m", "finetune"], args=args, memory=None, env=[_secret_env()])
+
+    result = run_pod_locally(pod, dsn=migrated_db, log=LOG, enforcement="none")
+
+    assert (result.reason, result.exit_code) == ("Error", 2)
+    stderr = [message for _, message in lines.records if message.startswith("[stderr] ")]
+    assert len(stderr) == 1, stderr
+    assert "fold 0 of 24" in stderr[0] and "214584 bars" in stderr[0]
+    assert result.log_tail[-1] == stderr[0].removeprefix("[stderr] ")
