@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_baselines.py
 	$(PY) benchmarks/bench_memory.py
 	$(PY) benchmarks/bench_dag.py
+	$(PY) benchmarks/bench_gate.py
 
 clean:
 	rm -rf $(VENV) .demo

@@ -31,8 +31,10 @@ Cost follows the run, not the database (issue 7 item 7). Three things make that 
   is the order of a real run, where five nested expansions (jsonb arrays estimated at 100 rows
   each, a series at 1,000) multiplied to billions of rows and made PostgreSQL JIT-compile the
   plan, ~0.6 s (2 s on a busy machine) before the first row, even for a 960-key run;
-- the baseline check reads the run's model rows and baselines once, grouped per key and window,
-  instead of an anti-join with a nine-column merge of two sorts spilled to disk.
+- the run's model rows and baselines are read once, grouped per key and window (``windows``):
+  the missing model rows are a hash anti-join of the expected keys against it, the missing
+  baselines its rows lacking a type; the off-basis probe (one unique-index lookup) runs for
+  problem rows only. Before, two anti-joins merged sorts of the whole run spilled to disk.
 
 ``benchmarks/bench_gate.py`` measures it on 300,000 stored keys.
 """
@@ -107,15 +109,6 @@ windows AS (
     GROUP BY s.factor, s.strategy, s.crypto, s.fold_id, s.cost_bps, s.slippage_bps, s.test_start, s.test_end,
              s.n_bars
 ),
-keyed AS (
-    -- whether each baseline exists on *any* window of the key (else off-basis is impossible)
-    SELECT w.*,
-           bool_or(w.has_buy_and_hold) OVER key_window AS key_has_buy_and_hold,
-           bool_or(w.has_random) OVER key_window AS key_has_random,
-           bool_or(w.has_naive) OVER key_window AS key_has_naive
-    FROM windows AS w
-    WINDOW key_window AS (PARTITION BY w.factor, w.strategy, w.crypto, w.fold_id, w.cost_bps, w.slippage_bps)
-),
 problems AS (
     SELECT 1 AS rank, 'run ' || CAST(%(run_id)s AS text) || ' is not registered (no finetune_runs row)' AS problem
     WHERE NOT EXISTS (SELECT 1 FROM run)
@@ -140,25 +133,29 @@ problems AS (
               || ' cost ' || e.cost_bps || ' slippage ' || e.slippage_bps || ' bps'
     FROM expected AS e
     WHERE NOT EXISTS (
-        SELECT 1 FROM finetune_results AS m
-        WHERE m.run_id = CAST(%(run_id)s AS text) AND m.factor = e.factor AND m.strategy = e.strategy
-          AND m.crypto = e.crypto AND m.fold_id = e.fold_id
-          AND m.cost_bps = e.cost_bps AND m.slippage_bps = e.slippage_bps
+        SELECT 1 FROM windows AS w
+        WHERE w.has_model AND w.factor = e.factor AND w.strategy = e.strategy AND w.crypto = e.crypto
+          AND w.fold_id = e.fold_id AND w.cost_bps = e.cost_bps AND w.slippage_bps = e.slippage_bps
     )
     UNION ALL
-    SELECT 6, 'missing baseline ' || bt.baseline_type || ': ' || k.factor || ' ' || k.crypto
-              || ' fold ' || k.fold_id || ' cost ' || k.cost_bps || ' slippage ' || k.slippage_bps
-              || ' bps, window ' || to_char(k.test_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
-              || '..' || to_char(k.test_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
-              || ' (' || k.n_bars || ' bars)'
-              || CASE WHEN bt.on_key THEN ' -- found only on a different window (off-basis)' ELSE '' END
-    FROM keyed AS k
+    SELECT 6, 'missing baseline ' || bt.baseline_type || ': ' || w.factor || ' ' || w.crypto
+              || ' fold ' || w.fold_id || ' cost ' || w.cost_bps || ' slippage ' || w.slippage_bps
+              || ' bps, window ' || to_char(w.test_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
+              || '..' || to_char(w.test_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
+              || ' (' || w.n_bars || ' bars)'
+              -- evaluated for problem rows only: one probe of the baselines' unique key each
+              || CASE WHEN EXISTS (
+                     SELECT 1 FROM finetune_baselines AS o
+                     WHERE o.run_id = CAST(%(run_id)s AS text) AND o.factor = w.factor AND o.strategy = w.strategy
+                       AND o.baseline_type = bt.baseline_type AND o.crypto = w.crypto
+                       AND o.fold_id = w.fold_id AND o.cost_bps = w.cost_bps
+                       AND o.slippage_bps = w.slippage_bps
+                 ) THEN ' -- found only on a different window (off-basis)' ELSE '' END
+    FROM windows AS w
     CROSS JOIN LATERAL (
-        VALUES ('buy_and_hold', k.has_buy_and_hold, k.key_has_buy_and_hold),
-               ('random', k.has_random, k.key_has_random),
-               ('naive', k.has_naive, k.key_has_naive)
-    ) AS bt(baseline_type, on_window, on_key)
-    WHERE k.has_model AND NOT bt.on_window
+        VALUES ('buy_and_hold', w.has_buy_and_hold), ('random', w.has_random), ('naive', w.has_naive)
+    ) AS bt(baseline_type, on_window)
+    WHERE w.has_model AND NOT bt.on_window
 )
 SELECT count(*) = 0 AS ok,
        count(*)::integer AS n_problems,
