@@ -264,19 +264,29 @@ PEAK_LAUNCHER = r"""
 import os, signal, sys
 fd, argv = int(sys.argv[1]), sys.argv[2:]
 stops = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-# a stop signal to the process group is for the container: the launcher outlives it to report
+# A stop signal to the process group is for the container: the launcher outlives it to report.
+# One that arrives before the container exists is kept and passed on once it does (a deadline
+# may fire while a busy machine is still starting the launcher); later ones reach it directly.
+early = []
 for sig in stops:
-    signal.signal(sig, signal.SIG_IGN)
+    signal.signal(sig, lambda sig, frame: early.append(sig))
+signal.pthread_sigmask(signal.SIG_BLOCK, stops)
 pid = os.fork()
 if pid == 0:
     for sig in (*stops, signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
     os.close(fd)
     try:
         os.execvp(argv[0], argv)
     except OSError as exc:
         print(f"exec {argv[0]}: {exc.strerror}", file=sys.stderr)
         os._exit(127)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, stops)
+for sig in stops:
+    signal.signal(sig, signal.SIG_IGN)
+for sig in sorted(set(early)):
+    os.kill(pid, sig)
 while True:
     try:
         _, status, usage = os.wait4(pid, 0)

@@ -114,3 +114,20 @@ def test_watchdog_skipping_the_root_kills_only_the_container() -> None:
     assert watchdog.killed
     assert out.strip() == b"child exit 137"
     assert watchdog.peak > 64 * MIB
+
+
+def test_a_stop_signal_before_the_container_exists_still_reaches_it() -> None:
+    # A deadline can fire while a busy machine is still starting the launcher: the signal must not
+    # be lost (the container would then run on). Stand-in: the launcher is signalled before it
+    # forks, by delaying its start with a wrapper that signals the group first.
+    peak = KernelPeak()
+    launcher = peak.argv([sys.executable, "-c", "import time; time.sleep(30)"], python=sys.executable)
+    # the launcher code runs after `import os, signal, sys`; prepend a SIGTERM to itself that
+    # arrives once its handlers are set but before the fork
+    code = launcher[4].replace("pid = os.fork()", "os.kill(os.getpid(), signal.SIGTERM)\npid = os.fork()", 1)
+    assert code != launcher[4]
+    process = subprocess.Popen([*launcher[:4], code, *launcher[5:]], pass_fds=(peak.write_fd,))
+    peak.started()
+
+    assert process.wait(timeout=60) == -signal.SIGTERM
+    assert peak.read() is not None
