@@ -515,7 +515,9 @@ class LocalPodRunner:
     def _cgroup(self, limit: int | None) -> Cgroup | None:
         if self.enforcement in {"watchdog", "none"}:
             return None
-        name = f"finetune-{uuid.uuid4().hex[:12]}"
+        # the pod's name in the group's: whose group it is shows in /sys/fs/cgroup (and in tests
+        # that share the machine's cgroups with other runs)
+        name = f"finetune-{(self.pod.metadata.name or 'pod')[:200]}-{uuid.uuid4().hex[:12]}"
         try:
             group = create_cgroup(name=name, v1_root=self.cgroup_v1_root, v2_root=self.cgroup_v2_root)
         except CgroupUnavailable as exc:

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -58,11 +59,13 @@ def _cgroup_available() -> bool:
 needs_cgroup = pytest.mark.skipif(not _cgroup_available(), reason="no writable memory cgroup on this machine")
 
 
-def _finetune_groups() -> set[str]:
+def _groups_of(pod_name: str) -> set[str]:
+    # other runs on the machine (other test sessions) create and remove their own groups meanwhile:
+    # look only at this pod's (the group's name carries the pod's)
     groups: set[str] = set()
     for root in (CGROUP_V1_MEMORY_ROOT, CGROUP_V2_ROOT):
         if root.is_dir():
-            groups |= {p.name for p in root.iterdir() if p.name.startswith("finetune-")}
+            groups |= {p.name for p in root.iterdir() if p.name.startswith(f"finetune-{pod_name}-")}
     return groups
 
 
@@ -136,9 +139,10 @@ def lines() -> Iterator[_Lines]:
 
 @needs_cgroup
 def test_cgroup_oom_kill_reads_like_kubelet_oomkilled(lines: _Lines) -> None:
-    before = _finetune_groups()
+    pod = _make_pod(code=ALLOCATE_256MI)
+    pod.metadata.name = f"finetune-oom-{uuid.uuid4().hex[:8]}"
 
-    result = run_pod_locally(_make_pod(code=ALLOCATE_256MI), log=LOG, enforcement="cgroup")
+    result = run_pod_locally(pod, log=LOG, enforcement="cgroup")
 
     assert result.reason == "OOMKilled"
     assert result.oom_killed
@@ -148,7 +152,7 @@ def test_cgroup_oom_kill_reads_like_kubelet_oomkilled(lines: _Lines) -> None:
     # the kernel kills at the limit: the group's peak is the limit (give or take a page)
     assert result.peak_memory_bytes is not None
     assert result.peak_memory_bytes >= 0.95 * LIMIT_BYTES
-    assert _finetune_groups() == before, "the cgroup must be removed afterwards"
+    assert _groups_of(pod.metadata.name) == set(), "the cgroup must be removed afterwards"
 
 
 @pytest.mark.parametrize("enforcement", [pytest.param("auto", id="auto"), pytest.param("watchdog", id="watchdog")])
