@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo ui test lint bench clean
 
 $(STAMP): requirements.txt images/finetune/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 2; }
@@ -25,10 +25,18 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# A local Airflow (api-server, scheduler, dag-processor) on the demo's databases, until Ctrl-C.
+ui: $(STAMP)
+	$(PY) scripts/ui.py
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench_baselines.py
+	$(PY) benchmarks/bench_significance.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_findings.py
 	$(PY) benchmarks/bench_dag.py
+	$(PY) benchmarks/bench_db_faults.py
+	$(PY) benchmarks/bench_ui.py
 	$(PY) benchmarks/bench_gate.py
 
 clean:

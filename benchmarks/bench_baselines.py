@@ -35,11 +35,11 @@ RT = round_trip_cost(10)
 
 def load_reference():
     """The per-trade loop of the tests (one reference, the one the results are checked against)."""
-    path = REPO_ROOT / "tests" / "images" / "finetune" / "test_baselines.py"
-    spec = importlib.util.spec_from_file_location("reference_baselines", path)
+    path = REPO_ROOT / "tests" / "images" / "finetune" / "design_reference.py"
+    spec = importlib.util.spec_from_file_location("design_reference", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.reference_random_baseline
+    return module.random_baseline
 
 
 def synthetic_close(n: int) -> np.ndarray:

@@ -5,17 +5,20 @@ Fine-tunes one model per **factor** on Kubernetes (one pod per factor, sized by 
 and guarantees that every model row has its three **same-basis baselines** (buy-and-hold, random,
 naive: same crypto, fold window and cost basis).
 
-`plan` (validate params, resolve profiles; no I/O) -> `migrate` (pod: `python -m finetune migrate`)
--> `register` (upsert the run and its factor manifest) -> `run_factor` (one pod per factor; an
+`plan` (validate params, resolve map profiles; no I/O) -> `migrate` (pod: `python -m finetune migrate`)
+-> `register` (each factor starts on the larger of its map profile and what its recorded history
+asks for; upsert the run and its factor manifest) -> `run_factor` (one pod per factor; an
 OOMKilled pod is retried one profile up) -> `check_baselines` (SQL gate: fails the run, listing
 the problems, when a factor is not done or a model row or baseline is missing or off-basis)
--> `report` (model vs baselines, sizing recommendations).
+-> `findings` (only when the gate passed: folds' shift-test p-values combined per factor, crypto
+and cost, Benjamini-Hochberg over the run at the param `fdr_q`) -> `report` (findings first, then
+model vs baselines, sizing recommendations).
 
 `as_of` is the run's data interval end (scheduled: the weekly tick; `dags test`: the logical
 date; manual: the trigger time recorded on the run), so every retry sees the same windows. The
 finetune run id is `finetune_sweep__<as_of>__<params hash>`: rerunning the same sweep upserts.
 Settings: `FINETUNE_POD_BACKEND` (`kubernetes`|`local`), `FINETUNE_PROFILES` / `FINETUNE_SIZING`
-(JSON, read by `plan` at run time), connection `finetune_db`.
+(JSON, read by `plan` at run time), `FINETUNE_SIZING_MODE` (`history`|`static`), connection `finetune_db`.
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ from finetune_sweep.settings import get_settings
 SETTINGS = get_settings()
 # Partial arguments are rendered (mapped XCom values are not): the tag comes from the param.
 IMAGE = SETTINGS.image_repository + ":{{ params.image }}"
-# One retry per step up the profile ladder; the operator fails any non-OOM error without retry.
+# One retry per step up the profile ladder, plus the same-profile retries of pods the cluster
+# disrupts (eviction, preemption, node shutdown); the operator counts both itself (task state
+# store) and fails any other error without retry.
 OOM_RETRIES = len(sizing.PROFILE_ORDER) - 1
+RUN_FACTOR_RETRIES = OOM_RETRIES + SETTINGS.disruption_retries
 MIGRATE_PROFILE = sizing.PodProfile("MIGRATE", "512Mi", "250m")
 
 
@@ -60,9 +66,18 @@ def finetune_sweep():
     def plan() -> list[dict]:
         return planning.plan_from_context(get_current_context())
 
+    # register starts each factor on the larger of its map profile and its history's (it has the
+    # database; plan has none), so the pods are expanded over its output.
     @task
-    def register(entries: list[dict]) -> dict:
+    def register(entries: list[dict]) -> list[dict]:
         return planning.register_from_context(entries, get_current_context())
+
+    # Default trigger rule: only after the gate passed (a failed gate writes no findings).
+    @task
+    def findings() -> dict:
+        from finetune_sweep.findings import findings_from_context
+
+        return findings_from_context(get_current_context())
 
     # all_done: the report (sizing table included) is printed after a failed run too; the task
     # itself fails unless every factor pod and the gate succeeded.
@@ -86,18 +101,19 @@ def finetune_sweep():
     registered = register(planned)
     run_factor = FactorPodOperator.partial(
         task_id="run_factor",
-        retries=OOM_RETRIES,
+        retries=RUN_FACTOR_RETRIES,
         retry_delay=timedelta(seconds=SETTINGS.retry_delay_seconds),
         map_index_template="{{ task.factor }}",
         **common,
-    ).expand_kwargs(planned)
+    ).expand_kwargs(registered)
     check_baselines = SqlSensor(task_id="check_baselines", **gate.gate_sensor_kwargs(conn_id=SETTINGS.conn_id))
+    discoveries = findings()
     summary = report()
 
-    planned >> migrate >> registered >> run_factor >> check_baselines
-    # report is the only leaf and carries the verdict: a failed gate *or* a failed factor pod makes
-    # it fail, which fails the run (a failed non-leaf task alone would not).
-    [run_factor, check_baselines] >> summary
+    planned >> migrate >> registered >> run_factor >> check_baselines >> discoveries
+    # report is the only leaf and carries the verdict: a failed gate, a failed factor pod *or* a
+    # failed findings step makes it fail, which fails the run (a failed non-leaf task alone would not).
+    [run_factor, check_baselines, discoveries] >> summary
 
 
 finetune_sweep()

@@ -12,9 +12,11 @@ NOT part of `make test`. It starts a real local deployment (api-server, schedule
    ``trigger_form_filled.png``) and triggers;
 4. waits (bounded, ``--timeout`` seconds, default 900) for the run to finish, screenshots the grid
    (``.demo/ui/grid.png``) and prints the final state of the run and of each task;
-5. stops every process it started (their process groups), also on failure or Ctrl-C.
+5. opens the run's "Sweep results" tab (the UI plugin), waits for its table and chart, and
+   screenshots it (``.demo/ui/run_tab.png``);
+6. stops every process it started (their process groups), also on failure or Ctrl-C.
 
-Requirements (none of them is in requirements.txt, on purpose):
+Requirements:
 
 * ``FINETUNE_DB_URL`` (required): a PostgreSQL database the sweep may write to, e.g.
   ``psql -h 127.0.0.1 -U postgres -d test -c 'create database ui_accept'`` then
@@ -22,7 +24,7 @@ Requirements (none of them is in requirements.txt, on purpose):
   ``finetune_db`` connection; the pods run locally (``FINETUNE_POD_BACKEND=local``).
 * Debian's chromium: ``apt-get update && apt-get install -y chromium`` (``/usr/bin/chromium``;
   ``--chromium PATH`` for another one). Never ``playwright install``: the browser is the system's.
-* The Playwright Python package in the venv: ``.venv/bin/pip install playwright``.
+* The Playwright Python package (in requirements.txt; ``make venv`` installs it).
 
 Run: ``FINETUNE_DB_URL=... .venv/bin/python scripts/ui_acceptance.py`` (exit 0 when the run
 succeeded). ``--keep`` leaves the deployment up after the run until Ctrl-C (to look around at the
@@ -37,7 +39,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -54,7 +55,8 @@ DAG_ID = "finetune_sweep"
 sys.path[:0] = [str(REPO_ROOT / "plugins")]
 
 from finetune_sweep.db import connection_json_from_dsn, redact_dsn  # noqa: E402
-from finetune_sweep.local_airflow import local_airflow_env  # noqa: E402
+from finetune_sweep.local_airflow import free_port, local_airflow_env, stop_process_group  # noqa: E402
+from finetune_sweep.ui import RUN_TAB_ROUTE  # noqa: E402
 
 # Requests to 127.0.0.1 never go through a proxy from the environment.
 LOCAL = build_opener(ProxyHandler({}))
@@ -79,35 +81,37 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-d
 
 
 def log(message: str) -> None:
-    print(f"[ui-acceptance {time.strftime('%H:%M:%S')}] {message}", flush=True)
+    print(f"[{Path(sys.argv[0]).stem} {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def deployment_settings(port: int) -> dict[str, str]:
+    """A login-free local deployment on 127.0.0.1:``port`` (LocalExecutor; manual runs only)."""
+    base_url = f"http://127.0.0.1:{port}"
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+        "AIRFLOW__API__BASE_URL": base_url,
+        # Task processes report to this api-server's execution API (default: localhost:8080).
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+        # Manual runs only: no scheduled @weekly run, which would run the full default sweep
+        # and, with max_active_runs=1, block a triggered one.
+        "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "FINETUNE_RETRY_DELAY_SECONDS": "1",
+    }
 
 
 def airflow_env(home: Path, port: int, dsn: str) -> dict[str, str]:
     env = local_airflow_env(home)
-    base_url = f"http://127.0.0.1:{port}"
+    env.update(deployment_settings(port))
     env.update(
-        AIRFLOW__CORE__EXECUTOR="LocalExecutor",
-        AIRFLOW__CORE__PARALLELISM="4",
-        AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS="True",
-        AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(64),
-        AIRFLOW__API__BASE_URL=base_url,
-        # Task processes report to this api-server's execution API (default: localhost:8080).
-        AIRFLOW__CORE__EXECUTION_API_SERVER_URL=f"{base_url}/execution/",
-        # Manual runs only: unpaused (so a triggered run starts) but no scheduled @weekly run,
-        # which would run the full default sweep and, with max_active_runs=1, block ours.
+        # unpaused, so that the triggered run starts
         AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION="False",
-        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
-        AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="30",
         AIRFLOW_CONN_FINETUNE_DB=connection_json_from_dsn(dsn),
         FINETUNE_POD_BACKEND="local",
         FINETUNE_PROFILES=json.dumps(LOCAL_PROFILES),
-        FINETUNE_RETRY_DELAY_SECONDS="1",
         PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "plugins"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     )
     return env
@@ -140,16 +144,7 @@ class Deployment:
         for name, proc in reversed(list(self.procs.items())):
             if proc.poll() is not None:
                 continue
-            for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout=grace)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_process_group(proc, grace=30)
             log(f"stopped {name} (exit {proc.returncode})")
 
     def api(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -330,6 +325,7 @@ def drive(deployment: Deployment, args: argparse.Namespace) -> bool:
             grid_png = OUT_DIR / "grid.png"
             page.screenshot(path=str(grid_png), full_page=True)
             log(f"grid: {grid_png}")
+            tab_ok = open_run_tab(page, deployment.base_url, run_id)
         finally:
             browser.close()
 
@@ -340,7 +336,29 @@ def drive(deployment: Deployment, args: argparse.Namespace) -> bool:
             where = f"[{ti['rendered_map_index'] or ti['map_index']}]" if ti["map_index"] >= 0 else ""
             print(f"  {ti['task_id']}{where}: {ti['state']} (try {ti['try_number']})")
     print(f"FINAL STATE of {run_id}: {state}")
-    return state == "success"
+    return state == "success" and tab_ok
+
+
+def open_run_tab(page: Any, base_url: str, run_id: str) -> bool:
+    """Open the run's "Sweep results" tab (the UI plugin), screenshot it, report what its frame shows."""
+    url = f"{base_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/plugin/{RUN_TAB_ROUTE}"
+    page.goto(url, wait_until="domcontentloaded", timeout=120_000)
+    frame = page.frame_locator("iframe")
+    try:
+        frame.locator("#results tbody tr").first.wait_for(timeout=60_000)
+        frame.locator(".chart .plot-container").first.wait_for(timeout=60_000)
+    except Exception as err:  # noqa: BLE001 - the screenshot below shows what the tab shows instead
+        log(f"the run tab did not show its table and chart: {type(err).__name__}")
+        ok = False
+    else:
+        verdict = frame.locator("#verdict h2").inner_text()
+        rows = frame.locator("#results tbody tr").count()
+        log(f"run tab: {verdict}; {rows} row(s); {frame.locator('.chart .plot-container').count()} chart(s)")
+        ok = True
+    tab_png = OUT_DIR / "run_tab.png"
+    page.screenshot(path=str(tab_png), full_page=True)
+    log(f"run tab ({url}): {tab_png}")
+    return ok
 
 
 def main() -> int:
@@ -364,7 +382,7 @@ def main() -> int:
     try:
         import playwright.sync_api  # noqa: F401
     except ImportError:
-        print("the Playwright package is missing: .venv/bin/pip install playwright", file=sys.stderr)
+        print("the Playwright package is missing: make venv (it is in requirements.txt)", file=sys.stderr)
         return 2
 
     home = OUT_DIR / "airflow-home"

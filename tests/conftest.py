@@ -77,3 +77,44 @@ def migrated_db(_migrated_template: str) -> Iterator[str]:
         yield _dsn_for(name)
     finally:
         _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+class DatabaseOutage:
+    """A failover as the pods see it: the test database refuses new connections and its sessions
+    are terminated (``ALLOW_CONNECTIONS false`` + ``pg_terminate_backend``), until :meth:`end`.
+
+    Only the test's own database is touched; the shared server keeps running.
+    """
+
+    def __init__(self, dsn: str) -> None:
+        from psycopg.conninfo import conninfo_to_dict
+
+        self.database = conninfo_to_dict(dsn)["dbname"]
+        self.active = False
+
+    def start(self) -> int:
+        """Cut the database off; returns how many sessions were terminated."""
+        import psycopg
+
+        self.active = True
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS false')
+            return conn.execute(
+                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+                (self.database,),
+            ).fetchone()[0]
+
+    def end(self) -> None:
+        if self.active:
+            _admin_execute(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS true')
+            self.active = False
+
+
+@pytest.fixture
+def database_outage(migrated_db: str) -> Iterator[DatabaseOutage]:
+    """A :class:`DatabaseOutage` of ``migrated_db``, always ended by the teardown."""
+    outage = DatabaseOutage(migrated_db)
+    try:
+        yield outage
+    finally:
+        outage.end()

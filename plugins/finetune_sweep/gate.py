@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_LISTED_PROBLEMS = 20
-RUN_ID_TEMPLATE = "{{ (ti.xcom_pull(task_ids='register') or {}).get('run_id') or run_id }}"
+RUN_ID_TEMPLATE = "{{ ti.xcom_pull(task_ids='register', key='run_id') or run_id }}"
 BASELINE_TYPES = ("buy_and_hold", "random", "naive")
 
 GATE_SQL = """

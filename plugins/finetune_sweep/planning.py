@@ -1,5 +1,10 @@
 """The sweep's params (schema, run-time validation), the plan (one pod per factor) and registration.
 
+``plan`` (no I/O) puts each factor on its map profile; ``register`` (which has the database) moves
+a factor up to what its recorded history asks for (``sizing.choose_start_profiles``; upward only,
+``FINETUNE_SIZING_MODE=static`` pins the map), records the choice on the manifest, and returns the
+entries the pods are expanded over.
+
 The same JSON schemas serve twice: as ``Param`` objects for the trigger form (and the trigger-time
 check of REST/CLI conf), and again inside ``plan`` at run time, because a run can start with conf
 that never met the form (an old REST client, ``dags test --conf``, a cleared run). ``plan`` also
@@ -19,16 +24,18 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from finetune_sweep import pods, sizing
+from finetune_sweep.findings import DEFAULT_FDR_Q
 
 if TYPE_CHECKING:
     from airflow.sdk import Context, Param
 
-    from finetune_sweep.settings import Settings
+    from finetune_sweep.settings import Settings, SizingPolicy
 
 STRATEGY = "ridge_long_flat"
 SYMBOL_PATTERN = r"^[A-Z0-9]{2,10}$"
@@ -111,7 +118,20 @@ def _param_specs(known_factors: Sequence[str]) -> dict[str, dict[str, Any]]:
             "schema": {"type": "string", "pattern": IMAGE_TAG_PATTERN},
             "allowed": "an image tag matching " + IMAGE_TAG_PATTERN,
         },
+        "fdr_q": {
+            "default": DEFAULT_FDR_Q,
+            "title": "Findings FDR (q)",
+            "description": "False discovery rate of the findings step (Benjamini-Hochberg over the run's groups).",
+            "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "allowed": "a number strictly between 0 and 1, e.g. 0.1",
+        },
     }
+
+
+# Params that only read the stored rows afterwards (the findings step), never what a pod computes:
+# left out of the run id, so a sweep keeps the id it had before the param existed, and asking
+# for another FDR reruns onto the same rows (the findings step replaces the run's findings).
+NOT_IN_RUN_IDENTITY = ("fdr_q",)
 
 
 PARAM_NAMES: tuple[str, ...] = tuple(_param_specs(tuple(sizing.SIZING_MAP)))
@@ -175,6 +195,9 @@ def validate_params(params: Mapping[str, Any], *, known_factors: Sequence[str] |
         if error is not None:
             where = "".join(f"[{p}]" for p in error.absolute_path)
             raise PlanError(f"param {name!r}{where}: {error.message}; allowed: {spec['allowed']}")
+        # NaN passes every JSON Schema bound (each comparison with it is false).
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PlanError(f"param {name!r}: {value!r} is not a finite number; allowed: {spec['allowed']}")
         result[name] = _normalise(value)
     return result
 
@@ -224,9 +247,10 @@ def finetune_run_id(*, dag_id: str, as_of: str, params: Mapping[str, Any]) -> st
     :param dag_id: the DAG id.
     :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
     :param params: the validated params (:func:`validate_params`; defaults filled, so an omitted
-        param and its default give the same id).
+        param and its default give the same id). :data:`NOT_IN_RUN_IDENTITY` are left out.
     """
-    canonical = json.dumps(dict(params), sort_keys=True, separators=(",", ":"))
+    identity = {key: value for key, value in params.items() if key not in NOT_IN_RUN_IDENTITY}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return f"{dag_id}__{as_of}__{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
 
@@ -243,47 +267,33 @@ def run_id_from_context(context: Mapping[str, Any]) -> str:
     )
 
 
-SYNTHETIC_SCHEME = "synthetic://"
-
-
-def _synthetic_market() -> tuple[datetime, datetime, tuple[str, ...]] | None:
-    """First bar, end (exclusive) and symbols of the pod's built-in synthetic market, if known.
-
-    Read from the pod package (installed beside Airflow for the local backend); where it is not
-    installed, None: the pod itself then refuses what does not fit.
-    """
-    import importlib
-
-    for module_name in ("finetune.synthetic", "finetune.data"):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        start, end = getattr(module, "SYNTHETIC_START", None), getattr(module, "SYNTHETIC_END", None)
-        symbols = getattr(module, "SYNTHETIC_SYMBOLS", None)
-        if start is not None and end is not None and symbols is not None:
-            return start.to_pydatetime(), end.to_pydatetime(), tuple(symbols)
-    return None
-
-
 def check_fits_synthetic_market(valid: Mapping[str, Any], *, as_of: str, data_uri: str | None) -> None:
     """Refuse params that cannot fit the built-in synthetic market (its length is known here).
 
     With a file or object-store URI the data's length is unknown before the pod reads it: then
     the pod exits 2 with the fold that does not fit, and that line reaches the task log.
     This check only refuses what is certain to fail (feature warm-up may need a few bars more).
+    The market's extent comes from the pod package (installed beside Airflow for the local
+    backend); where it is not installed, the pod alone decides.
 
     :param valid: validated params.
     :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
     :param data_uri: ``--data-uri`` of the pods (None: the synthetic market).
     :raises PlanError: naming what does not fit and what is available.
     """
-    if data_uri is not None and not data_uri.startswith(SYNTHETIC_SCHEME):
+    try:
+        from finetune import synthetic
+    except ImportError:
         return
-    market = _synthetic_market()
-    if market is None:
-        return
-    start, end, symbols = market
+    if data_uri is not None:
+        if not synthetic.is_synthetic_uri(data_uri):
+            return
+        try:
+            synthetic.parse_synthetic_uri(data_uri)
+        except ValueError as err:
+            raise PlanError(f"FINETUNE_DATA_URI: {err}") from None
+    start, end = synthetic.SYNTHETIC_START.to_pydatetime(), synthetic.SYNTHETIC_END.to_pydatetime()
+    symbols = synthetic.SYNTHETIC_SYMBOLS
     unknown = [crypto for crypto in valid["cryptos"] if crypto not in symbols]
     if unknown:
         raise PlanError(
@@ -357,6 +367,7 @@ def plan_pods(
             profile=sizing.profile_for(factor, sizing=sizing_map, profiles=profiles),
             run_id=run_id,
             run_args=run_args,
+            profiles=profiles,
             active_deadline_seconds=deadline,
         )
         for factor in valid["factors"]
@@ -371,12 +382,16 @@ def plan_from_context(context: Context) -> list[dict[str, Any]]:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from finetune_sweep.settings import get_settings, sizing_overrides
-
     from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+    from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides, sizing_policy
 
     profiles_json, sizing_json = sizing_overrides()
     settings = get_settings()
+    try:
+        # register applies the sizing policy; a bad value fails here, before any pod.
+        sizing_policy()
+    except SettingsError as err:
+        raise AirflowFailException(f"invalid sweep: {err}") from None
     try:
         check_pod_template(settings.pod_template_file, db_secret=(settings.db_secret_name, settings.db_secret_key))
         entries = plan_pods(
@@ -409,11 +424,24 @@ SET dag_id = EXCLUDED.dag_id, strategy = EXCLUDED.strategy, as_of = EXCLUDED.as_
 # A re-registration (the run was cleared) starts the factor afresh: the manifest says "planned"
 # until its pod reports again, so the gate cannot pass on a previous attempt's status.
 UPSERT_FACTOR_SQL = """
-INSERT INTO finetune_run_factors (run_id, factor, profile, status, memory_limit_bytes, attempt)
-VALUES (%(run_id)s, %(factor)s, %(profile)s, 'planned', %(memory_limit_bytes)s, 1)
+INSERT INTO finetune_run_factors
+    (run_id, factor, profile, status, memory_limit_bytes, attempt, map_profile, profile_reason)
+VALUES (%(run_id)s, %(factor)s, %(profile)s, 'planned', %(memory_limit_bytes)s, 1, %(map_profile)s,
+        %(profile_reason)s)
 ON CONFLICT (run_id, factor) DO UPDATE
 SET profile = EXCLUDED.profile, status = 'planned', memory_limit_bytes = EXCLUDED.memory_limit_bytes,
-    attempt = 1, peak_memory_bytes = NULL, exit_reason = NULL, updated_at = now()
+    attempt = 1, peak_memory_bytes = NULL, exit_reason = NULL, updated_at = now(),
+    map_profile = EXCLUDED.map_profile, profile_reason = EXCLUDED.profile_reason
+"""
+
+# The UI resolves an Airflow run to its finetune run here (several Airflow runs may rerun one
+# finetune run). registered_at is the latest registration: a cleared run registers again, and the
+# report finds the attempts of this registration as the ones that finished after it.
+UPSERT_AIRFLOW_RUN_SQL = """
+INSERT INTO finetune_airflow_runs (dag_id, airflow_run_id, run_id)
+VALUES (%(dag_id)s, %(airflow_run_id)s, %(run_id)s)
+ON CONFLICT (dag_id, airflow_run_id) DO UPDATE
+SET run_id = EXCLUDED.run_id, registered_at = now()
 """
 
 
@@ -425,20 +453,26 @@ def register_run(
     as_of: str,
     params: Mapping[str, Any],
     entries: Sequence[Mapping[str, Any]],
+    choices: Mapping[str, sizing.StartChoice] | None = None,
+    airflow_run_id: str | None = None,
 ) -> None:
-    """Upsert the run and its manifest (one ``planned`` row per factor), in one transaction.
+    """Upsert the run, its manifest (one ``planned`` row per factor) and the Airflow-run link, in one transaction.
 
     :param dsn: libpq URI of the finetune database.
     :param run_id: the finetune run id.
     :param dag_id: the DAG id.
     :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
     :param params: the validated params (stored as jsonb; the gate derives the expected keys).
-    :param entries: the plan's entries (factor, profile, container_resources).
+    :param entries: the entries the pods start from (factor, profile, container_resources).
+    :param choices: factor -> the starting-profile choice (map profile and reason on the manifest);
+        a factor without one started on its map profile.
+    :param airflow_run_id: the Airflow run being registered (``finetune_airflow_runs``), if any.
     """
     import psycopg
     from psycopg.types.json import Jsonb
 
     as_of_dt = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
+    choices = choices or {}
     with psycopg.connect(dsn) as conn, conn.transaction():
         conn.execute(
             UPSERT_RUN_SQL,
@@ -459,37 +493,102 @@ def register_run(
                         "factor": entry["factor"],
                         "profile": entry["profile"],
                         "memory_limit_bytes": sizing.parse_quantity(entry["container_resources"]["limits"]["memory"]),
+                        "map_profile": choice.map_profile if choice else entry["profile"],
+                        "profile_reason": choice.reason if choice else sizing.MAP_REASON,
                     }
                     for entry in entries
+                    for choice in [choices.get(entry["factor"])]
                 ],
             )
+        if airflow_run_id is not None:
+            conn.execute(UPSERT_AIRFLOW_RUN_SQL, {"dag_id": dag_id, "airflow_run_id": airflow_run_id, "run_id": run_id})
 
 
-def register_from_context(entries: Sequence[Mapping[str, Any]], context: Context) -> dict[str, Any]:
-    """The ``register`` task: upsert the run and manifest from the plan's entries.
+def _entry_profiles(entries: Sequence[Mapping[str, Any]]) -> dict[str, sizing.PodProfile]:
+    """The profile ladder the plan resolved (an entry's ``profiles``), else ``FINETUNE_PROFILES`` now."""
+    from finetune_sweep.settings import sizing_overrides
+
+    resolved = next((entry["profiles"] for entry in entries if entry.get("profiles")), None)
+    if resolved is None:
+        return sizing.load_profiles(sizing_overrides()[0])
+    if isinstance(resolved, str):
+        resolved = json.loads(resolved)
+    # the same decoding as the operator's, so tolerations and affinity survive the move
+    return sizing.profiles_from_json(resolved)
+
+
+def choose_profiles(
+    dsn: str, entries: Sequence[Mapping[str, Any]], *, policy: SizingPolicy
+) -> tuple[list[dict[str, Any]], dict[str, sizing.StartChoice]]:
+    """Each entry on its starting profile: the larger of the plan's (the map's) and its history's.
+
+    :param dsn: libpq URI of the finetune database (the recorded attempts).
+    :param entries: the plan's entries; their ``profile`` is the map profile.
+    :param policy: the sizing mode and history window (``settings.sizing_policy``).
+    :returns: the entries resized (see ``pods.with_profile``) and factor -> choice.
+    """
+    profiles = _entry_profiles(entries)
+    map_profiles = {entry["factor"]: entry["profile"] for entry in entries}
+    history = []
+    if policy.mode == "history":
+        history = sizing.fetch_history(
+            dsn, history_runs=policy.history_runs, history_days=policy.history_days, factors=list(map_profiles)
+        )
+    choices = sizing.choose_start_profiles(map_profiles, history, profiles=profiles, mode=policy.mode)
+    resized = [
+        pods.with_profile(entry, profile=profiles[choices[entry["factor"]].profile])
+        if choices[entry["factor"]].profile != entry["profile"]
+        else dict(entry)
+        for entry in entries
+    ]
+    return resized, choices
+
+
+def register_from_context(entries: Sequence[Mapping[str, Any]], context: Context) -> list[dict[str, Any]]:
+    """The ``register`` task: choose each factor's starting profile, upsert the run and manifest.
+
+    Logs one line per factor (profile, map profile, reason) and pushes the finetune run id as the
+    XCom ``run_id`` (the gate binds it).
 
     :param entries: the output of ``plan``.
     :param context: the task context.
+    :returns: the plan's entries on their starting profiles (what ``run_factor`` expands over).
+    :raises AirflowFailException: a bad sizing setting (no retry can fix it).
     """
-    from finetune_sweep.db import dsn_from_connection
-    from finetune_sweep.settings import get_settings
+    from airflow.sdk.exceptions import AirflowFailException
 
+    from finetune_sweep.db import dsn_from_connection
+    from finetune_sweep.settings import SettingsError, get_settings, sizing_policy
+
+    try:
+        policy = sizing_policy()
+    except SettingsError as err:
+        raise AirflowFailException(f"invalid sweep: {err}") from None
     params = validate_params(dict(context["params"]))
     run_id = run_id_from_context(context)
     as_of = as_of_from_context(context)
+    dsn = dsn_from_connection(get_settings().conn_id)
+    started, choices = choose_profiles(dsn, entries, policy=policy)
     register_run(
-        dsn_from_connection(get_settings().conn_id),
+        dsn,
         run_id=run_id,
         dag_id=context["dag"].dag_id,
         as_of=as_of,
         params=params,
-        entries=entries,
+        entries=started,
+        choices=choices,
+        airflow_run_id=str(context["run_id"]),
     )
-    summary = {
-        "run_id": run_id,
-        "airflow_run_id": context["run_id"],
-        "as_of": as_of,
-        "factors": [e["factor"] for e in entries],
-    }
-    print("registered " + json.dumps(summary))
-    return summary
+    window = sizing.describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
+    print(
+        f"registered run {run_id} (Airflow run {context['run_id']}, as of {as_of}); sizing mode {policy.mode}"
+        + (f", history: {window}" if policy.mode == "history" else "")
+    )
+    for entry in started:
+        choice = choices[entry["factor"]]
+        print(
+            f"sizing {choice.factor}: starts on {choice.profile} "
+            f"(memory {entry['container_resources']['limits']['memory']}, map {choice.map_profile}): {choice.reason}"
+        )
+    context["ti"].xcom_push(key="run_id", value=run_id)
+    return started

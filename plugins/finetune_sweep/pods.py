@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -76,9 +76,10 @@ def dns_name(value: str) -> str:
 def resources_for(profile: PodProfile) -> dict[str, dict[str, str]]:
     """Container resources of a profile: memory request = limit, a cpu request, no cpu limit.
 
-    Request = limit makes the pod Guaranteed for memory: it is placed only where its limit fits
-    and is the last to be evicted. No cpu limit: CFS throttling slows a numpy job without
-    protecting anything.
+    Request = limit for memory: the pod is placed only where its limit fits, and under node memory
+    pressure it is never evicted for using more than it asked for. The pod's QoS class is
+    Burstable, not Guaranteed (that would need a cpu limit equal to the request too): no cpu
+    limit, because CFS throttling slows a numpy job without protecting anything.
 
     :param profile: the pod profile.
     """
@@ -103,6 +104,39 @@ def to_resource_requirements(
         requests=dict(resources.get("requests") or {}) or None,
         limits=dict(resources.get("limits") or {}) or None,
     )
+
+
+def profile_tolerations(profile: PodProfile) -> list[k8s.V1Toleration]:
+    """The profile's tolerations as client models (they are camelCase JSON on the profile).
+
+    :param profile: the pod profile.
+    """
+    from kubernetes.client import models as k8s
+
+    return [
+        k8s.V1Toleration(
+            key=item.get("key"),
+            operator=item.get("operator"),
+            value=item.get("value"),
+            effect=item.get("effect"),
+            toleration_seconds=item.get("tolerationSeconds"),
+        )
+        for item in profile.tolerations
+    ]
+
+
+def profile_affinity(profile: PodProfile) -> k8s.V1Affinity | None:
+    """The profile's node/pod affinity as a client model, or None.
+
+    :param profile: the pod profile.
+    """
+    if not profile.affinity:
+        return None
+    from kubernetes.client import ApiClient
+
+    # The client's own deserializer turns camelCase JSON into the nested models (as the
+    # KubernetesPodOperator does for a pod template).
+    return ApiClient()._ApiClient__deserialize(profile.affinity, "V1Affinity")  # type: ignore[attr-defined]
 
 
 def pod_labels(*, factor: str, profile: str, run_id: str) -> dict[str, str]:
@@ -156,6 +190,8 @@ def common_pod_kwargs(*, image: str, settings: Settings | None = None) -> dict[s
             k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"),
             # The root filesystem is read-only: anything that wants a home writes to /tmp.
             k8s.V1EnvVar(name="HOME", value="/tmp"),
+            # Statement/lock timeouts and retry budget of the pod's database connections.
+            *(k8s.V1EnvVar(name=name, value=value) for name, value in settings.pod_database_env),
         ],
         # The pod reports its peak against the limit it really got (the downward API, not the plan).
         "pod_runtime_info_envs": [
@@ -186,8 +222,11 @@ def common_pod_kwargs(*, image: str, settings: Settings | None = None) -> dict[s
         "on_finish_action": "delete_succeeded_pod",
         "get_logs": True,
         "log_events_on_failure": True,
-        # Heavy nodes may have to be scaled up and the image pulled before the pod starts.
-        "startup_timeout_seconds": 900,
+        # Heavy nodes may have to be scaled up before the pod is scheduled (the long wait); once
+        # scheduled, a pod that does not start soon (a missing DSN Secret leaves it in
+        # CreateContainerConfigError forever) fails after the short startup timeout.
+        "schedule_timeout_seconds": settings.schedule_timeout_seconds,
+        "startup_timeout_seconds": settings.startup_timeout_seconds,
     }
     if settings.service_account:
         kwargs["service_account_name"] = settings.service_account
@@ -252,6 +291,7 @@ def factor_pod_kwargs(
     profile: PodProfile,
     run_id: str,
     run_args: Mapping[str, Any],
+    profiles: Mapping[str, PodProfile] | None = None,
     active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
     """One ``expand_kwargs`` entry: the pod of one factor (JSON values only, it goes via XCom).
@@ -260,9 +300,14 @@ def factor_pod_kwargs(
     :param profile: the profile it starts on (the operator moves it up after an OOM).
     :param run_id: the finetune run id.
     :param run_args: the run options, see :func:`run_arguments`.
+    :param profiles: the run's resolved profile ladder, carried as the ``profiles`` key so the
+        worker sizes every try from it (never re-reading ``FINETUNE_PROFILES``); None leaves the
+        key out (the operator then reads the overrides itself).
     :param active_deadline_seconds: the bound on the pod (:func:`pod_deadline_seconds`); None:
         unbounded (the key is then left out).
     """
+    from finetune_sweep.sizing import profiles_to_json
+
     entry = {
         "factor": factor,
         "profile": profile.name,
@@ -272,9 +317,30 @@ def factor_pod_kwargs(
         "node_selector": dict(profile.node_selector),
         "arguments": run_arguments(run_id=run_id, factor=factor, run_args=run_args),
     }
+    if profiles is not None:
+        entry["profiles"] = profiles_to_json(profiles)
     if active_deadline_seconds is not None:
         entry["active_deadline_seconds"] = active_deadline_seconds
     return entry
+
+
+def with_profile(entry: Mapping[str, Any], *, profile: PodProfile) -> dict[str, Any]:
+    """A plan entry moved to another starting profile (``register`` applies the sizing history).
+
+    ``profile``, ``container_resources``, the profile label and ``node_selector`` follow the new
+    profile; every other key (arguments, name, keys other components add at plan time) passes
+    through unchanged.
+
+    :param entry: one entry of the plan (:func:`factor_pod_kwargs`).
+    :param profile: the profile the factor starts on.
+    """
+    return {
+        **entry,
+        "profile": profile.name,
+        "labels": {**entry.get("labels", {}), LABEL_PROFILE: label_value(profile.name.lower())},
+        "container_resources": resources_for(profile),
+        "node_selector": dict(profile.node_selector),
+    }
 
 
 if __name__ == "__main__":

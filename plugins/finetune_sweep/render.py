@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from finetune_sweep.pods import common_pod_kwargs, to_resource_requirements
+from finetune_sweep.pods import common_pod_kwargs, profile_affinity, profile_tolerations, to_resource_requirements
 
 if TYPE_CHECKING:
     from finetune_sweep.settings import Settings
@@ -38,7 +38,14 @@ def render_manifest(
 
     kwargs = {**common_pod_kwargs(image=image, settings=settings), **factor_kwargs}
     kwargs.pop("factor", None)
-    kwargs.pop("profile", None)
+    profile_name = kwargs.pop("profile", None)
+    ladder = kwargs.pop("profiles", None)
+    if ladder and profile_name in ladder:
+        from finetune_sweep.sizing import profiles_from_json
+
+        start = profiles_from_json(ladder)[profile_name]
+        kwargs["tolerations"] = [*kwargs.get("tolerations", []), *profile_tolerations(start)]
+        kwargs["affinity"] = profile_affinity(start) or kwargs.get("affinity")
     kwargs["container_resources"] = to_resource_requirements(kwargs["container_resources"])
     operator = KubernetesPodOperator(task_id="run_factor", **kwargs)
     # The operator logs "Building pod ..." to stdout; keep stdout for the manifest alone.

@@ -1,7 +1,13 @@
-"""End-of-run report: model vs same-basis baselines per factor/crypto/cost, and the sizing table.
+"""End-of-run report: the findings, model vs same-basis baselines per factor/crypto/cost, sizing.
 
-Both tables are printed to the task log (the ``report`` task), so the answer to "did fine-tuning
-beat buy-and-hold at 30 bps?" and "is any factor close to its memory limit?" is one click away.
+Printed to the task log (the ``report`` task), in the order a research lead reads it: first
+"N of M groups are findings at FDR q" and the table of the findings (``finetune_findings``, see
+``finetune_sweep.findings``), then the per-group model-vs-baselines table (with the model's
+percentile among the random seeds), then the run's sizing (per factor the map profile, the profile
+the run started on and why: ``register`` chose it from the history) and the recommender's advice
+over the same history window -- so "which factor really carries an edge, on which crypto, at which
+cost?", "did fine-tuning beat buy-and-hold at 30 bps?" and "is any factor close to its memory
+limit?" are one click away.
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from finetune_sweep.settings import SizingPolicy
+
 # Baselines are joined on the model row's full basis: key, strategy and identical window.
 SUMMARY_SQL = """
 SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
@@ -21,6 +29,7 @@ SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
        avg(bh.net_return) AS buy_and_hold,
        avg(rnd.net_return) AS random,
        avg(nv.net_return) AS naive,
+       avg(m.random_percentile) AS random_percentile,
        count(*) FILTER (WHERE m.net_return > bh.net_return)::integer AS beats_buy_and_hold,
        count(*) FILTER (WHERE bh.id IS NULL OR rnd.id IS NULL OR nv.id IS NULL)::integer AS missing_baselines
 FROM finetune_results AS m
@@ -54,6 +63,7 @@ _COLUMNS = (
     ("buy_and_hold", "buy&hold"),
     ("random", "random"),
     ("naive", "naive"),
+    ("random_percentile", "rnd pctl"),
     ("beats_buy_and_hold", "beats b&h"),
 )
 
@@ -63,9 +73,23 @@ def _cell(key: str, value: Any, row: Mapping[str, Any]) -> str:
         return "-"
     if key in ("model", "buy_and_hold", "random", "naive"):
         return "nan" if math.isnan(value) else f"{value:+.2%}"
+    if key == "random_percentile":
+        # mean over the folds of the share of random seeds below the model (ties half)
+        return f"{value:.1%}"
     if key == "beats_buy_and_hold":
         return f"{value}/{row['rows']}"
     return str(value)
+
+
+def fixed_width(table: Sequence[Sequence[str]], *, left: int = 2) -> list[str]:
+    """Lines of a text table: the first ``left`` columns left-aligned, the others right-aligned.
+
+    :param table: header row then body rows, all of the same length.
+    :param left: how many leading columns are names (left-aligned).
+    """
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    return ["  ".join(cell.rjust(w) if i >= left else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            for line in table]
 
 
 def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -75,11 +99,10 @@ def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
     """
     if not rows:
         return "no model rows for this run"
-    table = [tuple(title for _, title in _COLUMNS)]
-    table += [tuple(_cell(key, row.get(key), row) for key, _ in _COLUMNS) for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(_COLUMNS))]
-    lines = ["  ".join(cell.rjust(w) if i >= 2 else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-             for line in table]
+    lines = fixed_width(
+        [tuple(title for _, title in _COLUMNS)]
+        + [tuple(_cell(key, row.get(key), row) for key, _ in _COLUMNS) for row in rows]
+    )
     missing = sum(int(row.get("missing_baselines") or 0) for row in rows)
     if missing:
         lines.append(f"{missing} model row(s) lack a same-basis baseline (see check_baselines)")
@@ -99,29 +122,236 @@ def fetch_summary(dsn: str, run_id: str) -> list[dict[str, Any]]:
         return list(conn.execute(SUMMARY_SQL, {"run_id": run_id}).fetchall())
 
 
-def build_report(dsn: str, run_id: str, *, profiles_json: str | None = None, sizing_json: str | None = None) -> str:
-    """Both tables of the report as text.
+# The run's sizing: per factor the map profile, the profile register chose and why, and what this
+# registration's attempts ran on. The chosen profile is the first attempt's of the latest
+# registration (the manifest's `profile` follows the ladder), else the manifest's (no pod yet).
+RUN_SIZING_SQL = """
+WITH registration AS (
+    SELECT airflow_run_id, registered_at
+    FROM finetune_airflow_runs
+    WHERE run_id = %(run_id)s
+    ORDER BY registered_at DESC, airflow_run_id DESC
+    LIMIT 1
+),
+this_round AS (
+    SELECT a.factor, a.attempt, a.profile, a.exit_reason
+    FROM finetune_pod_attempts AS a
+    JOIN registration AS r ON a.airflow_run_id = r.airflow_run_id AND a.finished_at >= r.registered_at
+    WHERE a.run_id = %(run_id)s
+),
+first_attempt AS (
+    SELECT DISTINCT ON (factor) factor, profile
+    FROM this_round
+    ORDER BY factor, attempt
+),
+attempts AS (
+    SELECT factor,
+           string_agg(coalesce(profile, '?') || ' ' || coalesce(exit_reason, '?'), ', ' ORDER BY attempt) AS attempts
+    FROM this_round
+    GROUP BY factor
+)
+SELECT f.factor, f.map_profile, coalesce(fa.profile, f.profile) AS chosen_profile, f.profile_reason,
+       f.status, f.peak_memory_bytes, f.memory_limit_bytes, a.attempts
+FROM finetune_run_factors AS f
+LEFT JOIN first_attempt AS fa USING (factor)
+LEFT JOIN attempts AS a USING (factor)
+WHERE f.run_id = %(run_id)s
+ORDER BY f.factor
+"""
+
+
+def format_run_sizing(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A fixed-width table of the run's sizing: map profile, chosen profile, reason, attempts.
+
+    :param rows: rows of :data:`RUN_SIZING_SQL` (as mappings).
+    """
+    from finetune_sweep.sizing import format_bytes
+
+    if not rows:
+        return "no factors registered for this run"
+    table = [("factor", "map", "chosen", "status", "peak", "limit", "attempts", "reason")]
+    for row in rows:
+        table.append(
+            (
+                row["factor"],
+                row.get("map_profile") or "-",
+                row.get("chosen_profile") or "-",
+                row.get("status") or "-",
+                format_bytes(row.get("peak_memory_bytes")),
+                format_bytes(row.get("memory_limit_bytes")),
+                row.get("attempts") or "-",
+                row.get("profile_reason") or "-",
+            )
+        )
+    return "\n".join(line.rstrip() for line in fixed_width(table, left=len(table[0])))
+
+
+def fetch_run_sizing(dsn: str, run_id: str) -> list[dict[str, Any]]:
+    """The sizing rows of one run (:data:`RUN_SIZING_SQL`).
+
+    :param dsn: libpq URI of the finetune database.
+    :param run_id: the finetune run id.
+    """
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        return list(conn.execute(RUN_SIZING_SQL, {"run_id": run_id}).fetchall())
+
+
+MAX_LISTED_FINDINGS = 100
+
+FINDINGS_COUNT_SQL = """
+SELECT count(*)::integer AS n_groups,
+       count(*) FILTER (WHERE discovered)::integer AS n_discovered,
+       max(fdr_q) AS fdr_q,
+       max(combine_method) AS combine_method
+FROM finetune_findings
+WHERE run_id = %(run_id)s
+"""
+
+DISCOVERED_SQL = """
+SELECT factor, crypto, cost_bps, slippage_bps, n_folds, mean_model_return, mean_edge_vs_buy_and_hold,
+       mean_edge_vs_random, p_value, q_value
+FROM finetune_findings
+WHERE run_id = %(run_id)s AND discovered
+ORDER BY q_value, p_value, factor, crypto, cost_bps, slippage_bps
+LIMIT %(limit)s
+"""
+
+_FINDING_COLUMNS = (
+    ("factor", "factor"),
+    ("crypto", "crypto"),
+    ("cost_bps", "cost"),
+    ("slippage_bps", "slip"),
+    ("n_folds", "folds"),
+    ("mean_model_return", "model"),
+    ("mean_edge_vs_buy_and_hold", "edge b&h"),
+    ("mean_edge_vs_random", "edge random"),
+    ("p_value", "p"),
+    ("q_value", "q"),
+)
+
+
+def _finding_cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key.startswith("mean_"):
+        return "nan" if math.isnan(value) else f"{value:+.2%}"
+    if key in ("p_value", "q_value"):
+        return f"{value:.2g}" if value < 0.001 else f"{value:.4f}"
+    return str(value)
+
+
+def format_findings(
+    discovered: Sequence[Mapping[str, Any]], *, n_groups: int, n_discovered: int, fdr_q: float | None,
+    combine_method: str | None, untested: Sequence[Any] = (),
+) -> str:
+    """The findings section: the one-line answer, then the findings (smallest q first).
+
+    :param discovered: discovered rows of ``finetune_findings`` (:data:`DISCOVERED_SQL`).
+    :param n_groups: tested groups of the run.
+    :param n_discovered: how many of them are findings (may exceed the rows listed).
+    :param fdr_q: the run's FDR (None when no group was tested).
+    :param combine_method: the fold combination method (None when no group was tested).
+    :param untested: groups left out for lack of p-values (``findings.GroupInput``).
+    """
+    from finetune_sweep import findings
+
+    lines = [
+        findings.headline(
+            n_discovered=n_discovered,
+            n_groups=n_groups,
+            fdr_q=fdr_q if fdr_q is not None else findings.DEFAULT_FDR_Q,
+            combine_method=combine_method or findings.DEFAULT_COMBINE_METHOD,
+        )
+    ]
+    if discovered:
+        lines += fixed_width(
+            [tuple(title for _, title in _FINDING_COLUMNS)]
+            + [tuple(_finding_cell(key, row.get(key)) for key, _ in _FINDING_COLUMNS) for row in discovered]
+        )
+        if n_discovered > len(discovered):
+            lines.append(f"... and {n_discovered - len(discovered)} more (table finetune_findings)")
+    if untested:
+        lines.append(findings.untested_note(untested))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def fetch_findings_section(dsn: str, run_id: str) -> str:
+    """The findings section of one run, from ``finetune_findings`` (and the untested groups).
+
+    :param dsn: libpq URI of the finetune database.
+    :param run_id: the finetune run id.
+    """
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from finetune_sweep import findings
+
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        counts = conn.execute(FINDINGS_COUNT_SQL, {"run_id": run_id}).fetchone()
+        discovered = conn.execute(DISCOVERED_SQL, {"run_id": run_id, "limit": MAX_LISTED_FINDINGS}).fetchall()
+    with psycopg.connect(dsn) as conn:
+        untested = findings.fetch_untested(conn, run_id)
+    return format_findings(
+        discovered,
+        n_groups=counts["n_groups"],
+        n_discovered=counts["n_discovered"],
+        fdr_q=counts["fdr_q"],
+        combine_method=counts["combine_method"],
+        untested=untested,
+    )
+
+
+def build_report(
+    dsn: str,
+    run_id: str,
+    *,
+    profiles_json: str | None = None,
+    sizing_json: str | None = None,
+    policy: SizingPolicy | None = None,
+    findings_state: str | None = None,
+) -> str:
+    """The report as text: findings, model vs baselines, the run's sizing, and the sizing advice.
 
     :param dsn: libpq URI of the finetune database.
     :param run_id: the finetune run id.
     :param profiles_json: ``FINETUNE_PROFILES`` (current sizing of the recommendation table).
     :param sizing_json: ``FINETUNE_SIZING``.
+    :param policy: the sizing mode and history window (default: ``settings.sizing_policy()``).
+    :param findings_state: the state of this DAG run's ``findings`` task; None when unknown
+        (outside a DAG run: whatever is stored is shown). When it did not succeed, stored rows
+        (of an earlier attempt of the same sweep) are not shown as this run's findings.
     """
     from finetune_sweep import sizing
+    from finetune_sweep.settings import sizing_policy
 
+    policy = policy or sizing_policy()
+    if findings_state is None or findings_state == "success":
+        findings_text = fetch_findings_section(dsn, run_id)
+    else:
+        findings_text = (
+            f"no findings: the findings step did not succeed in this run (findings: {findings_state}); "
+            "it runs only after check_baselines passed"
+        )
     summary = format_summary(fetch_summary(dsn, run_id))
-    recommendations = sizing.recommend(
-        sizing.fetch_history(dsn), sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json)
-    )
+    history = sizing.fetch_history(dsn, history_runs=policy.history_runs, history_days=policy.history_days)
+    recommendations = sizing.recommend(history, sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json))
+    window = sizing.describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
     return (
-        f"Model vs same-basis baselines, run {run_id} (mean net return over folds)\n{summary}\n\n"
-        f"Sizing (all recorded pod attempts; flag = a peak above 80 % of its limit)\n"
-        f"{sizing.format_recommendations(recommendations)}"
+        f"Findings, run {run_id} (exposure-matched shift test per fold)\n{findings_text}\n\n"
+        f"Model vs same-basis baselines, run {run_id} (mean net return over folds; rnd pctl: the model's "
+        f"percentile among the random seeds)\n{summary}\n\n"
+        f"Sizing of this run (map profile, the profile it started on and why, sizing mode {policy.mode})\n"
+        f"{format_run_sizing(fetch_run_sizing(dsn, run_id))}\n\n"
+        f"Sizing advice (recorded pod attempts: {window}; flag = a peak above 80 % of its limit)\n"
+        f"{sizing.format_recommendations(recommendations, mode=policy.mode)}"
     )
 
 
-# The tasks whose outcome decides the run: every factor pod and the gate.
-VERDICT_TASKS = ("run_factor", "check_baselines")
+# The tasks whose outcome decides the run: every factor pod, the gate and the findings step.
+VERDICT_TASKS = ("run_factor", "check_baselines", "findings")
 
 
 def unsuccessful_tasks(task_states: Mapping[str, str | None]) -> list[str]:
@@ -148,11 +378,13 @@ def report_from_context(context: Context) -> None:
 
     from finetune_sweep.db import dsn_from_connection
     from finetune_sweep.planning import run_id_from_context
-    from finetune_sweep.settings import get_settings, sizing_overrides
+    from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides
+    from finetune_sweep.sizing import SizingError
 
     ti = context["ti"]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=list(VERDICT_TASKS))
-    failed = unsuccessful_tasks(states.get(ti.run_id, {}))
+    run_states = states.get(ti.run_id, {})
+    failed = unsuccessful_tasks(run_states)
 
     profiles_json, sizing_json = sizing_overrides()
     try:
@@ -161,10 +393,14 @@ def report_from_context(context: Context) -> None:
             run_id_from_context(context),
             profiles_json=profiles_json,
             sizing_json=sizing_json,
+            findings_state=run_states.get("findings") or "none",
         )
     except psycopg.Error as exc:
         # A run that failed before `migrate` has no tables to report on; the verdict still stands.
         text = f"no report: the finetune database could not be read ({type(exc).__name__})"
+    except (SettingsError, SizingError) as exc:
+        # A bad sizing setting already failed `plan`; say it again here instead of a traceback.
+        text = f"no report: {exc}"
     print(text)
     if failed:
         raise AirflowFailException(

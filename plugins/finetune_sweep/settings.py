@@ -22,6 +22,28 @@ Environment:
                               the spec built here (tolerations, imagePullSecrets, priority class);
                               the operator's own fields (image, resources, env, security) win;
                               a template that would widen the pod is refused (``pod_template``)
+``FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS``, ``FINETUNE_DB_LOCK_TIMEOUT_SECONDS``,
+``FINETUNE_DB_RETRY_SECONDS``, ``FINETUNE_DB_CONNECT_TIMEOUT_SECONDS``
+                              when set here, passed to every pod's env (the pod validates them:
+                              exit 2 naming a bad one); unset, the pod's defaults apply
+``FINETUNE_SCHEDULE_TIMEOUT_SECONDS``  how long a pod may wait to be scheduled (default 900: a
+                              high-memory node may have to be scaled up first)
+``FINETUNE_STARTUP_TIMEOUT_SECONDS``   how long a scheduled pod may take to start (default 180:
+                              image pull; a missing DSN Secret fails after this, not after 900 s)
+``FINETUNE_KEEP_FAILED_PODS``  ``true`` keeps failed factor pods for debugging (default: they are
+                              deleted once their logs and status were read)
+``FINETUNE_DISRUPTION_RETRIES``  retries on the same profile of a pod the cluster disrupted
+                              (eviction, preemption, node shutdown; default 2)
+
+Sizing policy (read at run time by ``plan``, which refuses a bad value, and by ``register``, which
+applies it; see :func:`sizing_policy`):
+
+``FINETUNE_SIZING_MODE``            ``history`` (default): each factor starts on the larger of its
+                                    map profile and what its recorded attempts ask for; ``static``:
+                                    the map alone
+``FINETUNE_SIZING_HISTORY_RUNS``    the history is a factor's attempts in its last N finetune runs
+                                    (default 8) ...
+``FINETUNE_SIZING_HISTORY_DAYS``    ... that finished within the last N days (default 90)
 ``FINETUNE_POD_DEADLINE_SECONDS``  the ``activeDeadlineSeconds`` of every ``run_factor`` pod, fixed;
                               unset: sized from the pod's keys (below)
 ``FINETUNE_POD_DEADLINE_PER_KEY_SECONDS``  allowance per key (crypto x fold x cost basis) of a
@@ -38,6 +60,13 @@ from dataclasses import dataclass
 
 DEFAULT_IMAGE = "ghcr.io/finetune-sweep/finetune:0.1.0"
 BACKENDS = ("kubernetes", "local")
+# The pod's database bounds (finetune.connection): set on the Airflow side, they reach every pod.
+POD_DATABASE_ENV = (
+    "FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS",
+    "FINETUNE_DB_LOCK_TIMEOUT_SECONDS",
+    "FINETUNE_DB_RETRY_SECONDS",
+    "FINETUNE_DB_CONNECT_TIMEOUT_SECONDS",
+)
 
 
 class SettingsError(ValueError):
@@ -58,6 +87,12 @@ class Settings:
     data_uri: str | None = None
     retry_delay_seconds: float = 10.0
     pod_template_file: str | None = None
+    # (name, value) of the POD_DATABASE_ENV variables that are set.
+    pod_database_env: tuple[tuple[str, str], ...] = ()
+    schedule_timeout_seconds: int = 900
+    startup_timeout_seconds: int = 180
+    keep_failed_pods: bool = False
+    disruption_retries: int = 2
     pod_deadline_seconds: int | None = None
     pod_deadline_per_key_seconds: int = 60
     pod_deadline_startup_seconds: int = 600
@@ -103,14 +138,18 @@ class Settings:
             retry_delay = -1.0
         if not 0 <= retry_delay <= 3600:
             raise SettingsError(f"FINETUNE_RETRY_DELAY_SECONDS={delay_text!r} must be seconds from 0 to 3600")
+        def integer(name: str, default: int, low: int, high: int) -> int:
+            text = get(name, None)
+            if text is None:
+                return default
+            if not text.isdigit() or not low <= int(text) <= high:
+                raise SettingsError(f"{name}={text!r} must be an integer from {low} to {high}")
+            return int(text)
+
+        keep_text = (get("FINETUNE_KEEP_FAILED_PODS", "false") or "false").lower()
+        if keep_text not in ("true", "false", "1", "0", "yes", "no"):
+            raise SettingsError(f"FINETUNE_KEEP_FAILED_PODS={keep_text!r} must be true or false")
         return cls(
-            pod_deadline_seconds=_seconds(env, "FINETUNE_POD_DEADLINE_SECONDS", None),
-            pod_deadline_per_key_seconds=_seconds(
-                env, "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS", cls.pod_deadline_per_key_seconds
-            ),
-            pod_deadline_startup_seconds=_seconds(
-                env, "FINETUNE_POD_DEADLINE_STARTUP_SECONDS", cls.pod_deadline_startup_seconds
-            ),
             pod_backend=backend,
             namespace=get("FINETUNE_NAMESPACE", cls.namespace) or cls.namespace,
             image=image,
@@ -121,17 +160,20 @@ class Settings:
             data_uri=get("FINETUNE_DATA_URI", None),
             retry_delay_seconds=retry_delay,
             pod_template_file=get("FINETUNE_POD_TEMPLATE_FILE", None),
+            pod_database_env=tuple((name, value) for name in POD_DATABASE_ENV if (value := get(name, None))),
+            schedule_timeout_seconds=integer("FINETUNE_SCHEDULE_TIMEOUT_SECONDS", cls.schedule_timeout_seconds, 1, 86400),
+            startup_timeout_seconds=integer("FINETUNE_STARTUP_TIMEOUT_SECONDS", cls.startup_timeout_seconds, 1, 86400),
+            keep_failed_pods=keep_text in ("true", "1", "yes"),
+            disruption_retries=integer("FINETUNE_DISRUPTION_RETRIES", cls.disruption_retries, 0, 10),
+            # 0 (unset; a set value is at least 1): the deadline is sized from the pod's keys
+            pod_deadline_seconds=integer("FINETUNE_POD_DEADLINE_SECONDS", 0, 1, 30 * 86400) or None,
+            pod_deadline_per_key_seconds=integer(
+                "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS", cls.pod_deadline_per_key_seconds, 1, 86400
+            ),
+            pod_deadline_startup_seconds=integer(
+                "FINETUNE_POD_DEADLINE_STARTUP_SECONDS", cls.pod_deadline_startup_seconds, 1, 86400
+            ),
         )
-
-
-def _seconds(env: Mapping[str, str], name: str, default: int | None) -> int | None:
-    """A whole number of seconds >= 1 from ``env[name]`` (unset or empty: ``default``)."""
-    text = env.get(name, "").strip()
-    if not text:
-        return default
-    if not text.isdigit() or int(text) < 1:
-        raise SettingsError(f"{name}={text!r} must be a whole number of seconds, at least 1")
-    return int(text)
 
 
 def split_image(image: str) -> tuple[str, str]:
@@ -155,6 +197,59 @@ def split_image(image: str) -> tuple[str, str]:
 def get_settings() -> Settings:
     """The process-wide settings, read once (``get_settings.cache_clear()`` in tests)."""
     return Settings.from_env()
+
+
+SIZING_MODES = ("history", "static")
+
+
+@dataclass(frozen=True)
+class SizingPolicy:
+    """How ``register`` chooses each factor's starting profile (design 4.5 and 6).
+
+    :param mode: ``history`` (the map, raised by the recorded history) or ``static`` (the map).
+    :param history_runs: a factor's history is its attempts in its last ``history_runs`` finetune
+        runs (reruns of one finetune run by several Airflow runs count as one run) ...
+    :param history_days: ... that finished within the last ``history_days`` days. Both bounds
+        apply, so a factor that got lighter stops being held up after 8 lighter runs or 90 days.
+    """
+
+    mode: str = "history"
+    history_runs: int = 8
+    history_days: int = 90
+
+
+def _bounded_int(env: Mapping[str, str], name: str, default: int, maximum: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= maximum:
+        raise SettingsError(f"{name}={text!r} must be an integer from 1 to {maximum}")
+    return value
+
+
+def sizing_policy(environ: Mapping[str, str] | None = None) -> SizingPolicy:
+    """The sizing policy from ``FINETUNE_SIZING_MODE`` / ``_HISTORY_RUNS`` / ``_HISTORY_DAYS``, read now.
+
+    Not cached, like :func:`sizing_overrides`: a change applies to the next run without a re-parse.
+
+    :param environ: the environment to read (default: ``os.environ``).
+    :raises SettingsError: a value that is not allowed (the message names the variable).
+    """
+    env = os.environ if environ is None else environ
+    mode = env.get("FINETUNE_SIZING_MODE", "").strip().lower() or SizingPolicy.mode
+    if mode not in SIZING_MODES:
+        raise SettingsError(
+            f"FINETUNE_SIZING_MODE={env['FINETUNE_SIZING_MODE']!r} is not one of {', '.join(SIZING_MODES)}"
+        )
+    return SizingPolicy(
+        mode=mode,
+        history_runs=_bounded_int(env, "FINETUNE_SIZING_HISTORY_RUNS", SizingPolicy.history_runs, 1000),
+        history_days=_bounded_int(env, "FINETUNE_SIZING_HISTORY_DAYS", SizingPolicy.history_days, 3650),
+    )
 
 
 def sizing_overrides(environ: Mapping[str, str] | None = None) -> tuple[str | None, str | None]:

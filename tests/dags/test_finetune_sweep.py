@@ -63,20 +63,26 @@ def test_task_graph(dag: Any) -> None:
         "plan": set(),
         "migrate": {"plan"},
         "register": {"plan", "migrate"},
-        "run_factor": {"plan", "register"},
+        "run_factor": {"register"},
         "check_baselines": {"run_factor"},
-        "report": {"run_factor", "check_baselines"},
+        "findings": {"check_baselines"},
+        "report": {"run_factor", "check_baselines", "findings"},
     }
-    # One leaf that needs every factor pod and the gate: any failure fails the run.
+    # One leaf that needs every factor pod, the gate and the findings: any failure fails the run.
     assert [task.task_id for task in dag.leaves] == ["report"]
     assert dag.get_task("report").trigger_rule == "all_done"
+    # Findings only after the gate passed.
+    assert dag.get_task("findings").trigger_rule == "all_success"
 
 
 def test_retries_as_designed(dag: Any) -> None:
     run_factor = dag.get_task("run_factor")
 
-    assert run_factor.retries == len(PROFILE_ORDER) - 1, "one retry per step up the OOM ladder"
-    assert all(dag.get_task(t).retries == 0 for t in ("plan", "migrate", "register", "check_baselines", "report"))
+    # one retry per step up the OOM ladder, plus the same-profile retries of disrupted pods
+    assert run_factor.retries == len(PROFILE_ORDER) - 1 + 2
+    assert all(
+        dag.get_task(t).retries == 0 for t in ("plan", "migrate", "register", "check_baselines", "findings", "report")
+    )
 
 
 def test_run_factor_is_mapped_per_factor(dag: Any) -> None:
@@ -84,6 +90,8 @@ def test_run_factor_is_mapped_per_factor(dag: Any) -> None:
 
     assert run_factor.operator_class is FactorPodOperator
     assert type(run_factor.expand_input).__name__ == "ListOfDictsExpandInput"
+    # The pods start on register's choice (map profile raised by the history), not plan's.
+    assert run_factor.expand_input.value.operator.task_id == "register"
     assert run_factor.partial_kwargs["map_index_template"] == "{{ task.factor }}"
     assert run_factor.partial_kwargs["on_finish_action"] == "delete_succeeded_pod"
     assert run_factor.partial_kwargs["image"].endswith(":{{ params.image }}")
@@ -126,12 +134,15 @@ def test_default_params_validate(dag: Any) -> None:
     assert params["cryptos"] == ["BTC", "ETH", "SOL"]
     assert params["cost_bps"] == [10, 15, 30]
     assert params["slippage_bps"] == [0]
+    assert params["fdr_q"] == 0.1
 
 
 def test_good_conf_is_accepted(dag: Any) -> None:
-    conf = {"factors": ["btc_features"], "cryptos": ["BTC", "DOGE"], "cost_bps": [0, 25], "n_folds": 2, "image": "0.2.0-rc1"}
+    conf = {"factors": ["btc_features"], "cryptos": ["BTC", "DOGE"], "cost_bps": [0, 25], "n_folds": 2, "image": "0.2.0-rc1",
+            "fdr_q": 0.05}
 
     assert _validated(dag, conf)["cryptos"] == ["BTC", "DOGE"]
+    assert _validated(dag, conf)["fdr_q"] == 0.05
 
 
 @pytest.mark.parametrize(
@@ -147,6 +158,9 @@ def test_good_conf_is_accepted(dag: Any) -> None:
         pytest.param({"image": "latest; rm -rf /"}, id="injection-image"),
         pytest.param({"n_folds": 0}, id="too-few-folds"),
         pytest.param({"n_seeds": "100"}, id="wrong-type"),
+        pytest.param({"fdr_q": 0}, id="fdr-zero"),
+        pytest.param({"fdr_q": 1}, id="fdr-one"),
+        pytest.param({"fdr_q": "0.1"}, id="fdr-string"),
     ],
 )
 def test_bad_conf_is_rejected_by_the_schema(dag: Any, conf: dict[str, Any]) -> None:

@@ -14,10 +14,7 @@ Bearer token, as any REST client of such a deployment would.
 
 from __future__ import annotations
 
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +25,9 @@ from typing import Any
 import httpx
 import pytest
 
+from finetune_sweep.local_airflow import free_port as _free_port
 from finetune_sweep.local_airflow import local_airflow_env
+from finetune_sweep.local_airflow import stop_process_group as _stop
 from finetune_sweep.sizing import SIZING_MAP
 
 pytestmark = pytest.mark.e2e
@@ -64,33 +63,11 @@ def _base_env(home: Path) -> dict[str, str]:
     return env
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _tail(path: Path, chars: int = 4000) -> str:
     try:
         return path.read_text(errors="replace")[-chars:]
     except OSError as err:
         return f"<no log: {err}>"
-
-
-def _stop(proc: subprocess.Popen | None) -> None:
-    """Terminate the process group (uvicorn and its children), then kill what is left."""
-    if proc is None or proc.poll() is not None:
-        return
-    for sig, grace in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=grace)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @pytest.fixture(scope="module")

@@ -49,11 +49,11 @@ def insert(conn: psycopg.Connection, table: str, row: dict[str, Any]) -> None:
 
 
 def seed_complete_run(dsn: str, *, skip_model: set | None = None, skip_baseline: set | None = None,
-                       statuses: dict[str, str] | None = None, **plan: Any) -> None:
+                       statuses: dict[str, str] | None = None, run_id: str = RUN_ID, **plan: Any) -> None:
     """Register the plan and write every key it expects (except the skipped ones)."""
     params = validate_params({**PLAN, **plan})
-    register_run(dsn, run_id=RUN_ID, dag_id="finetune_sweep", as_of=AS_OF, params=params,
-                 entries=plan_pods(params, run_id=RUN_ID, as_of=AS_OF))
+    register_run(dsn, run_id=run_id, dag_id="finetune_sweep", as_of=AS_OF, params=params,
+                 entries=plan_pods(params, run_id=run_id, as_of=AS_OF))
     with psycopg.connect(dsn) as conn:
         for factor in params["factors"]:
             status = (statuses or {}).get(factor, "done")
@@ -64,8 +64,43 @@ def seed_complete_run(dsn: str, *, skip_model: set | None = None, skip_baseline:
             key = (factor, crypto, fold_id, cost, slip)
             if key in (skip_model or set()):
                 continue
-            model = make_model_row(factor=factor, crypto=crypto, fold_id=fold_id, cost_bps=cost, slippage_bps=slip)
+            model = make_model_row(run_id=run_id, factor=factor, crypto=crypto, fold_id=fold_id, cost_bps=cost,
+                                   slippage_bps=slip)
             insert(conn, "finetune_results", model)
             for baseline_type in BASELINE_TYPES:
                 if (*key, baseline_type) not in (skip_baseline or set()):
                     insert(conn, "finetune_baselines", make_baseline_row(baseline_type, model))
+
+
+def record_attempt(
+    dsn: str,
+    *,
+    run_id: str,
+    factor: str,
+    memory_limit_bytes: int | None,
+    peak_memory_bytes: int | None,
+    profile: str = "STANDARD",
+    attempt: int = 1,
+    exit_reason: str | None = "completed",
+    airflow_run_id: str = "",
+    days_ago: float = 0.0,
+) -> None:
+    """Record one past pod attempt (with its run and manifest row), finished ``days_ago`` days ago."""
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+            "VALUES (%s, 'finetune_sweep', %s, %s, '{}') ON CONFLICT DO NOTHING",
+            (run_id, STRATEGY, WINDOW_START),
+        )
+        conn.execute(
+            "INSERT INTO finetune_run_factors (run_id, factor, profile, status) VALUES (%s, %s, %s, 'done') "
+            "ON CONFLICT DO NOTHING",
+            (run_id, factor, profile),
+        )
+        conn.execute(
+            "INSERT INTO finetune_pod_attempts (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, "
+            "peak_memory_bytes, exit_reason, duration_seconds, finished_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 60, now() - make_interval(secs => %s))",
+            (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, peak_memory_bytes, exit_reason,
+             days_ago * 86400),
+        )

@@ -178,17 +178,18 @@ def test_sensor_kwargs_make_a_strict_gate() -> None:
 @pytest.mark.parametrize(
     ("registered", "expected"),
     [
-        pytest.param({"run_id": "finetune_sweep__2026-06-07T00:00:00Z__1a2b3c4d"},
+        pytest.param("finetune_sweep__2026-06-07T00:00:00Z__1a2b3c4d",
                      "finetune_sweep__2026-06-07T00:00:00Z__1a2b3c4d", id="from-register"),
         pytest.param(None, RUN_ID, id="register-never-ran"),
     ],
 )
-def test_run_id_template_renders_the_registered_run(registered: dict | None, expected: str) -> None:
+def test_run_id_template_renders_the_registered_run(registered: str | None, expected: str) -> None:
     import jinja2
 
     class _TaskInstance:
-        def xcom_pull(self, *, task_ids: str) -> dict | None:
-            assert task_ids == "register"
+        # register returns the pods' entries and pushes the finetune run id under the key run_id.
+        def xcom_pull(self, *, task_ids: str, key: str) -> str | None:
+            assert (task_ids, key) == ("register", "run_id")
             return registered
 
     rendered = jinja2.Template(gate.RUN_ID_TEMPLATE).render(ti=_TaskInstance(), run_id=RUN_ID)

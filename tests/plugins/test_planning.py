@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from finetune_rows import record_attempt
 
 from finetune_sweep import planning
 from finetune_sweep.planning import PlanError, as_of_from_context, default_params, plan_pods, register_run, validate_params
@@ -19,6 +20,7 @@ from finetune_sweep.sizing import SIZING_MAP
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
 AS_OF = "2026-06-07T00:00:00Z"
 INJECTION = "BTC'; DROP TABLE x;--"
+GI = 2**30
 
 
 def _make_params(**overrides: Any) -> dict[str, Any]:
@@ -68,6 +70,13 @@ def test_defaults_validate_and_are_normalised() -> None:
         pytest.param({"cryptos": "BTC"}, r"param 'cryptos'.*not of type 'array'", id="string-not-list"),
         pytest.param({"cost_bps": [1.5]}, r"param 'cost_bps'\[0\]", id="fractional-cost"),
         pytest.param({"drop_tables": True}, r"unknown param\(s\) 'drop_tables'.*allowed params: factors", id="unknown-key"),
+        pytest.param({"fdr_q": 0}, r"param 'fdr_q'.*strictly between 0 and 1", id="fdr-zero"),
+        pytest.param({"fdr_q": 1}, r"param 'fdr_q'.*strictly between 0 and 1", id="fdr-one"),
+        pytest.param({"fdr_q": 1.5}, r"param 'fdr_q'.*1.5", id="fdr-above-one"),
+        pytest.param({"fdr_q": -0.1}, r"param 'fdr_q'", id="fdr-negative"),
+        pytest.param({"fdr_q": "0.1"}, r"param 'fdr_q'.*not of type 'number'", id="fdr-string"),
+        pytest.param({"fdr_q": True}, r"param 'fdr_q'", id="fdr-bool"),
+        pytest.param({"fdr_q": float("nan")}, r"param 'fdr_q'", id="fdr-nan"),
     ],
 )
 def test_bad_params_are_refused_naming_the_param(overrides: dict[str, Any], match: str) -> None:
@@ -134,6 +143,9 @@ def test_plan_pods_applies_the_overrides() -> None:
 
     assert entries[0]["profile"] == "MEDIUM"
     assert entries[0]["container_resources"]["limits"] == {"memory": "12Gi"}
+    # the resolved ladder travels with the entry: workers never re-read FINETUNE_PROFILES
+    assert entries[0]["profiles"]["MEDIUM"]["memory"] == "12Gi"
+    assert entries[0]["profiles"]["HEAVY"]["memory"] == "24Gi"
 
 
 @pytest.mark.parametrize(
@@ -186,6 +198,19 @@ def test_finetune_run_id_is_stable_per_sweep() -> None:
     assert run_id(data_interval_end=datetime(2026, 6, 14, tzinfo=timezone.utc)) != first
 
 
+def test_fdr_q_is_validated_and_left_out_of_the_run_id() -> None:
+    def run_id(**overrides: Any) -> str:
+        return planning.run_id_from_context(_make_context(params=_make_params(**overrides)))
+
+    assert validate_params({})["fdr_q"] == 0.1
+    assert validate_params(_make_params(fdr_q=0.05))["fdr_q"] == 0.05
+    # The findings step only reads stored rows: another FDR is the same sweep (same rows, the
+    # findings replaced), and the ids of param sets from before fdr_q existed are unchanged
+    # (these two were computed by main before the param was added).
+    assert run_id(fdr_q=0.01) == run_id() == "finetune_sweep__2026-06-07T00:00:00Z__06710d57"
+    assert run_id(factors=["btc_features"], cost_bps=[0], fdr_q=0.2).endswith("__3b270b54")
+
+
 def _registered(dsn: str) -> tuple[list[tuple], list[tuple]]:
     with psycopg.connect(dsn) as conn:
         runs = conn.execute("SELECT run_id, dag_id, strategy, as_of, params FROM finetune_runs").fetchall()
@@ -228,22 +253,177 @@ def test_register_run_resets_a_previous_attempt(migrated_db: str) -> None:
     assert _registered(migrated_db)[1] == [("base_features", "STANDARD", "planned", 8 * 2**30, 1)]
 
 
-def test_register_from_context_uses_the_connection(migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+class _RecordingTaskInstance:
+    """The one TaskInstance method register uses: it records what was pushed."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, *, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+@pytest.fixture
+def finetune_db(migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated database as the ``finetune_db`` connection, the map saying STANDARD for every factor."""
     from finetune_sweep.db import connection_json_from_dsn
     from finetune_sweep.settings import get_settings
 
     monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(migrated_db))
-    monkeypatch.delenv("FINETUNE_CONN_ID", raising=False)
+    monkeypatch.setenv("FINETUNE_SIZING", json.dumps({factor: "STANDARD" for factor in SIZING_MAP}))
+    for name in ("FINETUNE_CONN_ID", "FINETUNE_PROFILES", "FINETUNE_SIZING_MODE", "FINETUNE_SIZING_HISTORY_RUNS",
+                 "FINETUNE_SIZING_HISTORY_DAYS"):
+        monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
-    context = _make_context(params=_make_params(factors=["l2_features"]))
-    entries = plan_pods(context["params"], run_id=RUN_ID, as_of=AS_OF)
+    yield migrated_db
+    get_settings.cache_clear()
 
-    summary = planning.register_from_context(entries, context)
 
+def _register(factors: list[str], **context_overrides: Any) -> tuple[list[dict[str, Any]], dict[str, Any], _RecordingTaskInstance]:
+    ti = _RecordingTaskInstance()
+    context = _make_context(params=_make_params(factors=factors), ti=ti, **context_overrides)
+    entries = planning.plan_from_context(context)
+    return planning.register_from_context(entries, context), context, ti
+
+
+def _manifest(dsn: str, context: dict[str, Any]) -> dict[str, tuple]:
+    rows = _query(dsn, "SELECT factor, map_profile, profile, profile_reason, memory_limit_bytes, status "
+                       "FROM finetune_run_factors WHERE run_id = %s ORDER BY factor", planning.run_id_from_context(context))
+    return {row[0]: row[1:] for row in rows}
+
+
+def _query(dsn: str, sql: str, *params: Any) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(sql, params or None).fetchall()
+
+
+def _record_the_incident(dsn: str) -> None:
+    """btc_features at 95 % of STANDARD, n_features OOMKilled on STANDARD last week, base_features far below."""
+    record_attempt(dsn, run_id="last-week", factor="btc_features", memory_limit_bytes=8 * GI,
+                   peak_memory_bytes=int(0.95 * 8 * GI), days_ago=7)
+    record_attempt(dsn, run_id="last-week", factor="n_features", memory_limit_bytes=8 * GI,
+                   peak_memory_bytes=int(7.9 * GI), exit_reason="OOMKilled", days_ago=7)
+    record_attempt(dsn, run_id="last-week", factor="n_features", attempt=2, profile="MEDIUM",
+                   memory_limit_bytes=16 * GI, peak_memory_bytes=int(8.5 * GI), days_ago=7)
+    record_attempt(dsn, run_id="last-week", factor="base_features", memory_limit_bytes=8 * GI,
+                   peak_memory_bytes=int(1.5 * GI), days_ago=7)
+
+
+INCIDENT_FACTORS = ["base_features", "btc_features", "n_features"]
+
+
+def test_history_decides_the_starting_profile_at_register(finetune_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _record_the_incident(finetune_db)
+
+    started, context, ti = _register(INCIDENT_FACTORS)
+
+    by_factor = {entry["factor"]: entry for entry in started}
+    assert [entry["factor"] for entry in started] == INCIDENT_FACTORS, "plan order kept"
+    assert {f: e["profile"] for f, e in by_factor.items()} == {
+        "base_features": "STANDARD", "btc_features": "MEDIUM", "n_features": "MEDIUM"}
+    btc = by_factor["btc_features"]
+    assert btc["container_resources"] == {"requests": {"memory": "16Gi", "cpu": "4"}, "limits": {"memory": "16Gi"}}
+    assert btc["node_selector"] == {"finetune/pool": "medium"}
+    assert btc["labels"]["finetune/profile"] == "medium"
+    planned = {entry["factor"]: entry for entry in planning.plan_from_context(context)}
+    assert by_factor["base_features"] == planned["base_features"], "a factor on its map profile is passed unchanged"
+    assert btc["arguments"] == planned["btc_features"]["arguments"] and btc["name"] == planned["btc_features"]["name"]
+    assert json.loads(json.dumps(started)) == started, "JSON for XCom"
+
+    assert _manifest(finetune_db, context) == {
+        "base_features": ("STANDARD", "STANDARD", "map", 8 * GI, "planned"),
+        "btc_features": ("STANDARD", "MEDIUM", "history: p95 7.60Gi on STANDARD (95 % of 8.00Gi) -> MEDIUM",
+                         16 * GI, "planned"),
+        "n_features": ("STANDARD", "MEDIUM", "history: OOM on STANDARD in run last-week (attempt 1) -> MEDIUM",
+                       16 * GI, "planned"),
+    }
     run_id = planning.run_id_from_context(context)
-    assert summary == {"run_id": run_id, "airflow_run_id": RUN_ID, "as_of": AS_OF, "factors": ["l2_features"]}
-    runs, factors = _registered(migrated_db)
-    assert runs[0][0] == run_id and factors[0][:3] == ("l2_features", "STANDARD", "planned")
+    assert ti.pushed == {"run_id": run_id}
+    assert _query(finetune_db, "SELECT dag_id, airflow_run_id, run_id FROM finetune_airflow_runs") == [
+        ("finetune_sweep", RUN_ID, run_id)]
+    log = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sizing ")]
+    assert log == [
+        "sizing base_features: starts on STANDARD (memory 8Gi, map STANDARD): map",
+        "sizing btc_features: starts on MEDIUM (memory 16Gi, map STANDARD): "
+        "history: p95 7.60Gi on STANDARD (95 % of 8.00Gi) -> MEDIUM",
+        "sizing n_features: starts on MEDIUM (memory 16Gi, map STANDARD): "
+        "history: OOM on STANDARD in run last-week (attempt 1) -> MEDIUM",
+    ]
+
+
+def test_static_mode_pins_the_map(finetune_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _record_the_incident(finetune_db)
+    monkeypatch.setenv("FINETUNE_SIZING_MODE", "static")
+
+    started, context, _ = _register(INCIDENT_FACTORS)
+
+    assert [entry["profile"] for entry in started] == ["STANDARD"] * 3
+    assert {row[2] for row in _manifest(finetune_db, context).values()} == {"map"}
+
+
+def test_history_older_than_the_window_no_longer_raises_a_factor(finetune_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    _record_the_incident(finetune_db)
+    monkeypatch.setenv("FINETUNE_SIZING_HISTORY_DAYS", "6")
+
+    started, _, _ = _register(INCIDENT_FACTORS)
+
+    assert [entry["profile"] for entry in started] == ["STANDARD"] * 3
+
+
+def test_no_history_at_all_starts_on_the_map(finetune_db: str) -> None:
+    started, context, _ = _register(["base_features", "n_features"])
+
+    assert [entry["profile"] for entry in started] == ["STANDARD", "STANDARD"]
+    assert {row[2] for row in _manifest(finetune_db, context).values()} == {"map"}
+
+
+def test_registering_again_and_from_another_airflow_run_is_idempotent(finetune_db: str) -> None:
+    _record_the_incident(finetune_db)
+    first, context, _ = _register(["btc_features"])
+    again, _, _ = _register(["btc_features"])
+    rerun, _, _ = _register(["btc_features"], run_id="manual__2026-11-28T09:00:00+00:00")
+
+    assert first == again == rerun
+    run_id = planning.run_id_from_context(context)
+    assert _query(finetune_db, "SELECT airflow_run_id, run_id FROM finetune_airflow_runs ORDER BY airflow_run_id") == [
+        (RUN_ID, run_id), ("manual__2026-11-28T09:00:00+00:00", run_id)]
+    assert _query(finetune_db, "SELECT count(*) FROM finetune_run_factors WHERE run_id = %s", run_id) == [(1,)]
+
+
+def test_register_uses_the_ladder_the_plan_resolved(finetune_db: str) -> None:
+    # An entry may carry the plan-time ladder (name -> memory, cpu, node_selector, ...): register
+    # then sizes from it, not from FINETUNE_PROFILES read again.
+    record_attempt(finetune_db, run_id="r", factor="btc_features", memory_limit_bytes=8 * GI,
+                   peak_memory_bytes=int(7.6 * GI))
+    context = _make_context(params=_make_params(factors=["btc_features"]), ti=_RecordingTaskInstance())
+    ladder = {"STANDARD": {"memory": "8Gi", "cpu": "2", "node_selector": {}, "tolerations": []},
+              "MEDIUM": {"memory": "12Gi", "cpu": "3", "node_selector": {"pool": "m"}, "tolerations": []},
+              "HEAVY": {"memory": "24Gi", "cpu": "6", "node_selector": {}, "tolerations": []}}
+    entries = [{**entry, "profiles": ladder} for entry in planning.plan_from_context(context)]
+
+    (started,) = planning.register_from_context(entries, context)
+
+    assert started["profile"] == "MEDIUM" and started["profiles"] == ladder
+    assert started["container_resources"]["limits"] == {"memory": "12Gi"}
+    assert started["node_selector"] == {"pool": "m"}
+
+
+def test_a_bad_sizing_mode_fails_plan_before_any_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_SIZING_MODE", "adaptive")
+
+    with pytest.raises(AirflowFailException, match="FINETUNE_SIZING_MODE='adaptive' is not one of history, static"):
+        planning.plan_from_context(_make_context())
+
+
+def test_a_bad_history_window_fails_register_before_it_writes(finetune_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    context = _make_context(params=_make_params(factors=["base_features"]), ti=_RecordingTaskInstance())
+    entries = planning.plan_from_context(context)
+    monkeypatch.setenv("FINETUNE_SIZING_HISTORY_DAYS", "0")
+
+    with pytest.raises(AirflowFailException, match="FINETUNE_SIZING_HISTORY_DAYS='0' must be an integer from 1 to 3650"):
+        planning.register_from_context(entries, context)
+
+    assert _query(finetune_db, "SELECT (SELECT count(*) FROM finetune_runs) + (SELECT count(*) FROM finetune_airflow_runs)") == [(0,)]
 
 
 # --------------------------------------------------------------------------- plan-time fit and bound
@@ -327,7 +507,9 @@ def test_every_pod_is_bounded_by_a_deadline_sized_from_its_keys(environ: dict[st
 def test_a_bad_deadline_setting_is_refused_naming_it(value: str) -> None:
     from finetune_sweep.settings import Settings, SettingsError
 
-    with pytest.raises(SettingsError, match=rf"^FINETUNE_POD_DEADLINE_SECONDS='{re.escape(value)}' must be a whole"):
+    with pytest.raises(
+        SettingsError, match=rf"^FINETUNE_POD_DEADLINE_SECONDS='{re.escape(value)}' must be an integer from 1 to 2592000"
+    ):
         Settings.from_env({"FINETUNE_POD_DEADLINE_SECONDS": value})
 
 

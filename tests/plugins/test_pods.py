@@ -14,9 +14,10 @@ from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
 from finetune_sweep import pods
+from finetune_sweep.render import render_manifest
 from finetune_sweep.planning import default_params, plan_pods
 from finetune_sweep.settings import Settings
-from finetune_sweep.sizing import PROFILES, SIZING_MAP, load_profiles
+from finetune_sweep.sizing import PROFILES, SIZING_MAP, PodProfile, load_profiles
 
 K8S_VERSION = kubernetes_validate.latest_version()
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
@@ -41,6 +42,7 @@ def _build_manifest(entry: dict[str, Any], *, settings: Settings | None = None) 
     kwargs = {**pods.common_pod_kwargs(image=settings.image, settings=settings), **entry}
     kwargs.pop("factor")
     kwargs.pop("profile")
+    kwargs.pop("profiles", None)
     kwargs["container_resources"] = pods.to_resource_requirements(kwargs["container_resources"])
     operator = KubernetesPodOperator(task_id="run_factor", **kwargs)
     pod = operator.build_pod_request_obj(None, dry_run=True)
@@ -87,6 +89,15 @@ def test_the_memory_limit_reaches_the_pod_through_the_downward_api() -> None:
 
     env = {e["name"]: e for e in manifest["spec"]["containers"][0]["env"]}
     assert env[pods.MEMORY_LIMIT_ENV]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.memory"
+
+
+def test_the_database_bounds_set_on_the_airflow_side_reach_the_pod() -> None:
+    settings = Settings.from_env({"FINETUNE_DB_LOCK_TIMEOUT_SECONDS": "20", "FINETUNE_DB_RETRY_SECONDS": "300"})
+    manifest = _build_manifest(_make_entry("base_features"), settings=settings)
+
+    env = {e["name"]: e.get("value") for e in manifest["spec"]["containers"][0]["env"]}
+    assert env["FINETUNE_DB_LOCK_TIMEOUT_SECONDS"] == "20" and env["FINETUNE_DB_RETRY_SECONDS"] == "300"
+    assert "FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS" not in env  # unset: the pod's default applies
 
 
 def test_security_context_is_restricted() -> None:
@@ -139,8 +150,15 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
 
     assert json.loads(json.dumps(entry)) == entry
     assert set(entry) == {
-        "factor", "profile", "name", "labels", "container_resources", "node_selector", "arguments",
+        "factor", "profile", "profiles", "name", "labels", "container_resources", "node_selector", "arguments",
         "active_deadline_seconds",
+    }
+    with_ladder = pods.factor_pod_kwargs(
+        factor="btc_features", profile=PROFILES["HEAVY"], run_id=RUN_ID, run_args={"as_of": AS_OF}, profiles=PROFILES
+    )
+    assert json.loads(json.dumps(with_ladder)) == with_ladder
+    assert with_ladder["profiles"]["HEAVY"] == {
+        "memory": "24Gi", "cpu": "6", "node_selector": {"finetune/pool": "heavy"}, "tolerations": [], "affinity": None,
     }
     assert entry["name"] == "finetune-btc-features"
     # 1 crypto x 4 folds x 2 costs x 2 slippages = 16 keys at 60 s, plus 600 s to start
@@ -150,6 +168,23 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
         "--slippage-bps", "0,5", "--as-of", AS_OF, "--n-folds", "4", "--n-seeds", "100", "--hold-bars", "24",
         "--train-bars", "4320", "--test-bars", "720",
     ]
+
+
+def test_with_profile_moves_the_entry_and_passes_other_keys_through() -> None:
+    entry = {**_make_entry("btc_features"), "profiles": {"HEAVY": {"memory": "24Gi"}}, "active_deadline_seconds": 60}
+    medium = PodProfile("MEDIUM", "16Gi", "4", {"pool": "m"})
+
+    moved = pods.with_profile(entry, profile=medium)
+
+    assert moved["profile"] == "MEDIUM"
+    assert moved["container_resources"] == {"requests": {"memory": "16Gi", "cpu": "4"}, "limits": {"memory": "16Gi"}}
+    assert moved["node_selector"] == {"pool": "m"}
+    assert moved["labels"] == {**entry["labels"], "finetune/profile": "medium"}
+    unchanged = set(entry) - {"profile", "container_resources", "node_selector", "labels"}
+    assert unchanged == {"factor", "name", "arguments", "profiles", "active_deadline_seconds"}
+    assert all(moved[key] == entry[key] for key in unchanged)
+    assert entry["profile"] == "HEAVY", "the input entry is not mutated"
+    assert json.loads(json.dumps(moved)) == moved
 
 
 def test_run_arguments_adds_the_data_uri_and_refuses_unknown_keys() -> None:
@@ -239,6 +274,22 @@ def test_the_pod_template_setting_is_read_from_the_environment() -> None:
 
     assert pods.common_pod_kwargs(image="x:1", settings=settings)["pod_template_file"] == "/etc/finetune/pod.yaml"
     assert "pod_template_file" not in pods.common_pod_kwargs(image="x:1", settings=Settings.from_env({}))
+
+
+def test_rendered_pod_carries_the_profiles_tolerations_and_the_startup_timeouts() -> None:
+    profiles = load_profiles(
+        json.dumps({"HEAVY": {"tolerations": [{"key": "highmem", "operator": "Exists", "effect": "NoSchedule"}]}})
+    )
+    entry = pods.factor_pod_kwargs(
+        factor="btc_features", profile=profiles["HEAVY"], run_id=RUN_ID, run_args={"as_of": AS_OF}, profiles=profiles
+    )
+    settings = _make_settings()
+
+    manifest = render_manifest(factor_kwargs=entry, image=settings.image, settings=settings)
+    kwargs = pods.common_pod_kwargs(image=settings.image, settings=settings)
+
+    assert manifest["spec"]["tolerations"] == [{"key": "highmem", "operator": "Exists", "effect": "NoSchedule"}]
+    assert (kwargs["schedule_timeout_seconds"], kwargs["startup_timeout_seconds"]) == (900, 180)
 
 
 # --------------------------------------------------------------------------- hostile templates

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from finetune_sweep.settings import DEFAULT_IMAGE, Settings, SettingsError, get_settings, sizing_overrides, split_image
+from finetune_sweep.settings import (
+    DEFAULT_IMAGE,
+    Settings,
+    SettingsError,
+    SizingPolicy,
+    get_settings,
+    sizing_overrides,
+    sizing_policy,
+    split_image,
+)
 
 
 def test_defaults_from_an_empty_environment() -> None:
@@ -29,6 +38,10 @@ def test_environment_overrides() -> None:
             "FINETUNE_SERVICE_ACCOUNT": "finetune-runner",
             "FINETUNE_DATA_URI": "file:///data",
             "FINETUNE_RETRY_DELAY_SECONDS": "1",
+            "FINETUNE_STARTUP_TIMEOUT_SECONDS": "60",
+            "FINETUNE_SCHEDULE_TIMEOUT_SECONDS": "1800",
+            "FINETUNE_KEEP_FAILED_PODS": "True",
+            "FINETUNE_DISRUPTION_RETRIES": "0",
         }
     )
 
@@ -40,6 +53,9 @@ def test_environment_overrides() -> None:
     assert settings.service_account == "finetune-runner"
     assert settings.data_uri == "file:///data"
     assert settings.retry_delay_seconds == 1.0
+    assert (settings.startup_timeout_seconds, settings.schedule_timeout_seconds) == (60, 1800)
+    assert settings.keep_failed_pods is True
+    assert settings.disruption_retries == 0
 
 
 @pytest.mark.parametrize(
@@ -51,6 +67,11 @@ def test_environment_overrides() -> None:
         pytest.param({"FINETUNE_IMAGE": "x/y:"}, "repository", id="empty-tag"),
         pytest.param({"FINETUNE_RETRY_DELAY_SECONDS": "soon"}, "RETRY_DELAY", id="bad-delay"),
         pytest.param({"FINETUNE_RETRY_DELAY_SECONDS": "-1"}, "RETRY_DELAY", id="negative-delay"),
+        pytest.param(
+            {"FINETUNE_STARTUP_TIMEOUT_SECONDS": "2m"}, "FINETUNE_STARTUP_TIMEOUT_SECONDS='2m' must be an integer", id="bad-startup"
+        ),
+        pytest.param({"FINETUNE_DISRUPTION_RETRIES": "11"}, "from 0 to 10", id="too-many-disruption-retries"),
+        pytest.param({"FINETUNE_KEEP_FAILED_PODS": "maybe"}, "KEEP_FAILED_PODS='maybe' must be true or false", id="bad-keep"),
     ],
 )
 def test_refuses_bad_values(env: dict[str, str], match: str) -> None:
@@ -89,3 +110,35 @@ def test_sizing_overrides_are_read_each_time(monkeypatch: pytest.MonkeyPatch) ->
     assert sizing_overrides() == ('{"STANDARD": {"memory": "1Gi"}}', None)
     monkeypatch.setenv("FINETUNE_SIZING", '{"l2_features": "MEDIUM"}')
     assert sizing_overrides()[1] == '{"l2_features": "MEDIUM"}'
+
+
+def test_sizing_policy_defaults_to_history_over_8_runs_and_90_days() -> None:
+    assert sizing_policy({}) == SizingPolicy(mode="history", history_runs=8, history_days=90)
+    assert sizing_policy({"FINETUNE_SIZING_MODE": " "}).mode == "history", "blank is the default"
+
+
+def test_sizing_policy_reads_the_environment_each_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_SIZING_MODE", "Static")
+    monkeypatch.setenv("FINETUNE_SIZING_HISTORY_RUNS", "3")
+    monkeypatch.setenv("FINETUNE_SIZING_HISTORY_DAYS", "14")
+    assert sizing_policy() == SizingPolicy(mode="static", history_runs=3, history_days=14)
+    monkeypatch.setenv("FINETUNE_SIZING_MODE", "history")
+    assert sizing_policy().mode == "history"
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
+        pytest.param({"FINETUNE_SIZING_MODE": "learned"}, r"FINETUNE_SIZING_MODE='learned' is not one of history, static",
+                     id="unknown-mode"),
+        pytest.param({"FINETUNE_SIZING_HISTORY_RUNS": "0"}, r"FINETUNE_SIZING_HISTORY_RUNS='0' must be an integer from 1 to 1000",
+                     id="zero-runs"),
+        pytest.param({"FINETUNE_SIZING_HISTORY_RUNS": "eight"}, r"FINETUNE_SIZING_HISTORY_RUNS='eight'", id="words"),
+        pytest.param({"FINETUNE_SIZING_HISTORY_DAYS": "7.5"}, r"FINETUNE_SIZING_HISTORY_DAYS='7.5' must be an integer from 1 to 3650",
+                     id="fractional-days"),
+        pytest.param({"FINETUNE_SIZING_HISTORY_DAYS": "-1"}, r"FINETUNE_SIZING_HISTORY_DAYS='-1'", id="negative-days"),
+    ],
+)
+def test_sizing_policy_refuses_bad_values(env: dict[str, str], match: str) -> None:
+    with pytest.raises(SettingsError, match=match):
+        sizing_policy(env)

@@ -11,6 +11,7 @@ random baseline 0 trades. An empty window is a ``ValueError`` (there is no basis
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,12 @@ class BaselineResult:
     """One baseline row. ``n_trades`` is the mean over seeds for ``random``.
 
     ``return_std`` is the population standard deviation (ddof=0) of the per-seed returns: the
-    seeds are the whole population of the baseline, not a sample of a larger one.
+    seeds are the whole population of the baseline, not a sample of a larger one. ``exposure`` is
+    the share of the window's ``n - 1`` bar-to-bar holding periods spent long (the model's
+    convention, :func:`finetune.significance.exposure`): 1 for buy-and-hold, 0 for naive, the mean
+    over seeds of ``n_trades * hold_bars / (n - 1)`` for random, 0 on a one-bar window.
+    ``seed_p05/p50/p95`` are the quantiles of the seeds' net returns (numpy's default, linear
+    method), on random rows only.
     """
 
     baseline_type: str
@@ -34,6 +40,10 @@ class BaselineResult:
     n_seeds: int | None = None
     hold_bars: int | None = None
     return_std: float | None = None
+    exposure: float | None = None
+    seed_p05: float | None = None
+    seed_p50: float | None = None
+    seed_p95: float | None = None
 
 
 def validate_close(close: np.ndarray) -> np.ndarray:
@@ -69,15 +79,15 @@ def buy_and_hold(close: np.ndarray, round_trip_cost: float) -> BaselineResult:
     prices = validate_close(close)
     rt = _check_rt(round_trip_cost)
     if prices.size == 1:
-        return BaselineResult("buy_and_hold", 0.0, 0.0)
+        return BaselineResult("buy_and_hold", 0.0, 0.0, exposure=0.0)
     net = compound(trade_returns(prices[:1], prices[-1:], rt))
-    return BaselineResult("buy_and_hold", net, 1.0)
+    return BaselineResult("buy_and_hold", net, 1.0, exposure=1.0)
 
 
 def naive(close: np.ndarray) -> BaselineResult:
     """Stay flat: 0 trades, net return 0 whatever the cost."""
     validate_close(close)
-    return BaselineResult("naive", 0.0, 0.0)
+    return BaselineResult("naive", 0.0, 0.0, exposure=0.0)
 
 
 def random_entries(
@@ -115,16 +125,77 @@ def random_entries(
     return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
 
 
-def random_seed_return(
-    gross: np.ndarray, rt: float, seed: int, *, n: int, hold_bars: int, p_entry: float
-) -> tuple[float, int]:
-    """(compounded net return, number of trades) of one seed of the random baseline.
+@dataclass(frozen=True)
+class RandomSeeds:
+    """The random baseline's seeds on one window, netted for each of its cost bases.
 
-    ``gross[i] = c[i + hold_bars] / c[i]``, computed once for all seeds.
+    ``returns[j, s]`` is seed ``s``'s compounded net return at ``round_trip_costs[j]``;
+    ``n_trades[s]`` its trade count (the same at every cost: the entries do not depend on it).
+    Memory is ``O(n_seeds * n_costs)`` numbers, never ``n_seeds x n``.
     """
-    rng = np.random.default_rng(seed)
-    entries = random_entries(rng, n // hold_bars + 1, n=n, hold_bars=hold_bars, p_entry=p_entry)
-    return compound(net_of_cost(gross[entries], rt)), entries.size
+
+    round_trip_costs: tuple[float, ...]
+    returns: np.ndarray
+    n_trades: np.ndarray
+    n_bars: int
+    hold_bars: int
+
+    def result(self, j: int) -> BaselineResult:
+        """The random baseline row at ``round_trip_costs[j]``, with its seed quantiles."""
+        returns = self.returns[j]
+        p05, p50, p95 = np.quantile(returns, (0.05, 0.5, 0.95)).tolist()
+        held_periods = float(self.n_trades.mean()) * self.hold_bars
+        return BaselineResult(
+            "random",
+            float(returns.mean()),
+            float(self.n_trades.mean()),
+            n_seeds=int(returns.size),
+            hold_bars=self.hold_bars,
+            return_std=float(returns.std()),
+            exposure=held_periods / (self.n_bars - 1) if self.n_bars > 1 else 0.0,
+            seed_p05=p05,
+            seed_p50=p50,
+            seed_p95=p95,
+        )
+
+
+def random_seeds(
+    close: np.ndarray,
+    round_trip_costs: Sequence[float],
+    *,
+    n_seeds: int = 100,
+    hold_bars: int = 24,
+    p_entry: float | None = None,
+) -> RandomSeeds:
+    """Every seed of the random baseline (DESIGN 5) on one window, for all its cost bases at once.
+
+    Each seed's entries and gross trade ratios are drawn once and netted per cost basis: the
+    entries do not depend on the cost, and drawing them is most of the work. Seeds run one after
+    the other, each vectorised over its trades, so memory is O(n) plus ``n_seeds`` numbers per
+    cost basis, whatever ``n_seeds`` is.
+
+    :param p_entry: per-bar entry probability while flat; default ``1 / hold_bars``.
+    """
+    prices = validate_close(close)
+    costs = tuple(_check_rt(rt) for rt in round_trip_costs)
+    n_seeds = _positive_int("n_seeds", n_seeds)
+    hold_bars = _positive_int("hold_bars", hold_bars)
+    p = 1.0 / hold_bars if p_entry is None else float(p_entry)
+    if not 0 < p <= 1:
+        raise ValueError(f"p_entry must be in (0, 1], got {p_entry!r}")
+    n = prices.size
+    # The gross ratio of a trade entered at bar i: one O(n) array shared by every seed.
+    gross = prices[hold_bars:] / prices[: max(n - hold_bars, 0)]
+    returns = np.empty((len(costs), n_seeds))
+    n_trades = np.empty(n_seeds, dtype=np.int64)
+    m = n // hold_bars + 1
+    for seed in range(n_seeds):
+        entries = random_entries(np.random.default_rng(seed), m, n=n, hold_bars=hold_bars, p_entry=p)
+        seed_gross = gross[entries]
+        n_trades[seed] = entries.size
+        for j, rt in enumerate(costs):
+            returns[j, seed] = compound(net_of_cost(seed_gross, rt))
+    return RandomSeeds(costs, returns, n_trades, n_bars=n, hold_bars=hold_bars)
 
 
 def random_baseline(
@@ -137,46 +208,44 @@ def random_baseline(
 ) -> BaselineResult:
     """Mean over ``n_seeds`` seeds of random long trades of ``hold_bars`` bars (DESIGN 5).
 
-    Seeds run one after the other, each vectorised over its trades, and their returns are folded
-    into a running mean and variance (Welford), so memory is O(n) whatever ``n_seeds`` is.
+    With the seeds' std, mean trade count, mean exposure and return quantiles; memory is O(n)
+    whatever ``n_seeds`` is (see :func:`random_seeds`).
 
     :param p_entry: per-bar entry probability while flat; default ``1 / hold_bars``.
     """
-    prices = validate_close(close)
-    rt = _check_rt(round_trip_cost)
-    n_seeds = _positive_int("n_seeds", n_seeds)
-    hold_bars = _positive_int("hold_bars", hold_bars)
-    p = 1.0 / hold_bars if p_entry is None else float(p_entry)
-    if not 0 < p <= 1:
-        raise ValueError(f"p_entry must be in (0, 1], got {p_entry!r}")
-    n = prices.size
-    # The gross ratio of a trade entered at bar i: one O(n) array shared by every seed.
-    gross = prices[hold_bars:] / prices[: max(n - hold_bars, 0)]
-    mean = m2 = 0.0
-    total_trades = 0
-    for seed in range(n_seeds):
-        ret, n_trades = random_seed_return(gross, rt, seed, n=n, hold_bars=hold_bars, p_entry=p)
-        total_trades += n_trades
-        delta = ret - mean
-        mean += delta / (seed + 1)
-        m2 += delta * (ret - mean)
-    return BaselineResult(
-        "random",
-        mean,
-        total_trades / n_seeds,
-        n_seeds=n_seeds,
-        hold_bars=hold_bars,
-        return_std=math.sqrt(max(m2, 0.0) / n_seeds),
-    )
+    seeds = random_seeds(close, (round_trip_cost,), n_seeds=n_seeds, hold_bars=hold_bars, p_entry=p_entry)
+    return seeds.result(0)
+
+
+@dataclass(frozen=True)
+class WindowBaselines:
+    """The baselines of one test window for each of its cost bases, and the random seeds' returns."""
+
+    by_cost: dict[float, tuple[BaselineResult, ...]]
+    seeds: RandomSeeds
+
+    def seed_returns(self, round_trip_cost: float) -> np.ndarray:
+        """The random seeds' net returns at ``round_trip_cost`` (for the model's percentile)."""
+        return self.seeds.returns[self.seeds.round_trip_costs.index(round_trip_cost)]
+
+
+def compute_window_baselines(
+    close: np.ndarray, round_trip_costs: Sequence[float], *, n_seeds: int, hold_bars: int
+) -> WindowBaselines:
+    """The three baselines of every cost basis of one window, the random seeds drawn once."""
+    costs = tuple(dict.fromkeys(float(rt) for rt in round_trip_costs))  # distinct, in order
+    seeds = random_seeds(close, costs, n_seeds=n_seeds, hold_bars=hold_bars)
+    flat = naive(close)
+    by_cost = {}
+    for j, rt in enumerate(costs):
+        by_type = {"buy_and_hold": buy_and_hold(close, rt), "random": seeds.result(j), "naive": flat}
+        by_cost[rt] = tuple(by_type[name] for name in BASELINE_TYPES)
+    return WindowBaselines(by_cost=by_cost, seeds=seeds)
 
 
 def compute_baselines(
     close: np.ndarray, round_trip_cost: float, *, n_seeds: int, hold_bars: int
 ) -> tuple[BaselineResult, ...]:
     """The three baselines of one key, in :data:`BASELINE_TYPES` order."""
-    by_type = {
-        "buy_and_hold": buy_and_hold(close, round_trip_cost),
-        "random": random_baseline(close, round_trip_cost, n_seeds=n_seeds, hold_bars=hold_bars),
-        "naive": naive(close),
-    }
-    return tuple(by_type[name] for name in BASELINE_TYPES)
+    window = compute_window_baselines(close, (round_trip_cost,), n_seeds=n_seeds, hold_bars=hold_bars)
+    return window.by_cost[float(round_trip_cost)]

@@ -1,8 +1,9 @@
 """``python -m finetune migrate | run ...``: the container's command line (DESIGN 4.1).
 
 Exit codes: 0 success; 1 the run (or migration) started and failed, or the database is
-unreachable; 2 refused before anything was written (bad arguments, missing configuration, input
-data that cannot make the run). A refusal is one line on stderr; once a run starts, stdout carries
+unreachable after the retry budget; 2 refused before anything was written (bad arguments, missing
+or refused configuration such as credentials the server rejects, input data that cannot make the
+run). A refusal is one line on stderr; once a run starts, stdout carries
 only JSON events (:mod:`finetune.events`).
 """
 
@@ -10,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import NoReturn
 
 import pandas as pd
 import psycopg
 
+from finetune.connection import DatabaseRefused, DatabaseSettings, DatabaseSettingsError, timeout_error
 from finetune.data import to_utc, validate_symbol
-from finetune.events import EventLog
+from finetune.events import EventLog, print_error
 from finetune.factors import KNOWN_FACTORS, UnknownFactorError, check_factor
 from finetune.folds import DEFAULT_TEST_BARS, DEFAULT_TRAIN_BARS
 from finetune.migrate import MigrationError, apply_migrations
@@ -116,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _refuse(message: str, code: int) -> int:
-    print(f"finetune: error: {message}", file=sys.stderr, flush=True)
+    print_error(message)
     return code
 
 
@@ -124,11 +125,16 @@ def _pod_context(environ: Mapping[str, str]) -> PodContext:
     attempt = environ.get("FINETUNE_ATTEMPT", "1").strip() or "1"
     if not attempt.isdigit() or int(attempt) < 1:
         raise InputError(f"FINETUNE_ATTEMPT must be an integer >= 1, got {attempt!r}")
+    try:
+        database = DatabaseSettings.from_env(environ)
+    except DatabaseSettingsError as exc:
+        raise InputError(str(exc)) from exc
     return PodContext(
         attempt=int(attempt),
         profile=environ.get("FINETUNE_PROFILE") or None,
         environ=environ,
         airflow_run_id=environ.get("FINETUNE_AIRFLOW_RUN_ID", "").strip(),
+        database=database,
     )
 
 
@@ -161,6 +167,8 @@ def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
 def _execute(config: RunConfig, prepared: Mapping[str, Prepared], dsn: str, pod: PodContext) -> int:
     try:
         return execute(config, prepared, dsn=dsn, pod=pod)
+    except DatabaseRefused as exc:
+        return _refuse(str(exc), EXIT_USAGE)  # configuration: retrying or rescheduling cannot help
     except DatabaseUnavailable as exc:
         return _refuse(str(exc), EXIT_FAILED)
     except Terminated as exc:
@@ -171,9 +179,19 @@ def _execute(config: RunConfig, prepared: Mapping[str, Prepared], dsn: str, pod:
         return _refuse(f"database error before the run started: {error_line(exc, dsn)}", EXIT_FAILED)
 
 
-def _migrate(args: argparse.Namespace, dsn: str) -> int:
+def _migrate(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
     try:
-        applied = apply_migrations(dsn, args.dir, target=args.target)
+        settings = DatabaseSettings.from_env(environ)
+    except DatabaseSettingsError as exc:
+        return _refuse(str(exc), EXIT_USAGE)
+    try:
+        applied = apply_migrations(dsn, args.dir, target=args.target, settings=settings)
+    except DatabaseRefused as exc:
+        return _refuse(str(exc), EXIT_USAGE)
+    except psycopg.Error as exc:
+        # Outside a migration's own transaction: e.g. the lock_timeout while another migrate
+        # holds the advisory lock for longer than that.
+        return _refuse(f"migrate failed: {timeout_error(exc, settings) or error_line(exc, dsn)}", EXIT_FAILED)
     except (MigrationError, DatabaseUnavailable) as exc:
         return _refuse(str(exc), EXIT_FAILED)
     EventLog(secrets=[dsn_password(dsn)]).emit("migrate_finished", applied=applied)
@@ -191,5 +209,5 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if not dsn:
         return _refuse(f"{DB_URL_ENV} is not set: it must hold the database's libpq URI", EXIT_USAGE)
     if args.command == "migrate":
-        return _migrate(args, dsn)
+        return _migrate(args, dsn, env)
     return _run(args, dsn, env)

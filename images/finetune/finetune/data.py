@@ -1,13 +1,8 @@
 """Market data for the pod: a built-in deterministic synthetic market, or files under a folder.
 
-``MarketData(None)`` / ``MarketData("synthetic://")`` serves hourly bars of
-:data:`SYNTHETIC_SYMBOLS` from :data:`SYNTHETIC_START` to :data:`SYNTHETIC_END`, the same bytes on
-every machine and at any time: each symbol's generator is seeded by ``zlib.crc32`` of its name
-(``hash()`` is salted per process). Returns follow GARCH(1,1) (Bollerslev 1986)
-``h_t = omega + alpha * eps_{t-1}^2 + beta * h_{t-1}``, so volatility clusters; the shocks of
-the alts load on BTC's shocks (``z = rho * z_btc + sqrt(1 - rho^2) * z_own``), so they co-move
-with it as real crypto does. The whole history is generated once and cut at ``as_of``, so a bar
-never changes with the as-of that reads it.
+``MarketData(None)`` / ``MarketData("synthetic://...")`` serves the synthetic markets of
+:mod:`finetune.synthetic` (the planted lead-lag by default, ``synthetic://random-walk`` without
+an edge); this module only dispatches on the URI.
 
 ``MarketData("file:///dir")`` reads ``DIR/<SYMBOL>.parquet``, else ``DIR/<SYMBOL>.csv``. The
 timestamp is the column named timestamp/date/time/datetime/open_time (any case), else the
@@ -19,36 +14,19 @@ for one hour leave no right answer). Rows after ``as_of`` are cut; the wall cloc
 
 from __future__ import annotations
 
-import math
 import re
-import zlib
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import pandas as pd
 
-SYNTHETIC_URI = "synthetic://"
-SYNTHETIC_START = pd.Timestamp("2021-01-01T00:00:00Z")
-SYNTHETIC_END = pd.Timestamp("2027-01-01T00:00:00Z")  # exclusive
-SYNTHETIC_SYMBOLS = ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX")
+from finetune import synthetic
+
 SYMBOL_PATTERN = re.compile(r"^[A-Z0-9]{2,10}$")
 OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
 TIMESTAMP_COLUMNS = ("timestamp", "date", "time", "datetime", "open_time")
 
-# name: (first price, long-run hourly vol, correlation of its shocks with BTC's)
-_SYNTHETIC_PARAMS = {
-    "BTC": (29_000.0, 0.0070, 1.0),
-    "ETH": (730.0, 0.0090, 0.80),
-    "SOL": (1.50, 0.0130, 0.65),
-    "BNB": (37.0, 0.0090, 0.60),
-    "XRP": (0.22, 0.0110, 0.55),
-    "ADA": (0.18, 0.0110, 0.60),
-    "DOGE": (0.0047, 0.0140, 0.50),
-    "AVAX": (3.30, 0.0130, 0.60),
-}
-_GARCH_ALPHA = 0.06
-_GARCH_BETA = 0.92
 _EPOCH_MS_THRESHOLD = 1e11  # epoch seconds stay below this until the year 5138
 
 
@@ -69,60 +47,6 @@ def to_utc(ts: pd.Timestamp | str) -> pd.Timestamp:
     if stamp is pd.NaT:
         raise ValueError(f"not a timestamp: {ts!r}")
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-
-
-def symbol_seed(symbol: str) -> int:
-    """A seed stable across processes and machines (``hash()`` is salted per process)."""
-    return zlib.crc32(symbol.encode("ascii"))
-
-
-def garch_returns(shocks: np.ndarray, hourly_vol: float) -> tuple[np.ndarray, np.ndarray]:
-    """(log returns, conditional vol) of GARCH(1,1) driven by standard normal ``shocks``.
-
-    ``omega`` is set so that the long-run variance is ``hourly_vol**2``:
-    ``omega = v * (1 - alpha - beta)``. The recursion is sequential by nature.
-    """
-    omega = hourly_vol**2 * (1 - _GARCH_ALPHA - _GARCH_BETA)
-    returns = np.empty_like(shocks)
-    vols = np.empty_like(shocks)
-    h = hourly_vol**2
-    for t, z in enumerate(shocks.tolist()):
-        vol = math.sqrt(h)
-        eps = vol * z
-        returns[t] = eps
-        vols[t] = vol
-        h = omega + _GARCH_ALPHA * eps * eps + _GARCH_BETA * h
-    return returns, vols
-
-
-def synthetic_ohlcv(symbol: str) -> pd.DataFrame:
-    """The full deterministic synthetic history of ``symbol`` (see the module docstring)."""
-    if symbol not in _SYNTHETIC_PARAMS:
-        raise DataError(
-            f"no synthetic data for symbol {symbol}: the synthetic market has {', '.join(SYNTHETIC_SYMBOLS)}"
-        )
-    first_price, hourly_vol, rho = _SYNTHETIC_PARAMS[symbol]
-    index = pd.date_range(SYNTHETIC_START, SYNTHETIC_END, freq="h", inclusive="left", name="timestamp")
-    n = len(index)
-    rng = np.random.default_rng(symbol_seed(symbol))
-    shocks = rng.standard_normal(n)
-    if rho < 1.0:
-        btc_shocks = np.random.default_rng(symbol_seed("BTC")).standard_normal(n)
-        shocks *= math.sqrt(1.0 - rho * rho)
-        shocks += rho * btc_shocks
-    returns, vols = garch_returns(shocks, hourly_vol)  # driftless log price: the median stays put
-    close = first_price * np.exp(np.cumsum(returns))
-    open_ = np.empty(n)
-    open_[0] = first_price
-    open_[1:] = close[:-1]
-    # Intrabar excursions scale with the bar's conditional volatility.
-    high = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(n)) * vols * 0.6)
-    low = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(n)) * vols * 0.6)
-    # Volume rises with the size of the move (the volume-volatility relation).
-    volume = 1e6 / first_price * np.exp(rng.normal(0.0, 0.4, n) + 40.0 * np.abs(returns))
-    return pd.DataFrame(
-        {"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index
-    )
 
 
 def _file_location(data_uri: str) -> Path:
@@ -201,20 +125,28 @@ def read_ohlcv_file(directory: Path, symbol: str) -> pd.DataFrame:
 
 
 class MarketData:
-    """Hourly OHLCV per symbol from ``data_uri`` (None or ``synthetic://``, or ``file:///dir``).
+    """Hourly OHLCV per symbol from ``data_uri`` (None or ``synthetic://...``, or ``file:///dir``).
 
     Each symbol is read once and cached; :meth:`ohlcv` returns the rows up to ``as_of``.
     """
 
     def __init__(self, data_uri: str | None = None) -> None:
-        self.data_uri = data_uri or SYNTHETIC_URI
-        self._directory = None if self.data_uri == SYNTHETIC_URI else _file_location(self.data_uri)
+        self.data_uri = data_uri or synthetic.SYNTHETIC_URI
+        if synthetic.is_synthetic_uri(self.data_uri):
+            self._synthetic: synthetic.SyntheticSpec | None = synthetic.parse_synthetic_uri(self.data_uri)
+            self._directory = None
+        else:
+            self._synthetic = None
+            self._directory = _file_location(self.data_uri)
         self._cache: dict[str, pd.DataFrame] = {}
 
     def _history(self, symbol: str) -> pd.DataFrame:
         if symbol not in self._cache:
-            if self._directory is None:
-                self._cache[symbol] = synthetic_ohlcv(symbol)
+            if self._synthetic is not None:
+                try:
+                    self._cache[symbol] = synthetic.synthetic_ohlcv(symbol, spec=self._synthetic)
+                except synthetic.SyntheticDataError as exc:
+                    raise DataError(str(exc)) from exc
             else:
                 self._cache[symbol] = read_ohlcv_file(self._directory, symbol)
         return self._cache[symbol]

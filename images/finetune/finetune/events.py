@@ -53,3 +53,12 @@ class EventLog:
         stream.write(line + "\n")
         stream.flush()
         return record
+
+
+def print_error(message: str) -> None:
+    """The one human-readable line of a refusal or a failure, on stderr (stdout carries events).
+
+    The task log shows it beside the events; callers pass messages already scrubbed of secrets
+    (:func:`finetune.redaction.error_line`).
+    """
+    print(f"finetune: error: {message}", file=sys.stderr, flush=True)

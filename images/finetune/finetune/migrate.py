@@ -18,7 +18,8 @@ from pathlib import Path
 
 import psycopg
 
-from finetune.persistence import connect, error_line
+from finetune.connection import DatabaseSettings, connect
+from finetune.redaction import error_line
 
 # "finetune" in ASCII: a fixed key that no other application on the server is likely to pick.
 ADVISORY_LOCK_KEY = 0x66696E6574756E65
@@ -148,13 +149,18 @@ def _target_number(target: str | None, migrations: list[Migration]) -> int:
 
 
 def apply_migrations(
-    dsn: str, migrations_dir: Path | str | None = None, *, target: str | None = None
+    dsn: str,
+    migrations_dir: Path | str | None = None,
+    *,
+    target: str | None = None,
+    settings: DatabaseSettings | None = None,
 ) -> list[str]:
     """Apply the pending migrations (up to ``target`` inclusive); returns the versions applied.
 
     :param dsn: libpq URI of the database.
     :param migrations_dir: directory of ``V*__*.sql``; default :func:`default_migrations_dir`.
     :param target: stop after this version (``"1"``, ``"001"`` or ``"V001"``).
+    :param settings: timeouts and retry budget of the connection (default: the environment).
     :raises MigrationError: on any refusal or failure, with one line naming the file.
     """
     directory = Path(migrations_dir) if migrations_dir is not None else default_migrations_dir()
@@ -162,7 +168,7 @@ def apply_migrations(
     migrations = load_migrations(directory)
     stop_at = _target_number(target, migrations)
     applied_now: list[str] = []
-    with connect(dsn, autocommit=True) as conn:
+    with connect(dsn, autocommit=True, settings=settings) as conn:
         conn.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
         try:
             applied = _applied(conn)

@@ -1,10 +1,11 @@
-"""PostgreSQL writes of the pod: idempotent upserts, one transaction per key, bounded retries.
+"""PostgreSQL writes of the pod: idempotent upserts, one transaction per key, outages ridden out.
 
 A key is ``(crypto, fold_id, cost_bps, slippage_bps)``; its model row and its three baselines are
 written in one transaction on the identical window, so a key is either complete or absent. Every
 write is an ``INSERT ... ON CONFLICT ... DO UPDATE``: a rerun of the same run and factor replaces
-its rows instead of duplicating them. Transient failures (connection lost, serialization failure,
-deadlock) are retried a bounded number of times with exponential backoff, then raised.
+its rows instead of duplicating them, which is also what makes redoing a key's transaction after
+a lost connection safe (a commit whose answer was lost may or may not have happened). Connections,
+timeouts and retries are :mod:`finetune.connection`'s; the names below stay importable from here.
 """
 
 from __future__ import annotations
@@ -15,105 +16,46 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.pq import TransactionStatus
 
 from finetune.baselines import BaselineResult
+from finetune.connection import (
+    DatabaseRefused,
+    DatabaseSettings,
+    DatabaseTimeout,
+    DatabaseUnavailable,
+    RetryNotice,
+    abandon,
+    connect,
+    interruption,
+    is_transient,
+    open_connection,
+    retry_transient,
+    timeout_error,
+    unavailable,
+)
+from finetune.redaction import dsn_password, error_line, redact_dsn, scrub
+
+__all__ = [
+    "DatabaseRefused",
+    "DatabaseTimeout",
+    "DatabaseUnavailable",
+    "ModelRow",
+    "ResultKey",
+    "Store",
+    "Window",
+    "connect",
+    "dsn_password",
+    "error_line",
+    "keys_as_dicts",
+    "redact_dsn",
+    "retry_transient",
+    "scrub",
+]
 
 T = TypeVar("T")
-
-RETRY_ATTEMPTS = 4
-RETRY_BASE_DELAY_SECONDS = 0.5
-# libpq's own connect timeout: an unreachable host must fail in seconds, not minutes.
-CONNECT_TIMEOUT_SECONDS = 10
-
-
-class DatabaseUnavailable(RuntimeError):
-    """The database could not be reached after the retries; the message carries no secret."""
-
-
-# --- secrets -----------------------------------------------------------------------------------
-
-
-def dsn_password(dsn: str) -> str | None:
-    """The password held by a libpq URI or key=value string, if any."""
-    try:
-        return conninfo_to_dict(dsn).get("password") or None
-    except psycopg.ProgrammingError:
-        # An unparsable DSN: fall back to the URI form, which is what the pods receive.
-        return urlsplit(dsn).password
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN with its password replaced by ``***`` (for messages that must name the target)."""
-    return scrub(dsn, dsn)
-
-
-def scrub(text: str, dsn: str) -> str:
-    """``text`` with any occurrence of the DSN's password replaced by ``***``."""
-    password = dsn_password(dsn)
-    if password:
-        text = text.replace(password, "***")
-    parts = urlsplit(text) if text.startswith(("postgres://", "postgresql://")) else None
-    if parts is not None and parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        text = urlunsplit(parts._replace(netloc=netloc))
-    return text
-
-
-def error_line(exc: BaseException, dsn: str | None = None) -> str:
-    """The error as one line (libpq messages span several), with the DSN's password scrubbed."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return scrub(text, dsn) if dsn else text
-
-
-# --- connections and retries -------------------------------------------------------------------
-
-
-def _is_transient(exc: psycopg.Error) -> bool:
-    """Connection loss and the serialization/deadlock rollbacks: retrying may succeed.
-
-    ``OperationalError`` covers the connection failures and, through ``TransactionRollback``,
-    serialization failures and deadlocks. Constraint violations or a trigger's ``RAISE`` are
-    not transient: retrying them would only delay a loud failure.
-    """
-    return isinstance(exc, psycopg.OperationalError)
-
-
-def retry_transient(
-    operation: Callable[[], T],
-    *,
-    attempts: int | None = None,
-    base_delay: float | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-) -> T:
-    """Run ``operation``; on a transient error retry up to ``attempts`` times in all, with backoff.
-
-    Defaults are read at call time (:data:`RETRY_ATTEMPTS`, :data:`RETRY_BASE_DELAY_SECONDS`).
-    """
-    attempts = RETRY_ATTEMPTS if attempts is None else attempts
-    base_delay = RETRY_BASE_DELAY_SECONDS if base_delay is None else base_delay
-    for attempt in range(1, attempts + 1):
-        try:
-            return operation()
-        except psycopg.Error as exc:
-            if not _is_transient(exc) or attempt == attempts:
-                raise
-            sleep(base_delay * 2 ** (attempt - 1))
-    raise AssertionError("unreachable: the loop returns or raises")
-
-
-def connect(dsn: str, *, autocommit: bool = False, attempts: int | None = None) -> psycopg.Connection:
-    """A connection, retrying transient failures; :class:`DatabaseUnavailable` after the last."""
-    try:
-        return retry_transient(
-            lambda: psycopg.connect(dsn, autocommit=autocommit, connect_timeout=CONNECT_TIMEOUT_SECONDS),
-            attempts=attempts,
-        )
-    except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"database unreachable ({redact_dsn(dsn)}): {error_line(exc, dsn)}") from exc
 
 
 # --- rows ----------------------------------------------------------------------------------------
@@ -148,6 +90,14 @@ class Window:
 
 @dataclass(frozen=True)
 class ModelRow:
+    """A model row; the significance fields (DESIGN 4.2, 5 "Shift test") may be None (NULL).
+
+    ``positions`` are the model's 0/1 positions per test bar in bar order (``smallint[]``);
+    ``exposure`` the share of the window's holding periods spent long; ``random_percentile`` the
+    share of the random seeds below the row's net return (ties half); ``perm_p_value`` and
+    ``perm_n_shifts`` the shift test's p-value and number of shifts.
+    """
+
     variant: str
     model_hyperparams: Mapping[str, Any]
     feature_hash: str
@@ -155,17 +105,24 @@ class ModelRow:
     sharpe: float | None
     max_drawdown: float | None
     n_trades: int
+    exposure: float | None = None
+    positions: Sequence[int] | None = None
+    random_percentile: float | None = None
+    perm_p_value: float | None = None
+    perm_n_shifts: int | None = None
 
 
 _UPSERT_RESULT = """
 INSERT INTO finetune_results (
     run_id, factor, strategy, variant, crypto, fold_id, cost_bps, slippage_bps,
     test_start, test_end, n_bars, model_hyperparams, feature_hash,
-    net_return, sharpe, max_drawdown, n_trades
+    net_return, sharpe, max_drawdown, n_trades,
+    exposure, positions, random_percentile, perm_p_value, perm_n_shifts
 ) VALUES (
     %(run_id)s, %(factor)s, %(strategy)s, %(variant)s, %(crypto)s, %(fold_id)s, %(cost_bps)s,
     %(slippage_bps)s, %(test_start)s, %(test_end)s, %(n_bars)s, %(model_hyperparams)s,
-    %(feature_hash)s, %(net_return)s, %(sharpe)s, %(max_drawdown)s, %(n_trades)s
+    %(feature_hash)s, %(net_return)s, %(sharpe)s, %(max_drawdown)s, %(n_trades)s,
+    %(exposure)s, %(positions)s::smallint[], %(random_percentile)s, %(perm_p_value)s, %(perm_n_shifts)s
 )
 ON CONFLICT ON CONSTRAINT uq_finetune_result DO UPDATE SET
     strategy = EXCLUDED.strategy,
@@ -178,17 +135,24 @@ ON CONFLICT ON CONSTRAINT uq_finetune_result DO UPDATE SET
     sharpe = EXCLUDED.sharpe,
     max_drawdown = EXCLUDED.max_drawdown,
     n_trades = EXCLUDED.n_trades,
+    exposure = EXCLUDED.exposure,
+    positions = EXCLUDED.positions,
+    random_percentile = EXCLUDED.random_percentile,
+    perm_p_value = EXCLUDED.perm_p_value,
+    perm_n_shifts = EXCLUDED.perm_n_shifts,
     updated_at = now()
 """
 
 _UPSERT_BASELINE = """
 INSERT INTO finetune_baselines (
     run_id, factor, strategy, baseline_type, crypto, fold_id, cost_bps, slippage_bps,
-    test_start, test_end, n_bars, net_return, n_trades, n_seeds, hold_bars, return_std
+    test_start, test_end, n_bars, net_return, n_trades, n_seeds, hold_bars, return_std,
+    exposure, seed_p05, seed_p50, seed_p95
 ) VALUES (
     %(run_id)s, %(factor)s, %(strategy)s, %(baseline_type)s, %(crypto)s, %(fold_id)s,
     %(cost_bps)s, %(slippage_bps)s, %(test_start)s, %(test_end)s, %(n_bars)s, %(net_return)s,
-    %(n_trades)s, %(n_seeds)s, %(hold_bars)s, %(return_std)s
+    %(n_trades)s, %(n_seeds)s, %(hold_bars)s, %(return_std)s,
+    %(exposure)s, %(seed_p05)s, %(seed_p50)s, %(seed_p95)s
 )
 ON CONFLICT ON CONSTRAINT uq_finetune_baseline DO UPDATE SET
     test_start = EXCLUDED.test_start,
@@ -199,6 +163,10 @@ ON CONFLICT ON CONSTRAINT uq_finetune_baseline DO UPDATE SET
     n_seeds = EXCLUDED.n_seeds,
     hold_bars = EXCLUDED.hold_bars,
     return_std = EXCLUDED.return_std,
+    exposure = EXCLUDED.exposure,
+    seed_p05 = EXCLUDED.seed_p05,
+    seed_p50 = EXCLUDED.seed_p50,
+    seed_p95 = EXCLUDED.seed_p95,
     updated_at = now()
 """
 
@@ -220,23 +188,39 @@ GROUP BY r.crypto, r.fold_id, r.cost_bps, r.slippage_bps, r.test_start, r.test_e
 
 
 class Store:
-    """The pod's connection to PostgreSQL and its writes, each a retried transaction.
+    """The pod's connection to PostgreSQL and its writes, each one retried transaction.
 
     :param dsn: libpq URI (``FINETUNE_DB_URL``).
     :param run_id: the sweep run.
     :param factor: the factor this pod runs.
+    :param settings: timeouts and retry budget (default: from the environment).
+    :param on_retry: told about each retry of a transient failure (the runner emits an event).
     """
 
-    def __init__(self, dsn: str, *, run_id: str, factor: str) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        run_id: str,
+        factor: str,
+        settings: DatabaseSettings | None = None,
+        on_retry: Callable[[RetryNotice], None] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.run_id = run_id
         self.factor = factor
-        self._conn: psycopg.Connection | None = connect(dsn)
+        self.settings = DatabaseSettings.from_env() if settings is None else settings
+        self._on_retry = on_retry
+        # The keys whose transaction committed through this store: what the run knows it
+        # persisted, for the crash report when the database cannot be asked.
+        self.persisted_keys: set[ResultKey] = set()
+        self._conn: psycopg.Connection | None = connect(dsn, settings=self.settings, on_retry=on_retry)
 
     def close(self) -> None:
+        """Close the connection (cancelling a statement in flight); the next write opens a new one."""
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            conn, self._conn = self._conn, None
+            abandon(conn)
 
     def __enter__(self) -> Store:
         return self
@@ -244,16 +228,64 @@ class Store:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _transaction(self, work: Callable[[psycopg.Connection], T]) -> T:
-        """Run ``work`` in one transaction, reconnecting and retrying on transient failures."""
+    def _transaction(self, work: Callable[[psycopg.Connection], T], *, settings: DatabaseSettings | None = None) -> T:
+        """Run ``work`` in one transaction, reconnecting and redoing it on transient failures.
+
+        :raises DatabaseUnavailable: still failing when the retry budget ran out.
+        :raises DatabaseTimeout: a statement exceeded the statement or lock timeout.
+        :raises psycopg.Error: anything else (e.g. a refused write); the transaction rolled back.
+        """
+        settings = self.settings if settings is None else settings
 
         def attempt() -> T:
             if self._conn is None or self._conn.closed or self._conn.broken:
-                self._conn = psycopg.connect(self.dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
-            with self._conn.transaction():
-                return work(self._conn)
+                self._conn = None
+                self._conn = open_connection(self.dsn, settings=settings)
+            conn = self._conn
+            try:
+                result = work(conn)
+                conn.commit()
+            except BaseException as exc:
+                self._after_failure(conn, exc)
+                interrupted = interruption(exc)
+                if interrupted is not None:
+                    raise interrupted  # e.g. the runner's Terminated: never retried
+                raise
+            return result
 
-        return retry_transient(attempt)
+        started = time.monotonic()
+        try:
+            return retry_transient(attempt, budget_seconds=settings.retry_seconds, on_retry=self._on_retry)
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                raise unavailable(self.dsn, exc, seconds=time.monotonic() - started) from exc
+            timeout = timeout_error(exc, settings)
+            if timeout is not None:
+                raise timeout from exc
+            raise
+
+    def _after_failure(self, conn: psycopg.Connection, exc: BaseException) -> None:
+        """Leave no half-done transaction behind ``exc``, keeping the connection when it is sound.
+
+        A refused statement on a sound connection needs only a rollback. Anything else (a lost
+        connection, a statement still running because a signal interrupted the wait, a read-only
+        server after a failover) gets the connection abandoned: its statement cancelled, then
+        closed; the server rolls the transaction back, and the next try connects afresh.
+        """
+        sound = (
+            isinstance(exc, psycopg.Error)
+            and not is_transient(exc)
+            and not conn.broken
+            and conn.info.transaction_status != TransactionStatus.ACTIVE
+        )
+        if sound:
+            try:
+                conn.rollback()
+                return
+            except psycopg.Error:
+                pass  # the connection is not sound after all: abandoned below
+        self._conn = None
+        abandon(conn)
 
     def register_run(self, *, strategy: str, as_of: datetime, params: Mapping[str, Any], dag_id: str | None) -> None:
         """Create the run row unless the DAG's ``register`` step already did (its row wins)."""
@@ -298,8 +330,14 @@ class Store:
         exit_reason: str,
         duration_seconds: float,
         airflow_run_id: str = "",
+        within_seconds: float | None = None,
     ) -> None:
-        """Record the outcome on the manifest and in the per-attempt history, in one transaction."""
+        """Record the outcome on the manifest and in the per-attempt history, in one transaction.
+
+        :param within_seconds: bound the record's timeouts and retries (after a SIGTERM the pod
+            has only the kubelet's grace period); its connection is then a fresh one, so that the
+            tighter timeouts apply.
+        """
 
         def work(conn: psycopg.Connection) -> None:
             conn.execute(
@@ -337,7 +375,11 @@ class Store:
                 ),
             )
 
-        self._transaction(work)
+        if within_seconds is None:
+            self._transaction(work)
+        else:
+            self.close()
+            self._transaction(work, settings=self.settings.bounded(within_seconds))
 
     def persist_key(
         self,
@@ -367,6 +409,11 @@ class Store:
             "sharpe": model.sharpe,
             "max_drawdown": model.max_drawdown,
             "n_trades": model.n_trades,
+            "exposure": model.exposure,
+            "positions": None if model.positions is None else [int(p) for p in model.positions],
+            "random_percentile": model.random_percentile,
+            "perm_p_value": model.perm_p_value,
+            "perm_n_shifts": model.perm_n_shifts,
         }
         baseline_params = [
             {
@@ -377,6 +424,10 @@ class Store:
                 "n_seeds": b.n_seeds,
                 "hold_bars": b.hold_bars,
                 "return_std": b.return_std,
+                "exposure": b.exposure,
+                "seed_p05": b.seed_p05,
+                "seed_p50": b.seed_p50,
+                "seed_p95": b.seed_p95,
             }
             for b in baselines
         ]
@@ -387,6 +438,7 @@ class Store:
                 cur.executemany(_UPSERT_BASELINE, baseline_params)
 
         self._transaction(work)
+        self.persisted_keys.add(key)
 
     def incomplete_keys(
         self, *, strategy: str, variant: str, planned: Mapping[ResultKey, Window], n_baseline_types: int

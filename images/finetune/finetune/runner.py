@@ -5,12 +5,17 @@ Phases, in this order, so that a refused run writes nothing:
 1. :func:`prepare` loads the data, builds the feature store and the folds of every crypto. Any
    problem (unknown factor, missing or malformed data, as-of before the data, too few bars for a
    fold) raises :class:`InputError` before the database is touched.
-2. :func:`execute` registers the run, marks the factor ``running`` and loops crypto x fold: one
-   ``fine_tune`` per (crypto, fold), then per cost basis the model's metrics and the three
-   baselines (memoised per key), persisted as one transaction per key on one window.
+2. :func:`execute` registers the run, marks the factor ``running`` and loops crypto x fold:
+   :func:`evaluate_fold` fine-tunes once per (crypto, fold) and computes, on the fold's test
+   window, the random seeds and the shift test once for all cost bases (neither's trades depend
+   on the cost; each is netted per cost basis), then per cost basis the model's metrics, its
+   significance (random percentile, shift-test p-value, exposure, positions) and the three
+   baselines; each key persists as one transaction on one window.
 3. It then asks the database which planned keys are complete. A missing key emits
    ``baselines_incomplete`` and fails the run; the outcome, peak memory and limit are recorded on
-   the manifest and in the per-attempt history.
+   the manifest and in the per-attempt history. A run that crashes, is stopped (SIGTERM) or loses
+   the database on the way reports the keys it never persisted from its own record, since the
+   database may not answer, and is recorded ``failed`` on a fresh connection.
 
 Model rows carry ``variant = "default"``: the runner sweeps no ablation, and the cost basis has
 its own columns in the key, so a cost-named variant would only repeat them.
@@ -20,20 +25,22 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import psycopg
 
-from finetune import baselines
+from finetune import baselines, significance
 from finetune.baselines import BASELINE_TYPES, BaselineResult
+from finetune.connection import DatabaseSettings, DatabaseTimeout, DatabaseUnavailable, RetryNotice
 from finetune.costs import round_trip_cost
 from finetune.data import MarketData
-from finetune.events import EventLog
+from finetune.events import EventLog, print_error
 from finetune.factors import FeatureStore, build_feature_store, check_factor
 from finetune.folds import Fold, walk_forward_folds
 from finetune.model import STRATEGY, evaluate, fine_tune
@@ -56,15 +63,26 @@ class Terminated(RuntimeError):
 
     Raised from the signal handler so that the run's failure path records the factor as failed
     instead of leaving it ``running``; SIGKILL (an OOM kill) cannot be caught and is the DAG's
-    to report.
+    to report. When it interrupts a statement (an INSERT waiting on a lock), the store cancels
+    that statement and drops the connection before anything else touches the database.
     """
+
+
+# After a SIGTERM the kubelet sends SIGKILL when the grace period ends (30 s unless the pod says
+# otherwise): the failure record gets this long for its timeouts and retries, so that it lands.
+TERMINATION_RECORD_SECONDS = 10.0
 
 
 @contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` in the main thread."""
+    """Within the block, the first SIGTERM raises :class:`Terminated` in the main thread.
+
+    Later ones are ignored: the run is already stopping, and a second exception raised inside
+    the cancel or the failure record would only lose that record.
+    """
 
     def handler(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise Terminated(f"received {signal.Signals(signum).name}")
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -117,6 +135,8 @@ class PodContext:
     airflow_run_id: str = ""
     # When the pod's work began (time.monotonic), so that pod_usage's seconds include the loading.
     started: float = field(default_factory=time.monotonic)
+    # Statement/lock timeouts and the retry budget of the pod's connections (FINETUNE_DB_*).
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
 
 
 @dataclass
@@ -180,8 +200,56 @@ def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+@dataclass(frozen=True)
+class KeyResult:
+    """What one key persists: its model row and its three baselines (on the fold's window)."""
+
+    key: ResultKey
+    model: ModelRow
+    baselines: tuple[BaselineResult, ...]
+
+
+def evaluate_fold(
+    crypto: str, item: Prepared, fold: Fold, *, cost_bases: list[tuple[int, int]], n_seeds: int, hold_bars: int
+) -> list[KeyResult]:
+    """Fine-tune once on the fold, then the model row and baselines of every cost basis.
+
+    No I/O: the power tests of the synthetic market call it directly. The random seeds' entries
+    and the shift test's shifted trades are computed once for the window and netted per cost
+    basis (one pass per window; a key-level memo would never be hit: each key is visited once).
+    """
+    close = item.store.close[fold.test_start : fold.test_end]
+    model = fine_tune(item.store, fold, hold_bars=hold_bars)
+    positions = model.positions(item.store.features[fold.test_start : fold.test_end])
+    costs = {basis: round_trip_cost(*basis) for basis in cost_bases}
+    distinct = list(dict.fromkeys(costs.values()))  # 10+0 and 5+5 bps are one round-trip cost
+    window = baselines.compute_window_baselines(close, distinct, n_seeds=n_seeds, hold_bars=hold_bars)
+    shifts = dict(zip(distinct, significance.shift_tests(positions, close, distinct, n_shifts=n_seeds)))
+    exposure = significance.exposure(positions)
+    stored_positions = significance.position_list(positions)
+    results = []
+    for (cost, slip), rt in costs.items():
+        metrics = evaluate(positions, close, rt)
+        row = ModelRow(
+            variant=VARIANT,
+            model_hyperparams=model.hyperparams,
+            feature_hash=item.store.feature_hash,
+            net_return=float(metrics.net_return),
+            sharpe=_finite_or_none(metrics.sharpe),
+            max_drawdown=_finite_or_none(metrics.max_drawdown),
+            n_trades=int(metrics.n_trades),
+            exposure=exposure,
+            positions=stored_positions,
+            random_percentile=significance.random_percentile(float(metrics.net_return), window.seed_returns(rt)),
+            perm_p_value=shifts[rt].p_value,
+            perm_n_shifts=shifts[rt].n_shifts,
+        )
+        results.append(KeyResult(ResultKey(crypto, fold.fold_id, cost, slip), row, window.by_cost[rt]))
+    return results
+
+
 class _Run:
-    """The state of one execution: the store, the events, the memoised baselines."""
+    """The state of one execution: the store, the events, the planned windows."""
 
     def __init__(self, config: RunConfig, prepared: Mapping[str, Prepared], store: Store, events: EventLog) -> None:
         self.config = config
@@ -189,54 +257,36 @@ class _Run:
         self.store = store
         self.events = events
         self.planned = planned_windows(config, prepared)
-        # One baseline computation per key (DESIGN 5, "Memoisation").
-        self.memo: dict[ResultKey, tuple[BaselineResult, ...]] = {}
-
-    def baselines_for(self, key: ResultKey, close: np.ndarray) -> tuple[BaselineResult, ...]:
-        if key not in self.memo:
-            self.memo[key] = baselines.compute_baselines(
-                close,
-                round_trip_cost(key.cost_bps, key.slippage_bps),
-                n_seeds=self.config.n_seeds,
-                hold_bars=self.config.hold_bars,
-            )
-        return self.memo[key]
 
     def run_fold(self, crypto: str, fold: Fold) -> list[ResultKey]:
-        """Fine-tune once, then persist every cost basis; returns the keys that failed to persist."""
+        """Evaluate the fold, then persist every cost basis; returns the keys that failed to persist."""
         item = self.prepared[crypto]
         window = test_window(item.store, fold)
-        close = item.store.close[fold.test_start : fold.test_end]
-        model = fine_tune(item.store, fold, hold_bars=self.config.hold_bars)
-        positions = model.positions(item.store.features[fold.test_start : fold.test_end])
+        results = evaluate_fold(
+            crypto,
+            item,
+            fold,
+            cost_bases=self.config.cost_bases,
+            n_seeds=self.config.n_seeds,
+            hold_bars=self.config.hold_bars,
+        )
         failed = []
-        for cost, slip in self.config.cost_bases:
-            key = ResultKey(crypto, fold.fold_id, cost, slip)
-            metrics = evaluate(positions, close, round_trip_cost(cost, slip))
-            row = ModelRow(
-                variant=VARIANT,
-                model_hyperparams=model.hyperparams,
-                feature_hash=item.store.feature_hash,
-                net_return=float(metrics.net_return),
-                sharpe=_finite_or_none(metrics.sharpe),
-                max_drawdown=_finite_or_none(metrics.max_drawdown),
-                n_trades=int(metrics.n_trades),
-            )
+        for result in results:
             try:
                 self.store.persist_key(
                     strategy=STRATEGY,
-                    key=key,
+                    key=result.key,
                     window=window,
-                    model=row,
-                    baselines=self.baselines_for(key, close),
+                    model=result.model,
+                    baselines=result.baselines,
                 )
             except psycopg.OperationalError:
                 raise  # the database is gone after the retries: no later key can persist either
             except psycopg.Error as exc:
                 # A refused write (constraint, trigger) loses this key only: its transaction rolled
                 # back, the others may still persist, and the completeness check reports it.
-                failed.append(key)
-                self.events.emit("persist_failed", key=key.as_dict(), error=error_line(exc, self.store.dsn))
+                failed.append(result.key)
+                self.events.emit("persist_failed", key=result.key.as_dict(), error=error_line(exc, self.store.dsn))
         return failed
 
     def loop(self) -> None:
@@ -269,36 +319,81 @@ def execute(
 ) -> int:
     """Run the prepared grid against the database; returns the exit code.
 
-    :raises persistence.DatabaseUnavailable: when the database cannot be reached at the start.
+    Any failure once the factor is ``running`` (an exception, SIGTERM, the database lost beyond
+    the retry budget, a statement or lock timeout) emits ``run_error`` and
+    ``baselines_incomplete`` with the keys this run never persisted, records the factor
+    ``failed`` with the reason on a fresh connection, and prints one line on stderr.
+
+    :raises persistence.DatabaseUnavailable: when the database cannot be reached at the start
+        (:class:`~finetune.connection.DatabaseRefused` when it refuses the credentials).
     """
     events = events or EventLog(run_id=config.run_id, factor=config.factor, secrets=[dsn_password(dsn)])
     limit = measure_usage(pod.environ).memory_limit_bytes
-    with Store(dsn, run_id=config.run_id, factor=config.factor) as store:
+    store = Store(
+        dsn, run_id=config.run_id, factor=config.factor, settings=pod.database, on_retry=_retry_reporter(events, dsn)
+    )
+    with store:
         run = _Run(config, prepared, store, events)
         store.register_run(strategy=STRATEGY, as_of=config.as_of.to_pydatetime(), params=config.params(), dag_id=None)
-        store.mark_running(attempt=pod.attempt, profile=pod.profile, memory_limit_bytes=limit)
-        events.emit(
-            "run_started",
-            cryptos=list(config.cryptos),
-            cost_bases=[list(basis) for basis in config.cost_bases],
-            n_folds=config.n_folds,
-            n_keys=len(run.planned),
-            attempt=pod.attempt,
-            profile=pod.profile,
-            memory_limit_bytes=limit,
-        )
         try:
+            store.mark_running(attempt=pod.attempt, profile=pod.profile, memory_limit_bytes=limit)
+            events.emit(
+                "run_started",
+                cryptos=list(config.cryptos),
+                cost_bases=[list(basis) for basis in config.cost_bases],
+                n_folds=config.n_folds,
+                n_keys=len(run.planned),
+                attempt=pod.attempt,
+                profile=pod.profile,
+                memory_limit_bytes=limit,
+            )
             run.loop()
             missing = run.missing_keys()
         except Exception as exc:  # reported, recorded as the factor's failure, and exit 1
-            exit_reason = f"error: {type(exc).__name__}: {error_line(exc, dsn)}"
+            exit_reason = failure_reason(exc, dsn)
             events.emit("run_error", error=exit_reason)
-            return _finish(store, events, pod, status="failed", exit_reason=exit_reason, best_effort=True)
+            # The database may be gone or locked: what this run committed is known without it.
+            unpersisted = sorted(set(run.planned) - store.persisted_keys)
+            _report_incomplete(events, unpersisted, n_keys=len(run.planned), checked_by="run")
+            return _finish(store, events, pod, status="failed", exit_reason=exit_reason, terminated=isinstance(exc, Terminated))
         if missing:
-            events.emit("baselines_incomplete", missing=keys_as_dicts(missing), n_missing=len(missing), n_keys=len(run.planned))
+            _report_incomplete(events, missing, n_keys=len(run.planned), checked_by="database")
             exit_reason = f"baselines_incomplete: {len(missing)} of {len(run.planned)} keys missing"
             return _finish(store, events, pod, status="failed", exit_reason=exit_reason)
         return _finish(store, events, pod, status="done", exit_reason="completed")
+
+
+def failure_reason(exc: BaseException, dsn: str) -> str:
+    """The factor's ``exit_reason`` for a run ended by ``exc``: one line, no secret."""
+    if isinstance(exc, Terminated):
+        return f"terminated: {exc}"
+    if isinstance(exc, DatabaseUnavailable | DatabaseTimeout):
+        return error_line(exc, dsn)  # already says "database ..." and names the setting
+    return f"error: {type(exc).__name__}: {error_line(exc, dsn)}"
+
+
+def _retry_reporter(events: EventLog, dsn: str) -> Callable[[RetryNotice], None]:
+    def report(notice: RetryNotice) -> None:
+        events.emit(
+            "database_retry",
+            attempt=notice.attempt,
+            delay_seconds=round(notice.delay, 3),
+            error=error_line(notice.error, dsn),
+        )
+
+    return report
+
+
+def _report_incomplete(events: EventLog, missing: Sequence[ResultKey], *, n_keys: int, checked_by: str) -> None:
+    """``baselines_incomplete`` naming the keys; ``checked_by`` says who knew: database or run."""
+    if missing:
+        events.emit(
+            "baselines_incomplete",
+            missing=keys_as_dicts(missing),
+            n_missing=len(missing),
+            n_keys=n_keys,
+            checked_by=checked_by,
+        )
 
 
 def _finish(
@@ -308,9 +403,14 @@ def _finish(
     *,
     status: str,
     exit_reason: str,
-    best_effort: bool = False,
+    terminated: bool = False,
 ) -> int:
-    """Report usage, record the outcome, emit ``run_finished``; returns the exit code."""
+    """Report usage, record the outcome, emit ``run_finished``; returns the exit code.
+
+    A failure is recorded on a fresh connection (the run's may be broken or mid-statement), with
+    the full retry budget, or within :data:`TERMINATION_RECORD_SECONDS` after a SIGTERM. If the
+    record cannot be written, the pod still exits non-zero and the gate decides.
+    """
     seconds = time.monotonic() - pod.started
     usage = measure_usage(pod.environ)
     events.emit(
@@ -321,21 +421,37 @@ def _finish(
         source=usage.source,
     )
     exit_code = EXIT_OK if status == "done" else EXIT_FAILED
+    record = partial(
+        store.finish,
+        status=status,
+        attempt=pod.attempt,
+        airflow_run_id=pod.airflow_run_id,
+        profile=pod.profile,
+        memory_limit_bytes=usage.memory_limit_bytes,
+        peak_memory_bytes=usage.peak_memory_bytes,
+        exit_reason=exit_reason,
+        duration_seconds=seconds,
+    )
+    record_error = None
     try:
-        store.finish(
-            status=status,
-            attempt=pod.attempt,
-            airflow_run_id=pod.airflow_run_id,
-            profile=pod.profile,
-            memory_limit_bytes=usage.memory_limit_bytes,
-            peak_memory_bytes=usage.peak_memory_bytes,
-            exit_reason=exit_reason,
-            duration_seconds=seconds,
-        )
-    except psycopg.Error as exc:
+        try:
+            if status != "done":
+                store.close()
+            record(within_seconds=TERMINATION_RECORD_SECONDS if terminated else None)
+        except Terminated:
+            # Stopped while recording (the handler ignores any further SIGTERM): record again,
+            # quickly; a 'done' stays true, every key having persisted.
+            record(within_seconds=TERMINATION_RECORD_SECONDS)
+    except (psycopg.Error, DatabaseUnavailable, DatabaseTimeout) as exc:
+        record_error = error_line(exc, store.dsn)
         # Without its 'done' the gate fails the run anyway; a failure already fails it.
-        events.emit("record_failed", error=error_line(exc, store.dsn), best_effort=best_effort)
+        events.emit("record_failed", error=record_error, best_effort=status != "done")
         exit_code = EXIT_FAILED
-        status = "failed"
-    events.emit("run_finished", status=status, exit_code=exit_code, exit_reason=exit_reason, seconds=round(seconds, 3))
+    outcome = status if exit_code == EXIT_OK or status != "done" else "failed"
+    events.emit("run_finished", status=outcome, exit_code=exit_code, exit_reason=exit_reason, seconds=round(seconds, 3))
+    if status != "done":
+        line = f"factor {store.factor} failed: {exit_reason}"
+        print_error(line if record_error is None else f"{line}; the failure could not be recorded: {record_error}")
+    elif record_error is not None:
+        print_error(f"factor {store.factor} completed but could not be recorded: {record_error}")
     return exit_code

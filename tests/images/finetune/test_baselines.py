@@ -5,15 +5,20 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from design_reference import random_baseline as reference_random_baseline
+from design_reference import seed_runs as reference_seed_runs
+from scipy import stats
 
 from finetune.baselines import (
     BASELINE_TYPES,
     BaselineResult,
     buy_and_hold,
     compute_baselines,
+    compute_window_baselines,
     naive,
     random_baseline,
     random_entries,
+    random_seeds,
 )
 
 
@@ -22,44 +27,22 @@ def _close(n: int, seed: int = 7, vol: float = 0.01) -> np.ndarray:
     return 100.0 * np.exp(np.cumsum(rng.normal(0.0, vol, n)))
 
 
-def reference_random_baseline(close, rt, *, n_seeds, hold_bars, p_entry=None):
-    """The DESIGN 5 random baseline, one trade at a time in plain Python."""
-    n = len(close)
-    p = 1.0 / hold_bars if p_entry is None else p_entry
-    returns, trades = [], []
-    for seed in range(n_seeds):
-        gaps = np.random.default_rng(seed).geometric(p, size=n // hold_bars + 1)
-        next_free, growth, count = 0, 1.0, 0
-        for gap in gaps:
-            entry = next_free + int(gap) - 1
-            exit_ = entry + hold_bars
-            if exit_ > n - 1:
-                break
-            growth *= 1.0 + (close[exit_] / close[entry] - 1.0 - rt)
-            count += 1
-            next_free = exit_
-        returns.append(growth - 1.0)
-        trades.append(count)
-    mean = sum(returns) / n_seeds
-    std = math.sqrt(sum((r - mean) ** 2 for r in returns) / n_seeds)
-    return mean, std, sum(trades) / n_seeds
-
-
 # --- buy_and_hold and naive ---------------------------------------------------------------
 
 
 def test_buy_and_hold_hand_worked():
     # 120 / 100 - 1 - 2 * 10 / 10_000 = 0.2 - 0.002 = 0.198
     result = buy_and_hold(np.array([100.0, 90.0, 130.0, 120.0]), 0.002)
-    assert result == BaselineResult("buy_and_hold", pytest.approx(0.198, abs=1e-15), 1.0)
+    # in the market over all 3 holding periods of the 4 bars: exposure 1
+    assert result == BaselineResult("buy_and_hold", pytest.approx(0.198, abs=1e-15), 1.0, exposure=1.0)
 
 
 def test_buy_and_hold_one_bar_makes_no_trade():
-    assert buy_and_hold(np.array([100.0]), 0.002) == BaselineResult("buy_and_hold", 0.0, 0.0)
+    assert buy_and_hold(np.array([100.0]), 0.002) == BaselineResult("buy_and_hold", 0.0, 0.0, exposure=0.0)
 
 
 def test_naive_is_flat_whatever_the_prices():
-    assert naive(np.array([100.0, 50.0, 300.0])) == BaselineResult("naive", 0.0, 0.0)
+    assert naive(np.array([100.0, 50.0, 300.0])) == BaselineResult("naive", 0.0, 0.0, exposure=0.0)
 
 
 @pytest.mark.parametrize("baseline", [pytest.param(lambda c: buy_and_hold(c, 0.002), id="buy_and_hold"),
@@ -98,6 +81,9 @@ def test_random_hand_worked_with_certain_entries():
     result = random_baseline(close, 0.01, n_seeds=3, hold_bars=2, p_entry=1.0)
     assert result.net_return == pytest.approx(1.09**3 - 1, abs=1e-12)
     assert (result.n_trades, result.return_std, result.n_seeds, result.hold_bars) == (3.0, 0.0, 3, 2)
+    # 3 trades x 2 bars = the 6 holding periods of 7 bars; every seed the same, so the quantiles too
+    assert result.exposure == 1.0
+    assert result.seed_p05 == result.seed_p50 == result.seed_p95 == pytest.approx(1.09**3 - 1, abs=1e-12)
 
 
 def test_random_hand_worked_seed_zero():
@@ -110,6 +96,7 @@ def test_random_hand_worked_seed_zero():
     result = random_baseline(close, 0.004, n_seeds=1, hold_bars=2, p_entry=0.5)
     assert result.net_return == pytest.approx(-0.017984, abs=1e-15)
     assert result.n_trades == 2.0
+    assert result.exposure == pytest.approx(2 * 2 / 5)  # long over bars 1..4 of the 5 periods
 
 
 @pytest.mark.parametrize(
@@ -129,6 +116,52 @@ def test_random_agrees_with_a_per_trade_loop(n, hold_bars, n_seeds, p_entry):
     assert result.net_return == pytest.approx(mean, abs=1e-12)
     assert result.return_std == pytest.approx(std, abs=1e-12)
     assert result.n_trades == trades
+
+
+@pytest.mark.parametrize(
+    ("n", "hold_bars", "n_seeds"),
+    [pytest.param(500, 24, 50, id="short-window"), pytest.param(720, 24, 100, id="month"), pytest.param(60, 4, 37, id="small")],
+)
+def test_seed_quantiles_and_exposure_agree_with_the_loop(n, hold_bars, n_seeds):
+    close = _close(n, seed=11, vol=0.02)
+    runs = reference_seed_runs(close, 0.003, n_seeds=n_seeds, hold_bars=hold_bars)
+    returns = [r for r, _ in runs]
+    result = random_baseline(close, 0.003, n_seeds=n_seeds, hold_bars=hold_bars)
+    # numpy's default quantile is linear interpolation, scipy's scoreatpercentile 'fraction'
+    for got, q in ((result.seed_p05, 5), (result.seed_p50, 50), (result.seed_p95, 95)):
+        assert got == pytest.approx(stats.scoreatpercentile(returns, q), abs=1e-12)
+    # each trade is long for hold_bars of the n - 1 holding periods
+    held = [trades * hold_bars / (n - 1) for _, trades in runs]
+    assert result.exposure == pytest.approx(sum(held) / n_seeds, abs=1e-12)
+    assert 0 < result.exposure < 1
+
+
+@pytest.mark.parametrize("hold_bars", [pytest.param(h, id=f"hold-{h}") for h in (1, 6, 24)])
+def test_one_pass_per_window_equals_a_pass_per_cost_basis(hold_bars):
+    close = _close(700, seed=3, vol=0.015)
+    costs = [0.0, 0.002, 0.0041, 0.006]
+    window = compute_window_baselines(close, costs, n_seeds=40, hold_bars=hold_bars)
+    assert list(window.by_cost) == costs
+    for rt in costs:
+        per_key = compute_baselines(close, rt, n_seeds=40, hold_bars=hold_bars)
+        assert window.by_cost[rt] == per_key
+        runs = reference_seed_runs(close, rt, n_seeds=40, hold_bars=hold_bars)
+        np.testing.assert_allclose(window.seed_returns(rt), [r for r, _ in runs], rtol=0, atol=1e-12)
+
+
+def test_seeds_of_a_window_are_drawn_once_for_all_cost_bases(monkeypatch):
+    import finetune.baselines as module
+
+    calls = []
+    real = module.random_entries
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "random_entries", counting)
+    seeds = random_seeds(_close(300), (0.0, 0.002, 0.006), n_seeds=25, hold_bars=10)
+    assert len(calls) == 25 and seeds.returns.shape == (3, 25)
 
 
 @pytest.mark.parametrize("chunk", [pytest.param(c, id=f"chunk-{c}") for c in (None, 1, 3, 50)])
@@ -155,6 +188,7 @@ def test_entries_drawn_in_chunks_are_the_design_formula(chunk):
 def test_random_without_room_for_a_trade_is_flat(n, hold_bars):
     result = random_baseline(_close(n), 0.002, n_seeds=5, hold_bars=hold_bars)
     assert (result.net_return, result.n_trades, result.return_std) == (0.0, 0.0, 0.0)
+    assert (result.exposure, result.seed_p05, result.seed_p50, result.seed_p95) == (0.0, 0.0, 0.0, 0.0)
 
 
 def test_random_first_window_with_room_for_a_trade():

@@ -12,9 +12,9 @@ import pandas as pd
 import psycopg
 import pytest
 
-from finetune import persistence
 from finetune.cli import main
 from finetune.data import MarketData
+from finetune.migrate import ADVISORY_LOCK_KEY, default_migrations_dir, load_migrations
 
 TABLES = ("finetune_runs", "finetune_run_factors", "finetune_results", "finetune_baselines", "finetune_pod_attempts")
 AS_OF = "2026-06-07T00:00:00Z"
@@ -68,6 +68,11 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.param({"--as-of": "yesterday"}, "not an ISO timestamp: 'yesterday'", id="bad-as-of"),
         pytest.param({"--run-id": None}, "the following arguments are required: --run-id", id="missing-run-id"),
         pytest.param({"--cryptos": "ZZZ"}, "no synthetic data for symbol ZZZ", id="symbol-without-data"),
+        pytest.param(
+            {"--data-uri": "synthetic://random_walk"},
+            "unsupported synthetic data URI 'synthetic://random_walk': use synthetic:// (planted lead-lag), synthetic://random-walk",
+            id="unknown-synthetic-market",
+        ),
         pytest.param({"--as-of": "2019-01-01T00:00:00Z"}, "symbol BTC: as-of 2019-01-01T00:00:00+00:00 is before its first bar", id="as-of-before-data"),
         pytest.param({"--train-bars": "100000"}, "symbol BTC: fold 0 of 2: needs 100000 training bars", id="too-few-bars"),
         pytest.param({"--data-uri": "s3://bucket/x"}, "unsupported data URI 's3://bucket/x'", id="unsupported-data-uri"),
@@ -113,17 +118,65 @@ def test_bad_attempt_number_exits_2(migrated_db: str, capsys: pytest.CaptureFixt
     assert "FINETUNE_ATTEMPT must be an integer >= 1" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [pytest.param(_make_argv(), id="run"), pytest.param(["migrate"], id="migrate")])
-def test_unreachable_database_exits_1_without_the_password(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: list[str]
-) -> None:
-    monkeypatch.setattr(persistence, "RETRY_BASE_DELAY_SECONDS", 0.0)
-    code = main(command, environ={"FINETUNE_DB_URL": "postgresql://postgres:Sup3rS3cret@127.0.0.1:1/test"})
+COMMANDS = [pytest.param(_make_argv(), id="run"), pytest.param(["migrate"], id="migrate")]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_unreachable_database_exits_1_without_the_password(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    environ = {"FINETUNE_DB_URL": "postgresql://postgres:Sup3rS3cret@127.0.0.1:1/test", "FINETUNE_DB_RETRY_SECONDS": "0.5"}
+    code = main(command, environ=environ)
     captured = capsys.readouterr()
     assert code == 1
-    assert captured.out == ""
+    # A run reports its retries while it waits for the database; nothing else happened.
+    assert {json.loads(line)["event"] for line in captured.out.splitlines()} <= {"database_retry"}
     assert len(captured.err.splitlines()) == 1 and "database unreachable" in captured.err
     assert "Sup3rS3cret" not in captured.err and "postgres:***@127.0.0.1:1" in captured.err
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_refused_credentials_exit_2_at_once_as_a_configuration_error(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    dsn = migrated_db.replace("postgres@", "no_such_role:Sup3rS3cret@", 1)
+    # A long budget: a retry loop would show as minutes, a refusal returns at once.
+    code = main(command, environ={"FINETUNE_DB_URL": dsn, "FINETUNE_DB_RETRY_SECONDS": "600"})
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("finetune: error: database refused the connection (postgresql://no_such_role:***@")
+    assert 'role "no_such_role" does not exist' in lines[0] and "configuration error" in lines[0]
+    assert "unreachable" not in lines[0] and "Sup3rS3cret" not in lines[0]
+    assert _total_rows(migrated_db) == 0
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_a_malformed_database_uri_exits_2_without_its_password(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+    code = main(command, environ={"FINETUNE_DB_URL": "host=db password=Sup3rS3cret dbname"})
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (
+        "finetune: error: the database URI is not a valid libpq connection string: "
+        'missing "=" after "dbname" in connection info string\n'
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        pytest.param("FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS", "soon", id="statement-timeout"),
+        pytest.param("FINETUNE_DB_LOCK_TIMEOUT_SECONDS", "-5", id="lock-timeout"),
+        pytest.param("FINETUNE_DB_RETRY_SECONDS", "2min", id="retry-budget"),
+    ],
+)
+def test_bad_database_settings_exit_2_naming_the_variable(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], command: list[str], name: str, value: str
+) -> None:
+    code = main(command, environ={"FINETUNE_DB_URL": migrated_db, name: value})
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == f"finetune: error: {name} must be a number of seconds >= 0 (0 turns it off), got {value!r}\n"
+    assert _total_rows(migrated_db) == 0
 
 
 def test_run_on_an_unmigrated_database_exits_1_with_one_line(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -135,9 +188,22 @@ def test_run_on_an_unmigrated_database_exits_1_with_one_line(empty_db: str, caps
 
 def test_migrate_applies_then_reports_nothing_to_do(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate"], environ={"FINETUNE_DB_URL": empty_db}) == 0
-    assert json.loads(capsys.readouterr().out)["applied"] == ["001", "002", "003"]
+    assert json.loads(capsys.readouterr().out)["applied"] == [m.version for m in load_migrations(default_migrations_dir())]
     assert main(["migrate"], environ={"FINETUNE_DB_URL": empty_db}) == 0
     assert json.loads(capsys.readouterr().out)["applied"] == []
+
+
+def test_migrate_behind_a_lock_past_the_lock_timeout_is_one_line_exit_1(
+    migrated_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))  # another migrate, still running
+        code = main(["migrate"], environ={"FINETUNE_DB_URL": migrated_db, "FINETUNE_DB_LOCK_TIMEOUT_SECONDS": "0.3"})
+    assert code == 1
+    assert capsys.readouterr().err == (
+        "finetune: error: migrate failed: database lock_timeout of 0.3 s exceeded "
+        "(FINETUNE_DB_LOCK_TIMEOUT_SECONDS): canceling statement due to lock timeout\n"
+    )
 
 
 def test_migrate_refusal_is_one_line_exit_1(empty_db: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

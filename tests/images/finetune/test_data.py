@@ -1,28 +1,16 @@
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import zlib
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from finetune.data import (
-    SYNTHETIC_END,
-    SYNTHETIC_START,
-    SYNTHETIC_SYMBOLS,
     DataError,
     MarketData,
-    symbol_seed,
-    synthetic_ohlcv,
     validate_symbol,
 )
 
 AS_OF = pd.Timestamp("2026-06-07T00:00:00Z")
-PACKAGE_DIR = Path(__file__).resolve().parents[3] / "images" / "finetune"
 
 
 def _bars(n: int = 4, start: str = "2024-01-01 00:00") -> pd.DataFrame:
@@ -68,61 +56,7 @@ def test_invalid_symbols_are_named(symbol):
         validate_symbol(symbol)
 
 
-# --- synthetic market ---------------------------------------------------------------------
-
-
-def test_synthetic_market_has_the_majors():
-    assert {"BTC", "ETH", "SOL"} <= set(SYNTHETIC_SYMBOLS)
-    assert len(SYNTHETIC_SYMBOLS) >= 5
-
-
-def test_synthetic_seed_is_crc32_of_the_name():
-    assert symbol_seed("BTC") == zlib.crc32(b"BTC") == 3176990918
-
-
-def test_synthetic_bars_are_the_same_in_another_process():
-    # a process with another hash seed: hash() would differ there, crc32 does not
-    code = "from finetune.data import synthetic_ohlcv; print(repr(float(synthetic_ohlcv('ETH')['close'].iloc[-1])))"
-    env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(PACKAGE_DIR)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert float(out) == float(synthetic_ohlcv("ETH")["close"].iloc[-1])
-
-
-def test_synthetic_is_deterministic_and_hourly():
-    first, second = MarketData().ohlcv("ETH", as_of=AS_OF), MarketData("synthetic://").ohlcv("ETH", as_of=AS_OF)
-    pd.testing.assert_frame_equal(first, second)
-    assert first.index[0] == SYNTHETIC_START
-    assert first.index[-1] == AS_OF
-    assert (np.diff(first.index.asi8) == np.diff(first.index.asi8)[0]).all()
-    assert first.index[1] - first.index[0] == pd.Timedelta(hours=1)
-    assert str(first.index.tz) == "UTC"
-    assert list(first.columns) == ["open", "high", "low", "close", "volume"]
-    assert (first.dtypes == np.float64).all()
-
-
-@pytest.mark.parametrize("symbol", [pytest.param(s, id=s) for s in SYNTHETIC_SYMBOLS])
-def test_synthetic_bars_are_consistent(symbol):
-    bars = synthetic_ohlcv(symbol)
-    assert bars.index[-1] < SYNTHETIC_END
-    assert (bars[["open", "high", "low", "close"]] > 0).all().all()
-    assert (bars["volume"] > 0).all()
-    assert (bars["high"] >= bars[["open", "close"]].max(axis=1)).all()
-    assert (bars["low"] <= bars[["open", "close"]].min(axis=1)).all()
-    np.testing.assert_array_equal(bars["open"].to_numpy()[1:], bars["close"].to_numpy()[:-1])
-
-
-def test_synthetic_volatility_clusters():
-    # GARCH: large moves follow large moves, so |r| is autocorrelated while r is not.
-    returns = np.diff(np.log(synthetic_ohlcv("BTC")["close"].to_numpy()))
-    abs_acf = np.corrcoef(np.abs(returns[1:]), np.abs(returns[:-1]))[0, 1]
-    raw_acf = np.corrcoef(returns[1:], returns[:-1])[0, 1]
-    assert abs_acf > 0.05
-    assert abs(raw_acf) < 0.02
-
-
-def test_synthetic_alts_move_with_btc():
-    btc, sol = (np.diff(np.log(synthetic_ohlcv(s)["close"].to_numpy())) for s in ("BTC", "SOL"))
-    assert np.corrcoef(btc, sol)[0, 1] > 0.4
+# --- synthetic market through MarketData (the market itself: test_synthetic.py) ----------
 
 
 def test_as_of_cuts_rows_and_never_changes_a_bar():

@@ -1,8 +1,11 @@
 """The runner end to end on real PostgreSQL (in-process through ``cli.main`` for speed).
 
 A small grid (2 cryptos x 2 folds x 2 costs x 2 slippages) on the synthetic market: exact row
-counts, identical windows, baselines equal to an independent recomputation, idempotent reruns,
-and the failure paths (a key whose write is refused, a crash mid-run).
+counts, identical windows, baselines and model rows (return, exposure, percentile, shift test)
+equal to an independent per-trade recomputation, idempotent reruns, and the failure paths (a key
+whose write is refused, a crash mid-run). The database faults run the pod as a real subprocess:
+SIGTERM inside an INSERT blocked on a held lock, a lock never released, and a failover
+(connections terminated and refused) ridden out or outlasting the budget.
 """
 
 from __future__ import annotations
@@ -10,19 +13,23 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import design_reference as reference
 import psycopg
 import pytest
+from conftest import DatabaseOutage
+from scipy import stats
 
 from finetune import baselines, runner
 from finetune.cli import main
-from finetune.costs import round_trip_cost
 from finetune.data import MarketData
-from finetune.factors import build_feature_store
-from finetune.folds import walk_forward_folds
 
 AS_OF = "2026-06-07T00:00:00Z"
 CRYPTOS = ("BTC", "ETH")
@@ -58,6 +65,27 @@ def _counts(dsn: str) -> dict[str, int]:
 def _query(dsn: str, sql: str) -> list[tuple]:
     with psycopg.connect(dsn) as conn:
         return conn.execute(sql).fetchall()
+
+
+def _planned_keys(*, cryptos: tuple[str, ...] = CRYPTOS) -> list[dict]:
+    """The grid's keys as ``baselines_incomplete`` names them (sorted like the runner's keys)."""
+    return [
+        {"crypto": crypto, "fold_id": fold, "cost_bps": cost, "slippage_bps": slip}
+        for crypto in sorted(cryptos) for fold in range(N_FOLDS) for cost in COSTS for slip in SLIPPAGES
+    ]
+
+
+def _stored_keys(dsn: str, run_id: str = "run-1") -> list[dict]:
+    """The keys of a run whose model row has its three baselines."""
+    rows = _query(
+        dsn,
+        f"""
+        SELECT r.crypto, r.fold_id, r.cost_bps, r.slippage_bps FROM finetune_results r
+        JOIN finetune_baselines b USING (run_id, factor, strategy, crypto, fold_id, cost_bps, slippage_bps, test_start, test_end, n_bars)
+        WHERE r.run_id = '{run_id}' GROUP BY 1, 2, 3, 4 HAVING count(*) = 3 ORDER BY 1, 2, 3, 4
+        """,
+    )
+    return [{"crypto": c, "fold_id": f, "cost_bps": cost, "slippage_bps": slip} for c, f, cost, slip in rows]
 
 
 @pytest.fixture
@@ -96,36 +124,68 @@ def test_full_run_persists_every_key_with_its_baselines(completed_run: tuple[str
     assert _query(dsn, "SELECT count(*) FROM finetune_results WHERE model_hyperparams = '{}'::jsonb OR feature_hash = ''") == [(0,)]
 
 
+def _window_close(market: MarketData, crypto: str, start: datetime, end: datetime) -> np.ndarray:
+    """The stored window's close prices, read from the market by its timestamps."""
+    return market.ohlcv(crypto, as_of=pd.Timestamp(AS_OF))["close"].loc[start:end].to_numpy()
+
+
 def test_baselines_equal_an_independent_recomputation(completed_run: tuple[str, list[dict]]) -> None:
+    # DESIGN 5 as plain per-trade loops (design_reference), on the closes of each stored window
     dsn, _ = completed_run
-    as_of = pd.Timestamp(AS_OF)
     market = MarketData()
     rows = _query(
         dsn,
         "SELECT crypto, fold_id, cost_bps, slippage_bps, baseline_type, test_start, test_end, n_bars, "
-        "net_return, n_trades, n_seeds, hold_bars, return_std FROM finetune_baselines",
+        "net_return, n_trades, n_seeds, hold_bars, return_std, exposure, seed_p05, seed_p50, seed_p95 "
+        "FROM finetune_baselines",
     )
-    stores = {c: build_feature_store("base_features", c, market, as_of=as_of) for c in CRYPTOS}
-    folds = {
-        c: walk_forward_folds(s.index, as_of=as_of, n_folds=N_FOLDS, train_bars=TRAIN_BARS, test_bars=TEST_BARS, hold_bars=HOLD_BARS)
-        for c, s in stores.items()
-    }
-    for crypto, fold_id, cost, slip, kind, start, end, n_bars, net, n_trades, n_seeds, hold, std in rows:
-        store, fold = stores[crypto], folds[crypto][fold_id]
-        assert (start, end, n_bars) == (store.index[fold.test_start], store.index[fold.test_end - 1], TEST_BARS)
-        close = store.close[fold.test_start : fold.test_end]
-        rt = round_trip_cost(cost, slip)
-        expected = {
-            "buy_and_hold": baselines.buy_and_hold(close, rt),
-            "naive": baselines.naive(close),
-            "random": baselines.random_baseline(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS),
-        }[kind]
-        assert np.isclose(net, expected.net_return, rtol=0, atol=1e-12), (crypto, fold_id, cost, slip, kind)
-        assert np.isclose(n_trades, expected.n_trades)
-        assert (n_seeds, hold) == (expected.n_seeds, expected.hold_bars)
-        assert (std is None and expected.return_std is None) or np.isclose(std, expected.return_std)
+    assert len(rows) == 3 * N_KEYS
+    for crypto, fold_id, cost, slip, kind, start, end, n_bars, net, n_trades, n_seeds, hold, std, held, p05, p50, p95 in rows:
+        close = _window_close(market, crypto, start, end)
+        assert len(close) == n_bars == TEST_BARS and end - start == pd.Timedelta(hours=n_bars - 1)
+        rt = 2 * (cost + slip) / 10_000
+        where = (crypto, fold_id, cost, slip, kind)
+        if kind == "naive":
+            assert (net, n_trades, held, n_seeds, hold, std, p05) == (0.0, 0.0, 0.0, None, None, None, None), where
+        elif kind == "buy_and_hold":
+            assert np.isclose(net, close[-1] / close[0] - 1 - rt, rtol=0, atol=1e-12), where
+            assert (n_trades, held, n_seeds, p05) == (1.0, 1.0, None, None), where
+        else:
+            runs = reference.seed_runs(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS)
+            returns = [r for r, _ in runs]
+            mean, ref_std, trades = reference.random_baseline(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS)
+            assert np.isclose(net, mean, rtol=0, atol=1e-12) and np.isclose(std, ref_std, rtol=0, atol=1e-12), where
+            assert np.isclose(n_trades, trades) and (n_seeds, hold) == (N_SEEDS, HOLD_BARS), where
+            assert np.isclose(held, sum(t * HOLD_BARS for _, t in runs) / N_SEEDS / (n_bars - 1)), where
+            expected = [stats.scoreatpercentile(returns, q) for q in (5, 50, 95)]
+            np.testing.assert_allclose([p05, p50, p95], expected, rtol=0, atol=1e-12, err_msg=str(where))
     # The newest test window ends at the last bar <= as-of.
-    assert max(row[6] for row in rows) <= as_of
+    assert max(row[6] for row in rows) <= pd.Timestamp(AS_OF)
+
+
+def test_model_rows_equal_a_recomputation_from_their_stored_positions(completed_run: tuple[str, list[dict]]) -> None:
+    # What anyone can do with a stored row: recompute its return, exposure, percentile, shift test.
+    dsn, _ = completed_run
+    market = MarketData()
+    rows = _query(
+        dsn,
+        "SELECT crypto, fold_id, cost_bps, slippage_bps, test_start, test_end, n_bars, net_return, n_trades, "
+        "positions, exposure, random_percentile, perm_p_value, perm_n_shifts FROM finetune_results",
+    )
+    assert len(rows) == N_KEYS
+    for crypto, fold_id, cost, slip, start, end, n_bars, net, n_trades, positions, held, pct, p_value, n_shifts in rows:
+        where = (crypto, fold_id, cost, slip)
+        close = _window_close(market, crypto, start, end)
+        rt = 2 * (cost + slip) / 10_000
+        assert len(positions) == n_bars and set(positions) <= {0, 1}, where
+        assert np.isclose(net, reference.positions_return(positions, close, rt), rtol=0, atol=1e-12), where
+        assert held == reference.held_share(positions), where
+        seeds = [r for r, _ in reference.seed_runs(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS)]
+        assert pct == stats.percentileofscore(seeds, net, kind="mean") / 100, where
+        ref_p, _ = reference.shift_test(positions, close, rt, n_shifts=N_SEEDS)
+        assert (p_value, n_shifts) == (ref_p, N_SEEDS), where
+    # the grid holds models that trade, so the checks above are not all on flat books
+    assert any(0 < row[10] < 1 for row in rows)
 
 
 def test_events_trace_the_run(completed_run: tuple[str, list[dict]]) -> None:
@@ -160,19 +220,22 @@ def test_rerun_upserts_and_records_the_new_attempt(
     ]
 
 
-def test_baselines_are_computed_once_per_key(
+def test_the_random_seeds_are_drawn_once_per_window(
     migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[float] = []
-    real = baselines.compute_baselines
+    # one pass per (crypto, fold) nets every cost basis of the window (DESIGN 5, "Memoisation")
+    calls: list[tuple[float, ...]] = []
+    real = baselines.compute_window_baselines
 
-    def counting(close: np.ndarray, rt: float, **kwargs: int) -> tuple:
-        calls.append(rt)
-        return real(close, rt, **kwargs)
+    def counting(close: np.ndarray, rts: list[float], **kwargs: int) -> baselines.WindowBaselines:
+        calls.append(tuple(rts))
+        return real(close, rts, **kwargs)
 
-    monkeypatch.setattr(baselines, "compute_baselines", counting)
+    monkeypatch.setattr(baselines, "compute_window_baselines", counting)
     code, _ = _run(migrated_db, capsys)
-    assert code == 0 and len(calls) == N_KEYS
+    assert code == 0 and len(calls) == len(CRYPTOS) * N_FOLDS
+    # 10+0, 10+5, 30+0, 30+5 bps: four distinct round-trip costs, each netted in the one pass
+    assert all(len(rts) == len(COSTS) * len(SLIPPAGES) for rts in calls)
 
 
 def test_a_refused_key_is_absent_and_reported(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -218,12 +281,46 @@ def test_a_crash_mid_run_marks_the_factor_failed(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(runner, "fine_tune", crash_on_third)
-    code, events = _run(migrated_db, capsys)
+    code = main(_make_argv(), environ={"FINETUNE_DB_URL": migrated_db})
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
     assert code == 1
-    assert [e["event"] for e in events][-3:] == ["run_error", "pod_usage", "run_finished"]
+    assert [e["event"] for e in events][-4:] == ["run_error", "baselines_incomplete", "pod_usage", "run_finished"]
     (status, reason), = _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors")
     assert status == "failed" and reason == "error: FloatingPointError: singular matrix in fold 0"
     assert _query(migrated_db, "SELECT exit_reason FROM finetune_pod_attempts") == [(reason,)]
+    assert captured.err == f"finetune: error: factor base_features failed: {reason}\n"
+    # The crash came in the third fine-tune (ETH fold 0): BTC's keys persisted, ETH's never did.
+    incomplete = events[-3]
+    assert incomplete["checked_by"] == "run" and incomplete["n_keys"] == N_KEYS
+    assert incomplete["missing"] == _planned_keys(cryptos=("ETH",))
+    assert _stored_keys(migrated_db) == _planned_keys(cryptos=("BTC",))
+
+
+def test_a_completed_run_whose_record_is_refused_exits_1_with_one_line(
+    migrated_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with psycopg.connect(migrated_db, autocommit=True) as conn:
+        conn.execute(
+            """
+            CREATE FUNCTION refuse_attempts() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN RAISE EXCEPTION 'injected: attempts are read-only'; END $$;
+            CREATE TRIGGER refuse_attempts BEFORE INSERT ON finetune_pod_attempts
+                FOR EACH ROW EXECUTE FUNCTION refuse_attempts();
+            """
+        )
+    code = main(_make_argv(), environ={"FINETUNE_DB_URL": migrated_db})
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert code == 1
+    assert [e["event"] for e in events][-2:] == ["record_failed", "run_finished"]
+    assert events[-1]["status"] == "failed" and events[-1]["exit_reason"] == "completed"
+    assert len(captured.err.splitlines()) == 1 and captured.err.startswith(
+        "finetune: error: factor base_features completed but could not be recorded: injected: attempts are read-only"
+    )
+    # Every key persisted; only the outcome is missing, so the gate fails the run on 'running'.
+    assert _stored_keys(migrated_db) == _planned_keys()
+    assert _query(migrated_db, "SELECT status FROM finetune_run_factors") == [("running",)]
 
 
 def test_sigterm_marks_the_factor_failed(
@@ -242,6 +339,204 @@ def test_sigterm_marks_the_factor_failed(
     monkeypatch.setattr(runner, "fine_tune", terminated_on_second)
     code, events = _run(migrated_db, capsys)
     assert code == 1
-    assert events[-1]["exit_reason"] == "error: Terminated: received SIGTERM"
+    assert events[-1]["exit_reason"] == "terminated: received SIGTERM"
     assert _query(migrated_db, "SELECT status FROM finetune_run_factors") == [("failed",)]
     assert signal.getsignal(signal.SIGTERM) is previous
+
+
+# --- database faults, on the real entry point (python -m finetune run) as a subprocess ------------
+
+SECRET = "Pa55-w0rd-never-logged"
+
+
+def _with_password(dsn: str) -> str:
+    """The DSN with a password (the test server trusts local logins and ignores it)."""
+    return dsn.replace("postgres@", f"postgres:{SECRET}@", 1)
+
+
+def _start_pod(dsn: str, *, run_id: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "finetune", *_make_argv(**{"--run-id": run_id})],
+        env={**os.environ, "FINETUNE_DB_URL": _with_password(dsn), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _read_until(proc: subprocess.Popen[str], event: str) -> list[dict]:
+    """The pod's events up to and including the first ``event`` (the pod keeps running)."""
+    assert proc.stdout is not None
+    events = []
+    for line in proc.stdout:
+        events.append(json.loads(line))
+        if events[-1]["event"] == event:
+            return events
+    raise AssertionError(f"the pod ended before {event!r}: {events[-3:]}")
+
+
+def _finish_pod(proc: subprocess.Popen[str], events: list[dict] | None = None) -> tuple[list[dict], str]:
+    out, err = proc.communicate(timeout=120)
+    assert SECRET not in out and SECRET not in err
+    return [*(events or []), *(json.loads(line) for line in out.splitlines())], err
+
+
+def _pod_backends(dsn: str) -> list[tuple]:
+    return _query(
+        dsn,
+        "SELECT pid, state, wait_event_type FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'finetune-pod'",
+    )
+
+
+def _wait_for_pod_blocked_on_lock(dsn: str, proc: subprocess.Popen[str]) -> None:
+    for _ in range(1200):
+        if any(wait == "Lock" for _, _, wait in _pod_backends(dsn)):
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the pod never blocked on the held lock")
+
+
+@pytest.mark.parametrize(
+    "locked_table",
+    [
+        pytest.param("finetune_results", id="blocked-in-execute"),
+        pytest.param("finetune_baselines", id="blocked-in-executemany-pipeline"),
+    ],
+)
+def test_sigterm_inside_a_blocked_insert_cancels_it_and_records_the_failure(migrated_db: str, locked_table: str) -> None:
+    with psycopg.connect(migrated_db) as holder:
+        holder.execute(f"LOCK TABLE {locked_table} IN ACCESS EXCLUSIVE MODE")
+        proc = _start_pod(migrated_db, run_id="run-1")
+        _wait_for_pod_blocked_on_lock(migrated_db, proc)
+
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)  # as the kubelet does when the pod is deleted
+        events, err = _finish_pod(proc)
+        print(f"\nSIGTERM to exit ({locked_table}): {time.monotonic() - sent:.2f} s")
+
+        # Still holding the lock: the pod's statement was cancelled, not left waiting behind it.
+        assert _pod_backends(migrated_db) == []
+        assert _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors") == [
+            ("failed", "terminated: received SIGTERM")
+        ]
+    assert proc.returncode == 1
+    assert err == "finetune: error: factor base_features failed: terminated: received SIGTERM\n"
+    names = [e["event"] for e in events]
+    assert names[-4:] == ["run_error", "baselines_incomplete", "pod_usage", "run_finished"]
+    # The first key blocked, so no key persisted; its model row rolled back with it.
+    assert events[-3]["missing"] == _planned_keys() and events[-3]["checked_by"] == "run"
+    assert _counts(migrated_db)["finetune_results"] == 0
+    assert _query(migrated_db, "SELECT exit_reason FROM finetune_pod_attempts") == [("terminated: received SIGTERM",)]
+
+
+def test_a_lock_never_released_fails_the_pod_by_itself_naming_the_timeout(migrated_db: str) -> None:
+    env = {"FINETUNE_DB_LOCK_TIMEOUT_SECONDS": "0.5", "FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS": "5"}
+    with psycopg.connect(migrated_db) as holder:
+        holder.execute("LOCK TABLE finetune_baselines IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        events, err = _finish_pod(_start_pod(migrated_db, run_id="run-1", env=env))
+        print(f"\nlock held forever, lock_timeout 0.5 s: pod exit after {time.monotonic() - started:.2f} s")
+    reason = "database lock_timeout of 0.5 s exceeded (FINETUNE_DB_LOCK_TIMEOUT_SECONDS): canceling statement due to lock timeout"
+    assert err == f"finetune: error: factor base_features failed: {reason}\n"
+    assert "database_retry" not in [e["event"] for e in events]  # the bound is not retried
+    assert events[-1]["exit_code"] == 1 and events[-1]["exit_reason"] == reason
+    assert _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors") == [("failed", reason)]
+
+
+def _stored_rows(dsn: str, table: str, run_id: str) -> list[tuple]:
+    """Every column of a run's rows but the run id, generated ids and write stamps, in key order."""
+    columns = [
+        name
+        for (name,) in _query(
+            dsn,
+            f"SELECT column_name FROM information_schema.columns WHERE table_name = '{table}' "
+            "AND column_name NOT IN ('run_id', 'created_at', 'updated_at') AND is_identity = 'NO' "
+            "AND coalesce(column_default, '') NOT LIKE 'nextval%%' ORDER BY ordinal_position",
+        )
+    ]
+    listed = ", ".join(columns)
+    return _query(dsn, f"SELECT {listed} FROM {table} WHERE run_id = '{run_id}' ORDER BY {listed}")
+
+
+def test_an_outage_mid_run_is_ridden_out_with_the_values_of_an_undisturbed_run(
+    migrated_db: str, database_outage: DatabaseOutage, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The undisturbed run, for comparison (same grid, another run id).
+    assert main(_make_argv(**{"--run-id": "calm"}), environ={"FINETUNE_DB_URL": migrated_db}) == 0
+    capsys.readouterr()
+
+    proc = _start_pod(migrated_db, run_id="failover", env={"FINETUNE_DB_RETRY_SECONDS": "60"})
+    events = _read_until(proc, "fold_done")
+    proc.send_signal(signal.SIGSTOP)  # hold the pod mid-run while the database goes away
+    database_outage.start()
+    proc.send_signal(signal.SIGCONT)
+    started = time.monotonic()
+    # Longer than the 3.5 s of retries the pod used to give up after.
+    time.sleep(7)
+    database_outage.end()
+    events, err = _finish_pod(proc, events)
+    print(f"\noutage of 7 s ridden; pod exit {time.monotonic() - started:.2f} s after the outage began")
+
+    assert proc.returncode == 0, err
+    retries = [e for e in events if e["event"] == "database_retry"]
+    assert len(retries) >= 2 and any("not currently accepting connections" in e["error"] for e in retries)
+    assert events[-1]["status"] == "done"
+    for table in ("finetune_results", "finetune_baselines"):
+        assert _stored_rows(migrated_db, table, "failover") == _stored_rows(migrated_db, table, "calm"), table
+    assert _stored_keys(migrated_db, "failover") == _planned_keys()
+
+
+def test_an_outage_beyond_the_budget_exits_non_zero_and_the_gate_decides(
+    migrated_db: str, database_outage: DatabaseOutage
+) -> None:
+    proc = _start_pod(migrated_db, run_id="run-1", env={"FINETUNE_DB_RETRY_SECONDS": "1.5"})
+    events = _read_until(proc, "fold_done")
+    proc.send_signal(signal.SIGSTOP)
+    database_outage.start()
+    proc.send_signal(signal.SIGCONT)
+    try:
+        events, err = _finish_pod(proc, events)
+    finally:
+        database_outage.end()
+
+    assert proc.returncode == 1
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("finetune: error: factor base_features failed: database unreachable (")
+    assert "the failure could not be recorded: database unreachable" in lines[0]
+    # The failure record was retried too (database_retry events), then given up.
+    events = [e for e in events if e["event"] != "database_retry"]
+    assert [e["event"] for e in events][-5:] == ["run_error", "baselines_incomplete", "pod_usage", "record_failed", "run_finished"]
+    # What the pod reports missing is exactly what the database lacks.
+    missing = events[-4]["missing"]
+    assert missing and missing == [key for key in _planned_keys() if key not in _stored_keys(migrated_db)]
+    # The failure record was lost with the database: the manifest still says running, and the
+    # gate fails the run for it.
+    assert _query(migrated_db, "SELECT status FROM finetune_run_factors") == [("running",)]
+
+
+def test_sigterm_while_riding_out_an_outage_stops_within_the_termination_bound(
+    migrated_db: str, database_outage: DatabaseOutage
+) -> None:
+    proc = _start_pod(migrated_db, run_id="run-1", env={"FINETUNE_DB_RETRY_SECONDS": "300"})
+    events = _read_until(proc, "fold_done")
+    proc.send_signal(signal.SIGSTOP)
+    database_outage.start()
+    proc.send_signal(signal.SIGCONT)
+    try:
+        events += _read_until(proc, "database_retry")  # waiting for the database to come back
+        proc.send_signal(signal.SIGTERM)  # the pod is deleted meanwhile (e.g. a node drain)
+        events, err = _finish_pod(proc, events)
+    finally:
+        database_outage.end()
+
+    assert proc.returncode == 1
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "finetune: error: factor base_features failed: terminated: received SIGTERM; "
+        "the failure could not be recorded: database unreachable ("
+    )
+    events = [e for e in events if e["event"] != "database_retry"]
+    assert [e["event"] for e in events][-5:] == ["run_error", "baselines_incomplete", "pod_usage", "record_failed", "run_finished"]
+    assert events[-4]["missing"] == [key for key in _planned_keys() if key not in _stored_keys(migrated_db)]

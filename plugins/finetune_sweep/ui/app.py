@@ -1,0 +1,345 @@
+"""The plugin's FastAPI app: the run tab, the DAG tab, per-fold detail, downloads and static assets.
+
+Airflow does not protect plugin apps: every page and data route depends on
+``requires_access_dag("GET", DagAccessEntity.RUN)``, which reads the DAG id from the path
+(anonymous: 401, a user without access to that DAG: 403). The static assets hold no data and
+need an authenticated user only. The tab is a same-origin iframe that carries Airflow's session
+cookie, so the same checks apply to the browser.
+
+Links are relative (``../../../static/...``): the app works under any mount prefix and any
+``[api] base_url``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Mapping, Sequence
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import quote, urlencode
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
+
+from finetune_sweep.ui import charts, queries
+from finetune_sweep.ui.airflow_runs import AirflowRun, expected_finetune_run_id, find_airflow_run
+
+HERE = Path(__file__).resolve().parent
+READ_RUN = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
+
+# Columns of the downloads, in order (the tables show the same rows).
+GROUP_COLUMNS = (
+    "factor", "crypto", "cost_bps", "slippage_bps", "folds", "model", "buy_and_hold", "random", "random_p05",
+    "random_p95", "naive", "percentile", "exposure", "folds_won", "missing_baselines",
+)
+FOLD_COLUMNS = (
+    "factor", "crypto", "cost_bps", "slippage_bps", "fold_id", "variant", "test_start", "test_end", "n_bars",
+    "n_filled_bars", "model", "sharpe", "max_drawdown", "n_trades", "exposure", "percentile", "perm_p_value",
+    "perm_n_shifts", "buy_and_hold", "random", "random_p05", "random_p50", "random_p95", "random_std", "n_seeds",
+    "naive", "won",
+)
+
+
+class PageError(Exception):
+    """A page that cannot be shown: its status and one line that says why (never a traceback)."""
+
+    def __init__(self, status: int, title: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.title = title
+        self.message = message
+
+
+def _static_files() -> dict[str, Path]:
+    """The assets the pages load: ours, and plotly.js from the plotly wheel (no CDN)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("plotly")
+    files = {"finetune_ui.js": HERE / "static" / "finetune_ui.js", "finetune_ui.css": HERE / "static" / "finetune_ui.css"}
+    if spec is not None and spec.submodule_search_locations:
+        files["plotly.min.js"] = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
+    return files
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _percent(value: Any, digits: int = 2, signed: bool = True) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{float(value):{'+' if signed else ''}.{digits}%}"
+
+
+def _bytes(value: Any) -> str:
+    from finetune_sweep.sizing import format_bytes
+
+    return "–" if value is None else format_bytes(value)
+
+
+def _sort_key(value: Any) -> str:
+    """``data-sort`` of a cell: numbers sort numerically, missing values last."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, bool):
+        return str(int(value))
+    return str(value)
+
+
+def _environment() -> Any:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(["html"]),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters.update(pct=_percent, size=_bytes, sortkey=_sort_key, seg=lambda s: quote(str(s), safe=""))
+    env.globals.update(json_for_script=_json_for_script)
+    return env
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN: a missing number is null.
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _to_json(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    return json.dumps([{c: _clean(row.get(c)) for c in columns} for row in rows], default=_json_default)
+
+
+def _json_for_script(value: Any) -> str:
+    """JSON safe inside ``<script type="application/json">`` (no ``</script>`` break-out)."""
+    text = json.dumps(value, default=_json_default, allow_nan=False) if value is not None else "null"
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if _clean(row.get(c)) is None else _json_default(row[c]) if isinstance(
+            row.get(c), (datetime, date, Decimal)) else row[c] for c in columns])
+    return out.getvalue()
+
+
+def _for_chart(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_for_chart(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _for_chart(v) for k, v in value.items()}
+    return _clean(value)
+
+
+# --------------------------------------------------------------------------- data access
+
+
+def _dsn() -> str:
+    from finetune_sweep.db import dsn_from_connection
+    from finetune_sweep.settings import get_settings
+
+    conn_id = get_settings().conn_id
+    try:
+        return dsn_from_connection(conn_id)
+    except Exception as err:  # noqa: BLE001 - Airflow raises its own "not defined" types across versions
+        raise PageError(503, "No finetune database",
+                        f"the Airflow connection {conn_id!r} is not available ({type(err).__name__})") from None
+
+
+class _Database:
+    """The finetune database of one request: its DSN and a connection; a failure is a 503 page."""
+
+    def __init__(self) -> None:
+        self.dsn = _dsn()
+        self.conn: Any = None
+
+    def __enter__(self) -> _Database:
+        import psycopg
+
+        try:
+            self.conn = queries.connect(self.dsn)
+        except psycopg.Error as err:
+            self._unavailable(err)
+        return self
+
+    def __exit__(self, kind: Any, err: Any, trace: Any) -> bool:
+        import psycopg
+
+        self.conn.close()
+        if isinstance(err, psycopg.OperationalError):
+            self._unavailable(err)
+        return False
+
+    def _unavailable(self, err: Exception) -> None:
+        from finetune_sweep.db import redact
+
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise PageError(503, "Finetune database unavailable", redact(first_line, [self.dsn])) from None
+
+
+class _Resolved:
+    """An Airflow run id resolved to its finetune run (or to the reason why there is none)."""
+
+    def __init__(self, *, dag_id: str, airflow_run_id: str, run_id: str | None, airflow_run: AirflowRun | None):
+        self.dag_id = dag_id
+        self.airflow_run_id = airflow_run_id
+        self.run_id = run_id
+        self.airflow_run = airflow_run
+
+
+def _resolve(conn: Any, dag_id: str, airflow_run_id: str) -> _Resolved:
+    airflow_run = find_airflow_run(dag_id, airflow_run_id)
+    candidates = []
+    if airflow_run is not None and (expected := expected_finetune_run_id(airflow_run)):
+        candidates.append(expected)
+    run_id = None
+    if queries.has_finetune_tables(conn):
+        run_id = queries.resolve_run_id(conn, dag_id=dag_id, airflow_run_id=airflow_run_id, candidates=candidates)
+    if run_id is None and airflow_run is None:
+        raise PageError(404, "Unknown run", f"no run {airflow_run_id!r} of DAG {dag_id!r}: neither Airflow nor the "
+                        "finetune database knows it")
+    return _Resolved(dag_id=dag_id, airflow_run_id=airflow_run_id, run_id=run_id, airflow_run=airflow_run)
+
+
+def _require_run(resolved: _Resolved) -> str:
+    if resolved.run_id is None:
+        raise PageError(404, "No finetune run", f"the Airflow run {resolved.airflow_run_id!r} has no finetune run: "
+                        "it stopped before `register`")
+    return resolved.run_id
+
+
+def _int_or_none(value: str | None, name: str) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise PageError(400, "Bad request", f"{name}={value!r} is not an integer; allowed: a whole number of bps") from None
+
+
+# --------------------------------------------------------------------------- app
+
+
+def create_app() -> FastAPI:
+    """The plugin's FastAPI app (mounted at ``/finetune`` by the plugin)."""
+    app = FastAPI(title="finetune sweep results", docs_url=None, redoc_url=None, openapi_url=None)
+    env = _environment()
+    static = _static_files()
+
+    def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+        return HTMLResponse(env.get_template(template).render(**context), status_code=status)
+
+    @app.exception_handler(PageError)
+    async def _page_error(request: Request, err: PageError) -> Response:  # noqa: ARG001
+        depth = request.url.path.rstrip("/").count("/") - request.scope.get("root_path", "").rstrip("/").count("/")
+        return page("message.html", status=err.status, title=err.title, message=err.message,
+                    static="../" * max(depth - 1, 0) + "static/")
+
+    @app.get("/static/{name}", dependencies=[Depends(get_user)])
+    def static_file(name: str) -> Response:
+        path = static.get(name)
+        if path is None or not path.is_file():
+            raise PageError(404, "Not found", f"no static file {name!r}")
+        media = "text/javascript" if name.endswith(".js") else "text/css"
+        return FileResponse(path, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
+
+    @app.get("/dags/{dag_id}/runs/{airflow_run_id}", dependencies=READ_RUN, response_class=HTMLResponse)
+    def run_tab(dag_id: str, airflow_run_id: str) -> Response:
+        with _Database() as db:
+            resolved = _resolve(db.conn, dag_id, airflow_run_id)
+            linked = queries.airflow_runs_of(db.conn, resolved.run_id) if resolved.run_id else []
+            data = queries.fetch_run_page(db.dsn, resolved.run_id, airflow_run_id=airflow_run_id) if resolved.run_id else None
+        base = "./" + quote(airflow_run_id, safe="") + "/"
+        if data is None:
+            return page("not_registered.html", dag_id=dag_id, airflow_run_id=airflow_run_id,
+                        airflow_run=resolved.airflow_run, static="../../../static/")
+        return page(
+            "run.html",
+            dag_id=dag_id,
+            airflow_run_id=airflow_run_id,
+            airflow_run=resolved.airflow_run,
+            linked=linked,
+            data=data,
+            curves=_for_chart(charts.cost_curves(data.groups)),
+            with_charts=True,
+            base=base,
+            folds_link=lambda row: base + "folds?" + urlencode(
+                {k: row[k] for k in ("factor", "crypto", "cost_bps", "slippage_bps")}),
+            static="../../../static/",
+        )
+
+    @app.get("/dags/{dag_id}/runs/{airflow_run_id}/folds", dependencies=READ_RUN, response_class=HTMLResponse)
+    def folds_page(
+        dag_id: str,
+        airflow_run_id: str,
+        factor: str | None = None,
+        crypto: str | None = None,
+        cost_bps: str | None = None,
+        slippage_bps: str | None = None,
+    ) -> Response:
+        cost, slip = _int_or_none(cost_bps, "cost_bps"), _int_or_none(slippage_bps, "slippage_bps")
+        with _Database() as db:
+            run_id = _require_run(_resolve(db.conn, dag_id, airflow_run_id))
+            rows = queries.fetch_folds(db.conn, run_id, factor=factor, crypto=crypto, cost_bps=cost, slippage_bps=slip)
+        return page("folds.html", dag_id=dag_id, airflow_run_id=airflow_run_id, run_id=run_id, rows=rows,
+                    selection={"factor": factor, "crypto": crypto, "cost_bps": cost, "slippage_bps": slip},
+                    back="../" + quote(airflow_run_id, safe=""), static="../../../../static/")
+
+    @app.get("/dags/{dag_id}/runs/{airflow_run_id}/{table}.{fmt}", dependencies=READ_RUN)
+    def download(dag_id: str, airflow_run_id: str, table: Literal["rows", "folds"],
+                 fmt: Literal["csv", "json"]) -> Response:
+        with _Database() as db:
+            run_id = _require_run(_resolve(db.conn, dag_id, airflow_run_id))
+            rows = queries.fetch_groups(db.conn, run_id) if table == "rows" else queries.fetch_folds(db.conn, run_id)
+        columns = GROUP_COLUMNS if table == "rows" else FOLD_COLUMNS
+        body = _to_csv(rows, columns) if fmt == "csv" else _to_json(rows, columns)
+        # The file is named by the finetune run (what a notebook joins on); ':' is not portable.
+        filename = f"{run_id.replace(':', '-')}_{table}.{fmt}"
+        return Response(
+            body,
+            media_type="text/csv; charset=utf-8" if fmt == "csv" else "application/json",
+            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"},
+        )
+
+    @app.get("/dags/{dag_id}", dependencies=READ_RUN, response_class=HTMLResponse)
+    def dag_tab(dag_id: str) -> Response:
+        from finetune_sweep import sizing
+        from finetune_sweep.settings import sizing_overrides
+
+        with _Database() as db:
+            history = queries.fetch_history(db.conn, dag_id) if queries.has_finetune_tables(db.conn) else []
+            if not history:
+                raise PageError(404, "No sweep history", f"no finetune runs of DAG {dag_id!r} in the finetune database")
+            profiles_json, sizing_json = sizing_overrides()
+            try:
+                recommendations = sizing.recommend(
+                    sizing.fetch_history(db.dsn), sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json)
+                )
+            except sizing.SizingError as err:
+                recommendations, advice_error = [], str(err)
+            else:
+                advice_error = None
+        runs = sorted({(row["as_of"], row["run_id"]) for row in history}, reverse=True)
+        return page("dag.html", dag_id=dag_id, history=history, runs=runs,
+                    charts=_for_chart(charts.history_charts(history)), with_charts=True, recommendations=recommendations,
+                    advice_error=advice_error, run_base="./" + quote(dag_id, safe="") + "/runs/",
+                    static="../static/")
+
+    return app

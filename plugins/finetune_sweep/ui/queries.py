@@ -1,0 +1,284 @@
+"""What the plugin's pages read from the finetune database: one function per question, bound parameters.
+
+Every statement binds its values (``%(name)s``); nothing from a URL is ever formatted into SQL.
+Columns filled by later work (significance, sizing choice, findings) may be NULL on older rows:
+the pages show a dash then.
+
+Baselines are joined on the model row's full basis (key, strategy and identical window), as the
+gate and the report do, so a baseline computed on another window never lands beside a model row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+# Statements of a page share one connection; a database that hangs must not hang the api-server.
+STATEMENT_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT_S = 5
+
+
+def _same_basis(alias: str, baseline_type: str) -> str:
+    return f"""LEFT JOIN finetune_baselines AS {alias}
+    ON {alias}.baseline_type = '{baseline_type}' AND {alias}.run_id = m.run_id AND {alias}.factor = m.factor
+   AND {alias}.strategy = m.strategy AND {alias}.crypto = m.crypto AND {alias}.fold_id = m.fold_id
+   AND {alias}.cost_bps = m.cost_bps AND {alias}.slippage_bps = m.slippage_bps
+   AND {alias}.test_start = m.test_start AND {alias}.test_end = m.test_end AND {alias}.n_bars = m.n_bars"""
+
+
+_BASELINE_JOINS = "\n".join(
+    (_same_basis("bh", "buy_and_hold"), _same_basis("rnd", "random"), _same_basis("nv", "naive"))
+)
+# A fold is "won" when the model beats every baseline of its basis.
+_WON = "m.net_return > bh.net_return AND m.net_return > rnd.net_return AND m.net_return > nv.net_return"
+
+# Every (factor, crypto, cost basis): means over the folds.
+GROUPS_SQL = f"""
+SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
+       count(*)::integer AS folds,
+       avg(m.net_return) AS model,
+       avg(bh.net_return) AS buy_and_hold,
+       avg(rnd.net_return) AS random,
+       avg(rnd.seed_p05) AS random_p05,
+       avg(rnd.seed_p95) AS random_p95,
+       avg(nv.net_return) AS naive,
+       avg(m.random_percentile) AS percentile,
+       avg(m.exposure) AS exposure,
+       count(*) FILTER (WHERE {_WON})::integer AS folds_won,
+       count(*) FILTER (WHERE bh.id IS NULL OR rnd.id IS NULL OR nv.id IS NULL)::integer AS missing_baselines
+FROM finetune_results AS m
+{_BASELINE_JOINS}
+WHERE m.run_id = %(run_id)s
+GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
+ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
+"""
+
+# One row per model row (fold), optionally narrowed to one group; NULL filters match everything.
+FOLDS_SQL = f"""
+SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps, m.fold_id, m.variant,
+       m.test_start, m.test_end, m.n_bars, m.n_filled_bars,
+       m.net_return AS model, m.sharpe, m.max_drawdown, m.n_trades, m.exposure,
+       m.random_percentile AS percentile, m.perm_p_value, m.perm_n_shifts,
+       bh.net_return AS buy_and_hold,
+       rnd.net_return AS random, rnd.seed_p05 AS random_p05, rnd.seed_p50 AS random_p50,
+       rnd.seed_p95 AS random_p95, rnd.return_std AS random_std, rnd.n_seeds,
+       nv.net_return AS naive,
+       ({_WON}) AS won
+FROM finetune_results AS m
+{_BASELINE_JOINS}
+WHERE m.run_id = %(run_id)s
+  AND (CAST(%(factor)s AS text) IS NULL OR m.factor = %(factor)s)
+  AND (CAST(%(crypto)s AS text) IS NULL OR m.crypto = %(crypto)s)
+  AND (CAST(%(cost_bps)s AS integer) IS NULL OR m.cost_bps = %(cost_bps)s)
+  AND (CAST(%(slippage_bps)s AS integer) IS NULL OR m.slippage_bps = %(slippage_bps)s)
+ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps, m.fold_id, m.variant
+"""
+
+RUN_SQL = """
+SELECT run_id, dag_id, strategy, as_of, params, created_at
+FROM finetune_runs WHERE run_id = %(run_id)s
+"""
+
+LINKED_RUN_SQL = """
+SELECT run_id FROM finetune_airflow_runs
+WHERE dag_id = %(dag_id)s AND airflow_run_id = %(airflow_run_id)s
+"""
+
+# The finetune run itself may be named in the URL (a notebook link, or a run registered before
+# the Airflow-run link existed); it must belong to the DAG of the path.
+RUN_OF_DAG_SQL = """
+SELECT run_id FROM finetune_runs
+WHERE run_id = ANY(%(candidates)s) AND (dag_id = %(dag_id)s OR dag_id IS NULL)
+ORDER BY array_position(%(candidates)s, run_id)
+LIMIT 1
+"""
+
+PODS_SQL = """
+SELECT f.factor, f.profile, f.map_profile, f.profile_reason, f.status, f.memory_limit_bytes,
+       f.peak_memory_bytes, f.exit_reason, f.attempt, f.updated_at,
+       coalesce(a.attempts, 0)::integer AS attempts, coalesce(a.ooms, 0)::integer AS ooms,
+       a.max_peak_bytes
+FROM finetune_run_factors AS f
+LEFT JOIN (
+    SELECT factor, count(*) AS attempts, count(*) FILTER (WHERE exit_reason = 'OOMKilled') AS ooms,
+           max(peak_memory_bytes) AS max_peak_bytes
+    FROM finetune_pod_attempts
+    WHERE run_id = %(run_id)s AND (CAST(%(airflow_run_id)s AS text) IS NULL OR airflow_run_id = %(airflow_run_id)s)
+    GROUP BY factor
+) AS a ON a.factor = f.factor
+WHERE f.run_id = %(run_id)s
+ORDER BY f.factor
+"""
+
+FINDINGS_SQL = """
+SELECT factor, crypto, cost_bps, slippage_bps, n_folds, mean_model_return, mean_edge_vs_buy_and_hold,
+       mean_edge_vs_random, p_value, q_value, discovered, fdr_q, combine_method
+FROM finetune_findings
+WHERE run_id = %(run_id)s
+ORDER BY discovered DESC, q_value, factor, crypto, cost_bps, slippage_bps
+"""
+
+# The DAG tab: the latest runs of the DAG, then per run and factor the mean edge over
+# buy-and-hold, the mean percentile and the pod's peak against its limit.
+HISTORY_SQL = f"""
+WITH runs AS (
+    SELECT run_id, as_of, created_at FROM finetune_runs
+    WHERE dag_id = %(dag_id)s
+    ORDER BY as_of DESC, created_at DESC, run_id
+    LIMIT %(limit)s
+),
+results AS (
+    SELECT m.run_id, m.factor, count(*)::integer AS keys,
+           avg(m.net_return) AS model,
+           avg(m.net_return - bh.net_return) AS edge_vs_buy_and_hold,
+           avg(m.net_return - rnd.net_return) AS edge_vs_random,
+           avg(m.random_percentile) AS percentile
+    FROM runs
+    JOIN finetune_results AS m ON m.run_id = runs.run_id
+    {_same_basis("bh", "buy_and_hold")}
+    {_same_basis("rnd", "random")}
+    GROUP BY m.run_id, m.factor
+)
+SELECT runs.run_id, runs.as_of, runs.created_at, f.factor, f.profile, f.status, f.memory_limit_bytes,
+       f.peak_memory_bytes, f.exit_reason,
+       r.keys, r.model, r.edge_vs_buy_and_hold, r.edge_vs_random, r.percentile
+FROM runs
+JOIN finetune_run_factors AS f ON f.run_id = runs.run_id
+LEFT JOIN results AS r ON r.run_id = f.run_id AND r.factor = f.factor
+ORDER BY runs.as_of, runs.created_at, runs.run_id, f.factor
+"""
+
+# The DAG tab shows this many of the DAG's latest runs.
+HISTORY_RUNS = 50
+
+
+@dataclass
+class RunPage:
+    """Everything the run tab shows about one finetune run."""
+
+    run: dict[str, Any]
+    verdict: dict[str, Any]
+    groups: list[dict[str, Any]]
+    pods: list[dict[str, Any]]
+    findings: list[dict[str, Any]] = field(default_factory=list)
+
+
+def connect(dsn: str) -> psycopg.Connection:
+    """A read-only connection with bounded statements (the page never writes).
+
+    :param dsn: libpq URI of the finetune database.
+    """
+    conn = psycopg.connect(
+        dsn,
+        row_factory=dict_row,
+        connect_timeout=CONNECT_TIMEOUT_S,
+        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c default_transaction_read_only=on",
+        autocommit=True,
+    )
+    # The joins below estimate badly on large runs; JIT compilation then costs more than the
+    # query itself (~0.6 s of fixed cost, DESIGN 8).
+    conn.execute("SET jit = off")
+    return conn
+
+
+def has_finetune_tables(conn: psycopg.Connection) -> bool:
+    """Whether the database holds the finetune schema (a run can fail before ``migrate``)."""
+    row = conn.execute("SELECT to_regclass('finetune_runs') IS NOT NULL AS ok").fetchone()
+    return bool(row["ok"])
+
+
+def resolve_run_id(
+    conn: psycopg.Connection, *, dag_id: str, airflow_run_id: str, candidates: Sequence[str] = ()
+) -> str | None:
+    """The finetune run of an Airflow run: its link row, else a candidate id that exists.
+
+    :param conn: from :func:`connect`.
+    :param dag_id: the DAG id.
+    :param airflow_run_id: Airflow's run id (or a finetune run id).
+    :param candidates: further finetune run ids to try, in order (e.g. the one the run's conf
+        and as-of give, for runs registered before the link table existed).
+    """
+    linked = conn.execute(LINKED_RUN_SQL, {"dag_id": dag_id, "airflow_run_id": airflow_run_id}).fetchone()
+    if linked:
+        return linked["run_id"]
+    found = conn.execute(
+        RUN_OF_DAG_SQL, {"candidates": [airflow_run_id, *candidates], "dag_id": dag_id}
+    ).fetchone()
+    return found["run_id"] if found else None
+
+
+def airflow_runs_of(conn: psycopg.Connection, run_id: str) -> list[str]:
+    """The Airflow runs linked to a finetune run (reruns of one sweep share it)."""
+    rows = conn.execute(
+        "SELECT airflow_run_id FROM finetune_airflow_runs WHERE run_id = %(run_id)s ORDER BY registered_at",
+        {"run_id": run_id},
+    ).fetchall()
+    return [row["airflow_run_id"] for row in rows]
+
+
+def fetch_verdict(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
+    """The gate's verdict (``finetune_sweep.gate.GATE_SQL``): ``ok``, ``n_problems``, ``problems``."""
+    from finetune_sweep.gate import GATE_SQL
+
+    return dict(conn.execute(GATE_SQL, {"run_id": run_id}).fetchone())
+
+
+def fetch_groups(conn: psycopg.Connection, run_id: str) -> list[dict[str, Any]]:
+    """Model vs baselines per factor x crypto x cost basis (means over folds)."""
+    return conn.execute(GROUPS_SQL, {"run_id": run_id}).fetchall()
+
+
+def fetch_folds(
+    conn: psycopg.Connection,
+    run_id: str,
+    *,
+    factor: str | None = None,
+    crypto: str | None = None,
+    cost_bps: int | None = None,
+    slippage_bps: int | None = None,
+) -> list[dict[str, Any]]:
+    """One row per fold with its three baselines; the filters narrow it to one group."""
+    params = {"run_id": run_id, "factor": factor, "crypto": crypto, "cost_bps": cost_bps, "slippage_bps": slippage_bps}
+    return conn.execute(FOLDS_SQL, params).fetchall()
+
+
+def fetch_run_page(dsn: str, run_id: str, *, airflow_run_id: str | None = None) -> RunPage | None:
+    """The run tab's data, or None when the finetune run is not registered.
+
+    The gate's query and the table's are the two expensive statements of the page (each a pass
+    over the run's model rows and baselines); they run at once on two connections, so the page
+    costs the slower of them rather than their sum.
+
+    :param dsn: libpq URI of the finetune database.
+    :param run_id: the finetune run id.
+    :param airflow_run_id: count the pod attempts of this Airflow run only (None: every run).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def verdict() -> dict[str, Any]:
+        with connect(dsn) as verdict_conn:
+            return fetch_verdict(verdict_conn, run_id)
+
+    with connect(dsn) as conn:
+        run = conn.execute(RUN_SQL, {"run_id": run_id}).fetchone()
+        if run is None:
+            return None
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending_verdict = pool.submit(verdict)
+            groups = fetch_groups(conn, run_id)
+            pods = conn.execute(PODS_SQL, {"run_id": run_id, "airflow_run_id": airflow_run_id}).fetchall()
+            findings = conn.execute(FINDINGS_SQL, {"run_id": run_id}).fetchall()
+            return RunPage(run=run, verdict=pending_verdict.result(), groups=groups, pods=pods, findings=findings)
+
+
+def fetch_history(conn: psycopg.Connection, dag_id: str, *, limit: int = HISTORY_RUNS) -> list[dict[str, Any]]:
+    """Per run (the latest ``limit`` of the DAG, oldest first) and factor: edge, percentile, memory."""
+    with conn.transaction():
+        # Over many runs the planner picks a nested loop of index probes per model row (10x
+        # slower here than hashing each baseline type once); a reporting query can say so.
+        conn.execute("SET LOCAL enable_nestloop = off")
+        return conn.execute(HISTORY_SQL, {"dag_id": dag_id, "limit": limit}).fetchall()

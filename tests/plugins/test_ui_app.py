@@ -1,0 +1,384 @@
+"""The plugin's pages through Airflow's own app: ``create_app()``, the simple auth manager, real JWTs.
+
+Real stack, nothing mocked: the FastAPI app Airflow builds from ``plugins/`` (so the plugin is
+mounted exactly as the api-server mounts it), a migrated SQLite metadata database holding the
+serialised ``finetune_sweep`` DAG and two of its runs, and a fresh PostgreSQL finetune database
+per test (``migrated_db``) reached through the ``finetune_db`` connection.
+"""
+
+from __future__ import annotations
+
+import csv
+from html import unescape
+import io
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import quote
+
+import psycopg
+import pytest
+from finetune_rows import RUN_ID, seed_complete_run
+
+from finetune_sweep.db import connection_json_from_dsn
+
+DAG_ID = "finetune_sweep"
+# The Airflow run of the seeded finetune run: an id with ':' and '+', as Airflow makes them.
+AIRFLOW_RUN = "scheduled__2026-06-07T00:00:00+00:00"
+# An Airflow run whose `plan` failed: it never reached `register`.
+FAILED_EARLY_RUN = "manual__2026-06-14T00:00:00+00:00"
+
+
+def _url(run: str, suffix: str = "") -> str:
+    # The UI fills {RUN_ID} URL-encoded (encodeURIComponent), so ':' and '+' arrive as %3A, %2B.
+    return f"/finetune/dags/{DAG_ID}/runs/{quote(run, safe='')}{suffix}"
+
+
+ROUTES = [
+    pytest.param(_url(AIRFLOW_RUN), id="run-tab"),
+    pytest.param(_url(AIRFLOW_RUN, "/folds?factor=base_features&crypto=BTC&cost_bps=10&slippage_bps=0"), id="folds"),
+    pytest.param(_url(AIRFLOW_RUN, "/rows.csv"), id="rows-csv"),
+    pytest.param(_url(AIRFLOW_RUN, "/rows.json"), id="rows-json"),
+    pytest.param(_url(AIRFLOW_RUN, "/folds.csv"), id="folds-csv"),
+    pytest.param(_url(AIRFLOW_RUN, "/folds.json"), id="folds-json"),
+    pytest.param(f"/finetune/dags/{DAG_ID}", id="dag-tab"),
+]
+STATIC = ["/finetune/static/finetune_ui.js", "/finetune/static/finetune_ui.css", "/finetune/static/plotly.min.js"]
+
+
+def _serialise_dag_with_runs() -> None:
+    """The DAG in the metadata database, plus the run whose `plan` failed (every later task upstream_failed)."""
+    import pendulum
+    from sqlalchemy import select
+
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
+    from airflow.models.dagrun import DagRun
+    from airflow.models.serialized_dag import SerializedDagModel
+    from airflow.utils.session import create_session
+    from airflow.utils.state import DagRunState, TaskInstanceState
+    from airflow.utils.types import DagRunTriggeredByType, DagRunType
+
+    from finetune_sweep.local_airflow import REPO_ROOT
+
+    DagBundlesManager().sync_bundles_to_db()
+    bag = DagBag(str(REPO_ROOT / "dags"))
+    assert not bag.import_errors, bag.import_errors
+    sync_bag_to_db(bag, "dags-folder", None)
+    with create_session() as session:
+        dag = SerializedDagModel.get_dag(DAG_ID, session=session)
+        if session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == FAILED_EARLY_RUN)) is None:
+            when = pendulum.datetime(2026, 6, 14, tz="UTC")
+            run = dag.create_dagrun(
+                run_id=FAILED_EARLY_RUN, logical_date=when, data_interval=(when, when), run_after=when,
+                conf={"factors": ["base_features"], "cryptos": ["BTC"]}, run_type=DagRunType.MANUAL,
+                triggered_by=DagRunTriggeredByType.TEST, state=DagRunState.FAILED, session=session,
+            )
+            for ti in run.get_task_instances(session=session):
+                ti.state = TaskInstanceState.FAILED if ti.task_id == "plan" else TaskInstanceState.UPSTREAM_FAILED
+
+
+@pytest.fixture(scope="module")
+def airflow_app() -> Iterator[dict[str, Any]]:
+    """Airflow's api-server app (with this repository's plugins) and JWTs of three users."""
+    from fastapi.testclient import TestClient
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", secrets.token_urlsafe(64))
+        from airflow.utils import db
+
+        db.initdb()
+        _serialise_dag_with_runs()
+        from airflow.api_fastapi.app import create_app, get_auth_manager
+        from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+
+        app = create_app()
+        manager = get_auth_manager()
+
+        def token(role: str | None) -> dict[str, str]:
+            jwt = manager.generate_jwt(SimpleAuthManagerUser(username=f"u-{role}", role=role))
+            return {"Authorization": f"Bearer {jwt}"}
+
+        with TestClient(app) as client:
+            yield {"client": client, "viewer": token("viewer"), "no_access": token(None)}
+
+
+@pytest.fixture
+def finetune_db(migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A migrated finetune database behind the ``finetune_db`` connection."""
+    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(migrated_db))
+    return migrated_db
+
+
+def _link(dsn: str, airflow_run_id: str = AIRFLOW_RUN, run_id: str = RUN_ID) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute(
+            "INSERT INTO finetune_airflow_runs (dag_id, airflow_run_id, run_id) VALUES (%s, %s, %s)",
+            (DAG_ID, airflow_run_id, run_id),
+        )
+
+
+@pytest.fixture
+def seeded(finetune_db: str) -> str:
+    """A complete run (2 factors x 2 cryptos x 2 folds x 2 costs) linked to :data:`AIRFLOW_RUN`."""
+    seed_complete_run(finetune_db)
+    _link(finetune_db)
+    return finetune_db
+
+
+def _get(app: dict[str, Any], path: str, who: str | None = "viewer") -> Any:
+    return app["client"].get(path, headers=app[who] if who else {})
+
+
+# --------------------------------------------------------------------------- auth and registration
+
+
+@pytest.mark.parametrize("path", [*ROUTES, *STATIC])
+def test_anonymous_is_refused_everywhere(airflow_app: dict[str, Any], seeded: str, path: str) -> None:
+    response = _get(airflow_app, path, who=None)
+
+    assert response.status_code == 401, response.text
+
+
+@pytest.mark.parametrize("path", ROUTES)
+def test_a_user_without_dag_access_is_forbidden(airflow_app: dict[str, Any], seeded: str, path: str) -> None:
+    response = _get(airflow_app, path, who="no_access")
+
+    assert response.status_code == 403, response.text
+    assert "base_features" not in response.text
+
+
+@pytest.mark.parametrize("path", [*ROUTES, *STATIC])
+def test_a_viewer_is_served_everywhere(airflow_app: dict[str, Any], seeded: str, path: str) -> None:
+    response = _get(airflow_app, path)
+
+    assert response.status_code == 200, response.text[:2000]
+    assert response.content
+
+
+def test_the_plugin_is_listed_with_its_app_and_both_tabs(airflow_app: dict[str, Any]) -> None:
+    response = _get(airflow_app, "/api/v2/plugins")
+
+    assert response.status_code == 200, response.text
+    plugin = next(p for p in response.json()["plugins"] if p["name"] == "finetune_sweep_ui")
+    assert [app["url_prefix"] for app in plugin["fastapi_apps"]] == ["/finetune"]
+    views = {view["destination"]: view for view in plugin["external_views"]}
+    assert views["dag_run"]["href"] == "finetune/dags/{DAG_ID}/runs/{RUN_ID}"
+    assert views["dag"]["href"] == "finetune/dags/{DAG_ID}"
+    # a tab needs a url_route; a relative href follows [api] base_url
+    assert all(view["url_route"] and not view["href"].startswith(("/", "http")) for view in views.values())
+
+
+# --------------------------------------------------------------------------- the run tab
+
+
+def test_the_run_tab_shows_the_verdict_the_table_the_charts_and_the_pods(airflow_app: dict[str, Any],
+                                                                        seeded: str) -> None:
+    with psycopg.connect(seeded) as conn:
+        # base_features BTC 10 bps: model 2 % and 4 % over the two folds, percentile 0.9 and 0.7,
+        # the random seeds' p05 -1 % and -3 %, p95 5 % and 7 %.
+        for fold_id, (model, percentile) in enumerate([(0.02, 0.9), (0.04, 0.7)]):
+            conn.execute(
+                "UPDATE finetune_results SET net_return = %s, random_percentile = %s WHERE factor = 'base_features'"
+                " AND crypto = 'BTC' AND cost_bps = 10 AND fold_id = %s", (model, percentile, fold_id))
+        for fold_id, (p05, p95) in enumerate([(-0.01, 0.05), (-0.03, 0.07)]):
+            conn.execute(
+                "UPDATE finetune_baselines SET seed_p05 = %s, seed_p95 = %s WHERE baseline_type = 'random'"
+                " AND factor = 'base_features' AND crypto = 'BTC' AND cost_bps = 10 AND fold_id = %s",
+                (p05, p95, fold_id))
+        conn.execute("UPDATE finetune_run_factors SET memory_limit_bytes = 1073741824, peak_memory_bytes = 912680550,"
+                     " map_profile = 'STANDARD', profile_reason = 'map' WHERE factor = 'base_features'")
+        for attempt, reason in ((1, "OOMKilled"), (2, None)):
+            conn.execute(
+                "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,"
+                " peak_memory_bytes, exit_reason, airflow_run_id) VALUES (%s, 'base_features', %s, 'STANDARD',"
+                " 1073741824, 912680550, %s, %s)", (RUN_ID, attempt, reason, AIRFLOW_RUN))
+
+    response = _get(airflow_app, _url(AIRFLOW_RUN))
+
+    assert response.status_code == 200, response.text
+    html = response.text
+    assert "Verdict: complete" in html
+    row = _table_row(html, "results", ["base_features", "BTC", "10", "0"])
+    # model, b&h, random, p05-p95, naive, percentile, folds won
+    assert row[4:11] == ["+3.00%", "+0.50%", "+0.50%", "-2.0% … +6.0%", "+0.00%", "80%", "2/2"]
+    assert _table_row(html, "results", ["l2_features", "ETH", "30", "0"])[7:10] == ["–", "+0.00%", "–"]
+    pod = _table_row(html, "pods", ["base_features"])
+    # 870.4 MiB of 1 GiB: 15 % headroom; two attempts of this Airflow run, one OOM
+    assert pod[4:9] == ["1.00Gi", "870.40Mi", "15%", "2", "1"]
+    curves = json.loads(html.split('<script type="application/json" id="chart-data">')[1].split("</script>")[0])
+    assert [c["id"] for c in curves] == ["cost-curve-base_features", "cost-curve-l2_features"]
+    assert "plotly.min.js" in html and "https://" not in html
+
+
+def test_an_incomplete_run_shows_the_gates_problems(airflow_app: dict[str, Any], finetune_db: str) -> None:
+    seed_complete_run(finetune_db, skip_baseline={("l2_features", "ETH", 1, 30, 0, "random")})
+    _link(finetune_db)
+
+    html = _get(airflow_app, _url(AIRFLOW_RUN)).text
+
+    assert "Verdict: 1 problem" in html
+    assert "missing baseline random: l2_features ETH fold 1 cost 30 slippage 0 bps" in html
+
+
+def _table_row(html: str, table_id: str, first_cells: list[str]) -> list[str]:
+    """The text of the cells of the first row of table ``table_id`` that starts with ``first_cells``."""
+    from html.parser import HTMLParser
+
+    class Rows(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[list[str]] = []
+            self.inside = self.cell = False
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "table":
+                self.inside = dict(attrs).get("id") == table_id
+            elif self.inside and tag == "tr":
+                self.rows.append([])
+            elif self.inside and tag == "td":
+                self.cell = True
+                self.rows[-1].append("")
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "td":
+                self.cell = False
+            elif tag == "table":
+                self.inside = False
+
+        def handle_data(self, data: str) -> None:
+            if self.inside and self.cell:
+                self.rows[-1][-1] += data.strip()
+
+    parser = Rows()
+    parser.feed(html)
+    matches = [row for row in parser.rows if row[: len(first_cells)] == first_cells]
+    assert matches, f"no row {first_cells} in #{table_id}"
+    return matches[0]
+
+
+@pytest.mark.parametrize("airflow_run_id", ["manual__2026-06-07T00:00:00+00:00", "a:b+c d"], ids=["colon-plus", "space"])
+def test_run_ids_with_colons_and_pluses_resolve(airflow_app: dict[str, Any], finetune_db: str,
+                                                airflow_run_id: str) -> None:
+    seed_complete_run(finetune_db)
+    _link(finetune_db, airflow_run_id=airflow_run_id)
+
+    encoded = _get(airflow_app, _url(airflow_run_id))
+    download = _get(airflow_app, _url(airflow_run_id, "/rows.json"))
+
+    assert encoded.status_code == 200, encoded.text
+    assert f"Sweep results <small>{RUN_ID}</small>" in encoded.text
+    assert download.status_code == 200 and len(download.json()) == 8
+
+
+def test_the_finetune_run_id_itself_resolves_too(airflow_app: dict[str, Any], finetune_db: str) -> None:
+    seed_complete_run(finetune_db)
+
+    response = _get(airflow_app, _url(RUN_ID))
+
+    assert response.status_code == 200, response.text
+    assert "Verdict: complete" in response.text
+
+
+@pytest.mark.parametrize("run", ["no_such_run", "x'; DROP TABLE finetune_runs; --"], ids=["unknown", "injection"])
+def test_an_unknown_run_is_a_404_naming_it(airflow_app: dict[str, Any], seeded: str, run: str) -> None:
+    response = _get(airflow_app, _url(run))
+
+    assert response.status_code == 404
+    assert "Unknown run" in response.text
+    assert f"no run {run!r} of DAG 'finetune_sweep'" in unescape(response.text)
+    with psycopg.connect(seeded) as conn:
+        assert conn.execute("SELECT count(*) FROM finetune_runs").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("schema", ["migrated", "empty"])
+def test_a_run_that_failed_before_register_shows_its_verdict_and_no_traceback(
+    airflow_app: dict[str, Any], migrated_db: str, empty_db: str, monkeypatch: pytest.MonkeyPatch, schema: str
+) -> None:
+    # "empty": the run failed in `migrate`, so the finetune database has no tables at all
+    dsn = migrated_db if schema == "migrated" else empty_db
+    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(dsn))
+
+    response = _get(airflow_app, _url(FAILED_EARLY_RUN))
+
+    assert response.status_code == 200, response.text
+    assert "Verdict: not registered" in response.text
+    assert _table_row(response.text, "tasks", ["plan"]) == ["plan", "failed"]
+    assert _table_row(response.text, "tasks", ["register"]) == ["register", "upstream_failed"]
+    assert "Traceback" not in response.text
+    assert _get(airflow_app, _url(FAILED_EARLY_RUN, "/rows.csv")).status_code == 404
+
+
+def test_an_unreachable_database_is_a_503_without_its_password(airflow_app: dict[str, Any],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", json.dumps({
+        "conn_type": "postgres", "host": "127.0.0.1", "port": 1, "login": "u", "password": "s3cret-pw",
+        "schema": "x", "extra": {"connect_timeout": "2"}}))
+
+    response = _get(airflow_app, _url(AIRFLOW_RUN))
+
+    assert response.status_code == 503
+    assert "Finetune database unavailable" in response.text
+    assert "s3cret-pw" not in response.text
+
+
+def test_a_bad_cost_filter_names_the_value(airflow_app: dict[str, Any], seeded: str) -> None:
+    response = _get(airflow_app, _url(AIRFLOW_RUN, "/folds?cost_bps=ten"))
+
+    assert response.status_code == 400
+    assert "cost_bps=&#39;ten&#39; is not an integer" in response.text
+
+
+# --------------------------------------------------------------------------- detail and downloads
+
+
+def test_the_fold_detail_lists_the_groups_folds(airflow_app: dict[str, Any], seeded: str) -> None:
+    html = _get(airflow_app, _url(AIRFLOW_RUN, "/folds?factor=l2_features&crypto=ETH&cost_bps=30&slippage_bps=0")).text
+
+    assert _table_row(html, "folds", ["l2_features", "ETH", "30", "0", "0"])[7] == "+1.00%"
+    assert _table_row(html, "folds", ["l2_features", "ETH", "30", "0", "1"])
+    assert "base_features" not in html.split('id="folds"')[1]
+
+
+def test_downloads_carry_the_tables_rows(airflow_app: dict[str, Any], seeded: str) -> None:
+    rows_csv = _get(airflow_app, _url(AIRFLOW_RUN, "/rows.csv"))
+    rows_json = _get(airflow_app, _url(AIRFLOW_RUN, "/rows.json")).json()
+    folds_json = _get(airflow_app, _url(AIRFLOW_RUN, "/folds.json")).json()
+
+    parsed = list(csv.DictReader(io.StringIO(rows_csv.text)))
+    assert rows_csv.headers["content-type"].startswith("text/csv")
+    assert "attachment" in rows_csv.headers["content-disposition"]
+    assert len(parsed) == len(rows_json) == 8 and len(folds_json) == 16
+    first = rows_json[0]
+    assert (first["factor"], first["crypto"], first["cost_bps"], first["folds"]) == ("base_features", "BTC", 10, 2)
+    assert first["model"] == pytest.approx(0.01) and first["buy_and_hold"] == pytest.approx(0.005)
+    assert first["percentile"] is None and parsed[0]["percentile"] == ""
+    assert float(parsed[0]["model"]) == pytest.approx(first["model"])
+    assert {row["fold_id"] for row in folds_json} == {0, 1}
+
+
+def test_the_dag_tab_shows_each_factor_across_runs(airflow_app: dict[str, Any], seeded: str) -> None:
+    with psycopg.connect(seeded) as conn:
+        conn.execute("UPDATE finetune_run_factors SET memory_limit_bytes = 1000, peak_memory_bytes = 900")
+        conn.execute("INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,"
+                     " peak_memory_bytes) VALUES (%s, 'l2_features', 1, 'STANDARD', 8589934592, 7516192768)", (RUN_ID,))
+
+    response = _get(airflow_app, f"/finetune/dags/{DAG_ID}")
+
+    assert response.status_code == 200, response.text
+    html = response.text
+    row = _table_row(html, "history", ["2026-06-07 00:00", RUN_ID, "base_features"])
+    # model 1 %, b&h 0.5 %, random 0.5 %: edges +0.50 % each; peak 900 of 1000 bytes
+    assert row[3:9] == ["done", "8", "+1.00%", "+0.50%", "+0.50%", "–"]
+    assert row[10] == "900B / 1000B"
+    advice = _table_row(html, "sizing", ["l2_features"])
+    assert advice[-2] == "MEDIUM" and "88%" in advice[-1]
+    assert '"history-edge"' in html and '"history-memory"' in html
+
+
+def test_the_dag_tab_of_a_dag_without_runs_is_a_404(airflow_app: dict[str, Any], finetune_db: str) -> None:
+    response = _get(airflow_app, "/finetune/dags/finetune_sweep")
+
+    assert response.status_code == 404
+    assert "no finetune runs of DAG &#39;finetune_sweep&#39;" in response.text

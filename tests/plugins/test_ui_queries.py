@@ -1,0 +1,73 @@
+"""The plugin's queries on a real, migrated database (rows written with tests/plugins/finetune_rows.py)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import psycopg
+import pytest
+from finetune_rows import RUN_ID, seed_complete_run
+
+from finetune_sweep.ui import queries
+
+
+def _execute(dsn: str, sql: str, *params: object) -> None:
+    with psycopg.connect(dsn) as conn:
+        conn.execute(sql, params)
+
+
+def test_the_link_row_wins_then_the_run_id_then_the_candidates_of_the_dag(migrated_db: str) -> None:
+    seed_complete_run(migrated_db)
+    _execute(migrated_db, "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+                          "VALUES ('other', 'other_dag', 's', now(), '{}')")
+    _execute(migrated_db, "INSERT INTO finetune_airflow_runs (dag_id, airflow_run_id, run_id) "
+                          "VALUES ('finetune_sweep', 'scheduled__x', %s)", RUN_ID)
+
+    with queries.connect(migrated_db) as conn:
+        def resolve(airflow_run_id: str, *candidates: str) -> str | None:
+            return queries.resolve_run_id(conn, dag_id="finetune_sweep", airflow_run_id=airflow_run_id,
+                                          candidates=candidates)
+
+        assert resolve("scheduled__x", "other") == RUN_ID
+        assert resolve(RUN_ID) == RUN_ID
+        assert resolve("manual__y", "nope", RUN_ID) == RUN_ID
+        assert resolve("manual__y", "other") is None  # a run of another DAG is not this DAG's
+        assert resolve("'; SELECT 1; --") is None
+
+
+def test_a_baseline_on_another_window_is_not_joined(migrated_db: str) -> None:
+    seed_complete_run(migrated_db, skip_baseline={("base_features", "BTC", 1, 10, 0, "random")})
+    with psycopg.connect(migrated_db) as conn:
+        conn.execute(
+            "INSERT INTO finetune_baselines (run_id, factor, strategy, baseline_type, crypto, fold_id, cost_bps,"
+            " slippage_bps, test_start, test_end, n_bars, net_return, n_trades) SELECT run_id, factor, strategy,"
+            " 'random', crypto, fold_id, cost_bps, slippage_bps, test_start + %s, test_end, n_bars - 1, 0.9, 1"
+            " FROM finetune_results WHERE factor = 'base_features' AND crypto = 'BTC' AND fold_id = 1"
+            " AND cost_bps = 10", (timedelta(hours=1),))
+
+    with queries.connect(migrated_db) as conn:
+        group = next(g for g in queries.fetch_groups(conn, RUN_ID)
+                     if (g["factor"], g["crypto"], g["cost_bps"]) == ("base_features", "BTC", 10))
+        folds = queries.fetch_folds(conn, RUN_ID, factor="base_features", crypto="BTC", cost_bps=10)
+
+    assert group["missing_baselines"] == 1 and group["folds"] == 2
+    assert group["random"] == pytest.approx(0.005)  # fold 0 only: the off-window 0.9 is not averaged in
+    assert [f["random"] for f in folds] == [pytest.approx(0.005), None]
+    assert [f["won"] for f in folds] == [True, None]
+
+
+def test_history_lists_the_latest_runs_oldest_first(migrated_db: str) -> None:
+    seed_complete_run(migrated_db)
+    for day in (1, 2, 3):
+        _execute(migrated_db, "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) VALUES "
+                              "(%s, 'finetune_sweep', 's', %s::timestamptz, '{}')", f"r{day}", f"2026-01-0{day}")
+        _execute(migrated_db, "INSERT INTO finetune_run_factors (run_id, factor) VALUES (%s, 'base_features')",
+                 f"r{day}")
+
+    with queries.connect(migrated_db) as conn:
+        history = queries.fetch_history(conn, "finetune_sweep", limit=3)
+
+    assert [(row["run_id"], row["factor"]) for row in history] == [
+        ("r2", "base_features"), ("r3", "base_features"), (RUN_ID, "base_features"), (RUN_ID, "l2_features")]
+    assert history[0]["keys"] is None and history[2]["keys"] == 8
+    assert history[2]["edge_vs_buy_and_hold"] == pytest.approx(0.005)
