@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_dag.py
 	$(PY) benchmarks/bench_db_faults.py
 	$(PY) benchmarks/bench_ui.py
+	$(PY) benchmarks/bench_gate.py
 
 clean:
 	rm -rf $(VENV) .demo

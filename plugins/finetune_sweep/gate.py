@@ -19,7 +19,24 @@ What the query checks for one run (``run_id`` is a bound parameter, never format
    strategy and the identical window (test_start, test_end, n_bars); a baseline found on another
    window is reported as off-basis.
 
-The SQL binds ``run_id`` once (CTE ``arg``) and contains no other ``%``, so it runs unchanged under psycopg 2 and 3.
+``run_id`` is bound where it filters (never formatted in) and the SQL contains no other ``%``
+(``mod()``, not the operator), so it runs unchanged under psycopg 2 and 3.
+
+Cost follows the run, not the database (issue 7 item 7). Three things make that so:
+
+- the filters compare ``run_id`` with the bound value itself, not with a CTE's output: the
+  planner sees the value and estimates the run's rows from the column's statistics;
+- the expected keys come from *one* ``generate_series`` over the key numbers, decoded into
+  (factor, crypto, fold, cost, slippage) by integer division: its default estimate (1,000 rows)
+  is the order of a real run, where five nested expansions (jsonb arrays estimated at 100 rows
+  each, a series at 1,000) multiplied to billions of rows and made PostgreSQL JIT-compile the
+  plan, ~0.6 s (2 s on a busy machine) before the first row, even for a 960-key run;
+- the run's model rows and baselines are read once, grouped per key and window (``windows``):
+  the missing model rows are a hash anti-join of the expected keys against it, the missing
+  baselines its rows lacking a type; the off-basis probe (one unique-index lookup) runs for
+  problem rows only. Before, two anti-joins merged sorts of the whole run spilled to disk.
+
+``benchmarks/bench_gate.py`` measures it on 300,000 stored keys.
 """
 
 from __future__ import annotations
@@ -33,10 +50,7 @@ RUN_ID_TEMPLATE = "{{ ti.xcom_pull(task_ids='register', key='run_id') or run_id 
 BASELINE_TYPES = ("buy_and_hold", "random", "naive")
 
 GATE_SQL = """
-WITH arg AS (
-    SELECT CAST(%(run_id)s AS text) AS run_id
-),
-run AS (
+WITH run AS (
     SELECT r.run_id, r.strategy,
            CASE WHEN jsonb_typeof(r.params -> 'cryptos') = 'array' THEN r.params -> 'cryptos' END AS cryptos,
            CASE WHEN jsonb_typeof(r.params -> 'cost_bps') = 'array' THEN r.params -> 'cost_bps' END AS cost_bps,
@@ -45,34 +59,61 @@ run AS (
            CASE WHEN jsonb_typeof(r.params -> 'n_folds') = 'number'
                 THEN (r.params ->> 'n_folds')::numeric::integer END AS n_folds
     FROM finetune_runs AS r
-    WHERE r.run_id = (SELECT run_id FROM arg)
+    WHERE r.run_id = CAST(%(run_id)s AS text)
 ),
 planned AS (
     SELECT f.factor, f.status, f.profile, f.exit_reason
     FROM finetune_run_factors AS f
-    WHERE f.run_id = (SELECT run_id FROM arg)
+    WHERE f.run_id = CAST(%(run_id)s AS text)
+),
+grid AS (
+    SELECT run.strategy, run.cryptos, run.cost_bps, run.slippage_bps,
+           (SELECT array_agg(p.factor ORDER BY p.factor) FROM planned AS p) AS factors,
+           jsonb_array_length(run.cryptos)::bigint AS n_cryptos,
+           greatest(run.n_folds, 0)::bigint AS n_folds,
+           jsonb_array_length(run.cost_bps)::bigint AS n_costs,
+           jsonb_array_length(run.slippage_bps)::bigint AS n_slippages
+    FROM run
 ),
 expected AS (
-    SELECT p.factor, c.crypto, fold.fold_id, cost.value::integer AS cost_bps,
-           slip.value::integer AS slippage_bps, run.strategy
-    FROM run
-    CROSS JOIN planned AS p
-    CROSS JOIN LATERAL jsonb_array_elements_text(run.cryptos) AS c(crypto)
-    CROSS JOIN LATERAL generate_series(0, run.n_folds - 1) AS fold(fold_id)
-    CROSS JOIN LATERAL jsonb_array_elements_text(run.cost_bps) AS cost(value)
-    CROSS JOIN LATERAL jsonb_array_elements_text(run.slippage_bps) AS slip(value)
+    SELECT g.factors[(k / (g.n_cryptos * g.n_folds * g.n_costs * g.n_slippages))::integer + 1] AS factor,
+           g.cryptos ->> mod(k / (g.n_folds * g.n_costs * g.n_slippages), g.n_cryptos)::integer AS crypto,
+           mod(k / (g.n_costs * g.n_slippages), g.n_folds)::integer AS fold_id,
+           (g.cost_bps ->> mod(k / g.n_slippages, g.n_costs)::integer)::integer AS cost_bps,
+           (g.slippage_bps ->> mod(k, g.n_slippages)::integer)::integer AS slippage_bps,
+           g.strategy
+    FROM grid AS g
+    CROSS JOIN LATERAL generate_series(
+        0::bigint, coalesce(cardinality(g.factors), 0) * g.n_cryptos * g.n_folds * g.n_costs * g.n_slippages - 1
+    ) AS key(k)
 ),
-model_keys AS (
-    SELECT DISTINCT m.factor, m.strategy, m.crypto, m.fold_id, m.cost_bps, m.slippage_bps,
-           m.test_start, m.test_end, m.n_bars
-    FROM finetune_results AS m
-    WHERE m.run_id = (SELECT run_id FROM arg)
+windows AS (
+    -- one pass over the run's model rows and baselines: per key and window, what is there
+    SELECT s.factor, s.strategy, s.crypto, s.fold_id, s.cost_bps, s.slippage_bps, s.test_start, s.test_end,
+           s.n_bars,
+           bool_or(s.kind = 'model') AS has_model,
+           bool_or(s.kind = 'buy_and_hold') AS has_buy_and_hold,
+           bool_or(s.kind = 'random') AS has_random,
+           bool_or(s.kind = 'naive') AS has_naive
+    FROM (
+        SELECT m.factor, m.strategy, m.crypto, m.fold_id, m.cost_bps, m.slippage_bps, m.test_start, m.test_end,
+               m.n_bars, 'model' AS kind
+        FROM finetune_results AS m
+        WHERE m.run_id = CAST(%(run_id)s AS text)
+        UNION ALL
+        SELECT b.factor, b.strategy, b.crypto, b.fold_id, b.cost_bps, b.slippage_bps, b.test_start, b.test_end,
+               b.n_bars, b.baseline_type
+        FROM finetune_baselines AS b
+        WHERE b.run_id = CAST(%(run_id)s AS text)
+    ) AS s
+    GROUP BY s.factor, s.strategy, s.crypto, s.fold_id, s.cost_bps, s.slippage_bps, s.test_start, s.test_end,
+             s.n_bars
 ),
 problems AS (
-    SELECT 1 AS rank, 'run ' || (SELECT run_id FROM arg) || ' is not registered (no finetune_runs row)' AS problem
+    SELECT 1 AS rank, 'run ' || CAST(%(run_id)s AS text) || ' is not registered (no finetune_runs row)' AS problem
     WHERE NOT EXISTS (SELECT 1 FROM run)
     UNION ALL
-    SELECT 2, 'run ' || (SELECT run_id FROM arg) || ' has no planned factors (no finetune_run_factors rows)'
+    SELECT 2, 'run ' || CAST(%(run_id)s AS text) || ' has no planned factors (no finetune_run_factors rows)'
     WHERE EXISTS (SELECT 1 FROM run) AND NOT EXISTS (SELECT 1 FROM planned)
     UNION ALL
     SELECT 3, 'run params lack a valid ' || missing.name || ': the planned keys cannot be derived'
@@ -92,33 +133,29 @@ problems AS (
               || ' cost ' || e.cost_bps || ' slippage ' || e.slippage_bps || ' bps'
     FROM expected AS e
     WHERE NOT EXISTS (
-        SELECT 1 FROM finetune_results AS m
-        WHERE m.run_id = (SELECT run_id FROM arg) AND m.factor = e.factor AND m.strategy = e.strategy
-          AND m.crypto = e.crypto AND m.fold_id = e.fold_id
-          AND m.cost_bps = e.cost_bps AND m.slippage_bps = e.slippage_bps
+        SELECT 1 FROM windows AS w
+        WHERE w.has_model AND w.factor = e.factor AND w.strategy = e.strategy AND w.crypto = e.crypto
+          AND w.fold_id = e.fold_id AND w.cost_bps = e.cost_bps AND w.slippage_bps = e.slippage_bps
     )
     UNION ALL
-    SELECT 6, 'missing baseline ' || bt.baseline_type || ': ' || k.factor || ' ' || k.crypto
-              || ' fold ' || k.fold_id || ' cost ' || k.cost_bps || ' slippage ' || k.slippage_bps
-              || ' bps, window ' || to_char(k.test_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
-              || '..' || to_char(k.test_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
-              || ' (' || k.n_bars || ' bars)'
+    SELECT 6, 'missing baseline ' || bt.baseline_type || ': ' || w.factor || ' ' || w.crypto
+              || ' fold ' || w.fold_id || ' cost ' || w.cost_bps || ' slippage ' || w.slippage_bps
+              || ' bps, window ' || to_char(w.test_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
+              || '..' || to_char(w.test_end AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI"Z"')
+              || ' (' || w.n_bars || ' bars)'
+              -- evaluated for problem rows only: one probe of the baselines' unique key each
               || CASE WHEN EXISTS (
                      SELECT 1 FROM finetune_baselines AS o
-                     WHERE o.run_id = (SELECT run_id FROM arg) AND o.factor = k.factor AND o.strategy = k.strategy
-                       AND o.baseline_type = bt.baseline_type AND o.crypto = k.crypto
-                       AND o.fold_id = k.fold_id AND o.cost_bps = k.cost_bps
-                       AND o.slippage_bps = k.slippage_bps
+                     WHERE o.run_id = CAST(%(run_id)s AS text) AND o.factor = w.factor AND o.strategy = w.strategy
+                       AND o.baseline_type = bt.baseline_type AND o.crypto = w.crypto
+                       AND o.fold_id = w.fold_id AND o.cost_bps = w.cost_bps
+                       AND o.slippage_bps = w.slippage_bps
                  ) THEN ' -- found only on a different window (off-basis)' ELSE '' END
-    FROM model_keys AS k
-    CROSS JOIN (VALUES ('buy_and_hold'), ('random'), ('naive')) AS bt(baseline_type)
-    WHERE NOT EXISTS (
-        SELECT 1 FROM finetune_baselines AS b
-        WHERE b.run_id = (SELECT run_id FROM arg) AND b.factor = k.factor AND b.strategy = k.strategy
-          AND b.baseline_type = bt.baseline_type AND b.crypto = k.crypto
-          AND b.fold_id = k.fold_id AND b.cost_bps = k.cost_bps AND b.slippage_bps = k.slippage_bps
-          AND b.test_start = k.test_start AND b.test_end = k.test_end AND b.n_bars = k.n_bars
-    )
+    FROM windows AS w
+    CROSS JOIN LATERAL (
+        VALUES ('buy_and_hold', w.has_buy_and_hold), ('random', w.has_random), ('naive', w.has_naive)
+    ) AS bt(baseline_type, on_window)
+    WHERE w.has_model AND NOT bt.on_window
 )
 SELECT count(*) = 0 AS ok,
        count(*)::integer AS n_problems,

@@ -11,10 +11,15 @@ runtime. Given the very ``V1Pod`` that the KubernetesPodOperator would submit, i
   container's memory limit in bytes, as the downward API gives it) and the ``secretKeyRef`` of the
   database Secret, resolved from the Airflow connection ``finetune_db``; any other Secret or
   ConfigMap reference is refused with a clear error (there is no API server to read it from);
-- enforces the container's memory limit: a memory cgroup where the machine allows it (cgroup v1
-  ``memory.limit_in_bytes``, or cgroup v2 ``memory.max``), so the kernel kills the process past its
-  limit exactly as in a pod; otherwise a watchdog thread polls the resident memory of the process
-  tree and SIGKILLs it past the limit (best effort: it samples, the kernel does not);
+- enforces the container's memory limit (:mod:`finetune_sweep.memory_enforcement`): a memory
+  cgroup where the machine allows it (cgroup v1 ``memory.limit_in_bytes``, or cgroup v2
+  ``memory.max``), so the kernel kills the process past its limit exactly as in a pod; otherwise a
+  watchdog thread polls the resident memory of the process tree and SIGKILLs it past the limit
+  (best effort: it samples, the kernel does not). The peak comes from the kernel either way (the
+  cgroup's peak, or ``ru_maxrss`` from ``wait4``), never from sampling alone;
+- enforces the pod's ``activeDeadlineSeconds`` like the kubelet: past it, SIGTERM to the
+  container's process group, SIGKILL after ``terminationGracePeriodSeconds`` (default 30), and the
+  outcome's reason is ``DeadlineExceeded``, the reason Kubernetes gives such a pod;
 - streams stdout/stderr lines into the given logger as they come, parses the runner's JSON events
   (``pod_usage`` carries the pod's own peak) and reports the outcome the way a kubelet reports a
   terminated container: exit code, ``OOMKilled`` / ``Error`` / ``Completed``.
@@ -42,6 +47,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from finetune_sweep.db import redact
+from finetune_sweep.memory_enforcement import (
+    CGROUP_V1_MEMORY_ROOT,
+    CGROUP_V2_ROOT,
+    Cgroup,
+    CgroupUnavailable,
+    KernelPeak,
+    Watchdog,
+    create_cgroup,
+    kill_process_group,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -56,9 +71,6 @@ __all__ = [
 ]
 
 LOG = logging.getLogger(__name__)
-
-CGROUP_V1_MEMORY_ROOT = Path("/sys/fs/cgroup/memory")
-CGROUP_V2_ROOT = Path("/sys/fs/cgroup")
 
 # What a container gets from its image rather than from the pod spec: enough to run a process on
 # this machine. Everything else of the Airflow worker's environment (its connections, secrets,
@@ -76,7 +88,9 @@ DEFAULT_INHERITED_ENV = (
 )
 
 Enforcement = Literal["auto", "cgroup", "watchdog", "none"]
-Reason = Literal["Completed", "Error", "OOMKilled"]
+Reason = Literal["Completed", "Error", "OOMKilled", "DeadlineExceeded"]
+# The pod's status reason when activeDeadlineSeconds has passed (what the kubelet writes).
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 _ENV_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -91,16 +105,19 @@ class LocalPodResult:
 
     :param exit_code: the container's exit code; 137 (128 + SIGKILL) when killed.
     :param oom_killed: whether the memory limit killed it (kernel OOM kill or watchdog).
-    :param peak_memory_bytes: peak memory of the container (cgroup peak, else the watchdog's
-        highest sample, else the runner's own ``pod_usage`` report); None when unknown.
+    :param peak_memory_bytes: peak memory of the container from the kernel (the cgroup's peak,
+        else the process's ``ru_maxrss`` or the watchdog's tree sample, whichever is larger;
+        without enforcement the runner's own ``pod_usage`` report); None when unknown.
     :param memory_limit_bytes: the enforced limit, None when the container has none.
     :param seconds: wall time from start to exit.
-    :param reason: the kubelet's terminated reason: ``Completed``, ``Error`` or ``OOMKilled``.
+    :param reason: the kubelet's terminated reason: ``Completed``, ``Error`` or ``OOMKilled``;
+        ``DeadlineExceeded`` (the pod's reason) when ``activeDeadlineSeconds`` stopped it.
     :param enforcement: how the limit was enforced: ``cgroup-v1``, ``cgroup-v2``, ``watchdog``
         or ``none``.
     :param pod_usage: the runner's last ``pod_usage`` event, if any.
     :param log_tail: the last output lines (redacted), for error messages.
     :param events: the last JSON event of each name the container printed (redacted).
+    :param message: the pod's status message, as Kubernetes would write it (``DeadlineExceeded``).
     """
 
     exit_code: int
@@ -113,6 +130,7 @@ class LocalPodResult:
     pod_usage: dict[str, Any] | None = None
     log_tail: tuple[str, ...] = field(default_factory=tuple)
     events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    message: str | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -254,206 +272,6 @@ def build_argv(container: k8s.V1Container, env: Mapping[str, str], *, python: st
     return argv
 
 
-# --------------------------------------------------------------------------- memory enforcement
-
-
-class _Cgroup:
-    """A memory cgroup for one container; subclasses know the v1 / v2 file names."""
-
-    kind = "cgroup"
-    limit_file = ""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    @property
-    def procs_file(self) -> Path:
-        return self.path / "cgroup.procs"
-
-    def set_limit(self, limit: int) -> None:
-        (self.path / self.limit_file).write_text(str(limit))
-
-    def oom_kills(self) -> int:
-        raise NotImplementedError
-
-    def peak(self) -> int | None:
-        raise NotImplementedError
-
-    def pids(self) -> list[int]:
-        try:
-            return [int(line) for line in self.procs_file.read_text().split()]
-        except FileNotFoundError:
-            return []
-
-    def remove(self, *, timeout: float = 10.0) -> None:
-        """Kill what is left in the group (the kubelet does), then remove it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            pids = self.pids()
-            for pid in pids:
-                _kill(pid)
-            if not pids:
-                try:
-                    self.path.rmdir()
-                    return
-                except FileNotFoundError:
-                    return
-                except OSError as exc:  # EBUSY while the kernel finishes tearing a task down
-                    if time.monotonic() > deadline:
-                        LOG.warning("could not remove cgroup %s: %s", self.path, exc)
-                        return
-            elif time.monotonic() > deadline:
-                LOG.warning("cgroup %s still holds pids %s after %.0fs", self.path, pids, timeout)
-                return
-            time.sleep(0.05)
-
-
-class _CgroupV1(_Cgroup):
-    kind = "cgroup-v1"
-    limit_file = "memory.limit_in_bytes"
-
-    def set_limit(self, limit: int) -> None:
-        super().set_limit(limit)
-        memsw = self.path / "memory.memsw.limit_in_bytes"
-        # memory+swap = memory: no swapping past the limit (kubelet default, no swap for pods)
-        if memsw.exists():
-            memsw.write_text(str(limit))
-
-    def oom_kills(self) -> int:
-        return _read_key(self.path / "memory.oom_control", "oom_kill")
-
-    def peak(self) -> int | None:
-        return int((self.path / "memory.max_usage_in_bytes").read_text())
-
-
-class _CgroupV2(_Cgroup):
-    kind = "cgroup-v2"
-    limit_file = "memory.max"
-
-    def set_limit(self, limit: int) -> None:
-        super().set_limit(limit)
-        swap = self.path / "memory.swap.max"
-        if swap.exists():
-            swap.write_text("0")
-
-    def oom_kills(self) -> int:
-        return _read_key(self.path / "memory.events", "oom_kill")
-
-    def peak(self) -> int | None:
-        peak = self.path / "memory.peak"  # kernel >= 5.19
-        return int(peak.read_text()) if peak.exists() else None
-
-
-def _read_key(path: Path, key: str) -> int:
-    for line in path.read_text().splitlines():
-        name, _, value = line.partition(" ")
-        if name == key:
-            return int(value)
-    return 0
-
-
-def create_cgroup(*, name: str, v1_root: Path = CGROUP_V1_MEMORY_ROOT, v2_root: Path = CGROUP_V2_ROOT) -> _Cgroup:
-    """Create a memory cgroup ``name`` (v1 memory controller first, else v2 with memory enabled).
-
-    :param name: the child group's directory name.
-    :param v1_root: mount of the v1 memory controller.
-    :param v2_root: mount of the unified (v2) hierarchy.
-    :raises LocalPodError: when no writable memory controller is available.
-    """
-    problems: list[str] = []
-    if (v1_root / "memory.limit_in_bytes").exists() or (v1_root / "memory.stat").exists():
-        try:
-            (v1_root / name).mkdir()
-            return _CgroupV1(v1_root / name)
-        except OSError as exc:
-            problems.append(f"{v1_root}: {exc.strerror}")
-    controllers = v2_root / "cgroup.controllers"
-    if controllers.exists() and "memory" in controllers.read_text().split():
-        try:
-            subtree = v2_root / "cgroup.subtree_control"
-            if "memory" not in subtree.read_text().split():
-                subtree.write_text("+memory")
-            (v2_root / name).mkdir()
-            group = _CgroupV2(v2_root / name)
-            if not (group.path / "memory.max").exists():
-                group.path.rmdir()
-                raise LocalPodError(f"{v2_root}: memory controller not delegated to {name}")
-            return group
-        except OSError as exc:
-            problems.append(f"{v2_root}: {exc.strerror}")
-    raise LocalPodError("no writable memory cgroup (" + ("; ".join(problems) or "no memory controller") + ")")
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
-def _tree_pids(root: int) -> list[int]:
-    """``root`` and its live descendants, from /proc (no psutil needed)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(entry.path, "stat").read_text()
-        except OSError:  # the process exited while we scanned
-            continue
-        # the comm field may contain spaces and parentheses: ppid follows the last ')'
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    pids, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        pids.append(pid)
-        stack.extend(children.get(pid, ()))
-    return pids
-
-
-def _rss_bytes(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:  # exited: holds no memory any more
-        return 0
-    return 0  # a zombie has no VmRSS line
-
-
-class _Watchdog(threading.Thread):
-    """Poll the resident memory of a process tree; SIGKILL the tree past the limit.
-
-    Sampling cannot stop an allocation between two polls, so a fast allocator can overshoot the
-    limit before it is killed: the kernel (cgroup) is the real enforcement, this is the fallback.
-    """
-
-    def __init__(self, pid: int, *, limit: int | None, interval: float = 0.02) -> None:
-        super().__init__(name=f"local-pod-watchdog-{pid}", daemon=True)
-        self.pid = pid
-        self.limit = limit
-        self.interval = interval
-        self.peak = 0
-        self.killed = False
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.is_set():
-            pids = _tree_pids(self.pid)
-            usage = sum(_rss_bytes(pid) for pid in pids)
-            self.peak = max(self.peak, usage)
-            if self.limit is not None and usage > self.limit:
-                self.killed = True
-                for pid in pids:
-                    _kill(pid)
-                return
-            self._stop_event.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop_event.set()
-
-
 # --------------------------------------------------------------------------- the runner
 
 
@@ -567,16 +385,23 @@ class LocalPodRunner:
             # write our own pid into the group, then exec: the container process is limited from
             # its first instruction, and no preexec_fn runs in a multi-threaded parent
             argv = ["/bin/sh", "-c", 'echo $$ > "$0" || exit 125; exec "$@"', str(cgroup.procs_file), *command]
+        # without a cgroup, the kernel's ru_maxrss of the container (through a small launcher)
+        kernel_peak = KernelPeak() if cgroup is None and enforcement == "watchdog" else None
+        if kernel_peak is not None:
+            argv = kernel_peak.argv(command, python=self.python)
+        deadline = self.pod.spec.active_deadline_seconds
         self.log.info(
-            "local pod %s: running container %r (%s, memory limit %s, enforcement %s)",
+            "local pod %s: running container %r (%s, memory limit %s, enforcement %s, activeDeadlineSeconds %s)",
             self.pod.metadata.name,
             self.container.name,
             redact(" ".join(command), self._secrets),
             format_bytes(limit),
             enforcement,
+            deadline if deadline is not None else "none",
         )
         started = time.monotonic()
-        watchdog: _Watchdog | None = None
+        watchdog: Watchdog | None = None
+        timer: _ActiveDeadline | None = None
         tail: deque[str] = deque(maxlen=20)
         events: dict[str, dict[str, Any]] = {}
         try:
@@ -589,9 +414,21 @@ class LocalPodRunner:
                 stderr=subprocess.PIPE,
                 # a session of its own: the whole tree can be signalled, like a pid namespace
                 start_new_session=True,
+                pass_fds=(kernel_peak.write_fd,) if kernel_peak is not None else (),
             )
+            if kernel_peak is not None:
+                kernel_peak.started()
+            if deadline is not None:
+                timer = _ActiveDeadline(
+                    process.pid,
+                    seconds=deadline,
+                    grace_seconds=_grace_seconds(self.pod),
+                    pod_name=self.pod.metadata.name,
+                    log=self.log,
+                )
+                timer.start()
             if cgroup is None and enforcement == "watchdog":
-                watchdog = _Watchdog(process.pid, limit=limit)
+                watchdog = Watchdog(process.pid, limit=limit, skip_root=kernel_peak is not None)
                 watchdog.start()
             readers = [
                 threading.Thread(
@@ -604,31 +441,41 @@ class LocalPodRunner:
             returncode = process.wait()
             seconds = time.monotonic() - started
             # the container's main process is gone: the kubelet tears down everything left in it
-            _killpg(process.pid)
+            kill_process_group(process.pid)
             for reader in readers:
                 reader.join(timeout=5)
             oom_kills = cgroup.oom_kills() if cgroup else 0
+            # the cgroup counts the whole group (every process, page cache included)
             peak = cgroup.peak() if cgroup else None
         finally:
+            if timer is not None:
+                timer.cancel()
             if watchdog is not None:
                 watchdog.stop()
                 watchdog.join(timeout=5)
             if self._process is not None and self._process.poll() is None:
                 # interrupted (task killed or timed out): take the container down with us
-                _killpg(self._process.pid)
+                kill_process_group(self._process.pid)
                 self._process.wait()
             if cgroup is not None:
                 cgroup.remove()
         if watchdog is not None:
-            peak = watchdog.peak
+            # a tree's sampled sum can exceed any one process's kernel peak: take the larger
+            kernel = kernel_peak.read() if kernel_peak is not None else None
+            peak = max(kernel or 0, watchdog.peak) or None
         pod_usage = events.get("pod_usage")
         if peak is None and pod_usage:
             peak = _int_or_none(pod_usage.get("peak_memory_bytes"))
         # a signalled process exits with 128 + signal in a container (SIGKILL: 137)
         exit_code = returncode if returncode >= 0 else 128 - returncode
         oom_killed = oom_kills > 0 or (watchdog is not None and watchdog.killed)
+        deadline_exceeded = timer is not None and timer.fired
+        message = None
         if oom_killed:
             reason: Reason = "OOMKilled"
+        elif deadline_exceeded:
+            reason = DEADLINE_EXCEEDED
+            message = f"Pod was active on the node longer than the specified deadline (activeDeadlineSeconds {deadline})"
         elif exit_code == 0:
             reason = "Completed"
         else:
@@ -644,6 +491,7 @@ class LocalPodRunner:
             pod_usage=pod_usage,
             log_tail=tuple(tail),
             events=events,
+            message=message,
         )
         self.log.info(
             "local pod %s terminated: reason=%s exit_code=%s peak=%s limit=%s seconds=%.1f",
@@ -664,15 +512,17 @@ class LocalPodRunner:
             self.log.info("workingDir %s does not exist locally; using %s", working_dir, os.getcwd())
         return None
 
-    def _cgroup(self, limit: int | None) -> _Cgroup | None:
+    def _cgroup(self, limit: int | None) -> Cgroup | None:
         if self.enforcement in {"watchdog", "none"}:
             return None
-        name = f"finetune-{uuid.uuid4().hex[:12]}"
+        # the pod's name in the group's: whose group it is shows in /sys/fs/cgroup (and in tests
+        # that share the machine's cgroups with other runs)
+        name = f"finetune-{(self.pod.metadata.name or 'pod')[:200]}-{uuid.uuid4().hex[:12]}"
         try:
             group = create_cgroup(name=name, v1_root=self.cgroup_v1_root, v2_root=self.cgroup_v2_root)
-        except LocalPodError as exc:
+        except CgroupUnavailable as exc:
             if self.enforcement == "cgroup":
-                raise
+                raise LocalPodError(str(exc)) from exc
             self.log.warning("%s; enforcing the memory limit with a resident-memory watchdog", exc)
             return None
         if limit is not None:
@@ -707,14 +557,59 @@ class LocalPodRunner:
     def kill(self) -> None:
         """Kill the container's process tree (Airflow's on_kill)."""
         if self._process is not None and self._process.poll() is None:
-            _killpg(self._process.pid)
+            kill_process_group(self._process.pid)
 
 
-def _killpg(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+class _ActiveDeadline(threading.Thread):
+    """The kubelet's ``activeDeadlineSeconds``: past it, stop the container like a pod deletion.
+
+    Kubernetes marks the pod ``Failed`` with reason ``DeadlineExceeded`` and kills its containers
+    with the pod's grace period: SIGTERM first (the runner cancels its query and records the
+    failure), SIGKILL when the grace period is over.
+    """
+
+    def __init__(
+        self,
+        pgid: int,
+        *,
+        seconds: float,
+        grace_seconds: float,
+        pod_name: str | None,
+        log: logging.Logger | logging.LoggerAdapter,
+    ) -> None:
+        super().__init__(name=f"local-pod-deadline-{pgid}", daemon=True)
+        self.pgid = pgid
+        self.seconds = seconds
+        self.grace_seconds = grace_seconds
+        self.pod_name = pod_name
+        self.log = log
+        self.fired = False
+        self._cancelled = threading.Event()
+
+    def run(self) -> None:
+        if self._cancelled.wait(self.seconds):
+            return
+        self.fired = True
+        self.log.error(
+            "local pod %s: DeadlineExceeded: active longer than its activeDeadlineSeconds (%s s); "
+            "stopping the container (SIGTERM, SIGKILL after %s s)",
+            self.pod_name,
+            self.seconds,
+            self.grace_seconds,
+        )
+        kill_process_group(self.pgid, signal.SIGTERM)
+        if not self._cancelled.wait(self.grace_seconds):
+            kill_process_group(self.pgid)
+
+    def cancel(self) -> None:
+        """The container ended: nothing (more) to stop."""
+        self._cancelled.set()
+
+
+def _grace_seconds(pod: k8s.V1Pod) -> float:
+    grace = pod.spec.termination_grace_period_seconds
+    # Kubernetes' default terminationGracePeriodSeconds
+    return 30.0 if grace is None else float(grace)
 
 
 def _mask_in_airflow_logs(secret: str) -> None:

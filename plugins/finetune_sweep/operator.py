@@ -88,6 +88,8 @@ PROFILE_ENV = "FINETUNE_PROFILE"
 ATTEMPT_ENV = "FINETUNE_ATTEMPT"
 # The Airflow run of the attempt: with the try number it keys the attempt history (V007).
 AIRFLOW_RUN_ENV = "FINETUNE_AIRFLOW_RUN_ID"
+# The pod's status reason past its activeDeadlineSeconds (the local backend reports it alike).
+DEADLINE_EXCEEDED = "DeadlineExceeded"
 # The task state store key of the ladder (shared by the tries of one mapped task instance).
 LADDER_STATE_KEY = "finetune_ladder"
 # Reasons of the DisruptionTarget condition that the API server, scheduler, kubelet and taint
@@ -159,6 +161,9 @@ class PodTermination:
             return OOM_REASON
         if self.disrupted:
             return f"Disrupted: {self.reason}"
+        if self.reason == DEADLINE_EXCEEDED:
+            # the pod's bound stopped it: its container's exit code (143/137) says nothing more
+            return DEADLINE_EXCEEDED
         if self.exit_code is not None:
             return f"Error: exit {self.exit_code}"
         return self.reason
@@ -183,7 +188,7 @@ class PodTermination:
             memory_limit_bytes=result.memory_limit_bytes,
             peak_memory_bytes=result.peak_memory_bytes,
             seconds=result.seconds,
-            detail=pod_failure_detail(result.events, list(result.log_tail)),
+            detail=result.message or pod_failure_detail(result.events, list(result.log_tail)),
         )
 
 
@@ -310,6 +315,11 @@ def kubernetes_termination(
     if disrupted:
         return replace(
             base, reason=disrupted, exit_code=terminated.exit_code, disrupted=True, detail=detail or (status.message or None)
+        )
+    if status is not None and status.reason == DEADLINE_EXCEEDED:
+        # activeDeadlineSeconds: the pod's reason; its container merely shows the kill (143/137)
+        return replace(
+            base, reason=DEADLINE_EXCEEDED, exit_code=terminated.exit_code, detail=status.message or detail or None
         )
     near_limit = (
         terminated.exit_code == SIGKILL_EXIT_CODE

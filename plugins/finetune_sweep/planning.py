@@ -35,7 +35,7 @@ from finetune_sweep.findings import DEFAULT_FDR_Q
 if TYPE_CHECKING:
     from airflow.sdk import Context, Param
 
-    from finetune_sweep.settings import SizingPolicy
+    from finetune_sweep.settings import Settings, SizingPolicy
 
 STRATEGY = "ridge_long_flat"
 SYMBOL_PATTERN = r"^[A-Z0-9]{2,10}$"
@@ -267,6 +267,51 @@ def run_id_from_context(context: Mapping[str, Any]) -> str:
     )
 
 
+def check_fits_synthetic_market(valid: Mapping[str, Any], *, as_of: str, data_uri: str | None) -> None:
+    """Refuse params that cannot fit the built-in synthetic market (its length is known here).
+
+    With a file or object-store URI the data's length is unknown before the pod reads it: then
+    the pod exits 2 with the fold that does not fit, and that line reaches the task log.
+    This check only refuses what is certain to fail (feature warm-up may need a few bars more).
+    The market's extent comes from the pod package (installed beside Airflow for the local
+    backend); where it is not installed, the pod alone decides.
+
+    :param valid: validated params.
+    :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
+    :param data_uri: ``--data-uri`` of the pods (None: the synthetic market).
+    :raises PlanError: naming what does not fit and what is available.
+    """
+    try:
+        from finetune import synthetic
+    except ImportError:
+        return
+    if data_uri is not None:
+        if not synthetic.is_synthetic_uri(data_uri):
+            return
+        try:
+            synthetic.parse_synthetic_uri(data_uri)
+        except ValueError as err:
+            raise PlanError(f"FINETUNE_DATA_URI: {err}") from None
+    start, end = synthetic.SYNTHETIC_START.to_pydatetime(), synthetic.SYNTHETIC_END.to_pydatetime()
+    symbols = synthetic.SYNTHETIC_SYMBOLS
+    unknown = [crypto for crypto in valid["cryptos"] if crypto not in symbols]
+    if unknown:
+        raise PlanError(
+            f"param 'cryptos': {', '.join(unknown)} not in the synthetic market; allowed: {', '.join(symbols)}"
+        )
+    cutoff = min(datetime.fromisoformat(as_of.replace("Z", "+00:00")), end)
+    # hourly bars from the first one up to as-of (an upper bound: a bar is used once it closed)
+    available = max(0, int((cutoff - start).total_seconds() // 3600) + 1)
+    needed = valid["train_bars"] + valid["hold_bars"] + valid["n_folds"] * valid["test_bars"]
+    if needed > available:
+        raise PlanError(
+            f"params cannot fit the data: n_folds {valid['n_folds']} x test_bars {valid['test_bars']} "
+            f"+ train_bars {valid['train_bars']} + hold_bars {valid['hold_bars']} (embargo) = {needed} bars, "
+            f"but the synthetic market has {available} hourly bars up to as-of {as_of} "
+            f"(from {start:%Y-%m-%dT%H:%MZ}); lower n_folds, test_bars or train_bars"
+        )
+
+
 def plan_pods(
     params: Mapping[str, Any],
     *,
@@ -275,6 +320,7 @@ def plan_pods(
     profiles_json: str | None = None,
     sizing_json: str | None = None,
     data_uri: str | None = None,
+    settings: Settings | None = None,
 ) -> list[dict[str, Any]]:
     """One ``expand_kwargs`` entry per requested factor (see ``pods.factor_pod_kwargs``).
 
@@ -284,14 +330,19 @@ def plan_pods(
     :param profiles_json: ``FINETUNE_PROFILES`` (read at run time by the caller).
     :param sizing_json: ``FINETUNE_SIZING`` (read at run time by the caller).
     :param data_uri: ``--data-uri`` for every pod, or None for the pod's default.
-    :raises PlanError: bad params or bad overrides.
+    :param settings: the deadline allowances (default: the process settings).
+    :raises PlanError: bad params, params that cannot fit the synthetic market, bad overrides.
     """
+    from finetune_sweep.settings import get_settings
+
+    settings = settings or get_settings()
     try:
         profiles = sizing.load_profiles(profiles_json)
         sizing_map = sizing.load_sizing(sizing_json)
     except sizing.SizingError as err:
         raise PlanError(str(err)) from None
     valid = validate_params(params, known_factors=tuple(sizing_map))
+    check_fits_synthetic_market(valid, as_of=as_of, data_uri=data_uri)
     run_args = {
         "cryptos": valid["cryptos"],
         "cost_bps": valid["cost_bps"],
@@ -304,6 +355,12 @@ def plan_pods(
         "test_bars": valid["test_bars"],
         "data_uri": data_uri,
     }
+    deadline = pods.pod_deadline_seconds(
+        n_keys=pods.n_pod_keys(run_args),
+        per_key_seconds=settings.pod_deadline_per_key_seconds,
+        startup_seconds=settings.pod_deadline_startup_seconds,
+        fixed=settings.pod_deadline_seconds,
+    )
     return [
         pods.factor_pod_kwargs(
             factor=factor,
@@ -311,6 +368,7 @@ def plan_pods(
             run_id=run_id,
             run_args=run_args,
             profiles=profiles,
+            active_deadline_seconds=deadline,
         )
         for factor in valid["factors"]
     ]
@@ -324,29 +382,34 @@ def plan_from_context(context: Context) -> list[dict[str, Any]]:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
+    from finetune_sweep.pod_template import PodTemplateError, check_pod_template
     from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides, sizing_policy
 
     profiles_json, sizing_json = sizing_overrides()
+    settings = get_settings()
     try:
         # register applies the sizing policy; a bad value fails here, before any pod.
         sizing_policy()
     except SettingsError as err:
         raise AirflowFailException(f"invalid sweep: {err}") from None
     try:
+        check_pod_template(settings.pod_template_file, db_secret=(settings.db_secret_name, settings.db_secret_key))
         entries = plan_pods(
             dict(context["params"]),
             run_id=run_id_from_context(context),
             as_of=as_of_from_context(context),
             profiles_json=profiles_json,
             sizing_json=sizing_json,
-            data_uri=get_settings().data_uri,
+            data_uri=settings.data_uri,
+            settings=settings,
         )
-    except PlanError as err:
+    except (PlanError, PodTemplateError) as err:
         raise AirflowFailException(f"invalid sweep: {err}") from None
     for entry in entries:
         print(
             f"planned {entry['factor']}: profile {entry['profile']}, "
-            f"memory {entry['container_resources']['limits']['memory']}, args {' '.join(entry['arguments'])}"
+            f"memory {entry['container_resources']['limits']['memory']}, "
+            f"activeDeadlineSeconds {entry.get('active_deadline_seconds')}, args {' '.join(entry['arguments'])}"
         )
     return entries
 

@@ -6,19 +6,15 @@ through XCom, so they hold only JSON values (``container_resources`` as a plain 
 ``V1ResourceRequirements`` before the pod is built, see :func:`to_resource_requirements`).
 
 ``python -m finetune_sweep.pods render --factor F [--run-id R] [--output json|yaml]`` prints the
-manifest that would be submitted for a factor, camelCase like ``kubectl get -o yaml``, built
-offline by the KubernetesPodOperator itself (``build_pod_request_obj(dry_run=True)``).
+manifest that would be submitted for a factor (see :mod:`finetune_sweep.render`, which it runs).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import hashlib
-import json
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -261,6 +257,34 @@ def run_arguments(*, run_id: str, factor: str, run_args: Mapping[str, Any]) -> l
     return args
 
 
+def n_pod_keys(run_args: Mapping[str, Any]) -> int:
+    """How many keys (crypto x fold x cost_bps x slippage_bps) one factor pod persists.
+
+    :param run_args: the run options, see :func:`run_arguments`.
+    """
+    return (
+        len(run_args["cryptos"]) * int(run_args["n_folds"]) * len(run_args["cost_bps"]) * len(run_args["slippage_bps"])
+    )
+
+
+def pod_deadline_seconds(*, n_keys: int, per_key_seconds: int, startup_seconds: int, fixed: int | None = None) -> int:
+    """The pod's ``activeDeadlineSeconds``: a bound on the whole ``run_factor`` pod.
+
+    A hung database (a lock never released, a stuck server) must not hold a run, and with
+    ``max_active_runs=1`` the schedule, forever: past this bound Kubernetes (or the local
+    backend) stops the pod with reason ``DeadlineExceeded``. Sized from the sweep, so that a big
+    sweep is not cut short: ``startup + keys x per-key allowance``, unless fixed.
+
+    :param n_keys: keys of the pod (:func:`n_pod_keys`).
+    :param per_key_seconds: allowance per key (``FINETUNE_POD_DEADLINE_PER_KEY_SECONDS``).
+    :param startup_seconds: allowance for data loading and connecting (``..._STARTUP_SECONDS``).
+    :param fixed: ``FINETUNE_POD_DEADLINE_SECONDS``, which wins when set.
+    """
+    if fixed is not None:
+        return fixed
+    return startup_seconds + n_keys * per_key_seconds
+
+
 def factor_pod_kwargs(
     *,
     factor: str,
@@ -268,6 +292,7 @@ def factor_pod_kwargs(
     run_id: str,
     run_args: Mapping[str, Any],
     profiles: Mapping[str, PodProfile] | None = None,
+    active_deadline_seconds: int | None = None,
 ) -> dict[str, Any]:
     """One ``expand_kwargs`` entry: the pod of one factor (JSON values only, it goes via XCom).
 
@@ -278,6 +303,8 @@ def factor_pod_kwargs(
     :param profiles: the run's resolved profile ladder, carried as the ``profiles`` key so the
         worker sizes every try from it (never re-reading ``FINETUNE_PROFILES``); None leaves the
         key out (the operator then reads the overrides itself).
+    :param active_deadline_seconds: the bound on the pod (:func:`pod_deadline_seconds`); None:
+        unbounded (the key is then left out).
     """
     from finetune_sweep.sizing import profiles_to_json
 
@@ -292,6 +319,8 @@ def factor_pod_kwargs(
     }
     if profiles is not None:
         entry["profiles"] = profiles_to_json(profiles)
+    if active_deadline_seconds is not None:
+        entry["active_deadline_seconds"] = active_deadline_seconds
     return entry
 
 
@@ -314,86 +343,9 @@ def with_profile(entry: Mapping[str, Any], *, profile: PodProfile) -> dict[str, 
     }
 
 
-def render_manifest(
-    *, factor_kwargs: Mapping[str, Any], image: str, settings: Settings | None = None
-) -> dict[str, Any]:
-    """The camelCase pod manifest the KubernetesPodOperator would submit, built offline.
-
-    :param factor_kwargs: one entry of the plan (:func:`factor_pod_kwargs`).
-    :param image: the full image reference.
-    :param settings: the settings (default: the process settings).
-    """
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from kubernetes.client import ApiClient
-
-    kwargs = {**common_pod_kwargs(image=image, settings=settings), **factor_kwargs}
-    kwargs.pop("factor", None)
-    profile_name = kwargs.pop("profile", None)
-    ladder = kwargs.pop("profiles", None)
-    if ladder and profile_name in ladder:
-        from finetune_sweep.sizing import profiles_from_json
-
-        start = profiles_from_json(ladder)[profile_name]
-        kwargs["tolerations"] = [*kwargs.get("tolerations", []), *profile_tolerations(start)]
-        kwargs["affinity"] = profile_affinity(start) or kwargs.get("affinity")
-    kwargs["container_resources"] = to_resource_requirements(kwargs["container_resources"])
-    operator = KubernetesPodOperator(task_id="run_factor", **kwargs)
-    # The operator logs "Building pod ..." to stdout; keep stdout for the manifest alone.
-    with contextlib.redirect_stdout(sys.stderr):
-        pod = operator.build_pod_request_obj(None, dry_run=True)
-    return ApiClient().sanitize_for_serialization(pod)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m finetune_sweep.pods render --factor F [--run-id R] [--as-of T] [--output json|yaml]``.
-
-    Uses the DAG's default params, ``FINETUNE_PROFILES`` / ``FINETUNE_SIZING`` and the settings.
-
-    :param argv: the arguments (default: ``sys.argv[1:]``).
-    """
-    from finetune_sweep.planning import PlanError, default_params, plan_pods
-    from finetune_sweep.settings import get_settings, sizing_overrides
-
-    parser = argparse.ArgumentParser(prog="python -m finetune_sweep.pods")
-    sub = parser.add_subparsers(dest="command", required=True)
-    render = sub.add_parser("render", help="print the pod manifest of one factor (offline dry run)")
-    render.add_argument("--factor", required=True)
-    render.add_argument("--run-id", default="manual__render")
-    render.add_argument("--as-of", default="2026-01-04T00:00:00Z", help="ISO time (the run's data interval end)")
-    render.add_argument("--image-tag", help="tag instead of the pinned one (the DAG param image)")
-    render.add_argument("--output", choices=("json", "yaml"), default="yaml")
-    args = parser.parse_args(argv)
-
-    settings = get_settings()
-    params = default_params()
-    params["factors"] = [args.factor]
-    if args.image_tag:
-        params["image"] = args.image_tag
-    profiles_json, sizing_json = sizing_overrides()
-    try:
-        (entry,) = plan_pods(
-            params,
-            run_id=args.run_id,
-            as_of=args.as_of,
-            profiles_json=profiles_json,
-            sizing_json=sizing_json,
-            data_uri=settings.data_uri,
-        )
-    except PlanError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    manifest = render_manifest(factor_kwargs=entry, image=settings.image_with_tag(params["image"]), settings=settings)
-    if args.output == "json":
-        print(json.dumps(manifest, indent=2, sort_keys=False))
-    else:
-        import yaml
-
-        print(yaml.safe_dump(manifest, sort_keys=False), end="")
-    return 0
-
-
 if __name__ == "__main__":
-    # Run through the package module, so its classes are the ones every other module imports.
-    from finetune_sweep.pods import main as _main
+    # ``python -m finetune_sweep.pods render ...`` (DESIGN 4.5) lives in finetune_sweep.render, which
+    # needs the planning; this module does not import it, so planning -> pods stays one-way.
+    from finetune_sweep.render import main as _main
 
     sys.exit(_main())

@@ -20,7 +20,8 @@ Environment:
 ``FINETUNE_RETRY_DELAY_SECONDS``  delay before an OOM retry of ``run_factor`` (default 10)
 ``FINETUNE_POD_TEMPLATE_FILE``    optional pod template (YAML) for what the cluster needs beyond
                               the spec built here (tolerations, imagePullSecrets, priority class);
-                              the operator's own fields (image, resources, env, security) win
+                              the operator's own fields (image, resources, env, security) win;
+                              a template that would widen the pod is refused (``pod_template``)
 ``FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS``, ``FINETUNE_DB_LOCK_TIMEOUT_SECONDS``,
 ``FINETUNE_DB_RETRY_SECONDS``, ``FINETUNE_DB_CONNECT_TIMEOUT_SECONDS``
                               when set here, passed to every pod's env (the pod validates them:
@@ -43,6 +44,11 @@ applies it; see :func:`sizing_policy`):
 ``FINETUNE_SIZING_HISTORY_RUNS``    the history is a factor's attempts in its last N finetune runs
                                     (default 8) ...
 ``FINETUNE_SIZING_HISTORY_DAYS``    ... that finished within the last N days (default 90)
+``FINETUNE_POD_DEADLINE_SECONDS``  the ``activeDeadlineSeconds`` of every ``run_factor`` pod, fixed;
+                              unset: sized from the pod's keys (below)
+``FINETUNE_POD_DEADLINE_PER_KEY_SECONDS``  allowance per key (crypto x fold x cost basis) of a
+                              pod (default 60)
+``FINETUNE_POD_DEADLINE_STARTUP_SECONDS``  allowance for loading data and connecting (default 600)
 """
 
 from __future__ import annotations
@@ -87,6 +93,9 @@ class Settings:
     startup_timeout_seconds: int = 180
     keep_failed_pods: bool = False
     disruption_retries: int = 2
+    pod_deadline_seconds: int | None = None
+    pod_deadline_per_key_seconds: int = 60
+    pod_deadline_startup_seconds: int = 600
 
     @property
     def image_repository(self) -> str:
@@ -156,6 +165,14 @@ class Settings:
             startup_timeout_seconds=integer("FINETUNE_STARTUP_TIMEOUT_SECONDS", cls.startup_timeout_seconds, 1, 86400),
             keep_failed_pods=keep_text in ("true", "1", "yes"),
             disruption_retries=integer("FINETUNE_DISRUPTION_RETRIES", cls.disruption_retries, 0, 10),
+            # 0 (unset; a set value is at least 1): the deadline is sized from the pod's keys
+            pod_deadline_seconds=integer("FINETUNE_POD_DEADLINE_SECONDS", 0, 1, 30 * 86400) or None,
+            pod_deadline_per_key_seconds=integer(
+                "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS", cls.pod_deadline_per_key_seconds, 1, 86400
+            ),
+            pod_deadline_startup_seconds=integer(
+                "FINETUNE_POD_DEADLINE_STARTUP_SECONDS", cls.pod_deadline_startup_seconds, 1, 86400
+            ),
         )
 
 

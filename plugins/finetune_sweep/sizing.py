@@ -730,16 +730,53 @@ def describe_window(*, history_runs: int | None, history_days: int | None) -> st
     return runs + (f" within {history_days} days" if history_days else "")
 
 
+# An unreachable host must fail in seconds, not after the operating system's TCP timeout.
+CONNECT_TIMEOUT_SECONDS = 10
+
+
+def database_error_line(exc: Exception, dsn: str) -> str:
+    """One line for a failed database connection: refused settings or unreachable, no secret.
+
+    Refused credentials or database name (the pod's own classification,
+    ``finetune.connection.is_refused``) are a configuration error, never "unreachable".
+
+    :param exc: the psycopg error.
+    :param dsn: the DSN tried (its password is scrubbed from the line).
+    """
+    import psycopg
+    from finetune.connection import is_refused
+    from finetune.redaction import dsn_password
+
+    from finetune_sweep.db import redact
+
+    text = redact(" ".join(str(exc).split()), [dsn, dsn_password(dsn)])
+    if isinstance(exc, psycopg.Error) and is_refused(exc):
+        return f"the database refused the connection settings (a configuration error, not an outage): {text}"
+    return f"database unreachable: {text}"
+
+
+def _with_connect_timeout(dsn: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    if "connect_timeout" in conninfo_to_dict(dsn):
+        return dsn
+    return make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune_sweep.sizing recommend [--dsn DSN]``.
 
     The database is ``--dsn``, else ``FINETUNE_DB_URL``, else the Airflow connection
     ``finetune_db``. ``FINETUNE_PROFILES`` / ``FINETUNE_SIZING`` give the current sizing,
     ``FINETUNE_SIZING_HISTORY_RUNS`` / ``_DAYS`` the history window (the one ``register`` uses).
+    Any failure is one line on stderr and exit 2 (bad input or configuration) or 1 (the database
+    is unreachable), never a traceback.
 
     :param argv: the arguments (default: ``sys.argv[1:]``).
     """
     import os
+
+    import psycopg
 
     from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides, sizing_policy
 
@@ -759,14 +796,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     dsn = args.dsn or os.environ.get("FINETUNE_DB_URL")
     if not dsn:
+        from airflow.exceptions import AirflowNotFoundException
+
         from finetune_sweep.db import dsn_from_connection
 
-        dsn = dsn_from_connection(get_settings().conn_id)
+        conn_id = get_settings().conn_id
+        try:
+            dsn = dsn_from_connection(conn_id)
+        except AirflowNotFoundException:
+            print(
+                f"error: no database given: pass --dsn, set FINETUNE_DB_URL or define the Airflow connection {conn_id}",
+                file=sys.stderr,
+            )
+            return 2
     try:
-        history = fetch_history(dsn, history_runs=policy.history_runs, history_days=policy.history_days)
+        history = fetch_history(
+            _with_connect_timeout(dsn), history_runs=policy.history_runs, history_days=policy.history_days
+        )
     except SizingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except psycopg.ProgrammingError as err:  # a malformed DSN
+        print(f"error: invalid database DSN: {database_error_line(err, dsn)}", file=sys.stderr)
+        return 2
+    except psycopg.OperationalError as err:
+        line = database_error_line(err, dsn)
+        print(f"error: {line}", file=sys.stderr)
+        return 1 if line.startswith("database unreachable") else 2
     print(f"history: {describe_window(history_runs=policy.history_runs, history_days=policy.history_days)}")
     print(format_recommendations(recommend(history, sizing, profiles), mode=policy.mode))
     return 0

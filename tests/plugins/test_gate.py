@@ -10,7 +10,16 @@ from typing import Any
 import psycopg
 import pytest
 from airflow.providers.common.sql.sensors.sql import SqlSensor
-from finetune_rows import PLAN, RUN_ID, WINDOW_START, insert, make_baseline_row, make_model_row, seed_complete_run
+from finetune_rows import (
+    PLAN,
+    RUN_ID,
+    WINDOW_START,
+    insert,
+    make_baseline_row,
+    make_model_row,
+    seed_complete_run,
+    window,
+)
 
 from finetune_sweep import gate
 from finetune_sweep.db import connection_json_from_dsn
@@ -215,3 +224,39 @@ def test_real_sensor_fails_at_once_listing_the_problems(finetune_db_connection: 
     assert "Failure criteria met" in message
     assert "factor l2_features is failed, not done" in message
     assert "missing baseline naive: base_features ETH fold 1 cost 10" in message
+
+
+def test_every_missing_key_of_a_many_dimensioned_sweep_is_named_exactly(migrated_db: str) -> None:
+    # the expected keys are decoded from one series of key numbers: every dimension (factor,
+    # crypto, fold, cost, slippage) must come out right, at every position of the grid
+    plan = {"cryptos": ["BTC", "ETH", "SOL"], "n_folds": 3, "cost_bps": [10, 30], "slippage_bps": [0, 5]}
+    grid = list(itertools.product(PLAN["factors"], plan["cryptos"], range(3), plan["cost_bps"], plan["slippage_bps"]))
+    skipped = set(grid[::5])
+    seed_complete_run(migrated_db, skip_model=skipped, **plan)
+
+    verdict = _verdict(migrated_db)
+
+    assert len(grid) == 72 and len(skipped) == 15
+    assert verdict.n_problems == 15
+    assert sorted(verdict.problems) == sorted(
+        f"missing model row: {f} {c} fold {fold} cost {cost} slippage {slip} bps" for f, c, fold, cost, slip in skipped
+    )
+
+
+def test_a_baseline_missing_on_one_window_but_present_on_the_key_is_off_basis_only_there(migrated_db: str) -> None:
+    # two variants of one key on different windows; its baselines exist on the first window only
+    seed_complete_run(migrated_db, skip_model={("base_features", "BTC", 0, 10, 0)})
+    first = {**make_model_row(), "variant": "a"}
+    second = {**make_model_row(), **window(1), "variant": "b"}
+    with psycopg.connect(migrated_db) as conn:
+        insert(conn, "finetune_results", first)
+        insert(conn, "finetune_results", second)
+        for baseline_type in gate.BASELINE_TYPES:
+            insert(conn, "finetune_baselines", make_baseline_row(baseline_type, first))
+
+    verdict = _verdict(migrated_db)
+
+    # buy_and_hold, random and naive all exist for the key, but not on the second window
+    assert verdict.n_problems == 3
+    assert all(problem.endswith("-- found only on a different window (off-basis)") for problem in verdict.problems)
+    assert all("window 2026-05-08T00:00Z..2026-05-14T23:00Z (168 bars)" in p for p in verdict.problems)

@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,20 +19,21 @@ from typing import Any
 import pytest
 from kubernetes.client import models as k8s
 
-from finetune_sweep.local_pod import (
-    CGROUP_V1_MEMORY_ROOT,
-    CGROUP_V2_ROOT,
-    LocalPodError,
-    LocalPodRunner,
-    create_cgroup,
-    run_pod_locally,
-)
+from finetune_sweep.local_pod import LocalPodError, LocalPodRunner, run_pod_locally
+from finetune_sweep.memory_enforcement import CGROUP_V1_MEMORY_ROOT, CGROUP_V2_ROOT, CgroupUnavailable, create_cgroup
 
 LOG = logging.getLogger("test.local_pod")
 LIMIT = "64Mi"
 LIMIT_BYTES = 64 * 2**20
-# Touches every page (b"x" * n writes them), so the memory is really resident.
-ALLOCATE_256MI = "import time; x = b'x' * (256 * 2**20); time.sleep(2)"
+# Touches every page (b"x" * n writes them), so the memory is really resident. The sleep only
+# matters when nothing kills the process: the test then fails on its outcome, not on a clock.
+ALLOCATE_256MI = "import time; x = b'x' * (256 * 2**20); time.sleep(30)"
+# The same, a MiB at a time: a sampling watchdog is sure to see it pass the limit on the way up,
+# however busy the machine (a single 256 MiB allocation may complete between two polls).
+ALLOCATE_256MI_GRADUALLY = (
+    "import time\nchunks = []\nfor _ in range(256):\n    chunks.append(b'x' * 2**20)\n    time.sleep(0.01)\n"
+    "time.sleep(30)"
+)
 ALLOCATE_8MI = "x = b'x' * (8 * 2**20); print('allocated', len(x))"
 
 PASSWORD = "s3cr3t-pw-4711"
@@ -48,7 +50,7 @@ CONNECTION = {
 def _cgroup_available() -> bool:
     try:
         group = create_cgroup(name=f"finetune-probe-{os.getpid()}")
-    except LocalPodError:
+    except CgroupUnavailable:
         return False
     group.remove()
     return True
@@ -57,11 +59,13 @@ def _cgroup_available() -> bool:
 needs_cgroup = pytest.mark.skipif(not _cgroup_available(), reason="no writable memory cgroup on this machine")
 
 
-def _finetune_groups() -> set[str]:
+def _groups_of(pod_name: str) -> set[str]:
+    # other runs on the machine (other test sessions) create and remove their own groups meanwhile:
+    # look only at this pod's (the group's name carries the pod's)
     groups: set[str] = set()
     for root in (CGROUP_V1_MEMORY_ROOT, CGROUP_V2_ROOT):
         if root.is_dir():
-            groups |= {p.name for p in root.iterdir() if p.name.startswith("finetune-")}
+            groups |= {p.name for p in root.iterdir() if p.name.startswith(f"finetune-{pod_name}-")}
     return groups
 
 
@@ -92,6 +96,12 @@ def _make_pod(
             ],
         ),
     )
+
+
+def _with_deadline(pod: k8s.V1Pod, *, seconds: int, grace: int) -> k8s.V1Pod:
+    pod.spec.active_deadline_seconds = seconds
+    pod.spec.termination_grace_period_seconds = grace
+    return pod
 
 
 def _secret_env(name: str = "finetune-db", key: str = "url") -> k8s.V1EnvVar:
@@ -129,9 +139,10 @@ def lines() -> Iterator[_Lines]:
 
 @needs_cgroup
 def test_cgroup_oom_kill_reads_like_kubelet_oomkilled(lines: _Lines) -> None:
-    before = _finetune_groups()
+    pod = _make_pod(code=ALLOCATE_256MI)
+    pod.metadata.name = f"finetune-oom-{uuid.uuid4().hex[:8]}"
 
-    result = run_pod_locally(_make_pod(code=ALLOCATE_256MI), log=LOG, enforcement="cgroup")
+    result = run_pod_locally(pod, log=LOG, enforcement="cgroup")
 
     assert result.reason == "OOMKilled"
     assert result.oom_killed
@@ -141,8 +152,7 @@ def test_cgroup_oom_kill_reads_like_kubelet_oomkilled(lines: _Lines) -> None:
     # the kernel kills at the limit: the group's peak is the limit (give or take a page)
     assert result.peak_memory_bytes is not None
     assert result.peak_memory_bytes >= 0.95 * LIMIT_BYTES
-    assert result.seconds < 2  # killed before its sleep
-    assert _finetune_groups() == before, "the cgroup must be removed afterwards"
+    assert _groups_of(pod.metadata.name) == set(), "the cgroup must be removed afterwards"
 
 
 @pytest.mark.parametrize("enforcement", [pytest.param("auto", id="auto"), pytest.param("watchdog", id="watchdog")])
@@ -167,21 +177,20 @@ def test_nonzero_exit_is_error(enforcement: str, lines: _Lines) -> None:
 
 
 def test_watchdog_kills_past_the_limit(lines: _Lines) -> None:
-    result = run_pod_locally(_make_pod(code=ALLOCATE_256MI), log=LOG, enforcement="watchdog")
+    result = run_pod_locally(_make_pod(code=ALLOCATE_256MI_GRADUALLY), log=LOG, enforcement="watchdog")
 
     assert (result.reason, result.exit_code, result.oom_killed) == ("OOMKilled", 137, True)
     assert result.enforcement == "watchdog"
-    # sampling sees the tree past the limit, before the allocation completes
+    # killed on the way up: the kernel's peak is past the limit, short of the full allocation
     assert result.peak_memory_bytes is not None
     assert LIMIT_BYTES < result.peak_memory_bytes < 256 * 2**20
-    assert result.seconds < 2
 
 
 def test_watchdog_sees_the_whole_process_tree(lines: _Lines) -> None:
     # the parent stays small; its child allocates: a pod's limit covers every process in it
     code = (
         "import subprocess, sys; "
-        "sys.exit(subprocess.call([sys.executable, '-c', \"import time; x = b'x' * (256 * 2**20); time.sleep(2)\"]))"
+        "sys.exit(subprocess.call([sys.executable, '-c', \"import time; x = b'x' * (256 * 2**20); time.sleep(30)\"]))"
     )
 
     result = run_pod_locally(_make_pod(code=code), log=LOG, enforcement="watchdog")
@@ -358,23 +367,46 @@ def test_json_events_are_parsed(lines: _Lines) -> None:
     assert result.peak_memory_bytes == 12345
 
 
-def test_lines_stream_while_the_container_runs(lines: _Lines) -> None:
-    code = "import sys, time; print('first'); sys.stdout.flush(); time.sleep(1.5); print('second')"
+def test_lines_stream_while_the_container_runs(tmp_path: Path, lines: _Lines) -> None:
+    # The container prints "first", then waits until the test has *seen* that line in the log
+    # (the test answers through a file), and only then prints "second": buffered output would
+    # leave it waiting out its 30 s and print "second (never seen)" instead.
+    seen = tmp_path / "seen"
+    code = (
+        "import os, sys, time; print('first'); sys.stdout.flush(); end = time.monotonic() + 30\n"
+        f"while not os.path.exists({str(seen)!r}) and time.monotonic() < end: time.sleep(0.02)\n"
+        f"print('second' if os.path.exists({str(seen)!r}) else 'second (never seen)')"
+    )
 
-    run_pod_locally(_make_pod(code=code), log=LOG)
+    class _Answer(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage() == "[stdout] first":
+                seen.touch()
 
-    times = {message: at for at, message in lines.records if message.startswith("[stdout]")}
-    assert times["[stdout] second"] - times["[stdout] first"] > 1.0
+    answer = _Answer()
+    LOG.addHandler(answer)
+    try:
+        run_pod_locally(_make_pod(code=code), log=LOG)
+    finally:
+        LOG.removeHandler(answer)
+
+    stdout = [message for _, message in lines.records if message.startswith("[stdout]")]
+    assert stdout == ["[stdout] first", "[stdout] second"]
 
 
 def test_kill_takes_the_container_down(lines: _Lines) -> None:
-    runner = LocalPodRunner(_make_pod(code="import time; time.sleep(30)"), log=LOG)
+    code = "import sys, time; print('started'); sys.stdout.flush(); time.sleep(30)"
+    runner = LocalPodRunner(_make_pod(code=code), log=LOG)
     results: list[Any] = []
     thread = threading.Thread(target=lambda: results.append(runner.run()))
     thread.start()
-    time.sleep(1.0)
+    # kill once the container is surely running (its first line arrived), not after a guess
+    for _ in range(3000):
+        if "[stdout] started" in lines.text:
+            break
+        time.sleep(0.01)
     runner.kill()
-    thread.join(timeout=10)
+    thread.join(timeout=30)
 
     assert results and results[0].exit_code == 137
     assert results[0].reason == "Error"  # a kill is not an OOM
@@ -395,3 +427,65 @@ def test_no_memory_limit_runs_unlimited(lines: _Lines) -> None:
     assert result.memory_limit_bytes is None
     # the downward API reports the node's memory when a container has no limit
     assert int(result.log_tail[-1]) == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+# A container that hangs: it would sleep far longer than any test runs.
+HANG = "import sys, time; print('working', flush=True); time.sleep(600)"
+# One that also ignores SIGTERM (a process stuck where no handler runs): only SIGKILL ends it.
+HANG_IGNORING_SIGTERM = (
+    "import signal, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "print('working', flush=True); time.sleep(600)"
+)
+
+
+@pytest.mark.parametrize("enforcement", [pytest.param("auto", id="auto"), pytest.param("watchdog", id="watchdog")])
+def test_active_deadline_stops_a_hung_container_like_kubernetes(enforcement: str, lines: _Lines) -> None:
+    pod = _with_deadline(_make_pod(code=HANG), seconds=1, grace=30)
+
+    result = run_pod_locally(pod, log=LOG, enforcement=enforcement)
+
+    # SIGTERM first (the runner may cancel its query and record the failure): exit 128 + 15
+    assert (result.reason, result.exit_code, result.oom_killed) == ("DeadlineExceeded", 143, False)
+    assert result.message is not None and "activeDeadlineSeconds 1" in result.message
+    assert not result.succeeded
+    deadline_lines = [message for _, message in lines.records if "DeadlineExceeded" in message]
+    assert deadline_lines[0] == (
+        "local pod finetune-test-pod-abc: DeadlineExceeded: active longer than its activeDeadlineSeconds (1 s); "
+        "stopping the container (SIGTERM, SIGKILL after 30.0 s)"
+    )
+
+
+def test_active_deadline_kills_after_the_grace_period(lines: _Lines) -> None:
+    pod = _with_deadline(_make_pod(code=HANG_IGNORING_SIGTERM), seconds=1, grace=1)
+
+    result = run_pod_locally(pod, log=LOG)
+
+    assert (result.reason, result.exit_code) == ("DeadlineExceeded", 137)
+
+
+def test_no_deadline_when_the_container_finishes_first(lines: _Lines) -> None:
+    pod = _with_deadline(_make_pod(code="print('done')"), seconds=300, grace=1)
+
+    result = run_pod_locally(pod, log=LOG)
+
+    assert (result.reason, result.exit_code, result.message) == ("Completed", 0, None)
+    assert "DeadlineExceeded" not in lines.text
+
+
+def test_the_pods_exit_2_line_reaches_the_task_log(migrated_db: str, lines: _Lines) -> None:
+    # params that cannot fit the data, where plan cannot know the data's length (e.g. a file
+    # URI): the pod refuses them with one line, and that line is in the task log and the result
+    args = [
+        "run", "--run-id", "r", "--factor", "base_features", "--cryptos", "BTC", "--cost-bps", "10",
+        "--slippage-bps", "0", "--as-of", "2026-06-07T00:00:00Z", "--n-folds", "24", "--n-seeds", "10",
+        "--hold-bars", "24", "--train-bars", "4320", "--test-bars", "8760",
+    ]
+    pod = _make_pod(command=["python", "-m", "finetune"], args=args, memory=None, env=[_secret_env()])
+
+    result = run_pod_locally(pod, dsn=migrated_db, log=LOG, enforcement="none")
+
+    assert (result.reason, result.exit_code) == ("Error", 2)
+    stderr = [message for _, message in lines.records if message.startswith("[stderr] ")]
+    assert len(stderr) == 1, stderr
+    assert "fold 0 of 24" in stderr[0] and "214584 bars" in stderr[0]
+    assert result.log_tail[-1] == stderr[0].removeprefix("[stderr] ")

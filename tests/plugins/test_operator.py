@@ -1185,3 +1185,46 @@ def test_kubernetes_ladder_under_airflow_with_a_fake_api(tmp_path: Any) -> None:
     assert "PreemptionByScheduler; retrying on the same profile" in stdout
     assert "OOMKilled on profile STANDARD (limit 8.00Gi, peak -); retrying on MEDIUM" in stdout
 
+
+# --------------------------------------------------------------------------- the pod's deadline
+
+
+def test_local_hung_pod_is_stopped_by_its_deadline_in_one_line(local_backend: None, registered_db: str) -> None:
+    # a pod that hangs (a lock never released looks the same from outside): activeDeadlineSeconds
+    # ends it, SIGTERM first, SIGKILL after the grace period
+    op = _make_operator(
+        code="import time; print('waiting on the database', flush=True); time.sleep(600)",
+        active_deadline_seconds=1,
+        termination_grace_period=1,
+    )
+
+    with pytest.raises(AirflowFailException) as raised:
+        op.execute(_make_context(try_number=1))
+
+    assert str(raised.value) == (
+        "factor base_features failed on profile STANDARD (attempt 1): DeadlineExceeded (Pod was active on the node "
+        "longer than the specified deadline (activeDeadlineSeconds 1)); not retried (only an OOM moves a factor up)"
+    )
+    recorded = (
+        "DeadlineExceeded: Pod was active on the node longer than the specified deadline (activeDeadlineSeconds 1)"
+    )
+    assert _rows(
+        registered_db, "SELECT status, exit_reason FROM finetune_run_factors WHERE factor = 'base_features'"
+    ) == [("failed", recorded)]
+    assert _rows(registered_db, "SELECT exit_reason FROM finetune_pod_attempts WHERE factor = 'base_features'") == [
+        (recorded,)
+    ]
+
+
+def test_kubernetes_deadline_exceeded_is_the_pods_reason_not_an_oom() -> None:
+    # what the kubelet writes: phase Failed, reason DeadlineExceeded; the container shows the kill
+    pod = _pod_with_status(reason="Error", exit_code=137)
+    pod.status.reason = "DeadlineExceeded"
+    pod.status.message = "Pod was active on the node longer than the specified deadline"
+
+    termination = kubernetes_termination(pod, peak_memory_bytes=8 * 2**30 - MI)
+
+    assert (termination.reason, termination.exit_reason, termination.oom_killed) == (
+        "DeadlineExceeded", "DeadlineExceeded", False
+    )
+    assert termination.detail == "Pod was active on the node longer than the specified deadline"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
@@ -423,3 +424,104 @@ def test_a_bad_history_window_fails_register_before_it_writes(finetune_db: str, 
         planning.register_from_context(entries, context)
 
     assert _query(finetune_db, "SELECT (SELECT count(*) FROM finetune_runs) + (SELECT count(*) FROM finetune_airflow_runs)") == [(0,)]
+
+
+# --------------------------------------------------------------------------- plan-time fit and bound
+
+
+def test_params_that_cannot_fit_the_synthetic_market_fail_in_plan() -> None:
+    # the example: 24 folds of 8,760 test bars. Hand-worked: 24 * 8760 + 4320 + 24 =
+    # 214,584 bars needed; hourly bars 2021-01-01T00:00Z .. 2026-06-07T00:00Z: 1,983 days * 24 + 1
+    params = _make_params(n_folds=24, test_bars=8760)
+
+    with pytest.raises(PlanError) as refused:
+        plan_pods(params, run_id=RUN_ID, as_of=AS_OF)
+
+    assert str(refused.value) == (
+        "params cannot fit the data: n_folds 24 x test_bars 8760 + train_bars 4320 + hold_bars 24 (embargo) = "
+        "214584 bars, but the synthetic market has 47593 hourly bars up to as-of 2026-06-07T00:00:00Z "
+        "(from 2021-01-01T00:00Z); lower n_folds, test_bars or train_bars"
+    )
+
+
+@pytest.mark.parametrize(
+    ("train_bars", "fits"),
+    [pytest.param(47593 - 24 - 8760, True, id="exactly-all-bars"), pytest.param(47593 - 24 - 8760 + 1, False, id="one-more")],
+)
+def test_the_fit_check_refuses_only_what_cannot_fit(train_bars: int, fits: bool) -> None:
+    params = _make_params(factors=["base_features"], n_folds=1, test_bars=8760, train_bars=train_bars)
+
+    if fits:
+        assert len(plan_pods(params, run_id=RUN_ID, as_of=AS_OF)) == 1
+    else:
+        with pytest.raises(PlanError, match="= 47594 bars, but the synthetic market has 47593"):
+            plan_pods(params, run_id=RUN_ID, as_of=AS_OF)
+
+
+def test_a_crypto_outside_the_synthetic_market_fails_in_plan() -> None:
+    with pytest.raises(PlanError, match=r"^param 'cryptos': PEPE not in the synthetic market; allowed: BTC, ETH"):
+        plan_pods(_make_params(cryptos=["BTC", "PEPE"]), run_id=RUN_ID, as_of=AS_OF)
+
+
+@pytest.mark.parametrize(
+    "data_uri",
+    [pytest.param("file:///data/ohlcv", id="file"), pytest.param("s3://bucket/ohlcv", id="s3")],
+)
+def test_with_file_or_object_store_data_the_length_is_left_to_the_pod(data_uri: str) -> None:
+    params = _make_params(factors=["base_features"], cryptos=["PEPE"], n_folds=24, test_bars=8760)
+
+    (entry,) = plan_pods(params, run_id=RUN_ID, as_of=AS_OF, data_uri=data_uri)
+
+    assert entry["arguments"][-2:] == ["--data-uri", data_uri]
+
+
+def test_synthetic_variants_are_checked_too() -> None:
+    params = _make_params(n_folds=24, test_bars=8760)
+
+    with pytest.raises(PlanError, match="cannot fit the data"):
+        plan_pods(params, run_id=RUN_ID, as_of=AS_OF, data_uri="synthetic://random-walk?seed=7")
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        # 3 cryptos x 4 folds x 3 costs x 1 slippage = 36 keys
+        pytest.param({}, 600 + 36 * 60, id="defaults"),
+        pytest.param(
+            {"FINETUNE_POD_DEADLINE_PER_KEY_SECONDS": "5", "FINETUNE_POD_DEADLINE_STARTUP_SECONDS": "30"},
+            30 + 36 * 5,
+            id="allowances",
+        ),
+        pytest.param({"FINETUNE_POD_DEADLINE_SECONDS": "7", "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS": "5"}, 7, id="fixed"),
+    ],
+)
+def test_every_pod_is_bounded_by_a_deadline_sized_from_its_keys(environ: dict[str, str], expected: int) -> None:
+    from finetune_sweep.settings import Settings
+
+    entries = plan_pods(_make_params(), run_id=RUN_ID, as_of=AS_OF, settings=Settings.from_env(environ))
+
+    assert {entry["active_deadline_seconds"] for entry in entries} == {expected}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon"])
+def test_a_bad_deadline_setting_is_refused_naming_it(value: str) -> None:
+    from finetune_sweep.settings import Settings, SettingsError
+
+    with pytest.raises(
+        SettingsError, match=rf"^FINETUNE_POD_DEADLINE_SECONDS='{re.escape(value)}' must be an integer from 1 to 2592000"
+    ):
+        Settings.from_env({"FINETUNE_POD_DEADLINE_SECONDS": value})
+
+
+def test_plan_fails_on_a_widening_pod_template(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_sweep.settings import get_settings
+
+    template = tmp_path / "pod.yaml"
+    template.write_text("apiVersion: v1\nkind: Pod\nspec:\n  hostPID: true\n  containers: [{name: base}]\n")
+    monkeypatch.setenv("FINETUNE_POD_TEMPLATE_FILE", str(template))
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(AirflowFailException, match=r"^invalid sweep: FINETUNE_POD_TEMPLATE_FILE=.* spec\.hostPID"):
+            planning.plan_from_context(_make_context())
+    finally:
+        get_settings.cache_clear()

@@ -14,6 +14,7 @@ from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
 from finetune_sweep import pods
+from finetune_sweep.render import render_manifest
 from finetune_sweep.planning import default_params, plan_pods
 from finetune_sweep.settings import Settings
 from finetune_sweep.sizing import PROFILES, SIZING_MAP, PodProfile, load_profiles
@@ -150,6 +151,7 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
     assert json.loads(json.dumps(entry)) == entry
     assert set(entry) == {
         "factor", "profile", "profiles", "name", "labels", "container_resources", "node_selector", "arguments",
+        "active_deadline_seconds",
     }
     with_ladder = pods.factor_pod_kwargs(
         factor="btc_features", profile=PROFILES["HEAVY"], run_id=RUN_ID, run_args={"as_of": AS_OF}, profiles=PROFILES
@@ -159,6 +161,8 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
         "memory": "24Gi", "cpu": "6", "node_selector": {"finetune/pool": "heavy"}, "tolerations": [], "affinity": None,
     }
     assert entry["name"] == "finetune-btc-features"
+    # 1 crypto x 4 folds x 2 costs x 2 slippages = 16 keys at 60 s, plus 600 s to start
+    assert entry["active_deadline_seconds"] == 600 + 16 * 60
     assert entry["arguments"] == [
         "run", "--run-id", RUN_ID, "--factor", "btc_features", "--cryptos", "BTC", "--cost-bps", "10,30",
         "--slippage-bps", "0,5", "--as-of", AS_OF, "--n-folds", "4", "--n-seeds", "100", "--hold-bars", "24",
@@ -229,24 +233,6 @@ def test_resources_for_and_to_resource_requirements() -> None:
     assert pods.to_resource_requirements(model) is model
 
 
-def test_render_cli_prints_the_camelcase_manifest(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("FINETUNE_PROFILES", '{"HEAVY": {"memory": "30Gi"}}')
-
-    assert pods.main(["render", "--factor", "n_features", "--run-id", RUN_ID, "--output", "json"]) == 0
-
-    manifest = json.loads(capsys.readouterr().out)
-    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
-    container = manifest["spec"]["containers"][0]
-    assert container["resources"]["limits"]["memory"] == "30Gi"
-    assert "securityContext" in container and "readOnlyRootFilesystem" in container["securityContext"]
-    assert container["image"].endswith(":0.1.0")
-
-
-def test_render_cli_refuses_an_unknown_factor(capsys: pytest.CaptureFixture[str]) -> None:
-    assert pods.main(["render", "--factor", "eth_features"]) == 2
-    assert "eth_features" in capsys.readouterr().err
-
-
 def test_a_cluster_pod_template_is_merged_under_the_spec_built_here(tmp_path) -> None:
     # What a cluster needs beyond this project's spec (tolerations, pull secrets, priority) comes
     # from the template; resources, image and security context stay the ones built here.
@@ -299,8 +285,169 @@ def test_rendered_pod_carries_the_profiles_tolerations_and_the_startup_timeouts(
     )
     settings = _make_settings()
 
-    manifest = pods.render_manifest(factor_kwargs=entry, image=settings.image, settings=settings)
+    manifest = render_manifest(factor_kwargs=entry, image=settings.image, settings=settings)
     kwargs = pods.common_pod_kwargs(image=settings.image, settings=settings)
 
     assert manifest["spec"]["tolerations"] == [{"key": "highmem", "operator": "Exists", "effect": "NoSchedule"}]
     assert (kwargs["schedule_timeout_seconds"], kwargs["startup_timeout_seconds"]) == (900, 180)
+
+
+# --------------------------------------------------------------------------- hostile templates
+
+SAFE_TEMPLATE = """
+apiVersion: v1
+kind: Pod
+metadata:
+  name: placeholder
+  annotations: {cluster-autoscaler.kubernetes.io/safe-to-evict: "false"}
+  labels: {team: quant}
+spec:
+  priorityClassName: batch-low
+  imagePullSecrets: [{name: registry-creds}]
+  tolerations: [{key: dedicated, operator: Equal, value: finetune, effect: NoSchedule}]
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms: [{matchExpressions: [{key: pool, operator: In, values: [batch]}]}]
+  securityContext: {runAsUser: 10001, runAsNonRoot: true}
+  containers:
+    - name: base
+      env: [{name: EXTRA, value: "1"}]
+      securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("spec_yaml", "named"),
+    [
+        pytest.param("hostPID: true\n  containers: [{name: base}]", "spec.hostPID", id="hostPID"),
+        pytest.param("hostNetwork: true\n  containers: [{name: base}]", "spec.hostNetwork", id="hostNetwork"),
+        pytest.param("hostIPC: true\n  containers: [{name: base}]", "spec.hostIPC", id="hostIPC"),
+        pytest.param(
+            "volumes: [{name: root, hostPath: {path: /}}]\n  containers: [{name: base}]",
+            "spec.volumes[0] (root) hostPath /",
+            id="hostPath",
+        ),
+        pytest.param(
+            "containers: [{name: base, securityContext: {privileged: true}}]",
+            "spec.containers[0] (base).securityContext.privileged",
+            id="privileged",
+        ),
+        pytest.param(
+            "containers: [{name: base, securityContext: {allowPrivilegeEscalation: true}}]",
+            "spec.containers[0] (base).securityContext.allowPrivilegeEscalation",
+            id="allowPrivilegeEscalation",
+        ),
+        pytest.param(
+            "containers: [{name: base, securityContext: {capabilities: {add: [SYS_ADMIN]}}}]",
+            "spec.containers[0] (base).securityContext.capabilities.add ['SYS_ADMIN']",
+            id="capabilities-add",
+        ),
+        pytest.param(
+            "securityContext: {runAsUser: 0}\n  containers: [{name: base}]",
+            "spec.securityContext.runAsUser 0",
+            id="pod-runAsUser-0",
+        ),
+        pytest.param(
+            "containers: [{name: base, securityContext: {runAsUser: 0, runAsNonRoot: false}}]",
+            "spec.containers[0] (base).securityContext.runAsUser 0; "
+            "spec.containers[0] (base).securityContext.runAsNonRoot false",
+            id="container-root",
+        ),
+        pytest.param(
+            "initContainers: [{name: setup, image: busybox, securityContext: {privileged: true}}]\n"
+            "  containers: [{name: base}]",
+            "spec.initContainers[0] (setup).securityContext.privileged",
+            id="privileged-init-container",
+        ),
+        pytest.param(
+            "automountServiceAccountToken: true\n  containers: [{name: base}]",
+            "spec.automountServiceAccountToken true",
+            id="service-account-token",
+        ),
+        pytest.param(
+            "containers: [{name: base, env: [{name: FINETUNE_DB_URL, value: 'postgresql://evil:pw@attacker/db'}]}]",
+            "spec.containers[0] (base).env FINETUNE_DB_URL from a literal value (the DSN comes from Secret finetune-db)",
+            id="literal-dsn",
+        ),
+        pytest.param(
+            "containers: [{name: base, env: [{name: FINETUNE_DB_URL, valueFrom: "
+            "{secretKeyRef: {name: other-db, key: dsn}}}]}]",
+            "spec.containers[0] (base).env FINETUNE_DB_URL from another source (the DSN comes from Secret finetune-db)",
+            id="other-secret-dsn",
+        ),
+    ],
+)
+def test_a_template_that_would_widen_the_pod_is_refused_naming_it(tmp_path, spec_yaml: str, named: str) -> None:
+    from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+
+    template = tmp_path / "pod.yaml"
+    template.write_text(f"apiVersion: v1\nkind: Pod\nspec:\n  {spec_yaml}\n")
+
+    with pytest.raises(PodTemplateError) as refused:
+        check_pod_template(str(template), db_secret=("finetune-db", "dsn"))
+
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"FINETUNE_POD_TEMPLATE_FILE={template} is refused, it would widen the pod: {named} (")
+    assert "attacker" not in message and ":pw@" not in message
+
+
+def test_every_widening_of_one_template_is_named_at_once(tmp_path) -> None:
+    from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+
+    template = tmp_path / "pod.yaml"
+    template.write_text(
+        "apiVersion: v1\nkind: Pod\nspec:\n  hostPID: true\n  hostNetwork: true\n"
+        "  volumes: [{name: docker, hostPath: {path: /var/run/docker.sock}}]\n"
+        "  containers: [{name: base, env: [{name: FINETUNE_DB_URL, value: x}], securityContext: {privileged: true}}]\n"
+    )
+
+    with pytest.raises(PodTemplateError, match=r"spec\.hostPID; spec\.hostNetwork; spec\.volumes\[0\] \(docker\) "
+                       r"hostPath /var/run/docker\.sock; spec\.containers\[0\] \(base\)\.securityContext\.privileged; "
+                       r"spec\.containers\[0\] \(base\)\.env FINETUNE_DB_URL from a literal value"):
+        check_pod_template(str(template), db_secret=("finetune-db", "dsn"))
+
+
+def test_a_template_that_only_adds_what_the_cluster_needs_passes_and_merges(tmp_path) -> None:
+    from finetune_sweep.pod_template import check_pod_template
+
+    template = tmp_path / "pod.yaml"
+    template.write_text(SAFE_TEMPLATE)
+    # the configured Secret itself is no override
+    check_pod_template(str(template), db_secret=("finetune-db", "dsn"))
+
+    manifest = _build_manifest(_make_entry("base_features"), settings=_make_settings(pod_template_file=str(template)))
+
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    spec = manifest["spec"]
+    assert spec["priorityClassName"] == "batch-low"
+    assert spec["imagePullSecrets"] == [{"name": "registry-creds"}]
+    assert spec["tolerations"][0]["key"] == "dedicated"
+    assert spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert manifest["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
+    assert manifest["metadata"]["labels"]["team"] == "quant"
+    (container,) = spec["containers"]
+    db_url = [var for var in container["env"] if var["name"] == "FINETUNE_DB_URL"]
+    assert db_url == [{"name": "FINETUNE_DB_URL", "valueFrom": {"secretKeyRef": {"name": "finetune-db", "key": "dsn"}}}]
+    assert spec["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        pytest.param(None, "does not exist", id="missing"),
+        pytest.param("spec: [unclosed", "cannot be read", id="bad-yaml"),
+        pytest.param("- just a list", "is not a pod manifest", id="not-a-mapping"),
+    ],
+)
+def test_an_unusable_template_is_refused_in_one_line(tmp_path, content: str | None, match: str) -> None:
+    from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+
+    template = tmp_path / "pod.yaml"
+    if content is not None:
+        template.write_text(content)
+
+    with pytest.raises(PodTemplateError, match=match) as refused:
+        check_pod_template(str(template), db_secret=("finetune-db", "dsn"))
+    assert "\n" not in str(refused.value)

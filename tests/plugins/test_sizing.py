@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -293,6 +296,74 @@ def test_recommend_cli_reads_the_history(migrated_db: str, capsys: pytest.Captur
 def test_recommend_cli_on_a_database_without_tables(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert sizing.main(["recommend", "--dsn", empty_db]) == 2
     assert "no finetune tables" in capsys.readouterr().err
+
+
+def _recommend_process(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m finetune_sweep.sizing recommend ...`` as a user runs it (a real process)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("FINETUNE_DB_URL", "AIRFLOW_CONN_FINETUNE_DB")}
+    return subprocess.run(
+        [sys.executable, "-m", "finetune_sweep.sizing", "recommend", *args],
+        capture_output=True,
+        text=True,
+        env={**environ, **(env or {})},
+        timeout=600,
+    )
+
+
+def test_recommend_cli_with_the_database_down_says_so_in_one_line() -> None:
+    # nothing listens on port 1: the server is down (connection refused)
+    dsn = "postgresql://finetune:hunter2@127.0.0.1:1/finetune"
+
+    done = _recommend_process("--dsn", dsn)
+
+    assert done.returncode == 1
+    assert done.stdout == ""
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: database unreachable: ")
+    assert "Connection refused" in line
+    assert "hunter2" not in done.stderr
+
+
+def test_recommend_cli_on_a_database_refusing_connections(migrated_db: str) -> None:
+    import psycopg
+
+    # the test's own database, altered from the server's admin database
+    name = migrated_db.rsplit("/", 1)[1]
+    admin = os.environ.get("FINETUNE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+    try:
+        done = _recommend_process("--dsn", migrated_db)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: database unreachable: ")
+    assert "not currently accepting connections" in line
+
+
+def test_recommend_cli_with_an_unknown_role_says_configuration_error(migrated_db: str) -> None:
+    dsn = migrated_db.replace("postgresql://postgres@", "postgresql://no_such_role:pw-4711@", 1)
+    assert dsn != migrated_db
+
+    done = _recommend_process(env={"FINETUNE_DB_URL": dsn})
+
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("error: the database refused the connection settings (a configuration error, not an outage): ")
+    assert 'role "no_such_role" does not exist' in line
+    assert "pw-4711" not in done.stderr
+
+
+def test_recommend_cli_without_any_database_configured() -> None:
+    done = _recommend_process()
+
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        "error: no database given: pass --dsn, set FINETUNE_DB_URL or define the Airflow connection finetune_db"
+    )
 
 
 def test_fetch_history_falls_back_to_the_manifest(migrated_db: str) -> None:

@@ -1,0 +1,81 @@
+"""Tests of finetune_sweep.render: ``python -m finetune_sweep.pods render`` (DESIGN 4.5)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import kubernetes_validate
+import pytest
+
+from finetune_sweep import render
+
+K8S_VERSION = kubernetes_validate.latest_version()
+RUN_ID = "manual__2026-06-07T00:00:00+00:00"
+
+
+def test_render_cli_prints_the_camelcase_manifest(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FINETUNE_PROFILES", '{"HEAVY": {"memory": "30Gi"}}')
+
+    assert render.main(["render", "--factor", "n_features", "--run-id", RUN_ID, "--output", "json"]) == 0
+
+    manifest = json.loads(capsys.readouterr().out)
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    container = manifest["spec"]["containers"][0]
+    assert container["resources"]["limits"]["memory"] == "30Gi"
+    assert "securityContext" in container and "readOnlyRootFilesystem" in container["securityContext"]
+    assert container["image"].endswith(":0.1.0")
+    # the sweep's bound on the pod: 600 s startup + 3 cryptos x 4 folds x 3 costs x 1 slippage x 60 s
+    assert manifest["spec"]["activeDeadlineSeconds"] == 600 + 36 * 60
+
+
+def test_render_cli_refuses_an_unknown_factor(capsys: pytest.CaptureFixture[str]) -> None:
+    assert render.main(["render", "--factor", "eth_features"]) == 2
+    assert "eth_features" in capsys.readouterr().err
+
+
+def test_python_m_pods_render_still_works_and_pods_does_not_import_planning() -> None:
+    # DESIGN 4.5's command, as a user types it (a fresh interpreter: no test's imports help)
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune_sweep.pods", "render", "--factor", "base_features", "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["kind"] == "Pod"
+
+    # the import graph is one-way: planning -> pods, never back
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, finetune_sweep.pods; print('finetune_sweep.planning' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert probe.stdout.strip() == "False", probe.stderr
+
+
+def test_render_refuses_a_widening_pod_template(
+    tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_sweep.settings import get_settings
+
+    template = tmp_path / "pod.yaml"
+    template.write_text("apiVersion: v1\nkind: Pod\nspec:\n  hostNetwork: true\n  containers: [{name: base}]\n")
+    monkeypatch.setenv("FINETUNE_POD_TEMPLATE_FILE", str(template))
+    get_settings.cache_clear()
+    try:
+        assert render.main(["render", "--factor", "base_features"]) == 2
+    finally:
+        get_settings.cache_clear()
+
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.strip() == (
+        f"error: FINETUNE_POD_TEMPLATE_FILE={template} is refused, it would widen the pod: spec.hostNetwork "
+        "(a template may add tolerations, imagePullSecrets, priorityClassName, affinity, nodeSelector, "
+        "annotations, labels)"
+    )
