@@ -137,6 +137,8 @@ class PodTermination:
     :param detail: what the container (or the kubelet) said about the failure, when known.
     :param disrupted: the cluster ended the pod (not its own container): retried on the same profile.
     :param profile: the profile label of the pod that ran (upper case), when known.
+    :param attempt: the ``FINETUNE_ATTEMPT`` of the pod that ran (a reattached pod keeps the
+        try number that created it, and records its own rows under it), when known.
     """
 
     reason: str
@@ -148,6 +150,7 @@ class PodTermination:
     detail: str | None = None
     disrupted: bool = False
     profile: str | None = None
+    attempt: int | None = None
 
     @property
     def exit_reason(self) -> str:
@@ -268,11 +271,16 @@ def kubernetes_termination(
     labels = (pod.metadata.labels if pod.metadata else None) or {}
     profile = labels.get(LABEL_PROFILE)
     profile = profile.upper() if profile else None
-    limit = None
+    limit = attempt = None
     for container in (pod.spec.containers if pod.spec else None) or []:
-        if container.name == container_name and container.resources and container.resources.limits:
+        if container.name != container_name:
+            continue
+        if container.resources and container.resources.limits:
             memory = container.resources.limits.get("memory")
             limit = parse_quantity(str(memory)) if memory is not None else None
+        for var in container.env or []:
+            if var.name == ATTEMPT_ENV and str(var.value or "").isdigit():
+                attempt = int(var.value)
     status = pod.status
     disrupted = disruption_reason(pod)
     terminated = waiting = None
@@ -285,7 +293,9 @@ def kubernetes_termination(
                 break
         if terminated is None and container_status.state is not None:
             waiting = container_status.state.waiting
-    base = PodTermination("Unknown", None, False, limit, peak_memory_bytes, detail=detail, profile=profile)
+    base = PodTermination(
+        "Unknown", None, False, limit, peak_memory_bytes, detail=detail, profile=profile, attempt=attempt
+    )
     if terminated is None:
         if disrupted:
             return replace(base, reason=disrupted, disrupted=True, detail=detail or (status.message if status else None))
@@ -925,7 +935,7 @@ class FactorPodOperator(KubernetesPodOperator):
         from finetune_sweep.sizing import format_bytes, next_profile
 
         profile = self._profile_that_ran(termination)
-        try_number = int(context["ti"].try_number)
+        try_number = termination.attempt or int(context["ti"].try_number)
         limit = termination.memory_limit_bytes or profile.memory_bytes
         state = self._ladder_state or LadderState(1)
         what = f"factor {self.factor} {termination.reason} on profile {profile.name}"

@@ -183,12 +183,22 @@ def format_run_sizing(rows: Sequence[Mapping[str, Any]]) -> str:
                 row.get("profile_reason") or "-",
             )
         )
-    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in table)
+    return "\n".join(line.rstrip() for line in fixed_width(table, left=len(table[0])))
 
 
 def fetch_run_sizing(dsn: str, run_id: str) -> list[dict[str, Any]]:
     """The sizing rows of one run (:data:`RUN_SIZING_SQL`).
+
+    :param dsn: libpq URI of the finetune database.
+    :param run_id: the finetune run id.
+    """
+    import psycopg
+    from psycopg.rows import dict_row
+
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        return list(conn.execute(RUN_SIZING_SQL, {"run_id": run_id}).fetchall())
+
+
 MAX_LISTED_FINDINGS = 100
 
 FINDINGS_COUNT_SQL = """
@@ -277,8 +287,6 @@ def fetch_findings_section(dsn: str, run_id: str) -> str:
     import psycopg
     from psycopg.rows import dict_row
 
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return list(conn.execute(RUN_SIZING_SQL, {"run_id": run_id}).fetchall())
     from finetune_sweep import findings
 
     with psycopg.connect(dsn, row_factory=dict_row) as conn:

@@ -701,6 +701,18 @@ def test_worker_crash_mid_try_then_retry_reattaches_to_the_running_pod(kube: Fak
     assert _attempts(registered_db) == []
 
 
+def test_a_reattached_pod_is_recorded_under_the_attempt_that_created_it(kube: FakeCoreV1Api, registered_db: str) -> None:
+    store = TaskStateStore()
+    running = _leftover(kube, profile="STANDARD", store=store, status=set_running)
+    kube.on_log_read[running.metadata.name] = _oom
+
+    with pytest.raises(PodOOMKilled, match="retrying on MEDIUM"):
+        _k8s_operator().execute(_make_context(try_number=2, store=store))
+
+    # the pod of try 1 ran (and would write its own rows as attempt 1): one attempt, not two
+    assert _attempts(registered_db) == [(1, "STANDARD", 8 * 2**30, None, "OOMKilled")]
+
+
 @pytest.mark.parametrize(
     ("status", "profile"),
     [

@@ -59,9 +59,8 @@ def test_build_report_on_a_real_run(migrated_db: str) -> None:
 
     text = report.build_report(migrated_db, RUN_ID, policy=SizingPolicy())
 
-    summary, run_sizing, advice = text.split("\n\nSizing")
     findings_section, rest = text.split("\n\nModel vs same-basis baselines")
-    summary, sizing_table = rest.split("\n\nSizing")
+    summary, run_sizing, advice = rest.split("\n\nSizing")
     # No shift-test p-values on these rows: nothing is tested, and it says so.
     assert "0 of 0 groups are findings at FDR 0.1" in findings_section
     assert "8 group(s) NOT TESTED" in findings_section

@@ -514,3 +514,29 @@ def test_an_outage_beyond_the_budget_exits_non_zero_and_the_gate_decides(
     # The failure record was lost with the database: the manifest still says running, and the
     # gate fails the run for it.
     assert _query(migrated_db, "SELECT status FROM finetune_run_factors") == [("running",)]
+
+
+def test_sigterm_while_riding_out_an_outage_stops_within_the_termination_bound(
+    migrated_db: str, database_outage: DatabaseOutage
+) -> None:
+    proc = _start_pod(migrated_db, run_id="run-1", env={"FINETUNE_DB_RETRY_SECONDS": "300"})
+    events = _read_until(proc, "fold_done")
+    proc.send_signal(signal.SIGSTOP)
+    database_outage.start()
+    proc.send_signal(signal.SIGCONT)
+    try:
+        events += _read_until(proc, "database_retry")  # waiting for the database to come back
+        proc.send_signal(signal.SIGTERM)  # the pod is deleted meanwhile (e.g. a node drain)
+        events, err = _finish_pod(proc, events)
+    finally:
+        database_outage.end()
+
+    assert proc.returncode == 1
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        "finetune: error: factor base_features failed: terminated: received SIGTERM; "
+        "the failure could not be recorded: database unreachable ("
+    )
+    events = [e for e in events if e["event"] != "database_retry"]
+    assert [e["event"] for e in events][-5:] == ["run_error", "baselines_incomplete", "pod_usage", "record_failed", "run_finished"]
+    assert events[-4]["missing"] == [key for key in _planned_keys() if key not in _stored_keys(migrated_db)]
