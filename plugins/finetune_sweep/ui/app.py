@@ -130,13 +130,18 @@ def _json_for_script(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _csv_cell(value: Any) -> Any:
+    value = _clean(value)
+    if value is None:
+        return ""
+    return _json_default(value) if isinstance(value, (datetime, date, Decimal)) else value
+
+
 def _to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if _clean(row.get(c)) is None else _json_default(row[c]) if isinstance(
-            row.get(c), (datetime, date, Decimal)) else row[c] for c in columns])
+    writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in rows)
     return out.getvalue()
 
 
