@@ -368,8 +368,8 @@ def report_from_context(context: Context) -> None:
 
     It runs whatever happened upstream (``trigger_rule=all_done``), so that the sizing table of a
     run whose pod was OOMKilled or crashed is in the log too. Being the DAG's only leaf, it then
-    carries the verdict: the run fails unless every factor pod and the gate succeeded (a failed
-    task that is not a leaf would not fail the run by itself).
+    carries the verdict: the run fails unless every factor pod, the gate and the findings step
+    succeeded (a failed task that is not a leaf would not fail the run by itself).
 
     :param context: the task context.
     """
@@ -404,7 +404,8 @@ def report_from_context(context: Context) -> None:
     print(text)
     if failed:
         raise AirflowFailException(
-            f"the sweep did not succeed: {', '.join(failed)} (check_baselines lists the missing keys)"
+            f"the sweep did not succeed: {', '.join(failed)} (check_baselines lists the missing keys; "
+            "a failed findings task says why in its log)"
         )
 
 

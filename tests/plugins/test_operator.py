@@ -437,6 +437,9 @@ def test_local_killed_task_is_recorded_as_killed(local_backend: None, registered
             op.execute(_make_context())
     finally:
         killer.cancel()
+        # Airflow runs on_kill in the task's own thread (a signal handler) before execute goes on;
+        # here it ran on a timer thread: wait for its record
+        killer.join()
 
     assert not isinstance(raised.value, AirflowFailException)
     assert _manifest(registered_db) == ("planned", "STANDARD", "Killed")
@@ -848,6 +851,9 @@ def test_a_killed_task_is_recorded_as_killed(kube: FakeCoreV1Api, registered_db:
             op.execute(context)
     finally:
         killer.cancel()
+        # Airflow runs on_kill in the task's own thread (a signal handler) before execute goes on;
+        # here it ran on a timer thread: wait for its record
+        killer.join()
 
     assert not isinstance(raised.value, PodFailed)
     assert kube.pods == {}
