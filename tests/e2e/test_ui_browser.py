@@ -85,6 +85,8 @@ def ui_after_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="viewer:viewer",
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=str(home / "passwords.json"),
         AIRFLOW__API_AUTH__JWT_SECRET=secrets.token_urlsafe(64),
+        # a loaded 2-core machine can take longer than the default 30 s to import the DAG file
+        AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT="300",
         PYTHONPATH=os.pathsep.join([str(Path(env["AIRFLOW__CORE__PLUGINS_FOLDER"])), env.get("PYTHONPATH", "")]),
     )
     log = home / "airflow.log"
@@ -130,7 +132,7 @@ def test_the_run_tab_shows_the_sweep_in_the_airflow_ui(ui_after_sweep: dict[str,
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
-            context = browser.new_context(viewport={"width": 1600, "height": 1400})
+            context = browser.new_context(viewport={"width": 1600, "height": 1800})
             # What the login page does: Airflow's session cookie holds the JWT.
             context.add_cookies([{"name": "_token", "value": ui_after_sweep["jwt"], "url": base_url}])
             page = context.new_page()

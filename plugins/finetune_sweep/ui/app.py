@@ -130,13 +130,18 @@ def _json_for_script(value: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
+def _csv_cell(value: Any) -> Any:
+    value = _clean(value)
+    if value is None:
+        return ""
+    return _json_default(value) if isinstance(value, (datetime, date, Decimal)) else value
+
+
 def _to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
-    for row in rows:
-        writer.writerow(["" if _clean(row.get(c)) is None else _json_default(row[c]) if isinstance(
-            row.get(c), (datetime, date, Decimal)) else row[c] for c in columns])
+    writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in rows)
     return out.getvalue()
 
 
@@ -321,16 +326,21 @@ def create_app() -> FastAPI:
     @app.get("/dags/{dag_id}", dependencies=READ_RUN, response_class=HTMLResponse)
     def dag_tab(dag_id: str) -> Response:
         from finetune_sweep import sizing
-        from finetune_sweep.settings import sizing_overrides
+        from finetune_sweep.settings import sizing_overrides, sizing_policy
 
         with _Database() as db:
             history = queries.fetch_history(db.conn, dag_id) if queries.has_finetune_tables(db.conn) else []
             if not history:
                 raise PageError(404, "No sweep history", f"no finetune runs of DAG {dag_id!r} in the finetune database")
             profiles_json, sizing_json = sizing_overrides()
+            # The same advice as the report's: the recommender's window of recorded attempts.
+            policy = sizing_policy()
+            window = sizing.describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
             try:
+                attempts = sizing.fetch_history(db.dsn, history_runs=policy.history_runs,
+                                                history_days=policy.history_days)
                 recommendations = sizing.recommend(
-                    sizing.fetch_history(db.dsn), sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json)
+                    attempts, sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json)
                 )
             except sizing.SizingError as err:
                 recommendations, advice_error = [], str(err)
@@ -339,7 +349,7 @@ def create_app() -> FastAPI:
         runs = sorted({(row["as_of"], row["run_id"]) for row in history}, reverse=True)
         return page("dag.html", dag_id=dag_id, history=history, runs=runs,
                     charts=_for_chart(charts.history_charts(history)), with_charts=True, recommendations=recommendations,
-                    advice_error=advice_error, run_base="./" + quote(dag_id, safe="") + "/runs/",
+                    advice_error=advice_error, advice_window=window, run_base="./" + quote(dag_id, safe="") + "/runs/",
                     static="../static/")
 
     return app
