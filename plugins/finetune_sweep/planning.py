@@ -292,14 +292,15 @@ def check_fits_synthetic_market(valid: Mapping[str, Any], *, as_of: str, data_ur
             synthetic.parse_synthetic_uri(data_uri)
         except ValueError as err:
             raise PlanError(f"FINETUNE_DATA_URI: {err}") from None
-    start, end = synthetic.SYNTHETIC_START.to_pydatetime(), synthetic.SYNTHETIC_END.to_pydatetime()
+    # the synthetic market extends block by block to any as-of: only its start bounds the folds
+    start = synthetic.SYNTHETIC_START.to_pydatetime()
     symbols = synthetic.SYNTHETIC_SYMBOLS
     unknown = [crypto for crypto in valid["cryptos"] if crypto not in symbols]
     if unknown:
         raise PlanError(
             f"param 'cryptos': {', '.join(unknown)} not in the synthetic market; allowed: {', '.join(symbols)}"
         )
-    cutoff = min(datetime.fromisoformat(as_of.replace("Z", "+00:00")), end)
+    cutoff = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
     # hourly bars from the first one up to as-of (an upper bound: a bar is used once it closed)
     available = max(0, int((cutoff - start).total_seconds() // 3600) + 1)
     needed = valid["train_bars"] + valid["hold_bars"] + valid["n_folds"] * valid["test_bars"]

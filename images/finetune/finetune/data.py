@@ -149,11 +149,14 @@ class MarketData:
         self._cache: dict[str, pd.DataFrame] = {}
         self._calendars: dict[tuple[str, pd.Timestamp], tuple[pd.DataFrame, BarCalendar]] = {}
 
-    def _history(self, symbol: str) -> pd.DataFrame:
-        if symbol not in self._cache:
+    def _history(self, symbol: str, as_of: pd.Timestamp) -> pd.DataFrame:
+        cached = self._cache.get(symbol)
+        if self._synthetic is not None and cached is not None and cached.index[-1] < as_of:
+            cached = None  # a later as-of than the cached blocks cover: extend the market
+        if cached is None:
             if self._synthetic is not None:
                 try:
-                    self._cache[symbol] = synthetic.synthetic_ohlcv(symbol, spec=self._synthetic)
+                    self._cache[symbol] = synthetic.synthetic_ohlcv(symbol, spec=self._synthetic, until=as_of)
                 except synthetic.SyntheticDataError as exc:
                     raise DataError(str(exc)) from exc
             else:
@@ -165,7 +168,7 @@ class MarketData:
         key = (symbol, to_utc(as_of))
         if key not in self._calendars:
             self._calendars[key] = calendar_bars(
-                self._history(symbol), as_of=key[1], options=self.bars, where=f"symbol {symbol}"
+                self._history(symbol, key[1]), as_of=key[1], options=self.bars, where=f"symbol {symbol}"
             )
         return self._calendars[key]
 

@@ -16,8 +16,8 @@ Two markets, chosen by the data URI (DESIGN 4.1):
 
 Both use GARCH(1,1) volatility (Bollerslev 1986),
 ``h_t = omega + alpha * eps_{t-1}^2 + beta * h_{t-1}``, so volatility clusters. Bars are hourly
-from :data:`SYNTHETIC_START` to :data:`SYNTHETIC_END`, the same bytes on every machine and at any
-time: each symbol's generator is seeded by ``zlib.crc32`` of its name (``hash()`` is salted per
+from :data:`SYNTHETIC_START` to :data:`SYNTHETIC_END` (and on, block after block of the same
+length, as far as a later as-of needs), the same bytes on every machine and at any time: each symbol's generator is seeded by ``zlib.crc32`` of its name (``hash()`` is salted per
 process), or by ``(seed, crc32(name))`` when the URI carries ``?seed=N``, which gives
 independent markets of the same kind for simulations (``synthetic://random-walk?seed=7``).
 The whole history is generated once and cut at ``as_of`` by the caller, so a bar never changes
@@ -41,7 +41,10 @@ LEAD_LAG = "lead-lag"
 RANDOM_WALK = "random-walk"
 MARKET_KINDS = (LEAD_LAG, RANDOM_WALK)
 SYNTHETIC_START = pd.Timestamp("2021-01-01T00:00:00Z")
-SYNTHETIC_END = pd.Timestamp("2027-01-01T00:00:00Z")  # exclusive
+SYNTHETIC_END = pd.Timestamp("2027-01-01T00:00:00Z")  # exclusive end of the first block
+# Later as-ofs (a weekly schedule goes on for years) extend the market by blocks of the same
+# length, so that no as-of ever runs out of data while every bar of a block stays fixed.
+SYNTHETIC_BLOCK = SYNTHETIC_END - SYNTHETIC_START
 SYNTHETIC_SYMBOLS = ("BTC", "ETH", "SOL", "BNB", "XRP", "ADA", "DOGE", "AVAX")
 LEADER = "BTC"
 # An alt's bar log return per unit of BTC's previous bar log return in the planted market. The
@@ -117,11 +120,14 @@ def symbol_seed(symbol: str) -> int:
     return zlib.crc32(symbol.encode("ascii"))
 
 
-def _generator(symbol: str, seed: int | None) -> np.random.Generator:
-    """The symbol's generator: crc32 of its name, mixed with the URI's seed when there is one."""
-    if seed is None:
-        return np.random.default_rng(symbol_seed(symbol))
-    return np.random.default_rng([seed, symbol_seed(symbol)])
+def _generator(symbol: str, seed: int | None, block: int = 0) -> np.random.Generator:
+    """The symbol's generator: crc32 of its name, mixed with the URI's seed when there is one,
+    and with the block number for the blocks after the first (whose draws stay as they were)."""
+    if block == 0:
+        if seed is None:
+            return np.random.default_rng(symbol_seed(symbol))
+        return np.random.default_rng([seed, symbol_seed(symbol)])
+    return np.random.default_rng([symbol_seed(symbol), block] + ([] if seed is None else [seed]))
 
 
 def garch_returns(shocks: np.ndarray, hourly_vol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -144,14 +150,14 @@ def garch_returns(shocks: np.ndarray, hourly_vol: float) -> tuple[np.ndarray, np
 
 
 def _log_returns(
-    symbol: str, rng: np.random.Generator, n: int, spec: SyntheticSpec
+    symbol: str, rng: np.random.Generator, n: int, spec: SyntheticSpec, block: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(bar log returns, conditional vol) of ``symbol`` in the market of ``spec``."""
+    """(bar log returns, conditional vol) of ``symbol`` in the market of ``spec``, one block."""
     _, hourly_vol, rho = _PARAMS[symbol]
     shocks = rng.standard_normal(n)
     if symbol == LEADER:
         return garch_returns(shocks, hourly_vol)
-    btc_shocks = _generator(LEADER, spec.seed).standard_normal(n)
+    btc_shocks = _generator(LEADER, spec.seed, block).standard_normal(n)
     if spec.kind == RANDOM_WALK:
         shocks *= math.sqrt(1.0 - rho * rho)
         shocks += rho * btc_shocks
@@ -165,18 +171,34 @@ def _log_returns(
     return returns, vols
 
 
-def synthetic_ohlcv(symbol: str, *, spec: SyntheticSpec | None = None) -> pd.DataFrame:
-    """The full deterministic synthetic history of ``symbol`` (see the module docstring)."""
+def synthetic_ohlcv(
+    symbol: str, *, spec: SyntheticSpec | None = None, until: pd.Timestamp | None = None
+) -> pd.DataFrame:
+    """The deterministic synthetic history of ``symbol`` (see the module docstring).
+
+    :param until: extend the history by whole blocks of :data:`SYNTHETIC_BLOCK` until it covers
+        this time (default: the first block alone). A block never changes once generated: the
+        first is the same at any ``until``, and block k is drawn from its own generator.
+    """
     if symbol not in _PARAMS:
         raise SyntheticDataError(
             f"no synthetic data for symbol {symbol}: the synthetic market has {', '.join(SYNTHETIC_SYMBOLS)}"
         )
     spec = spec or SyntheticSpec()
-    first_price = _PARAMS[symbol][0]
-    index = pd.date_range(SYNTHETIC_START, SYNTHETIC_END, freq="h", inclusive="left", name="timestamp")
+    blocks = [_block(symbol, spec, 0, first_price=_PARAMS[symbol][0])]
+    while until is not None and blocks[-1].index[-1] < until:
+        # the price goes on from the previous block's last close (the GARCH state restarts)
+        blocks.append(_block(symbol, spec, len(blocks), first_price=float(blocks[-1]["close"].iloc[-1])))
+    return blocks[0] if len(blocks) == 1 else pd.concat(blocks)
+
+
+def _block(symbol: str, spec: SyntheticSpec, block: int, *, first_price: float) -> pd.DataFrame:
+    """Block ``block`` of the history: hourly bars from SYNTHETIC_START + block * SYNTHETIC_BLOCK."""
+    start = SYNTHETIC_START + block * SYNTHETIC_BLOCK
+    index = pd.date_range(start, start + SYNTHETIC_BLOCK, freq="h", inclusive="left", name="timestamp")
     n = len(index)
-    rng = _generator(symbol, spec.seed)
-    returns, vols = _log_returns(symbol, rng, n, spec)  # driftless log price: the median stays put
+    rng = _generator(symbol, spec.seed, block)
+    returns, vols = _log_returns(symbol, rng, n, spec, block)  # driftless log price: the median stays put
     close = first_price * np.exp(np.cumsum(returns))
     open_ = np.empty(n)
     open_[0] = first_price
@@ -185,7 +207,7 @@ def synthetic_ohlcv(symbol: str, *, spec: SyntheticSpec | None = None) -> pd.Dat
     high = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(n)) * vols * 0.6)
     low = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(n)) * vols * 0.6)
     # Volume rises with the size of the move (the volume-volatility relation).
-    volume = 1e6 / first_price * np.exp(rng.normal(0.0, 0.4, n) + 40.0 * np.abs(returns))
+    volume = 1e6 / _PARAMS[symbol][0] * np.exp(rng.normal(0.0, 0.4, n) + 40.0 * np.abs(returns))
     return pd.DataFrame(
         {"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index
     )

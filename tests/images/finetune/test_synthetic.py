@@ -255,3 +255,24 @@ def test_null_btc_features_finds_nothing_in_the_random_walk(planted, random_walk
     # a flat book can out-rank random trading in a falling month: one or two such keys, not six
     assert found <= 2 and sum(map(_found, _at(planted, 0))) - found >= 4
     assert sum(r.model.perm_p_value <= 0.05 for r in at_zero) <= 1
+
+
+@pytest.mark.parametrize("kind", [LEAD_LAG, RANDOM_WALK])
+def test_a_later_as_of_extends_the_market_without_changing_a_bar(kind):
+    # A weekly schedule outlives the first block: its as-ofs must find fresh bars, and the bars an
+    # earlier as-of read must stay the same bytes (the first block is drawn as before).
+    spec = SyntheticSpec(kind)
+    first = synthetic_ohlcv("ETH", spec=spec)
+    later_as_of = SYNTHETIC_END + pd.Timedelta(days=400)
+    extended = synthetic_ohlcv("ETH", spec=spec, until=later_as_of)
+
+    pd.testing.assert_frame_equal(extended.loc[: first.index[-1]], first)
+    assert extended.index[-1] >= later_as_of
+    assert (extended.index.to_series().diff().iloc[1:] == pd.Timedelta(hours=1)).all(), "one hourly grid"
+    # the price goes on from the first block's last close
+    assert extended["open"].loc[SYNTHETIC_END] == first["close"].iloc[-1]
+    assert (extended[["open", "high", "low", "close", "volume"]] > 0).all().all()
+    # read through MarketData at that as-of: the newest closed bar is the one before as-of
+    bars = MarketData(RANDOM_WALK_URI if kind == RANDOM_WALK else None).ohlcv("ETH", as_of=later_as_of)
+    assert bars.index[-1] == later_as_of - pd.Timedelta(hours=1)
+    assert not bars["filled"].any()
