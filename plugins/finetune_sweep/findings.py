@@ -36,6 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from finetune_sweep.gate import same_basis_join
+
 if TYPE_CHECKING:
     import numpy as np
     import psycopg
@@ -50,13 +52,6 @@ MAX_LISTED_UNTESTED = 10
 
 
 
-def _same_basis_baseline(alias: str, baseline_type: str) -> str:
-    """LEFT JOIN of a model row's baseline on its full basis: key, strategy and identical window."""
-    return f"""LEFT JOIN finetune_baselines AS {alias}
-    ON {alias}.baseline_type = '{baseline_type}' AND {alias}.run_id = m.run_id AND {alias}.factor = m.factor
-   AND {alias}.strategy = m.strategy AND {alias}.crypto = m.crypto AND {alias}.fold_id = m.fold_id
-   AND {alias}.cost_bps = m.cost_bps AND {alias}.slippage_bps = m.slippage_bps
-   AND {alias}.test_start = m.test_start AND {alias}.test_end = m.test_end AND {alias}.n_bars = m.n_bars"""
 
 
 # One row per group of the run, over the factors of its manifest (the findings table references
@@ -72,8 +67,8 @@ SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
        avg(m.net_return - rnd.net_return) AS mean_edge_vs_random
 FROM finetune_results AS m
 JOIN finetune_run_factors AS f ON f.run_id = m.run_id AND f.factor = m.factor
-{_same_basis_baseline("bh", "buy_and_hold")}
-{_same_basis_baseline("rnd", "random")}
+{same_basis_join("bh", "buy_and_hold")}
+{same_basis_join("rnd", "random")}
 WHERE m.run_id = %(run_id)s
 GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
 ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps

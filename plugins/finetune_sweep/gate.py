@@ -164,6 +164,23 @@ FROM problems
 """
 
 
+def same_basis_join(alias: str, baseline_type: str) -> str:
+    """SQL: LEFT JOIN of a model row ``m``'s baseline on its full basis (key, strategy, identical window).
+
+    One definition of "same basis" for every reader of the results (findings, UI); the gate's own
+    completeness query checks the same columns.
+
+    :param alias: the baseline table's alias in the query.
+    :param baseline_type: one of ``buy_and_hold``, ``random``, ``naive`` (a constant, never user input).
+    """
+    assert baseline_type in ("buy_and_hold", "random", "naive"), baseline_type
+    return f"""LEFT JOIN finetune_baselines AS {alias}
+    ON {alias}.baseline_type = '{baseline_type}' AND {alias}.run_id = m.run_id AND {alias}.factor = m.factor
+   AND {alias}.strategy = m.strategy AND {alias}.crypto = m.crypto AND {alias}.fold_id = m.fold_id
+   AND {alias}.cost_bps = m.cost_bps AND {alias}.slippage_bps = m.slippage_bps
+   AND {alias}.test_start = m.test_start AND {alias}.test_end = m.test_end AND {alias}.n_bars = m.n_bars"""
+
+
 @dataclass(frozen=True)
 class GateVerdict:
     """The gate's verdict on one run; ``str()`` is the message the failed sensor shows."""

@@ -99,6 +99,20 @@ class LocalPodError(RuntimeError):
     """The pod spec cannot be run locally (unsupported reference, missing command, no cgroup)."""
 
 
+def parse_event_line(line: str) -> dict[str, Any] | None:
+    """The pod's JSON event on this log line (DESIGN 4.4: an object with an ``event`` name), else None.
+
+    :param line: one line of the container's output.
+    """
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except ValueError:  # a log line that merely starts with a brace
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
+
+
 @dataclass(frozen=True)
 class LocalPodResult:
     """How the emulated container terminated.
@@ -545,13 +559,9 @@ class LocalPodRunner:
             line = redact(raw.decode("utf-8", errors="replace").rstrip("\n"), self._secrets)
             tail.append(line)
             self.log.info("[%s] %s", label, line)
-            if line.startswith("{"):
-                try:
-                    event = json.loads(line)
-                except ValueError:  # a log line that merely starts with a brace
-                    continue
-                if isinstance(event, dict) and isinstance(event.get("event"), str):
-                    events[event["event"]] = event
+            event = parse_event_line(line)
+            if event is not None:
+                events[event["event"]] = event
         stream.close()
 
     def kill(self) -> None:

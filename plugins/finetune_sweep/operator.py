@@ -213,6 +213,8 @@ def parse_pod_log(lines: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list
 
     :param lines: log lines of the base container.
     """
+    from finetune_sweep.local_pod import parse_event_line
+
     events: dict[str, dict[str, Any]] = {}
     tail: list[str] = []
     for raw in lines:
@@ -220,13 +222,9 @@ def parse_pod_log(lines: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list
         if not line.strip():
             continue
         tail.append(line)
-        if line.startswith("{"):
-            try:
-                event = json.loads(line)
-            except ValueError:  # a log line that merely starts with a brace
-                continue
-            if isinstance(event, dict) and isinstance(event.get("event"), str):
-                events[event["event"]] = event
+        event = parse_event_line(line)
+        if event is not None:
+            events[event["event"]] = event
     return events, tail
 
 

@@ -17,21 +17,17 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from finetune_sweep.gate import same_basis_join
+
 # Statements of a page share one connection; a database that hangs must not hang the api-server.
 STATEMENT_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 5
 
 
-def _same_basis(alias: str, baseline_type: str) -> str:
-    return f"""LEFT JOIN finetune_baselines AS {alias}
-    ON {alias}.baseline_type = '{baseline_type}' AND {alias}.run_id = m.run_id AND {alias}.factor = m.factor
-   AND {alias}.strategy = m.strategy AND {alias}.crypto = m.crypto AND {alias}.fold_id = m.fold_id
-   AND {alias}.cost_bps = m.cost_bps AND {alias}.slippage_bps = m.slippage_bps
-   AND {alias}.test_start = m.test_start AND {alias}.test_end = m.test_end AND {alias}.n_bars = m.n_bars"""
 
 
 _BASELINE_JOINS = "\n".join(
-    (_same_basis("bh", "buy_and_hold"), _same_basis("rnd", "random"), _same_basis("nv", "naive"))
+    (same_basis_join("bh", "buy_and_hold"), same_basis_join("rnd", "random"), same_basis_join("nv", "naive"))
 )
 # A fold is "won" when the model beats every baseline of its basis.
 _WON = "m.net_return > bh.net_return AND m.net_return > rnd.net_return AND m.net_return > nv.net_return"
@@ -139,8 +135,8 @@ results AS (
            avg(m.random_percentile) AS percentile
     FROM runs
     JOIN finetune_results AS m ON m.run_id = runs.run_id
-    {_same_basis("bh", "buy_and_hold")}
-    {_same_basis("rnd", "random")}
+    {same_basis_join("bh", "buy_and_hold")}
+    {same_basis_join("rnd", "random")}
     GROUP BY m.run_id, m.factor
 )
 SELECT runs.run_id, runs.as_of, runs.created_at, f.factor, f.profile, f.status, f.memory_limit_bytes,
