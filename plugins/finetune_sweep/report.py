@@ -16,13 +16,15 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from finetune_sweep.gate import same_basis_join
+
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from finetune_sweep.settings import SizingPolicy
 
 # Baselines are joined on the model row's full basis: key, strategy and identical window.
-SUMMARY_SQL = """
+SUMMARY_SQL = f"""
 SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
        count(*)::integer AS rows,
        avg(m.net_return) AS model,
@@ -33,21 +35,9 @@ SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
        count(*) FILTER (WHERE m.net_return > bh.net_return)::integer AS beats_buy_and_hold,
        count(*) FILTER (WHERE bh.id IS NULL OR rnd.id IS NULL OR nv.id IS NULL)::integer AS missing_baselines
 FROM finetune_results AS m
-LEFT JOIN finetune_baselines AS bh
-    ON bh.baseline_type = 'buy_and_hold' AND bh.run_id = m.run_id AND bh.factor = m.factor
-   AND bh.strategy = m.strategy AND bh.crypto = m.crypto AND bh.fold_id = m.fold_id
-   AND bh.cost_bps = m.cost_bps AND bh.slippage_bps = m.slippage_bps
-   AND bh.test_start = m.test_start AND bh.test_end = m.test_end AND bh.n_bars = m.n_bars
-LEFT JOIN finetune_baselines AS rnd
-    ON rnd.baseline_type = 'random' AND rnd.run_id = m.run_id AND rnd.factor = m.factor
-   AND rnd.strategy = m.strategy AND rnd.crypto = m.crypto AND rnd.fold_id = m.fold_id
-   AND rnd.cost_bps = m.cost_bps AND rnd.slippage_bps = m.slippage_bps
-   AND rnd.test_start = m.test_start AND rnd.test_end = m.test_end AND rnd.n_bars = m.n_bars
-LEFT JOIN finetune_baselines AS nv
-    ON nv.baseline_type = 'naive' AND nv.run_id = m.run_id AND nv.factor = m.factor
-   AND nv.strategy = m.strategy AND nv.crypto = m.crypto AND nv.fold_id = m.fold_id
-   AND nv.cost_bps = m.cost_bps AND nv.slippage_bps = m.slippage_bps
-   AND nv.test_start = m.test_start AND nv.test_end = m.test_end AND nv.n_bars = m.n_bars
+{same_basis_join("bh", "buy_and_hold")}
+{same_basis_join("rnd", "random")}
+{same_basis_join("nv", "naive")}
 WHERE m.run_id = %(run_id)s
 GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
 ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
