@@ -9,7 +9,8 @@ naive: same crypto, fold window and cost basis).
 -> `register` (each factor starts on the larger of its map profile and what its recorded history
 asks for; upsert the run and its factor manifest) -> `run_factor` (one pod per factor; an
 OOMKilled pod is retried one profile up) -> `check_baselines` (SQL gate: fails the run, listing
-the problems, when a factor is not done or a model row or baseline is missing or off-basis)
+the problems, when a factor is not done or a model row or baseline is missing or off-basis;
+its verdict is kept for the UI)
 -> `findings` (only when the gate passed: folds' shift-test p-values combined per factor, crypto
 and cost, Benjamini-Hochberg over the run at the param `fdr_q`) -> `report` (findings first, then
 model vs baselines, sizing recommendations).
@@ -30,10 +31,10 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pendulum
-from airflow.providers.common.sql.sensors.sql import SqlSensor
 from airflow.sdk import dag, get_current_context, task
 
 from finetune_sweep import gate, planning, sizing
+from finetune_sweep.gate_sensor import BaselineGateSensor
 from finetune_sweep.operator import FactorPodOperator
 from finetune_sweep.pods import common_pod_kwargs, resources_for, to_resource_requirements
 from finetune_sweep.settings import get_settings
@@ -106,7 +107,9 @@ def finetune_sweep():
         map_index_template="{{ task.factor }}",
         **common,
     ).expand_kwargs(registered)
-    check_baselines = SqlSensor(task_id="check_baselines", **gate.gate_sensor_kwargs(conn_id=SETTINGS.conn_id))
+    check_baselines = BaselineGateSensor(
+        task_id="check_baselines", **gate.gate_sensor_kwargs(conn_id=SETTINGS.conn_id)
+    )
     discoveries = findings()
     summary = report()
 

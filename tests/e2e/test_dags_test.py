@@ -111,6 +111,10 @@ def test_complete_sweep_on_an_empty_database_succeeds(airflow_home: Path, empty_
     groups = len(SMALL_CONF["factors"]) * len(SMALL_CONF["cryptos"]) * len(SMALL_CONF["cost_bps"])
     assert _scalar(empty_db, "SELECT count(*) FROM finetune_findings") == groups
     assert f"of {groups} groups are findings at FDR 0.1" in output
+    # check_baselines kept its verdict for the UI, naming the Airflow run whose gate decided.
+    assert _rows(empty_db, "SELECT ok, n_problems, problems, dag_id FROM finetune_gate_verdicts") == [
+        (True, 0, [], "finetune_sweep")
+    ]
     assert "postgres@" not in output or "host=" not in output.split("postgres@", 1)[1][:80], "DSN leaked"
 
 
@@ -165,6 +169,9 @@ def test_a_failed_factor_pod_fails_the_run_and_the_gate_names_it(airflow_home: P
     # The healthy factor's keys are complete; the failed one's are absent, never half-written.
     assert _scalar(migrated_db, "SELECT count(*) FROM finetune_results WHERE factor = 'l2_features'") == 0
     assert _scalar(migrated_db, "SELECT count(*) FROM finetune_baselines WHERE factor = 'l2_features'") == 0
+    # The failed verdict is kept too, with the problem the gate named.
+    [(ok, n_problems, problems)] = _rows(migrated_db, "SELECT ok, n_problems, problems FROM finetune_gate_verdicts")
+    assert ok is False and n_problems >= 1 and any("l2_features" in problem for problem in problems)
     # A failed gate writes no findings, and the report says why there are none.
     assert _scalar(migrated_db, "SELECT count(*) FROM finetune_findings") == 0
     assert "no findings: the findings step did not succeed in this run (findings: upstream_failed)" in output

@@ -14,6 +14,7 @@ import io
 import json
 import secrets
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
@@ -220,6 +221,24 @@ def test_an_incomplete_run_shows_the_gates_problems(airflow_app: dict[str, Any],
 
     assert "Verdict: 1 problem" in html
     assert "missing baseline random: l2_features ETH fold 1 cost 30 slippage 0 bps" in html
+    assert "Computed now from the rows in the database" in html
+
+
+def test_the_run_tab_shows_the_verdict_check_baselines_kept(airflow_app: dict[str, Any], finetune_db: str) -> None:
+    from finetune_sweep.gate import RECORD_VERDICT_SQL
+
+    seed_complete_run(finetune_db, skip_baseline={("l2_features", "ETH", 1, 30, 0, "random")})
+    _link(finetune_db)
+    with psycopg.connect(finetune_db) as conn:
+        conn.execute(RECORD_VERDICT_SQL, {
+            "run_id": RUN_ID, "ok": False, "n_problems": 1, "problems": ["the problem the gate named"],
+            "dag_id": "finetune_sweep", "airflow_run_id": "scheduled__y",
+            "checked_at": datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)})
+
+    html = _get(airflow_app, _url(AIRFLOW_RUN)).text
+
+    assert "Verdict: 1 problem" in html and "the problem the gate named" in html
+    assert "Recorded by <code>check_baselines</code> of Airflow run scheduled__y at 2030-01-02 03:04:05 UTC" in html
 
 
 def _table_row(html: str, table_id: str, first_cells: list[str]) -> list[str]:
@@ -382,3 +401,16 @@ def test_the_dag_tab_of_a_dag_without_runs_is_a_404(airflow_app: dict[str, Any],
 
     assert response.status_code == 404
     assert "no finetune runs of DAG &#39;finetune_sweep&#39;" in response.text
+
+
+@pytest.mark.parametrize("factor, crypto", [("base_features", "BTC"), ("a b&c=d", "é/+?#")])
+def test_a_groups_folds_link_is_its_url_encoded_key(factor: str, crypto: str) -> None:
+    from urllib.parse import parse_qs, urlencode
+
+    from finetune_sweep.ui.app import _folds_query
+
+    query = _folds_query(factor, crypto, 10, 0)
+
+    assert query == "folds?" + urlencode({"factor": factor, "crypto": crypto, "cost_bps": 10, "slippage_bps": 0})
+    assert parse_qs(query.split("?", 1)[1]) == {"factor": [factor], "crypto": [crypto], "cost_bps": ["10"],
+                                                "slippage_bps": ["0"]}

@@ -71,3 +71,54 @@ def test_history_lists_the_latest_runs_oldest_first(migrated_db: str) -> None:
         ("r2", "base_features"), ("r3", "base_features"), (RUN_ID, "base_features"), (RUN_ID, "l2_features")]
     assert history[0]["keys"] is None and history[2]["keys"] == 8
     assert history[2]["edge_vs_buy_and_hold"] == pytest.approx(0.005)
+
+
+def _record_verdict(dsn: str, *, ok: bool, problems: list[str], airflow_run_id: str = "scheduled__x") -> None:
+    from finetune_sweep.gate import RECORD_VERDICT_SQL
+
+    with psycopg.connect(dsn) as conn:
+        checked_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]
+        conn.execute(RECORD_VERDICT_SQL, {"run_id": RUN_ID, "ok": ok, "n_problems": len(problems),
+                                          "problems": problems, "dag_id": "finetune_sweep",
+                                          "airflow_run_id": airflow_run_id, "checked_at": checked_at})
+
+
+def test_the_run_page_shows_the_kept_verdict_while_it_holds_else_the_gate_computed_now(migrated_db: str) -> None:
+    seed_complete_run(migrated_db, skip_baseline={("base_features", "BTC", 1, 10, 0, "naive")})
+    # A verdict that disagrees with the rows on purpose: the page must show which one it used.
+    _record_verdict(migrated_db, ok=True, problems=[])
+
+    kept = queries.fetch_run_page(migrated_db, RUN_ID).verdict
+
+    assert (kept["ok"], kept["airflow_run_id"]) == (True, "scheduled__x") and kept["checked_at"] is not None
+    assert kept["checked_at"].utcoffset() == timedelta(0)  # the pages print UTC
+
+    # A baseline written after the check: the kept verdict no longer holds, the gate runs now.
+    _execute(migrated_db, "UPDATE finetune_baselines SET updated_at = now() WHERE id = (SELECT max(id) "
+                          "FROM finetune_baselines)")
+    live = queries.fetch_run_page(migrated_db, RUN_ID).verdict
+
+    assert live["ok"] is False and live["checked_at"] is None
+    assert live["problems"] == ["missing baseline naive: base_features BTC fold 1 cost 10 slippage 0 bps, window "
+                                "2026-05-08T00:00Z..2026-05-14T23:00Z (168 bars)"]
+
+
+def test_the_run_page_computes_the_verdict_on_a_database_from_before_verdicts_were_kept(migrated_db: str) -> None:
+    seed_complete_run(migrated_db)
+    _execute(migrated_db, "DROP TABLE finetune_gate_verdicts")
+
+    verdict = queries.fetch_run_page(migrated_db, RUN_ID).verdict
+
+    assert (verdict["ok"], verdict["checked_at"]) == (True, None)
+
+
+def test_fold_reads_of_a_run_or_a_group_leave_the_session_settings_alone(migrated_db: str) -> None:
+    seed_complete_run(migrated_db)
+    with queries.connect(migrated_db) as conn:
+        all_folds = queries.fetch_folds(conn, RUN_ID)
+        one_group = queries.fetch_folds(conn, RUN_ID, factor="base_features", crypto="BTC", cost_bps=10,
+                                        slippage_bps=0)
+        # The hash-join preference is local to the statement's transaction, never the session's.
+        assert conn.execute("SHOW enable_nestloop").fetchone()["enable_nestloop"] == "on"
+
+    assert len(all_folds) == 16 and [row["fold_id"] for row in one_group] == [0, 1]

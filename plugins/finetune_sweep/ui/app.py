@@ -17,11 +17,12 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, quote_plus
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
@@ -230,6 +231,18 @@ def _require_run(resolved: _Resolved) -> str:
     return resolved.run_id
 
 
+@lru_cache(maxsize=1024)
+def _quoted(value: Any) -> str:
+    return quote_plus(str(value))
+
+
+def _folds_query(factor: str, crypto: str, cost_bps: int, slippage_bps: int) -> str:
+    """``folds?factor=...`` of one group; a run's few factors and cryptos are quoted once each
+    (``urlencode`` on each of 2,000 rows was a third of the run tab's rendering)."""
+    return (f"folds?factor={_quoted(factor)}&crypto={_quoted(crypto)}&cost_bps={_quoted(cost_bps)}"
+            f"&slippage_bps={_quoted(slippage_bps)}")
+
+
 def _int_or_none(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
@@ -285,8 +298,8 @@ def create_app() -> FastAPI:
             curves=_for_chart(charts.cost_curves(data.groups)),
             with_charts=True,
             base=base,
-            folds_link=lambda row: base + "folds?" + urlencode(
-                {k: row[k] for k in ("factor", "crypto", "cost_bps", "slippage_bps")}),
+            folds_link=lambda row: base + _folds_query(row["factor"], row["crypto"], row["cost_bps"],
+                                                       row["slippage_bps"]),
             static="../../../static/",
         )
 

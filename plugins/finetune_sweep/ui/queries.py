@@ -10,7 +10,8 @@ gate and the report do, so a baseline computed on another window never lands bes
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,9 +23,6 @@ from finetune_sweep.gate import same_basis_join
 # Statements of a page share one connection; a database that hangs must not hang the api-server.
 STATEMENT_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 5
-
-
-
 
 _BASELINE_JOINS = "\n".join(
     (same_basis_join("bh", "buy_and_hold"), same_basis_join("rnd", "random"), same_basis_join("nv", "naive"))
@@ -172,7 +170,8 @@ def connect(dsn: str) -> psycopg.Connection:
         dsn,
         row_factory=dict_row,
         connect_timeout=CONNECT_TIMEOUT_S,
-        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c default_transaction_read_only=on",
+        # UTC: the pages print times as UTC.
+        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c default_transaction_read_only=on -c TimeZone=UTC",
         autocommit=True,
     )
     # The joins below estimate badly on large runs; JIT compilation then costs more than the
@@ -216,16 +215,46 @@ def airflow_runs_of(conn: psycopg.Connection, run_id: str) -> list[str]:
     return [row["airflow_run_id"] for row in rows]
 
 
+@contextmanager
+def _hash_joins(conn: psycopg.Connection) -> Iterator[None]:
+    """Join a whole run's model rows to its baselines by hashing, not by one index probe per row.
+
+    The planner underestimates a run's rows and picks a nested loop of three index probes per
+    model row: 0.55 s for the table of a 60,000-key run, 0.14 s hashed (the whole-run fold
+    download: 1.3 s against 0.44 s; ``benchmarks/bench_ui.py``). A reporting query can say so.
+    """
+    with conn.transaction():
+        conn.execute("SET LOCAL enable_nestloop = off")
+        yield
+
+
 def fetch_verdict(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
-    """The gate's verdict (``finetune_sweep.gate.GATE_SQL``): ``ok``, ``n_problems``, ``problems``."""
+    """The gate's verdict, computed now (``finetune_sweep.gate.GATE_SQL``).
+
+    :returns: ``ok``, ``n_problems``, ``problems``, and ``checked_at`` None (not recorded).
+    """
     from finetune_sweep.gate import GATE_SQL
 
-    return dict(conn.execute(GATE_SQL, {"run_id": run_id}).fetchone())
+    return {**conn.execute(GATE_SQL, {"run_id": run_id}).fetchone(), "checked_at": None}
+
+
+def fetch_recorded_verdict(conn: psycopg.Connection, run_id: str) -> dict[str, Any] | None:
+    """The verdict ``check_baselines`` recorded, if no row of the run changed since; else None.
+
+    :returns: ``ok``, ``n_problems``, ``problems``, ``dag_id``, ``airflow_run_id`` (of the run
+        whose gate decided) and ``checked_at``.
+    """
+    from finetune_sweep.gate import RECORDED_VERDICT_SQL
+
+    if conn.execute("SELECT to_regclass('finetune_gate_verdicts') IS NOT NULL AS ok").fetchone()["ok"] is not True:
+        return None  # a database migrated before V008
+    return conn.execute(RECORDED_VERDICT_SQL, {"run_id": run_id}).fetchone()
 
 
 def fetch_groups(conn: psycopg.Connection, run_id: str) -> list[dict[str, Any]]:
     """Model vs baselines per factor x crypto x cost basis (means over folds)."""
-    return conn.execute(GROUPS_SQL, {"run_id": run_id}).fetchall()
+    with _hash_joins(conn):
+        return conn.execute(GROUPS_SQL, {"run_id": run_id}).fetchall()
 
 
 def fetch_folds(
@@ -239,15 +268,19 @@ def fetch_folds(
 ) -> list[dict[str, Any]]:
     """One row per fold with its three baselines; the filters narrow it to one group."""
     params = {"run_id": run_id, "factor": factor, "crypto": crypto, "cost_bps": cost_bps, "slippage_bps": slippage_bps}
-    return conn.execute(FOLDS_SQL, params).fetchall()
+    if factor is not None and crypto is not None:
+        return conn.execute(FOLDS_SQL, params).fetchall()  # one group: a few index probes are best
+    with _hash_joins(conn):
+        return conn.execute(FOLDS_SQL, params).fetchall()
 
 
 def fetch_run_page(dsn: str, run_id: str, *, airflow_run_id: str | None = None) -> RunPage | None:
     """The run tab's data, or None when the finetune run is not registered.
 
-    The gate's query and the table's are the two expensive statements of the page (each a pass
-    over the run's model rows and baselines); they run at once on two connections, so the page
-    costs the slower of them rather than their sum.
+    The verdict is the one ``check_baselines`` recorded while it still holds (no row of the run
+    written since). Otherwise (the gate has not run yet, or rows changed since) the gate's query
+    runs now, on a second connection at once with the table's, so the page costs the slower of
+    the two rather than their sum.
 
     :param dsn: libpq URI of the finetune database.
     :param run_id: the finetune run id.
@@ -263,18 +296,18 @@ def fetch_run_page(dsn: str, run_id: str, *, airflow_run_id: str | None = None) 
         run = conn.execute(RUN_SQL, {"run_id": run_id}).fetchone()
         if run is None:
             return None
+        recorded = fetch_recorded_verdict(conn, run_id)
         with ThreadPoolExecutor(max_workers=1) as pool:
-            pending_verdict = pool.submit(verdict)
+            pending_verdict = pool.submit(verdict) if recorded is None else None
             groups = fetch_groups(conn, run_id)
             pods = conn.execute(PODS_SQL, {"run_id": run_id, "airflow_run_id": airflow_run_id}).fetchall()
             findings = conn.execute(FINDINGS_SQL, {"run_id": run_id}).fetchall()
-            return RunPage(run=run, verdict=pending_verdict.result(), groups=groups, pods=pods, findings=findings)
+            return RunPage(run=run, verdict=recorded or pending_verdict.result(), groups=groups, pods=pods,
+                           findings=findings)
 
 
 def fetch_history(conn: psycopg.Connection, dag_id: str, *, limit: int = HISTORY_RUNS) -> list[dict[str, Any]]:
     """Per run (the latest ``limit`` of the DAG, oldest first) and factor: edge, percentile, memory."""
-    with conn.transaction():
-        # Over many runs the planner picks a nested loop of index probes per model row (10x
-        # slower here than hashing each baseline type once); a reporting query can say so.
-        conn.execute("SET LOCAL enable_nestloop = off")
+    # Over many runs a nested loop of index probes per model row is 10x slower than hashing.
+    with _hash_joins(conn):
         return conn.execute(HISTORY_SQL, {"dag_id": dag_id, "limit": limit}).fetchall()
