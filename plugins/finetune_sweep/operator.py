@@ -28,6 +28,9 @@ What it adds to the KubernetesPodOperator (DESIGN sections 3, 6 and 7):
 - **Reattachment safety.** A pod left by an earlier try (worker crash) is reused only while it is
   still running on this try's profile; any other leftover of this task instance is deleted and a
   fresh pod created (kept, and labelled checked, when ``FINETUNE_KEEP_FAILED_PODS`` asks for it).
+- **A container that cannot be configured** (``CreateContainerConfigError``: a missing DSN Secret
+  or key) fails the start after ``FINETUNE_CONFIG_ERROR_GRACE_SECONDS`` (30) with the kubelet's
+  message, not after the startup timeout (sync mode; a deferrable task's trigger waits for it).
 - **Killed tasks** (``on_kill``: worker shutdown, a user marking the task) are recorded as
   ``Killed``, not as a pod failure. Failed pods are deleted once their logs and status were read
   (``FINETUNE_KEEP_FAILED_PODS=true`` keeps them for debugging).
@@ -90,6 +93,8 @@ ATTEMPT_ENV = "FINETUNE_ATTEMPT"
 AIRFLOW_RUN_ENV = "FINETUNE_AIRFLOW_RUN_ID"
 # The pod's status reason past its activeDeadlineSeconds (the local backend reports it alike).
 DEADLINE_EXCEEDED = "DeadlineExceeded"
+# The kubelet cannot build the container from its config: a missing Secret or key, a ConfigMap.
+CONFIG_ERROR_REASON = "CreateContainerConfigError"
 # The task state store key of the ladder (shared by the tries of one mapped task instance).
 LADDER_STATE_KEY = "finetune_ladder"
 # Reasons of the DisruptionTarget condition that the API server, scheduler, kubelet and taint
@@ -442,22 +447,67 @@ def _error_text(exc: BaseException) -> str:
     return f"{text}: {message}" if message else text
 
 
+def config_error(pod: k8s.V1Pod | None) -> str | None:
+    """The message of a container the kubelet cannot create from its config (a missing Secret or
+    key, a missing ConfigMap: waiting reason ``CreateContainerConfigError``), else None."""
+    status = pod.status if pod is not None else None
+    for container_status in (status.container_statuses if status else None) or []:
+        waiting = container_status.state.waiting if container_status.state is not None else None
+        if waiting is not None and waiting.reason == CONFIG_ERROR_REASON:
+            return waiting.message or CONFIG_ERROR_REASON
+    return None
+
+
 class _RememberingPodManager(PodManager):
     """The provider's PodManager, remembering the last status it read of each pod.
 
     A pod deleted right after it terminated (eviction, preemption) can no longer be read when the
     failure is classified; its last seen status still tells what happened.
+
+    While a pod starts, a ``CreateContainerConfigError`` that lasts ``config_error_grace_seconds``
+    ends the wait (``PodLaunchFailedException``): the provider fails fast on a bad image only, and
+    would wait out the whole startup timeout for a Secret that does not exist. The kubelet keeps
+    retrying such a container, so a Secret created within the grace still lets the pod start.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, config_error_grace_seconds: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_seen: dict[str, k8s.V1Pod] = {}
+        self.config_error_grace_seconds = config_error_grace_seconds
+        self._starting = False
+        self._config_error_since: float | None = None
+
+    async def await_pod_start(self, pod: k8s.V1Pod, *args: Any, **kwargs: Any) -> None:
+        self._starting, self._config_error_since = True, None
+        try:
+            await super().await_pod_start(pod, *args, **kwargs)
+        finally:
+            self._starting = False
 
     def read_pod(self, pod: k8s.V1Pod) -> k8s.V1Pod:
         remote = super().read_pod(pod)
         if remote is not None and remote.metadata is not None:
             self.last_seen[remote.metadata.name] = remote
+        if self._starting and self.config_error_grace_seconds is not None:
+            self._fail_on_lasting_config_error(remote)
         return remote
+
+    def _fail_on_lasting_config_error(self, remote: k8s.V1Pod | None) -> None:
+        import time
+
+        from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchFailedException
+
+        message = config_error(remote)
+        if message is None:
+            self._config_error_since = None
+            return
+        now = time.monotonic()
+        if self._config_error_since is None:
+            self._config_error_since = now
+        if now - self._config_error_since >= self.config_error_grace_seconds:
+            raise PodLaunchFailedException(
+                f"{CONFIG_ERROR_REASON} for {self.config_error_grace_seconds:g} s: {message}"
+            )
 
 
 class FactorPodOperator(KubernetesPodOperator):
@@ -754,8 +804,12 @@ class FactorPodOperator(KubernetesPodOperator):
         # cached like the provider's (its _refresh_cached_properties deletes the attribute)
         manager = self.__dict__.get("pod_manager")
         if manager is None:
+            from finetune_sweep.settings import Settings
+
+            # the class's default when the pod manager is needed before execute read the settings
+            grace = (self._settings or Settings).config_error_grace_seconds
             manager = self.__dict__["pod_manager"] = _RememberingPodManager(
-                kube_client=self.client, callbacks=self.callbacks
+                kube_client=self.client, callbacks=self.callbacks, config_error_grace_seconds=grace
             )
         return manager
 

@@ -29,7 +29,11 @@ Environment:
 ``FINETUNE_SCHEDULE_TIMEOUT_SECONDS``  how long a pod may wait to be scheduled (default 900: a
                               high-memory node may have to be scaled up first)
 ``FINETUNE_STARTUP_TIMEOUT_SECONDS``   how long a scheduled pod may take to start (default 180:
-                              image pull; a missing DSN Secret fails after this, not after 900 s)
+                              image pull)
+``FINETUNE_CONFIG_ERROR_GRACE_SECONDS``  how long a container may stay ``CreateContainerConfigError``
+                              (a missing DSN Secret or key) before the task fails naming it
+                              (default 30; the kubelet retries, so a Secret created meanwhile
+                              still works). Deferrable tasks wait for the startup timeout instead
 ``FINETUNE_KEEP_FAILED_PODS``  ``true`` keeps failed factor pods for debugging (default: they are
                               deleted once their logs and status were read)
 ``FINETUNE_DISRUPTION_RETRIES``  retries on the same profile of a pod the cluster disrupted
@@ -91,6 +95,7 @@ class Settings:
     pod_database_env: tuple[tuple[str, str], ...] = ()
     schedule_timeout_seconds: int = 900
     startup_timeout_seconds: int = 180
+    config_error_grace_seconds: int = 30
     keep_failed_pods: bool = False
     disruption_retries: int = 2
     pod_deadline_seconds: int | None = None
@@ -163,6 +168,9 @@ class Settings:
             pod_database_env=tuple((name, value) for name in POD_DATABASE_ENV if (value := get(name, None))),
             schedule_timeout_seconds=integer("FINETUNE_SCHEDULE_TIMEOUT_SECONDS", cls.schedule_timeout_seconds, 1, 86400),
             startup_timeout_seconds=integer("FINETUNE_STARTUP_TIMEOUT_SECONDS", cls.startup_timeout_seconds, 1, 86400),
+            config_error_grace_seconds=integer(
+                "FINETUNE_CONFIG_ERROR_GRACE_SECONDS", cls.config_error_grace_seconds, 0, 86400
+            ),
             keep_failed_pods=keep_text in ("true", "1", "yes"),
             disruption_retries=integer("FINETUNE_DISRUPTION_RETRIES", cls.disruption_retries, 0, 10),
             # 0 (unset; a set value is at least 1): the deadline is sized from the pod's keys

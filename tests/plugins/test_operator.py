@@ -898,6 +898,46 @@ def test_a_missing_secret_fails_fast_naming_it(kube: FakeCoreV1Api, registered_d
     assert _manifest(registered_db) == ("failed", "STANDARD", f"CreateContainerConfigError: {message}")
 
 
+def test_a_missing_secret_fails_after_the_grace_not_the_startup_timeout(
+    kube: FakeCoreV1Api, registered_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    message = "couldn't find key url in Secret default/finetune-db"
+    kube.kubelet = lambda pod: set_waiting(pod, reason="CreateContainerConfigError", message=message)
+    monkeypatch.setenv("FINETUNE_CONFIG_ERROR_GRACE_SECONDS", "1")
+    started = time.monotonic()
+
+    with pytest.raises(PodFailed, match=rf"CreateContainerConfigError \({message}\); not retried"):
+        _k8s_operator(startup_timeout_seconds=600).execute(_make_context())
+
+    assert time.monotonic() - started < 60, "waited for the startup timeout, not the grace"
+    assert kube.pods == {}
+    assert _manifest(registered_db) == ("failed", "STANDARD", f"CreateContainerConfigError: {message}")
+
+
+def test_a_secret_created_within_the_grace_lets_the_pod_start(
+    kube: FakeCoreV1Api, registered_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kube.kubelet = lambda pod: set_waiting(pod, reason="CreateContainerConfigError",
+                                           message='secret "finetune-db" not found')
+    reads = []
+    read = kube.read_namespaced_pod
+
+    def read_then_secret_appears(name: str, namespace: str, **kwargs: Any) -> Any:
+        reads.append(name)
+        if len(reads) == 3:  # the Secret is created: the kubelet's next retry starts the container
+            kube.update(name, lambda pod: set_terminated(pod, reason="Completed", exit_code=0))
+        return read(name, namespace, **kwargs)
+
+    monkeypatch.setattr(kube, "read_namespaced_pod", read_then_secret_appears)
+    monkeypatch.setenv("FINETUNE_CONFIG_ERROR_GRACE_SECONDS", "30")
+
+    _k8s_operator(startup_timeout_seconds=600).execute(_make_context())
+
+    assert len(reads) >= 3
+
+
 def test_the_pods_exit_2_line_becomes_the_factors_exit_reason(kube: FakeCoreV1Api, registered_db: str) -> None:
     line = "finetune: error: fold 23 needs 8760 test bars but the data has 2000 bars"
     kube.kubelet = lambda pod: set_terminated(pod, reason="Error", exit_code=2)

@@ -42,6 +42,7 @@ def test_environment_overrides() -> None:
             "FINETUNE_SCHEDULE_TIMEOUT_SECONDS": "1800",
             "FINETUNE_KEEP_FAILED_PODS": "True",
             "FINETUNE_DISRUPTION_RETRIES": "0",
+            "FINETUNE_CONFIG_ERROR_GRACE_SECONDS": "0",
         }
     )
 
@@ -56,6 +57,8 @@ def test_environment_overrides() -> None:
     assert (settings.startup_timeout_seconds, settings.schedule_timeout_seconds) == (60, 1800)
     assert settings.keep_failed_pods is True
     assert settings.disruption_retries == 0
+    assert settings.config_error_grace_seconds == 0
+    assert Settings.from_env({}).config_error_grace_seconds == 30
 
 
 @pytest.mark.parametrize(
@@ -70,6 +73,8 @@ def test_environment_overrides() -> None:
         pytest.param(
             {"FINETUNE_STARTUP_TIMEOUT_SECONDS": "2m"}, "FINETUNE_STARTUP_TIMEOUT_SECONDS='2m' must be an integer", id="bad-startup"
         ),
+        pytest.param({"FINETUNE_CONFIG_ERROR_GRACE_SECONDS": "-1"}, "FINETUNE_CONFIG_ERROR_GRACE_SECONDS",
+                     id="negative-config-error-grace"),
         pytest.param({"FINETUNE_DISRUPTION_RETRIES": "11"}, "from 0 to 10", id="too-many-disruption-retries"),
         pytest.param({"FINETUNE_KEEP_FAILED_PODS": "maybe"}, "KEEP_FAILED_PODS='maybe' must be true or false", id="bad-keep"),
     ],
