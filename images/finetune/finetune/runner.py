@@ -148,8 +148,8 @@ class Prepared:
 
     store: FeatureStore
     folds: list[Fold]
-    # True where the bar of store.index[i] was filled by --gaps fill (counted per test window);
-    # None: not known, n_filled_bars stays NULL.
+    # True where a bar the features of store.index[i] read was filled by --gaps fill (the
+    # crypto's, and BTC's for btc_features; counted per test window); None: n_filled_bars NULL.
     filled: np.ndarray | None = None
     # Bars of the data's interval in a year: the Sharpe ratio's annualisation.
     bars_per_year: float = BARS_PER_YEAR
@@ -159,15 +159,19 @@ class Prepared:
         return None if self.filled is None else int(self.filled[fold.test_start : fold.test_end].sum())
 
 
+def _feature_symbols(config: RunConfig, crypto: str) -> list[str]:
+    """The symbols whose bars ``crypto``'s features read: its own, and BTC's for btc_features."""
+    return [crypto] + ([BTC] if config.factor == "btc_features" and crypto != BTC else [])
+
+
 def _unfilled_gap(market: MarketData, config: RunConfig, crypto: str) -> tuple[str, Gap] | None:
     """The newest unfilled gap in the bars ``crypto``'s features read (BTC's too for btc_features).
 
     The bars start after such a gap (:mod:`finetune.bars`), so when the folds then lack bars, the
     span the run uses reached across it: the gap is the cause to report.
     """
-    symbols = [crypto] + ([BTC] if config.factor == "btc_features" and crypto != BTC else [])
     found = []
-    for symbol in symbols:
+    for symbol in _feature_symbols(config, crypto):
         try:
             gap = market.calendar(symbol, as_of=config.as_of).unfilled_gap
         except DataError:
@@ -214,11 +218,15 @@ def prepare(config: RunConfig) -> dict[str, Prepared]:
             if gap is not None:
                 raise InputError(_gap_message(crypto, *gap, config, message)) from exc
             raise InputError(message if crypto in message else f"symbol {crypto}: {message}") from exc
-        bars = market.ohlcv(crypto, as_of=config.as_of)
+        # A bar counts as filled when any bar its features read was: BTC's too for btc_features.
+        filled = np.zeros(len(store.index), dtype=bool)
+        for symbol in _feature_symbols(config, crypto):
+            bars = market.ohlcv(symbol, as_of=config.as_of)
+            filled |= bars["filled"].reindex(store.index, fill_value=False).to_numpy(dtype=bool)
         prepared[crypto] = Prepared(
             store=store,
             folds=folds,
-            filled=bars["filled"].reindex(store.index).to_numpy(dtype=bool),
+            filled=filled,
             bars_per_year=market.calendar(crypto, as_of=config.as_of).bars_per_year,
         )
     return prepared

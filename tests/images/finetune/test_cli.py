@@ -296,6 +296,22 @@ def test_subprocess_fills_a_three_hour_hole_and_records_it(migrated_db: str, tmp
     assert params["bars"] == {"gaps": "fill", "max_gap_bars": 6, "bar_label": "open", "max_stale_bars": 24, "bar_interval": None}
 
 
+def test_btc_features_count_the_bars_filled_in_btc_too(migrated_db: str, tmp_path: Path) -> None:
+    # The hole is in BTC only: ETH's btc_features read BTC's filled bars, base_features do not.
+    _write_ohlcv(tmp_path, "BTC", N_BARS, drop=HOLE)
+    _write_ohlcv(tmp_path, "ETH", N_BARS)
+    for factor in ("btc_features", "base_features"):
+        argv = _make_argv(**{"--cryptos": "ETH", "--factor": factor, "--run-id": f"run-{factor}"})
+        proc = _subprocess_run(argv, migrated_db, tmp_path.as_uri())
+        assert proc.returncode == 0, proc.stderr
+
+    with psycopg.connect(migrated_db) as conn:
+        filled = dict(((factor, fold), n) for factor, fold, n in conn.execute(
+            "SELECT factor, fold_id, n_filled_bars FROM finetune_results WHERE crypto = 'ETH'"))
+    assert filled == {("btc_features", 0): 0, ("btc_features", 1): 3, ("base_features", 0): 0,
+                      ("base_features", 1): 0}
+
+
 def test_subprocess_refuses_a_ten_day_hole_in_the_span_and_writes_nothing(migrated_db: str, tmp_path: Path) -> None:
     data_uri = _market_dir(tmp_path, eth_drop=TEN_DAYS).as_uri()
     proc = _subprocess_run(_make_argv(**{"--cryptos": "BTC,ETH"}), migrated_db, data_uri)
