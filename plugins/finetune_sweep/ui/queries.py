@@ -166,18 +166,18 @@ def connect(dsn: str) -> psycopg.Connection:
 
     :param dsn: libpq URI of the finetune database.
     """
-    return psycopg.connect(
+    conn = psycopg.connect(
         dsn,
         row_factory=dict_row,
         connect_timeout=CONNECT_TIMEOUT_S,
-        # UTC: the pages print times as UTC. No JIT: the joins estimate badly on large runs and
-        # compiling cost more than the query itself (~0.6 s of fixed cost, DESIGN 8). No parallel
-        # workers: the run tab already runs its two big statements at once, and workers competing
-        # with them for the cores made the page slower (0.65 s against 0.50 s on 2 cores).
-        options=(f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c default_transaction_read_only=on -c TimeZone=UTC"
-                 " -c jit=off -c max_parallel_workers_per_gather=0"),
+        # UTC: the pages print times as UTC.
+        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c default_transaction_read_only=on -c TimeZone=UTC",
         autocommit=True,
     )
+    # The joins below estimate badly on large runs; JIT compilation then costs more than the
+    # query itself (~0.6 s of fixed cost, DESIGN 8).
+    conn.execute("SET jit = off")
+    return conn
 
 
 def has_finetune_tables(conn: psycopg.Connection) -> bool:
