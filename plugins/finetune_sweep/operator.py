@@ -32,7 +32,9 @@ What it adds to the KubernetesPodOperator (DESIGN sections 3, 6 and 7):
   or key) fails the start after ``FINETUNE_CONFIG_ERROR_GRACE_SECONDS`` (30) with the kubelet's
   message, not after the startup timeout (sync mode; a deferrable task's trigger waits for it).
 - **Killed tasks** (``on_kill``: worker shutdown, a user marking the task) are recorded as
-  ``Killed``, not as a pod failure. Failed pods are deleted once their logs and status were read
+  ``Killed``, not as a pod failure; while deferred, by the trigger
+  (:class:`finetune_sweep.pod_trigger.FactorPodTrigger`, which :meth:`defer` puts in place of
+  the provider's). Failed pods are deleted once their logs and status were read
   (``FINETUNE_KEEP_FAILED_PODS=true`` keeps them for debugging).
 - **Mapped-instance names.** ``execute`` puts the factor into the context as ``factor``; the DAG
   uses ``map_index_template="{{ task.factor }}"``.
@@ -629,6 +631,23 @@ class FactorPodOperator(KubernetesPodOperator):
                 raise
             self._conclude(context, self._classify(exc), cause=exc)
 
+    def defer(self, *, trigger: Any, method_name: str, kwargs: dict[str, Any] | None = None,
+              timeout: Any = None) -> NoReturn:
+        """Defer with the provider's trigger made a :class:`FactorPodTrigger`: a user's kill of the
+        deferred task (no worker runs :meth:`on_kill` then) is recorded ``Killed`` by the triggerer."""
+        from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
+
+        from finetune_sweep.pod_trigger import FactorPodTrigger
+
+        if (type(trigger) is KubernetesPodTrigger and self._uses_ladder and self._context is not None
+                and self.attempt_profile is not None):
+            profile = self.attempt_profile
+            killed = PodTermination(KILLED_REASON, None, False, profile.memory_bytes, None)
+            row = self._attempt_row(self._context, killed, attempt=int(self._context["ti"].try_number),
+                                    profile=profile, limit=profile.memory_bytes)
+            trigger = FactorPodTrigger.wrapping(trigger, killed_attempt=row, finetune_conn_id=self._conn_id)
+        super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
+
     def on_kill(self) -> None:
         """Stop the pod (local process tree, or as the KubernetesPodOperator does); record ``Killed``."""
         if self._local_runner is not None:
@@ -1092,17 +1111,7 @@ class FactorPodOperator(KubernetesPodOperator):
         """
         from finetune_sweep.db import dsn_from_connection, record_attempt, redact
 
-        row = {
-            "run_id": self._record_run_id(context),
-            "factor": self.factor,
-            "airflow_run_id": str(context["run_id"]),
-            "attempt": attempt,
-            "profile": profile.name,
-            "memory_limit_bytes": limit,
-            "peak_memory_bytes": termination.peak_memory_bytes,
-            "exit_reason": termination.recorded_reason,
-            "duration_seconds": termination.seconds,
-        }
+        row = self._attempt_row(context, termination, attempt=attempt, profile=profile, limit=limit)
         dsn: str | None = None
         try:
             dsn = dsn_from_connection(self._conn_id)
@@ -1116,6 +1125,22 @@ class FactorPodOperator(KubernetesPodOperator):
                 row["exit_reason"],
                 redact(f"{type(exc).__name__}: {exc}", [dsn]),
             )
+
+    def _attempt_row(
+        self, context: Context, termination: PodTermination, *, attempt: int, profile: PodProfile, limit: int
+    ) -> dict[str, Any]:
+        """The ``finetune_pod_attempts`` row of an ended attempt (:func:`finetune_sweep.db.record_attempt`)."""
+        return {
+            "run_id": self._record_run_id(context),
+            "factor": self.factor,
+            "airflow_run_id": str(context["run_id"]),
+            "attempt": attempt,
+            "profile": profile.name,
+            "memory_limit_bytes": limit,
+            "peak_memory_bytes": termination.peak_memory_bytes,
+            "exit_reason": termination.recorded_reason,
+            "duration_seconds": termination.seconds,
+        }
 
     def _best_effort(self, what: str, action: Callable[[], Any]) -> Any:
         """Run ``action``; log and return None on any error (classification must not escape)."""

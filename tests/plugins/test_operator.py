@@ -650,6 +650,22 @@ def _defer_running_pod(kube: FakeCoreV1Api, store: TaskStateStore) -> Any:
     return deferred.value.trigger
 
 
+def test_a_deferred_pods_trigger_records_a_users_kill_of_this_attempt(kube: FakeCoreV1Api, registered_db: str) -> None:
+    from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
+
+    from finetune_sweep.pod_trigger import FactorPodTrigger
+
+    trigger = _defer_running_pod(kube, TaskStateStore())
+
+    assert isinstance(trigger, FactorPodTrigger) and isinstance(trigger, KubernetesPodTrigger)
+    assert trigger.pod_name == kube.only_pod().metadata.name
+    assert trigger.killed_attempt == {
+        "run_id": RUN_ID, "factor": "base_features", "airflow_run_id": RUN_ID, "attempt": 1, "profile": "STANDARD",
+        "memory_limit_bytes": 8 * 2**30, "peak_memory_bytes": None, "exit_reason": "Killed", "duration_seconds": None,
+    }
+    assert trigger.finetune_conn_id == "finetune_db"
+
+
 def test_oom_deferred_is_classified_in_a_fresh_instance(kube: FakeCoreV1Api, registered_db: str) -> None:
     store = TaskStateStore()
     trigger = _defer_running_pod(kube, store)
