@@ -30,7 +30,7 @@ What it adds to the KubernetesPodOperator (DESIGN sections 3, 6 and 7):
   fresh pod created (kept, and labelled checked, when ``FINETUNE_KEEP_FAILED_PODS`` asks for it).
 - **A container that cannot be configured** (``CreateContainerConfigError``: a missing DSN Secret
   or key) fails the start after ``FINETUNE_CONFIG_ERROR_GRACE_SECONDS`` (30) with the kubelet's
-  message, not after the startup timeout (sync mode; a deferrable task's trigger waits for it).
+  message, not after the startup timeout (deferrable: :class:`FactorPodTrigger` watches the same).
 - **Killed tasks** (``on_kill``: worker shutdown, a user marking the task) are recorded as
   ``Killed``, not as a pod failure; while deferred, by the trigger
   (:class:`finetune_sweep.pod_trigger.FactorPodTrigger`, which :meth:`defer` puts in place of
@@ -62,6 +62,7 @@ from airflow.sdk.exceptions import (
 )
 from kubernetes.client import models as k8s
 
+from finetune_sweep.pod_startup import CONFIG_ERROR_REASON, StartWatching
 from finetune_sweep.sizing import OOM_REASON
 
 if TYPE_CHECKING:
@@ -95,8 +96,6 @@ ATTEMPT_ENV = "FINETUNE_ATTEMPT"
 AIRFLOW_RUN_ENV = "FINETUNE_AIRFLOW_RUN_ID"
 # The pod's status reason past its activeDeadlineSeconds (the local backend reports it alike).
 DEADLINE_EXCEEDED = "DeadlineExceeded"
-# The kubelet cannot build the container from its config: a missing Secret or key, a ConfigMap.
-CONFIG_ERROR_REASON = "CreateContainerConfigError"
 # The task state store key of the ladder (shared by the tries of one mapped task instance).
 LADDER_STATE_KEY = "finetune_ladder"
 # Reasons of the DisruptionTarget condition that the API server, scheduler, kubelet and taint
@@ -449,67 +448,24 @@ def _error_text(exc: BaseException) -> str:
     return f"{text}: {message}" if message else text
 
 
-def config_error(pod: k8s.V1Pod | None) -> str | None:
-    """The message of a container the kubelet cannot create from its config (a missing Secret or
-    key, a missing ConfigMap: waiting reason ``CreateContainerConfigError``), else None."""
-    status = pod.status if pod is not None else None
-    for container_status in (status.container_statuses if status else None) or []:
-        waiting = container_status.state.waiting if container_status.state is not None else None
-        if waiting is not None and waiting.reason == CONFIG_ERROR_REASON:
-            return waiting.message or CONFIG_ERROR_REASON
-    return None
-
-
-class _RememberingPodManager(PodManager):
+class _RememberingPodManager(StartWatching, PodManager):
     """The provider's PodManager, remembering the last status it read of each pod.
 
     A pod deleted right after it terminated (eviction, preemption) can no longer be read when the
-    failure is classified; its last seen status still tells what happened.
-
-    While a pod starts, a ``CreateContainerConfigError`` that lasts ``config_error_grace_seconds``
-    ends the wait (``PodLaunchFailedException``): the provider fails fast on a bad image only, and
-    would wait out the whole startup timeout for a Secret that does not exist. The kubelet keeps
-    retrying such a container, so a Secret created within the grace still lets the pod start.
+    failure is classified; its last seen status still tells what happened. While a pod starts,
+    a lasting ``CreateContainerConfigError`` ends the wait (:mod:`finetune_sweep.pod_startup`).
     """
 
-    def __init__(self, *args: Any, config_error_grace_seconds: float | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.last_seen: dict[str, k8s.V1Pod] = {}
-        self.config_error_grace_seconds = config_error_grace_seconds
-        self._starting = False
-        self._config_error_since: float | None = None
-
-    async def await_pod_start(self, pod: k8s.V1Pod, *args: Any, **kwargs: Any) -> None:
-        self._starting, self._config_error_since = True, None
-        try:
-            await super().await_pod_start(pod, *args, **kwargs)
-        finally:
-            self._starting = False
 
     def read_pod(self, pod: k8s.V1Pod) -> k8s.V1Pod:
         remote = super().read_pod(pod)
         if remote is not None and remote.metadata is not None:
             self.last_seen[remote.metadata.name] = remote
-        if self._starting and self.config_error_grace_seconds is not None:
-            self._fail_on_lasting_config_error(remote)
+        self.watch_start(remote)
         return remote
-
-    def _fail_on_lasting_config_error(self, remote: k8s.V1Pod | None) -> None:
-        import time
-
-        from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchFailedException
-
-        message = config_error(remote)
-        if message is None:
-            self._config_error_since = None
-            return
-        now = time.monotonic()
-        if self._config_error_since is None:
-            self._config_error_since = now
-        if now - self._config_error_since >= self.config_error_grace_seconds:
-            raise PodLaunchFailedException(
-                f"{CONFIG_ERROR_REASON} for {self.config_error_grace_seconds:g} s: {message}"
-            )
 
 
 class FactorPodOperator(KubernetesPodOperator):
@@ -621,6 +577,11 @@ class FactorPodOperator(KubernetesPodOperator):
             self._apply_attempt_profile(context, announce=False)
         # the pod the trigger watched, even if it can no longer be read
         self._event_pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=event.get("name"), namespace=event.get("namespace")))
+        if event.get("status") == "error" and str(event.get("message", "")).startswith(CONFIG_ERROR_REASON):
+            # FactorPodTrigger ended the start on a lasting config error: final. The provider treats
+            # it as the start timeout it replaces: as "error" of a still-pending pod it would defer
+            # again (3 times), and any other status waits for a pod that never completes.
+            event = {**event, "status": "timeout"}
         try:
             return super().trigger_reentry(context, event)
         except (AirflowSkipException, _Classified):
@@ -638,6 +599,7 @@ class FactorPodOperator(KubernetesPodOperator):
         from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 
         from finetune_sweep.pod_trigger import FactorPodTrigger
+        from finetune_sweep.settings import Settings
 
         if (type(trigger) is KubernetesPodTrigger and self._uses_ladder and self._context is not None
                 and self.attempt_profile is not None):
@@ -645,7 +607,9 @@ class FactorPodOperator(KubernetesPodOperator):
             killed = PodTermination(KILLED_REASON, None, False, profile.memory_bytes, None)
             row = self._attempt_row(self._context, killed, attempt=int(self._context["ti"].try_number),
                                     profile=profile, limit=profile.memory_bytes)
-            trigger = FactorPodTrigger.wrapping(trigger, killed_attempt=row, finetune_conn_id=self._conn_id)
+            grace = (self._settings or Settings).config_error_grace_seconds
+            trigger = FactorPodTrigger.wrapping(trigger, killed_attempt=row, finetune_conn_id=self._conn_id,
+                                                config_error_grace_seconds=grace)
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
     def on_kill(self) -> None:

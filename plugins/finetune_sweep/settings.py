@@ -33,7 +33,7 @@ Environment:
 ``FINETUNE_CONFIG_ERROR_GRACE_SECONDS``  how long a container may stay ``CreateContainerConfigError``
                               (a missing DSN Secret or key) before the task fails naming it
                               (default 30; the kubelet retries, so a Secret created meanwhile
-                              still works). Deferrable tasks wait for the startup timeout instead
+                              still works; deferrable tasks: their trigger watches the same)
 ``FINETUNE_KEEP_FAILED_PODS``  ``true`` keeps failed factor pods for debugging (default: they are
                               deleted once their logs and status were read)
 ``FINETUNE_DISRUPTION_RETRIES``  retries on the same profile of a pod the cluster disrupted

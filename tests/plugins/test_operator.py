@@ -663,7 +663,23 @@ def test_a_deferred_pods_trigger_records_a_users_kill_of_this_attempt(kube: Fake
         "run_id": RUN_ID, "factor": "base_features", "airflow_run_id": RUN_ID, "attempt": 1, "profile": "STANDARD",
         "memory_limit_bytes": 8 * 2**30, "peak_memory_bytes": None, "exit_reason": "Killed", "duration_seconds": None,
     }
-    assert trigger.finetune_conn_id == "finetune_db"
+    assert trigger.finetune_conn_id == "finetune_db" and trigger.config_error_grace_seconds == 30
+
+
+def test_a_deferred_start_ended_by_a_missing_secret_fails_naming_it(kube: FakeCoreV1Api, registered_db: str) -> None:
+    store = TaskStateStore()
+    trigger = _defer_running_pod(kube, store)
+    message = 'secret "finetune-db" not found'
+    kube.update(trigger.pod_name, lambda pod: set_waiting(pod, reason="CreateContainerConfigError", message=message))
+
+    # the event FactorPodTrigger yields once the config error has lasted the grace
+    event = {"status": "error", "namespace": trigger.pod_namespace, "name": trigger.pod_name,
+             "message": f"CreateContainerConfigError for 30 s: {message}"}
+    with pytest.raises(PodFailed, match=rf"CreateContainerConfigError \({message}\); not retried"):
+        _k8s_operator(deferrable=True).trigger_reentry(_make_context(store=store), event)
+
+    assert _manifest(registered_db) == ("failed", "STANDARD", f"CreateContainerConfigError: {message}")
+    assert kube.pods == {}
 
 
 def test_oom_deferred_is_classified_in_a_fresh_instance(kube: FakeCoreV1Api, registered_db: str) -> None:

@@ -11,7 +11,9 @@ from typing import Any
 
 import psycopg
 import pytest
+from fake_kube import set_running, set_waiting
 from finetune_rows import RUN_ID, seed_complete_run
+from kubernetes.client import models as k8s
 
 from finetune_sweep.db import connection_json_from_dsn
 from finetune_sweep.pod_trigger import FactorPodTrigger
@@ -22,10 +24,22 @@ KILLED = {"run_id": RUN_ID, "factor": "l2_features", "airflow_run_id": "manual__
 
 
 class _Hook:
-    """The async Kubernetes hook's delete_pod, remembered."""
+    """The async Kubernetes hook, as far as the trigger uses it: the pod (as its kubelet reports
+    it), its events, and delete_pod, remembered."""
 
     def __init__(self) -> None:
         self.deleted: list[tuple[str, str]] = []
+        self.kubelet: Any = set_running
+        self.reads = 0
+
+    async def get_pod(self, name: str, namespace: str) -> k8s.V1Pod:
+        self.reads += 1
+        pod = k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name, namespace=namespace))
+        self.kubelet(pod)
+        return pod
+
+    async def get_pod_events(self, name: str, namespace: str, resource_version: Any = None) -> Any:
+        return k8s.CoreV1EventList(items=[], metadata=k8s.V1ListMeta())
 
     async def delete_pod(self, *, name: str, namespace: str, grace_period_seconds: Any = None) -> None:
         self.deleted.append((namespace, name))
@@ -42,7 +56,8 @@ def _trigger(**overrides: Any) -> FactorPodTrigger:
     return FactorPodTrigger(**{
         "pod_name": "finetune-l2-features-abc", "pod_namespace": "finetune", "base_container_name": "base",
         "trigger_start_time": dt.datetime(2026, 6, 7, tzinfo=dt.timezone.utc), "killed_attempt": dict(KILLED),
-        "finetune_conn_id": "finetune_db", **overrides})
+        "finetune_conn_id": "finetune_db", "config_error_grace_seconds": 30, "startup_check_interval": 0,
+        **overrides})
 
 
 def test_it_survives_the_triggerers_round_trip() -> None:
@@ -56,6 +71,35 @@ def test_it_survives_the_triggerers_round_trip() -> None:
     assert again.serialize() == (classpath, kwargs)
     assert (again.killed_attempt, again.finetune_conn_id, again.pod_name) == (KILLED, "finetune_db",
                                                                              "finetune-l2-features-abc")
+    assert again.config_error_grace_seconds == 30 and again.pod_manager.config_errors.grace_seconds == 30
+
+
+def _first_event(trigger: FactorPodTrigger) -> dict[str, Any]:
+    async def first() -> dict[str, Any]:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("no event")
+
+    return asyncio.run(asyncio.wait_for(first(), timeout=60))
+
+
+def test_a_start_stuck_on_a_missing_secret_ends_after_the_grace_with_the_kubelets_message(hook: _Hook) -> None:
+    message = 'secret "finetune-db" not found'
+    hook.kubelet = lambda pod: set_waiting(pod, reason="CreateContainerConfigError", message=message)
+
+    event = _first_event(_trigger(config_error_grace_seconds=0.3, startup_timeout=600))
+
+    assert event["status"] == "error"
+    assert event["message"] == f"CreateContainerConfigError for 0.3 s: {message}"
+    assert hook.reads > 1, "the kubelet's retries were waited for"
+
+
+def test_without_a_grace_the_trigger_waits_as_the_providers_does(hook: _Hook) -> None:
+    hook.kubelet = lambda pod: set_waiting(pod, reason="CreateContainerConfigError", message="x")
+
+    event = _first_event(_trigger(config_error_grace_seconds=None, startup_timeout=1))
+
+    assert event["status"] == "timeout"
 
 
 def test_a_users_kill_deletes_the_pod_and_records_the_attempt_killed(
