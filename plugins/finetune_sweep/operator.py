@@ -525,7 +525,13 @@ class FactorPodOperator(KubernetesPodOperator):
         local = settings.pod_backend == "local"
         if not self._uses_ladder:
             if not local:
-                return super().execute(context)
+                try:
+                    return super().execute(context)
+                except Exception:
+                    # on_finish_action keeps failed pods (the ladder reads them first): a failed
+                    # migrate pod is not read again, so it goes now (or stays for debugging).
+                    self._best_effort("delete the failed pod", self._clean_failed_pod)
+                    raise
             result = self._run_local(context, settings=settings)
             if not result.succeeded:
                 raise AirflowException(

@@ -771,6 +771,26 @@ def test_a_leftover_pod_is_deleted_unless_it_runs_on_this_profile(
     assert op.pod_request_obj.spec.containers[0].resources.limits == {"memory": "16Gi"}
 
 
+@pytest.mark.parametrize("keep", [False, True], ids=["deleted", "kept-for-debugging"])
+def test_a_failed_migrate_pod_is_deleted_unless_kept(
+    kube: FakeCoreV1Api, monkeypatch: pytest.MonkeyPatch, keep: bool
+) -> None:
+    if keep:
+        monkeypatch.setenv("FINETUNE_KEEP_FAILED_PODS", "true")
+    kube.kubelet = lambda pod: set_terminated(pod, reason="Error", exit_code=1)
+    settings = Settings.from_env({})
+    migrate = FactorPodOperator(
+        task_id="migrate", ladder=False, startup_check_interval_seconds=0, poll_interval=0,
+        **{**pods.common_pod_kwargs(image=settings.image, settings=settings), "arguments": ["migrate"]},
+    )
+
+    with pytest.raises(AirflowException):
+        migrate.execute(_make_context())
+
+    assert len(kube.calls.created) == 1
+    assert (len(kube.pods) == 1) is keep
+
+
 def test_refused_label_patch_does_not_make_the_retry_reuse_the_oomed_pod(
     kube: FakeCoreV1Api, registered_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
