@@ -522,6 +522,7 @@ class FactorPodOperator(KubernetesPodOperator):
         self._context = context
         self.container_resources = as_resource_requirements(self.container_resources)
         settings = self._read_settings()
+        self._check_pod_template(settings)
         local = settings.pod_backend == "local"
         if not self._uses_ladder:
             if not local:
@@ -645,6 +646,16 @@ class FactorPodOperator(KubernetesPodOperator):
         except SettingsError as exc:
             raise AirflowFailException(str(exc)) from exc
         return self._settings
+
+    def _check_pod_template(self, settings: Settings) -> None:
+        """Refuse, again where the pod is built, a template that would widen it: ``plan`` checked
+        the file when the run started, and it may have changed since."""
+        from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+
+        try:
+            check_pod_template(self.pod_template_file, db_secret=(settings.db_secret_name, settings.db_secret_key))
+        except PodTemplateError as exc:
+            raise AirflowFailException(str(exc)) from exc
 
     def _run_local(self, context: Context, *, settings: Settings) -> LocalPodResult:
         """Build the pod offline and run it with the local pod backend."""

@@ -771,6 +771,21 @@ def test_a_leftover_pod_is_deleted_unless_it_runs_on_this_profile(
     assert op.pod_request_obj.spec.containers[0].resources.limits == {"memory": "16Gi"}
 
 
+def test_a_pod_template_widened_after_plan_is_refused_before_any_pod(
+    kube: FakeCoreV1Api, registered_db: str, tmp_path: Any
+) -> None:
+    template = tmp_path / "pod.yaml"
+    template.write_text("apiVersion: v1\nkind: Pod\nspec:\n  containers: [{name: base}]\n")
+    op = _k8s_operator(pod_template_file=str(template))
+    # plan checked the file when the run started; then someone edits it
+    template.write_text("apiVersion: v1\nkind: Pod\nspec:\n  hostNetwork: true\n  containers: [{name: base}]\n")
+
+    with pytest.raises(AirflowFailException, match=r"FINETUNE_POD_TEMPLATE_FILE=.*is refused.*spec\.hostNetwork"):
+        op.execute(_make_context())
+
+    assert kube.calls.created == []
+
+
 @pytest.mark.parametrize("keep", [False, True], ids=["deleted", "kept-for-debugging"])
 def test_a_failed_migrate_pod_is_deleted_unless_kept(
     kube: FakeCoreV1Api, monkeypatch: pytest.MonkeyPatch, keep: bool
