@@ -157,6 +157,7 @@ def test_the_run_tab_shows_the_sweep_in_the_airflow_ui(ui_after_sweep: dict[str,
         shutil.copy(shot, os.environ["FINETUNE_UI_SCREENSHOT"])
     assert shot.stat().st_size > 10_000
     assert "Verdict: complete" in verdict, verdict
+    assert "Recorded by check_baselines of Airflow run" in verdict, verdict  # the gate's own verdict, kept
     assert [h.strip() for h in headers[:11]] == [
         "factor", "crypto", "cost", "slip", "model", "buy & hold", "random", "random p05–p95", "naive", "percentile",
         "folds won",
