@@ -20,6 +20,9 @@ from airflow.providers.common.sql.sensors.sql import SqlSensor
 
 from finetune_sweep.gate import RECORD_VERDICT_SQL, GateVerdict
 
+# Bound on waiting for a lock on finetune_gate_verdicts (milliseconds; statements get twice that).
+RECORD_TIMEOUT_MS = 5_000
+
 
 class BaselineGateSensor(SqlSensor):
     """``SqlSensor`` over ``GATE_SQL`` that records each verdict it decides on."""
@@ -66,6 +69,9 @@ class BaselineGateSensor(SqlSensor):
             # Through the hook's DB-API connection, not hook.run(): one log line instead of the statement.
             with closing(self._get_hook().get_conn()) as conn:
                 with closing(conn.cursor()) as cursor:
+                    # A locked verdicts table must not hold the gate's decision: give up soon.
+                    cursor.execute(f"SET LOCAL lock_timeout = {RECORD_TIMEOUT_MS}; "
+                                   f"SET LOCAL statement_timeout = {2 * RECORD_TIMEOUT_MS}")
                     cursor.execute(RECORD_VERDICT_SQL, values)
                 conn.commit()
         except Exception as err:  # noqa: BLE001 - never let bookkeeping change the gate's decision

@@ -125,3 +125,23 @@ def test_a_failure_to_keep_the_verdict_is_logged_and_changes_nothing(dsn: str, c
     # Airflow's task logger writes through structlog, to the process's stream.
     logged = "".join(capfd.readouterr())
     assert "could not record the verdict (UndefinedTable" in logged
+
+
+def test_a_locked_verdicts_table_delays_the_gate_by_the_lock_timeout_only(
+    dsn: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import time
+
+    from finetune_sweep.gate_sensor import RECORD_TIMEOUT_MS
+
+    seed_complete_run(dsn)
+    with psycopg.connect(dsn) as holder:
+        holder.execute("LOCK TABLE finetune_gate_verdicts IN ACCESS EXCLUSIVE MODE")  # held until the block ends
+        started = time.monotonic()
+
+        assert _sensor().poke(_context()) is True
+
+        waited = time.monotonic() - started
+    assert RECORD_TIMEOUT_MS / 1000 <= waited < RECORD_TIMEOUT_MS / 1000 + 20
+    assert "could not record the verdict (LockNotAvailable" in "".join(capfd.readouterr())
+    assert _recorded(dsn) == []
