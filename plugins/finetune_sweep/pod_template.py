@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from kubernetes.client import models as k8s
 
 MERGED_FROM_TEMPLATE = (
-    "tolerations, imagePullSecrets, priorityClassName, affinity, nodeSelector, annotations, labels"
+    "tolerations, imagePullSecrets, priorityClassName, affinity, nodeSelector, annotations, labels, "
+    "the base container's env and envFrom (not FINETUNE_DB_URL)"
 )
 
 

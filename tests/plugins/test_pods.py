@@ -433,6 +433,29 @@ def test_a_template_that_only_adds_what_the_cluster_needs_passes_and_merges(tmp_
     assert spec["automountServiceAccountToken"] is False
 
 
+def test_object_store_credentials_come_from_a_secret_through_the_template(tmp_path) -> None:
+    # Without workload identity (IRSA), static keys of an S3-compatible store reach the pods from
+    # a Secret via the template's envFrom; the DSN entry still wins (env beats envFrom in Kubernetes).
+    from finetune_sweep.pod_template import check_pod_template
+
+    template = tmp_path / "pod.yaml"
+    template.write_text(
+        "apiVersion: v1\nkind: Pod\nspec:\n  containers:\n    - name: base\n"
+        "      envFrom: [{secretRef: {name: minio-creds}}]\n"
+        "      env: [{name: AWS_ENDPOINT_URL, value: 'http://minio.data:9000'}]\n"
+    )
+    check_pod_template(str(template), db_secret=("finetune-db", "dsn"))
+
+    manifest = _build_manifest(_make_entry("btc_features"), settings=_make_settings(pod_template_file=str(template)))
+
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    (container,) = manifest["spec"]["containers"]
+    assert container["envFrom"] == [{"secretRef": {"name": "minio-creds"}}]
+    env = {var["name"]: var for var in container["env"]}
+    assert env["AWS_ENDPOINT_URL"]["value"] == "http://minio.data:9000"
+    assert env["FINETUNE_DB_URL"]["valueFrom"] == {"secretKeyRef": {"name": "finetune-db", "key": "dsn"}}
+
+
 @pytest.mark.parametrize(
     ("content", "match"),
     [

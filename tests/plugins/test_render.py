@@ -77,5 +77,5 @@ def test_render_refuses_a_widening_pod_template(
     assert captured.err.strip() == (
         f"error: FINETUNE_POD_TEMPLATE_FILE={template} is refused, it would widen the pod: spec.hostNetwork "
         "(a template may add tolerations, imagePullSecrets, priorityClassName, affinity, nodeSelector, "
-        "annotations, labels)"
+        "annotations, labels, the base container's env and envFrom (not FINETUNE_DB_URL))"
     )
