@@ -241,15 +241,20 @@ def as_of_from_context(context: Mapping[str, Any]) -> str:
     raise PlanError("the dag run has no data interval end, logical date or run_after to take as_of from")
 
 
-def finetune_run_id(*, dag_id: str, as_of: str, params: Mapping[str, Any]) -> str:
-    """The finetune run id of a sweep: DAG, as-of and a hash of its validated params.
+def finetune_run_id(*, dag_id: str, as_of: str, params: Mapping[str, Any], data_uri: str | None = None) -> str:
+    """The finetune run id of a sweep: DAG, as-of and a hash of its validated params and data.
 
     :param dag_id: the DAG id.
     :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
     :param params: the validated params (:func:`validate_params`; defaults filled, so an omitted
         param and its default give the same id). :data:`NOT_IN_RUN_IDENTITY` are left out.
+    :param data_uri: the data the pods read (``FINETUNE_DATA_URI``), as given: the same params on
+        other data are another sweep, never an upsert over its rows. None (the built-in synthetic
+        market) leaves it out, so the ids of such sweeps are those from before it counted.
     """
     identity = {key: value for key, value in params.items() if key not in NOT_IN_RUN_IDENTITY}
+    if data_uri is not None:
+        identity["data_uri"] = data_uri
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return f"{dag_id}__{as_of}__{hashlib.sha256(canonical.encode()).hexdigest()[:8]}"
 
@@ -260,10 +265,13 @@ def run_id_from_context(context: Mapping[str, Any]) -> str:
     :param context: the task context.
     :raises PlanError: invalid params or no as-of.
     """
+    from finetune_sweep.settings import get_settings
+
     return finetune_run_id(
         dag_id=context["dag"].dag_id,
         as_of=as_of_from_context(context),
         params=validate_params(dict(context["params"])),
+        data_uri=get_settings().data_uri,
     )
 
 
@@ -575,7 +583,8 @@ def register_from_context(entries: Sequence[Mapping[str, Any]], context: Context
         run_id=run_id,
         dag_id=context["dag"].dag_id,
         as_of=as_of,
-        params=params,
+        # which data the rows come from (None: the built-in synthetic market), as the pod records it
+        params={**params, "data_uri": get_settings().data_uri},
         entries=started,
         choices=choices,
         airflow_run_id=str(context["run_id"]),

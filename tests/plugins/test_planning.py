@@ -211,6 +211,27 @@ def test_fdr_q_is_validated_and_left_out_of_the_run_id() -> None:
     assert run_id(factors=["btc_features"], cost_bps=[0], fdr_q=0.2).endswith("__3b270b54")
 
 
+def test_the_data_the_pods_read_is_part_of_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_sweep.settings import get_settings
+
+    def run_id(data_uri: str | None) -> str:
+        if data_uri is None:
+            monkeypatch.delenv("FINETUNE_DATA_URI", raising=False)
+        else:
+            monkeypatch.setenv("FINETUNE_DATA_URI", data_uri)
+        get_settings.cache_clear()
+        try:
+            return planning.run_id_from_context(_make_context())
+        finally:
+            get_settings.cache_clear()
+
+    # unset (the built-in synthetic market): the id from before the data counted
+    assert run_id(None) == "finetune_sweep__2026-06-07T00:00:00Z__06710d57"
+    ids = {run_id(uri) for uri in (None, "file:///data/hourly", "s3://bucket/hourly", "synthetic://random-walk")}
+    assert len(ids) == 4, "the same params on other data never upsert over each other's rows"
+    assert run_id("s3://bucket/hourly") == run_id("s3://bucket/hourly")
+
+
 def _registered(dsn: str) -> tuple[list[tuple], list[tuple]]:
     with psycopg.connect(dsn) as conn:
         runs = conn.execute("SELECT run_id, dag_id, strategy, as_of, params FROM finetune_runs").fetchall()
@@ -272,7 +293,7 @@ def finetune_db(migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(migrated_db))
     monkeypatch.setenv("FINETUNE_SIZING", json.dumps({factor: "STANDARD" for factor in SIZING_MAP}))
     for name in ("FINETUNE_CONN_ID", "FINETUNE_PROFILES", "FINETUNE_SIZING_MODE", "FINETUNE_SIZING_HISTORY_RUNS",
-                 "FINETUNE_SIZING_HISTORY_DAYS"):
+                 "FINETUNE_SIZING_HISTORY_DAYS", "FINETUNE_DATA_URI"):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield migrated_db
@@ -388,6 +409,19 @@ def test_registering_again_and_from_another_airflow_run_is_idempotent(finetune_d
     assert _query(finetune_db, "SELECT airflow_run_id, run_id FROM finetune_airflow_runs ORDER BY airflow_run_id") == [
         (RUN_ID, run_id), ("manual__2026-11-28T09:00:00+00:00", run_id)]
     assert _query(finetune_db, "SELECT count(*) FROM finetune_run_factors WHERE run_id = %s", run_id) == [(1,)]
+
+
+def test_register_records_which_data_the_run_reads(finetune_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_sweep.settings import get_settings
+
+    _, synthetic_context, _ = _register(["btc_features"])
+    monkeypatch.setenv("FINETUNE_DATA_URI", "synthetic://random-walk")
+    get_settings.cache_clear()
+    _, walk_context, _ = _register(["btc_features"])
+
+    stored = dict(_query(finetune_db, "SELECT run_id, params ->> 'data_uri' FROM finetune_runs"))
+    assert stored == {planning.run_id_from_context(walk_context): "synthetic://random-walk",
+                      synthetic_context["ti"].pushed["run_id"]: None}
 
 
 def test_register_uses_the_ladder_the_plan_resolved(finetune_db: str) -> None:
