@@ -317,3 +317,20 @@ def test_planted_market_btc_features_on_eth_and_sol_at_0_bps_are_findings(airflo
     assert output.index(headline) < output.index("Model vs same-basis baselines")
     lines = output[output.index(headline):output.index("Model vs same-basis baselines")].splitlines()
     assert any(line.split()[:3] == ["btc_features", "ETH", "0"] for line in lines if line.strip())
+
+
+def test_the_same_sweep_on_other_data_is_another_run(airflow_home: Path, empty_db: str) -> None:
+    conf = {**SMALL_CONF, "factors": ["btc_features"], "cryptos": ["ETH"]}
+    keys = _expected_keys(conf)
+    planted = _dags_test(airflow_home, empty_db, conf)
+    assert planted.returncode == 0, (planted.stdout + planted.stderr)[-6000:]
+
+    walk = _dags_test(airflow_home, empty_db, conf, FINETUNE_DATA_URI="synthetic://random-walk")
+
+    assert walk.returncode == 0, (walk.stdout + walk.stderr)[-6000:]
+    runs = _rows(empty_db, "SELECT params ->> 'data_uri', (SELECT count(*) FROM finetune_results AS m "
+                           "WHERE m.run_id = r.run_id) FROM finetune_runs AS r ORDER BY 1 NULLS FIRST")
+    # two sweeps side by side, each complete: the random walk did not upsert over the planted rows
+    assert runs == [(None, keys), ("synthetic://random-walk", keys)]
+    assert _scalar(empty_db, "SELECT count(DISTINCT run_id) FROM finetune_findings") == 2
+    assert _scalar(empty_db, "SELECT count(*) FROM finetune_gate_verdicts WHERE ok") == 2
