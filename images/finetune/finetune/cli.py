@@ -209,6 +209,8 @@ def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
 def _execute(config: RunConfig, prepared: Mapping[str, Prepared], dsn: str, pod: PodContext) -> int:
     try:
         return execute(config, prepared, dsn=dsn, pod=pod)
+    except InputError as exc:  # the run's row says it holds other data: nothing was written
+        return _refuse(str(exc), EXIT_USAGE)
     except DatabaseRefused as exc:
         return _refuse(str(exc), EXIT_USAGE)  # configuration: retrying or rescheduling cannot help
     except DatabaseUnavailable as exc:

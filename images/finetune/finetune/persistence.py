@@ -289,15 +289,24 @@ class Store:
         self._conn = None
         abandon(conn)
 
-    def register_run(self, *, strategy: str, as_of: datetime, params: Mapping[str, Any], dag_id: str | None) -> None:
-        """Create the run row unless the DAG's ``register`` step already did (its row wins)."""
-        self._transaction(
-            lambda conn: conn.execute(
+    def register_run(
+        self, *, strategy: str, as_of: datetime, params: Mapping[str, Any], dag_id: str | None
+    ) -> dict[str, Any]:
+        """Create the run row unless the DAG's ``register`` step already did (its row wins).
+
+        :returns: the params the run's row holds (this pod's, or those it was registered with).
+        """
+
+        def register(conn: psycopg.Connection) -> dict[str, Any]:
+            conn.execute(
                 "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (run_id) DO NOTHING",
                 (self.run_id, dag_id, strategy, as_of, json.dumps(dict(params))),
             )
-        )
+            row = conn.execute("SELECT params FROM finetune_runs WHERE run_id = %s", (self.run_id,)).fetchone()
+            return dict(row[0] or {}) if row else {}
+
+        return self._transaction(register)
 
     def mark_running(self, *, attempt: int, profile: str | None, memory_limit_bytes: int | None) -> None:
         """The factor starts (again): clears the previous attempt's peak and exit reason."""

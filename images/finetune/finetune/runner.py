@@ -232,6 +232,24 @@ def prepare(config: RunConfig) -> dict[str, Prepared]:
     return prepared
 
 
+def _refuse_other_data(config: RunConfig, registered: Mapping[str, Any]) -> None:
+    """One run holds rows of one data source: a pod reading other data under an existing run id
+    would upsert over its rows (runs registered before the source was recorded are not checked).
+
+    :raises InputError: the run was registered on other data (nothing written).
+    """
+    if "data_uri" not in registered or registered["data_uri"] == config.data_uri:
+        return
+
+    def shown(uri: str | None) -> str:
+        return repr(uri) if uri is not None else "the built-in synthetic market"
+
+    raise InputError(
+        f"run {config.run_id} was registered on {shown(registered['data_uri'])}, this pod reads "
+        f"{shown(config.data_uri)}: other data is another run (give it its own --run-id)"
+    )
+
+
 def test_window(store: FeatureStore, fold: Fold) -> Window:
     """The fold's test window: first and last test bar (inclusive) and the bar count."""
     index = store.index
@@ -392,7 +410,10 @@ def execute(
     )
     with store:
         run = _Run(config, prepared, store, events)
-        store.register_run(strategy=STRATEGY, as_of=config.as_of.to_pydatetime(), params=config.params(), dag_id=None)
+        registered = store.register_run(
+            strategy=STRATEGY, as_of=config.as_of.to_pydatetime(), params=config.params(), dag_id=None
+        )
+        _refuse_other_data(config, registered)
         try:
             store.mark_running(attempt=pod.attempt, profile=pod.profile, memory_limit_bytes=limit)
             events.emit(

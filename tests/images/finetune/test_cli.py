@@ -312,6 +312,27 @@ def test_btc_features_count_the_bars_filled_in_btc_too(migrated_db: str, tmp_pat
                       ("base_features", 1): 0}
 
 
+def test_a_run_id_registered_on_other_data_is_refused_and_nothing_written(migrated_db: str) -> None:
+    argv = _make_argv(**{"--cryptos": "ETH", "--factor": "btc_features"})
+    first = _subprocess_run(argv, migrated_db, "synthetic://")
+    assert first.returncode == 0, first.stderr
+    with psycopg.connect(migrated_db) as conn:
+        before = conn.execute("SELECT id, net_return, updated_at FROM finetune_results ORDER BY id").fetchall()
+
+    other = _subprocess_run(argv, migrated_db, "synthetic://random-walk")
+
+    assert other.returncode == 2
+    assert other.stderr.strip() == (
+        "finetune: error: run run-1 was registered on 'synthetic://', this pod reads 'synthetic://random-walk': "
+        "other data is another run (give it its own --run-id)"
+    )
+    with psycopg.connect(migrated_db) as conn:
+        assert conn.execute("SELECT id, net_return, updated_at FROM finetune_results ORDER BY id").fetchall() == before
+        assert conn.execute("SELECT status FROM finetune_run_factors").fetchall() == [("done",)]
+    # the same data again is the same run: an idempotent rerun
+    assert _subprocess_run(argv, migrated_db, "synthetic://").returncode == 0
+
+
 def test_subprocess_refuses_a_ten_day_hole_in_the_span_and_writes_nothing(migrated_db: str, tmp_path: Path) -> None:
     data_uri = _market_dir(tmp_path, eth_drop=TEN_DAYS).as_uri()
     proc = _subprocess_run(_make_argv(**{"--cryptos": "BTC,ETH"}), migrated_db, data_uri)
