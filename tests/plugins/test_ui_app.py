@@ -414,3 +414,29 @@ def test_a_groups_folds_link_is_its_url_encoded_key(factor: str, crypto: str) ->
     assert query == "folds?" + urlencode({"factor": factor, "crypto": crypto, "cost_bps": 10, "slippage_bps": 0})
     assert parse_qs(query.split("?", 1)[1]) == {"factor": [factor], "crypto": [crypto], "cost_bps": ["10"],
                                                 "slippage_bps": ["0"]}
+
+
+@pytest.mark.parametrize("query", ["cost_bps=99999999999", "slippage_bps=-99999999999", "cost_bps=1e3",
+                                   "factor=%00", "crypto=" + "x" * 5000])
+def test_hostile_fold_filters_get_a_page_never_a_server_error(airflow_app: dict[str, Any], seeded: str,
+                                                              query: str) -> None:
+    response = _get(airflow_app, _url(AIRFLOW_RUN, f"/folds?{query}"))
+
+    assert response.status_code in (200, 400), response.text[:500]
+    assert "Traceback" not in response.text
+
+
+@pytest.mark.parametrize("suffix", ["", "/folds", "/rows.csv"])
+def test_a_run_id_with_a_nul_is_unknown_not_a_server_error(airflow_app: dict[str, Any], seeded: str,
+                                                           suffix: str) -> None:
+    response = _get(airflow_app, _url("manual__x\x00y", suffix))
+
+    assert response.status_code == 404, response.text[:500]
+    assert "Unknown run" in response.text
+
+
+def test_a_dag_id_with_a_nul_gets_a_page_not_a_server_error(airflow_app: dict[str, Any], seeded: str) -> None:
+    response = _get(airflow_app, "/finetune/dags/" + quote("finetune\x00sweep", safe=""))
+
+    assert response.status_code in (400, 403, 404), response.text[:500]
+    assert "Traceback" not in response.text

@@ -191,6 +191,9 @@ class _Database:
         self.conn.close()
         if isinstance(err, psycopg.OperationalError):
             self._unavailable(err)
+        if isinstance(err, psycopg.DataError):
+            # a value from the URL the database cannot hold (the routes check the known ones first)
+            raise PageError(400, "Bad request", (str(err).strip().splitlines() or ["invalid value"])[0]) from None
         return False
 
     def _unavailable(self, err: Exception) -> None:
@@ -211,6 +214,8 @@ class _Resolved:
 
 
 def _resolve(conn: Any, dag_id: str, airflow_run_id: str) -> _Resolved:
+    if "\x00" in dag_id + airflow_run_id:  # no such id can exist (PostgreSQL text holds no NUL)
+        raise PageError(404, "Unknown run", f"no run {airflow_run_id!r} of DAG {dag_id!r}")
     airflow_run = find_airflow_run(dag_id, airflow_run_id)
     candidates = []
     if airflow_run is not None and (expected := expected_finetune_run_id(airflow_run)):
@@ -243,13 +248,27 @@ def _folds_query(factor: str, crypto: str, cost_bps: int, slippage_bps: int) -> 
             f"&slippage_bps={_quoted(slippage_bps)}")
 
 
+# Cost and slippage are PostgreSQL integers of bps.
+MAX_BPS = 2**31 - 1
+
+
 def _int_or_none(value: str | None, name: str) -> int | None:
     if value is None or value == "":
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise PageError(400, "Bad request", f"{name}={value!r} is not an integer; allowed: a whole number of bps") from None
+    if not 0 <= number <= MAX_BPS:
+        raise PageError(400, "Bad request", f"{name}={value!r} is out of range; allowed: 0 to {MAX_BPS} bps")
+    return number
+
+
+def _text_or_none(value: str | None, name: str) -> str | None:
+    """A text filter as given; PostgreSQL text cannot hold NUL, so such a value is refused here."""
+    if value is not None and "\x00" in value:
+        raise PageError(400, "Bad request", f"{name}={value!r} contains a NUL character; allowed: text without NUL")
+    return value
 
 
 # --------------------------------------------------------------------------- app
@@ -313,6 +332,7 @@ def create_app() -> FastAPI:
         slippage_bps: str | None = None,
     ) -> Response:
         cost, slip = _int_or_none(cost_bps, "cost_bps"), _int_or_none(slippage_bps, "slippage_bps")
+        factor, crypto = _text_or_none(factor, "factor"), _text_or_none(crypto, "crypto")
         with _Database() as db:
             run_id = _require_run(_resolve(db.conn, dag_id, airflow_run_id))
             rows = queries.fetch_folds(db.conn, run_id, factor=factor, crypto=crypto, cost_bps=cost, slippage_bps=slip)
