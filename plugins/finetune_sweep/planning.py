@@ -275,6 +275,35 @@ def run_id_from_context(context: Mapping[str, Any]) -> str:
     )
 
 
+DATA_URI_FORMS = "synthetic://, file:///absolute/dir, s3://bucket/prefix, gs://bucket/prefix"
+
+
+def check_data_uri(data_uri: str | None) -> None:
+    """Refuse a ``FINETUNE_DATA_URI`` no pod could read, before any pod (the pod checks it again).
+
+    Only its form: scheme, an absolute folder, a bucket, no credentials (the message never shows
+    them). Whether the data is there is for the pod to find.
+
+    :raises PlanError: one line naming the URI (without credentials) and the allowed forms.
+    """
+    from urllib.parse import urlsplit, urlunsplit
+
+    if data_uri is None:
+        return
+    parts = urlsplit(data_uri)
+    shown = urlunsplit(parts._replace(netloc=parts.hostname or "")) if "@" in parts.netloc else data_uri
+    if parts.username is not None or parts.password is not None:
+        raise PlanError(f"FINETUNE_DATA_URI={shown!r} holds credentials: use the pods' environment or "
+                        "workload identity instead")
+    if parts.scheme == "synthetic":
+        return
+    if parts.scheme == "file" and parts.netloc in ("", "localhost") and parts.path.startswith("/"):
+        return
+    if parts.scheme in ("s3", "gs") and parts.hostname:
+        return
+    raise PlanError(f"FINETUNE_DATA_URI={shown!r} is not a data location; allowed: {DATA_URI_FORMS}")
+
+
 def check_fits_synthetic_market(valid: Mapping[str, Any], *, as_of: str, data_uri: str | None) -> None:
     """Refuse params that cannot fit the built-in synthetic market (its length is known here).
 
@@ -340,7 +369,8 @@ def plan_pods(
     :param sizing_json: ``FINETUNE_SIZING`` (read at run time by the caller).
     :param data_uri: ``--data-uri`` for every pod, or None for the pod's default.
     :param settings: the deadline allowances (default: the process settings).
-    :raises PlanError: bad params, params that cannot fit the synthetic market, bad overrides.
+    :raises PlanError: bad params, params that cannot fit the synthetic market, bad overrides, a
+        data URI no pod could read.
     """
     from finetune_sweep.settings import get_settings
 
@@ -351,6 +381,7 @@ def plan_pods(
     except sizing.SizingError as err:
         raise PlanError(str(err)) from None
     valid = validate_params(params, known_factors=tuple(sizing_map))
+    check_data_uri(data_uri)
     check_fits_synthetic_market(valid, as_of=as_of, data_uri=data_uri)
     run_args = {
         "cryptos": valid["cryptos"],

@@ -172,6 +172,41 @@ def test_plan_from_context_fails_without_retry(monkeypatch: pytest.MonkeyPatch) 
         planning.plan_from_context(_make_context())
 
 
+@pytest.mark.parametrize(
+    ("data_uri", "message"),
+    [
+        pytest.param("ftp://host/data", "FINETUNE_DATA_URI='ftp://host/data' is not a data location; allowed: "
+                     "synthetic://, file:///absolute/dir, s3://bucket/prefix, gs://bucket/prefix", id="scheme"),
+        pytest.param("file://data/hourly", "FINETUNE_DATA_URI='file://data/hourly' is not a data location",
+                     id="relative-file"),
+        pytest.param("s3:///prefix", "FINETUNE_DATA_URI='s3:///prefix' is not a data location", id="no-bucket"),
+        pytest.param("s3://key:s3cret@bucket/x", "FINETUNE_DATA_URI='s3://bucket/x' holds credentials",
+                     id="credentials"),
+    ],
+)
+def test_plan_refuses_a_data_uri_no_pod_could_read(monkeypatch: pytest.MonkeyPatch, data_uri: str, message: str) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from finetune_sweep.settings import get_settings
+
+    monkeypatch.setenv("FINETUNE_DATA_URI", data_uri)
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(AirflowFailException) as refused:
+            planning.plan_from_context(_make_context(params=_make_params(factors=["base_features"])))
+    finally:
+        get_settings.cache_clear()
+
+    assert str(refused.value).startswith(f"invalid sweep: {message}")
+    assert "s3cret" not in str(refused.value)
+
+
+@pytest.mark.parametrize("data_uri", [None, "synthetic://random-walk?seed=3", "file:///data/hourly",
+                                      "s3://bucket/hourly?endpoint_override=minio:9000&scheme=http", "gs://b/p"])
+def test_every_documented_data_uri_form_passes_the_plans_check(data_uri: str | None) -> None:
+    planning.check_data_uri(data_uri)
+
+
 def test_plan_from_context_reads_overrides_at_run_time(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FINETUNE_PROFILES", '{"STANDARD": {"memory": "256Mi"}}')
     monkeypatch.delenv("FINETUNE_SIZING", raising=False)
