@@ -23,21 +23,31 @@ if TYPE_CHECKING:
 
     from finetune_sweep.settings import SizingPolicy
 
-# Baselines are joined on the model row's full basis: key, strategy and identical window.
+# A model row's three baselines, joined on its full basis: key, strategy and identical window.
+SAME_BASIS_JOINS = "\n".join(
+    (same_basis_join("bh", "buy_and_hold"), same_basis_join("rnd", "random"), same_basis_join("nv", "naive"))
+)
+# A fold is "won" when the model beats every baseline of its basis.
+MODEL_WON = "m.net_return > bh.net_return AND m.net_return > rnd.net_return AND m.net_return > nv.net_return"
+
+# Every (factor, crypto, cost basis) of a run: means over its folds. The report's table and the
+# UI's run tab (``ui.queries.GROUPS_SQL``) and its rows.csv/json read this one query.
 SUMMARY_SQL = f"""
 SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
-       count(*)::integer AS rows,
+       count(*)::integer AS folds,
        avg(m.net_return) AS model,
        avg(bh.net_return) AS buy_and_hold,
        avg(rnd.net_return) AS random,
+       avg(rnd.seed_p05) AS random_p05,
+       avg(rnd.seed_p95) AS random_p95,
        avg(nv.net_return) AS naive,
-       avg(m.random_percentile) AS random_percentile,
+       avg(m.random_percentile) AS percentile,
+       avg(m.exposure) AS exposure,
        count(*) FILTER (WHERE m.net_return > bh.net_return)::integer AS beats_buy_and_hold,
+       count(*) FILTER (WHERE {MODEL_WON})::integer AS folds_won,
        count(*) FILTER (WHERE bh.id IS NULL OR rnd.id IS NULL OR nv.id IS NULL)::integer AS missing_baselines
 FROM finetune_results AS m
-{same_basis_join("bh", "buy_and_hold")}
-{same_basis_join("rnd", "random")}
-{same_basis_join("nv", "naive")}
+{SAME_BASIS_JOINS}
 WHERE m.run_id = %(run_id)s
 GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
 ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
@@ -48,12 +58,12 @@ _COLUMNS = (
     ("crypto", "crypto"),
     ("cost_bps", "cost"),
     ("slippage_bps", "slip"),
-    ("rows", "rows"),
+    ("folds", "rows"),
     ("model", "model"),
     ("buy_and_hold", "buy&hold"),
     ("random", "random"),
     ("naive", "naive"),
-    ("random_percentile", "rnd pctl"),
+    ("percentile", "rnd pctl"),
     ("beats_buy_and_hold", "beats b&h"),
 )
 
@@ -63,11 +73,11 @@ def _cell(key: str, value: Any, row: Mapping[str, Any]) -> str:
         return "-"
     if key in ("model", "buy_and_hold", "random", "naive"):
         return "nan" if math.isnan(value) else f"{value:+.2%}"
-    if key == "random_percentile":
+    if key == "percentile":
         # mean over the folds of the share of random seeds below the model (ties half)
         return f"{value:.1%}"
     if key == "beats_buy_and_hold":
-        return f"{value}/{row['rows']}"
+        return f"{value}/{row['folds']}"
     return str(value)
 
 

@@ -19,8 +19,8 @@ from finetune_sweep import findings, report
 
 
 def _make_summary_row(**overrides: Any) -> dict[str, Any]:
-    row = {"factor": "base_features", "crypto": "BTC", "cost_bps": 10, "slippage_bps": 0, "rows": 4, "model": 0.0123,
-           "buy_and_hold": -0.02, "random": 0.001, "naive": 0.0, "random_percentile": 0.735, "beats_buy_and_hold": 3,
+    row = {"factor": "base_features", "crypto": "BTC", "cost_bps": 10, "slippage_bps": 0, "folds": 4, "model": 0.0123,
+           "buy_and_hold": -0.02, "random": 0.001, "naive": 0.0, "percentile": 0.735, "beats_buy_and_hold": 3,
            "missing_baselines": 0}
     row.update(overrides)
     return row

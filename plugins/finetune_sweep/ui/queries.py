@@ -19,37 +19,14 @@ import psycopg
 from psycopg.rows import dict_row
 
 from finetune_sweep.gate import same_basis_join
+from finetune_sweep.report import MODEL_WON, SAME_BASIS_JOINS, SUMMARY_SQL
 
 # Statements of a page share one connection; a database that hangs must not hang the api-server.
 STATEMENT_TIMEOUT_MS = 10_000
 CONNECT_TIMEOUT_S = 5
 
-_BASELINE_JOINS = "\n".join(
-    (same_basis_join("bh", "buy_and_hold"), same_basis_join("rnd", "random"), same_basis_join("nv", "naive"))
-)
-# A fold is "won" when the model beats every baseline of its basis.
-_WON = "m.net_return > bh.net_return AND m.net_return > rnd.net_return AND m.net_return > nv.net_return"
-
-# Every (factor, crypto, cost basis): means over the folds.
-GROUPS_SQL = f"""
-SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
-       count(*)::integer AS folds,
-       avg(m.net_return) AS model,
-       avg(bh.net_return) AS buy_and_hold,
-       avg(rnd.net_return) AS random,
-       avg(rnd.seed_p05) AS random_p05,
-       avg(rnd.seed_p95) AS random_p95,
-       avg(nv.net_return) AS naive,
-       avg(m.random_percentile) AS percentile,
-       avg(m.exposure) AS exposure,
-       count(*) FILTER (WHERE {_WON})::integer AS folds_won,
-       count(*) FILTER (WHERE bh.id IS NULL OR rnd.id IS NULL OR nv.id IS NULL)::integer AS missing_baselines
-FROM finetune_results AS m
-{_BASELINE_JOINS}
-WHERE m.run_id = %(run_id)s
-GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
-ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
-"""
+# Every (factor, crypto, cost basis): means over the folds; the report's table reads the same.
+GROUPS_SQL = SUMMARY_SQL
 
 # One row per model row (fold), optionally narrowed to one group; NULL filters match everything.
 FOLDS_SQL = f"""
@@ -61,9 +38,9 @@ SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps, m.fold_id, m.variant,
        rnd.net_return AS random, rnd.seed_p05 AS random_p05, rnd.seed_p50 AS random_p50,
        rnd.seed_p95 AS random_p95, rnd.return_std AS random_std, rnd.n_seeds,
        nv.net_return AS naive,
-       ({_WON}) AS won
+       ({MODEL_WON}) AS won
 FROM finetune_results AS m
-{_BASELINE_JOINS}
+{SAME_BASIS_JOINS}
 WHERE m.run_id = %(run_id)s
   AND (CAST(%(factor)s AS text) IS NULL OR m.factor = %(factor)s)
   AND (CAST(%(crypto)s AS text) IS NULL OR m.crypto = %(crypto)s)
