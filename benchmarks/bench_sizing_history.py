@@ -24,7 +24,7 @@ import uuid
 
 import psycopg
 
-from finetune_sweep import sizing
+from finetune_sweep.sizing import profiles as sizing
 from finetune_sweep.settings import SizingPolicy
 
 FACTORS = tuple(sizing.SIZING_MAP)

@@ -31,7 +31,7 @@ import uuid
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO_ROOT / "plugins"), str(REPO_ROOT / "images" / "finetune")]
+sys.path[:0] = [str(REPO_ROOT / "plugins"), str(REPO_ROOT / "images" / "finetune"), str(REPO_ROOT / "scripts")]
 
 ADMIN_URL = os.environ.get("FINETUNE_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DAG_ID = "finetune_sweep"
@@ -143,7 +143,7 @@ def main() -> int:
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bench-ui-home-"))
-    from finetune_sweep.local_airflow import local_airflow_env
+    from local_airflow import local_airflow_env
 
     os.environ.update(local_airflow_env(home))
     os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_urlsafe(64)
@@ -159,7 +159,7 @@ def main() -> int:
         dsn = _dsn_for(database)
         from finetune.migrate import apply_migrations
 
-        from finetune_sweep.db import connection_json_from_dsn
+        from finetune_sweep.db.dsn import connection_json_from_dsn
 
         apply_migrations(dsn)
         started = time.perf_counter()

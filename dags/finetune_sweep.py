@@ -33,10 +33,14 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, get_current_context, task
 
-from finetune_sweep import gate, planning, sizing
-from finetune_sweep.gate_sensor import BaselineGateSensor
-from finetune_sweep.operator import FactorPodOperator
-from finetune_sweep.pods import common_pod_kwargs, resources_for, to_resource_requirements
+from finetune_sweep import gate
+
+from finetune_sweep.sweep import plan as planning
+
+from finetune_sweep.sizing import profiles as sizing
+from finetune_sweep.operators.gate_sensor import BaselineGateSensor
+from finetune_sweep.operators.factor_pod import FactorPodOperator
+from finetune_sweep.pods.spec import common_pod_kwargs, resources_for, to_resource_requirements
 from finetune_sweep.settings import get_settings
 
 SETTINGS = get_settings()

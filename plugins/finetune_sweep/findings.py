@@ -420,8 +420,8 @@ def findings_from_context(context: Context) -> dict[str, Any]:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from finetune_sweep.db import dsn_from_connection
-    from finetune_sweep.planning import PlanError, run_id_from_context, validate_params
+    from finetune_sweep.db.dsn import dsn_from_connection
+    from finetune_sweep.sweep.plan import PlanError, run_id_from_context, validate_params
     from finetune_sweep.settings import get_settings
 
     try:
@@ -457,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m finetune_sweep.findings --dsn ... --run-id ... [--fdr-q 0.05]``."""
     import psycopg
 
-    from finetune_sweep.db import redact
+    from finetune_sweep.db.dsn import redact
 
     args = _arguments(argv)
     try:

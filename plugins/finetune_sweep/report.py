@@ -165,7 +165,7 @@ def format_run_sizing(rows: Sequence[Mapping[str, Any]]) -> str:
 
     :param rows: rows of :data:`RUN_SIZING_SQL` (as mappings).
     """
-    from finetune_sweep.sizing import format_bytes
+    from finetune_sweep.sizing.profiles import format_bytes
 
     if not rows:
         return "no factors registered for this run"
@@ -324,7 +324,7 @@ def build_report(
         (outside a DAG run: whatever is stored is shown). When it did not succeed, stored rows
         (of an earlier attempt of the same sweep) are not shown as this run's findings.
     """
-    from finetune_sweep import sizing
+    from finetune_sweep.sizing import profiles as sizing
     from finetune_sweep.settings import sizing_policy
 
     policy = policy or sizing_policy()
@@ -376,10 +376,10 @@ def report_from_context(context: Context) -> None:
     import psycopg
     from airflow.exceptions import AirflowFailException
 
-    from finetune_sweep.db import dsn_from_connection
-    from finetune_sweep.planning import run_id_from_context
+    from finetune_sweep.db.dsn import dsn_from_connection
+    from finetune_sweep.sweep.plan import run_id_from_context
     from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides
-    from finetune_sweep.sizing import SizingError
+    from finetune_sweep.sizing.profiles import SizingError
 
     ti = context["ti"]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=list(VERDICT_TASKS))

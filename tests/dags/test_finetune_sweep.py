@@ -15,8 +15,8 @@ from airflow.providers.common.sql.sensors.sql import SqlSensor
 from airflow.sdk.exceptions import ParamValidationError
 
 from finetune_sweep import gate
-from finetune_sweep.operator import FactorPodOperator
-from finetune_sweep.sizing import PROFILE_ORDER, SIZING_MAP
+from finetune_sweep.operators.factor_pod import FactorPodOperator
+from finetune_sweep.sizing.profiles import PROFILE_ORDER, SIZING_MAP
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DAGS = REPO_ROOT / "dags"

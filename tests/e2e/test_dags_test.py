@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from finetune_sweep.db import connection_json_from_dsn
-from finetune_sweep.local_airflow import local_airflow_env
+from finetune_sweep.db.dsn import connection_json_from_dsn
+from local_airflow import local_airflow_env
 
 pytestmark = pytest.mark.e2e
 

@@ -27,8 +27,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from finetune_sweep.db import connection_json_from_dsn
-from finetune_sweep.local_airflow import free_port, local_airflow_env, stop_process_group, wait_for_api_server
+from finetune_sweep.db.dsn import connection_json_from_dsn
+from local_airflow import free_port, local_airflow_env, stop_process_group, wait_for_api_server
 from finetune_sweep.ui import RUN_TAB_ROUTE
 from test_dags_test import SMALL_CONF as CONF  # the e2e sweep of every test: 2 x 2 x 2 folds x 2 costs
 from test_dags_test import SMALL_PROFILES

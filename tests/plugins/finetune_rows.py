@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from finetune_sweep.gate import BASELINE_TYPES
-from finetune_sweep.planning import plan_pods, register_run, validate_params
+from finetune_sweep.sweep.plan import plan_pods, register_run, validate_params
 
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
 AS_OF = "2026-06-07T00:00:00Z"

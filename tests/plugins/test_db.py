@@ -1,4 +1,4 @@
-"""Tests of finetune_sweep.db: libpq URIs from Airflow connections, and back."""
+"""Tests of finetune_sweep.db.dsn: libpq URIs from Airflow connections, and back."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from finetune_sweep.db import connection_json_from_dsn, dsn_from_connection, dsn_from_parts, redact, redact_dsn
+from finetune_sweep.db.dsn import connection_json_from_dsn, dsn_from_connection, dsn_from_parts, redact, redact_dsn
 
 
 def _make_parts(**overrides: Any) -> dict[str, Any]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from finetune_sweep.demo_progress import TAIL_LINES, DagTestProgress
+from demo_progress import TAIL_LINES, DagTestProgress
 
 RUN = "manual__2026-11-28T07:53:12.072068+00:00"
-STDOUT = "[airflow.task.operators.finetune_sweep.operator.FactorPodOperator] loc=local_pod.py:697"
+STDOUT = "[airflow.task.operators.finetune_sweep.operators.factor_pod.FactorPodOperator] loc=local_pod.py:697"
 
 
 def _fold(i: int, factor: str) -> str:

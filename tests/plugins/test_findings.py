@@ -420,8 +420,8 @@ def test_findings_task_reads_fdr_q_from_the_params(migrated_db: str, monkeypatch
 
     from finetune_rows import PLAN
 
-    from finetune_sweep.db import connection_json_from_dsn
-    from finetune_sweep.planning import run_id_from_context
+    from finetune_sweep.db.dsn import connection_json_from_dsn
+    from finetune_sweep.sweep.plan import run_id_from_context
     from finetune_sweep.settings import get_settings
 
     monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(migrated_db))

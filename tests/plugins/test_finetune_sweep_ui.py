@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from finetune_sweep.local_airflow import REPO_ROOT
+from local_airflow import REPO_ROOT
 
 # Every Airflow process imports plugins: the entry must not pull in the web stack or a driver.
 _PROBE = """

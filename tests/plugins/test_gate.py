@@ -22,7 +22,7 @@ from finetune_rows import (
 )
 
 from finetune_sweep import gate
-from finetune_sweep.db import connection_json_from_dsn
+from finetune_sweep.db.dsn import connection_json_from_dsn
 
 
 def _verdict(dsn: str, run_id: str = RUN_ID) -> gate.GateVerdict:

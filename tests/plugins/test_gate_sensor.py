@@ -1,4 +1,4 @@
-"""Tests of finetune_sweep.gate_sensor on real PostgreSQL: check_baselines keeps the verdict it decided,
+"""Tests of finetune_sweep.operators.gate_sensor on real PostgreSQL: check_baselines keeps the verdict it decided,
 the UI's read of it holds only while no row of the run changed, and bookkeeping never changes the gate."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from airflow.providers.common.sql.sensors.sql import SqlSensor
 from finetune_rows import RUN_ID, seed_complete_run
 
 from finetune_sweep import gate
-from finetune_sweep.db import connection_json_from_dsn
-from finetune_sweep.gate_sensor import BaselineGateSensor
+from finetune_sweep.db.dsn import connection_json_from_dsn
+from finetune_sweep.operators.gate_sensor import BaselineGateSensor
 
 AIRFLOW_RUN_ID = "manual__2026-06-07T00:00:00+00:00:a+b"
 
@@ -132,7 +132,7 @@ def test_a_locked_verdicts_table_delays_the_gate_by_the_lock_timeout_only(
 ) -> None:
     import time
 
-    from finetune_sweep.gate_sensor import RECORD_TIMEOUT_MS
+    from finetune_sweep.operators.gate_sensor import RECORD_TIMEOUT_MS
 
     seed_complete_run(dsn)
     with psycopg.connect(dsn) as holder:

@@ -1,10 +1,10 @@
-"""finetune_sweep.local_airflow: the environment of a throw-away Airflow on this checkout."""
+"""local_airflow: the environment of a throw-away Airflow on this checkout."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from finetune_sweep.local_airflow import REPO_ROOT, local_airflow_env
+from local_airflow import REPO_ROOT, local_airflow_env
 
 CALLER = {"PATH": "/usr/bin", "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor", "FINETUNE_DB_URL": "postgresql://x@/y"}
 

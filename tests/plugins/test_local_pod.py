@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from kubernetes.client import models as k8s
 
-from finetune_sweep.local_pod import LocalPodError, LocalPodRunner, run_pod_locally
-from finetune_sweep.memory_enforcement import CGROUP_V1_MEMORY_ROOT, CGROUP_V2_ROOT, CgroupUnavailable, create_cgroup
+from finetune_sweep.local.pod_runner import LocalPodError, LocalPodRunner, run_pod_locally
+from finetune_sweep.local.memory import CGROUP_V1_MEMORY_ROOT, CGROUP_V2_ROOT, CgroupUnavailable, create_cgroup
 
 LOG = logging.getLogger("test.local_pod")
 LIMIT = "64Mi"
@@ -276,7 +276,7 @@ def test_worker_environment_does_not_leak_into_the_container(
 def test_db_secret_resolved_from_airflow_connection_and_never_logged(
     monkeypatch: pytest.MonkeyPatch, lines: _Lines, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    from finetune_sweep.db import dsn_from_connection
+    from finetune_sweep.db.dsn import dsn_from_connection
 
     monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", json.dumps(CONNECTION))
     expected = dsn_from_connection("finetune_db")

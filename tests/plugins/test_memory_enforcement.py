@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from finetune_sweep.memory_enforcement import KernelPeak, Watchdog
+from finetune_sweep.local.memory import KernelPeak, Watchdog
 
 MIB = 2**20
 

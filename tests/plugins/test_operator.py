@@ -20,8 +20,8 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 from kubernetes.client import models as k8s
 
-from finetune_sweep import pods
-from finetune_sweep.operator import (
+from finetune_sweep.pods import spec as pods
+from finetune_sweep.operators.factor_pod import (
     LADDER_STATE_KEY,
     FactorPodOperator,
     PodDisrupted,
@@ -34,7 +34,7 @@ from finetune_sweep.operator import (
     round_start,
 )
 from finetune_sweep.settings import Settings
-from finetune_sweep.sizing import PROFILES, load_profiles
+from finetune_sweep.sizing.profiles import PROFILES, load_profiles
 
 from fake_kube import FakeCoreV1Api, set_disrupted, set_running, set_terminated, set_waiting
 
@@ -653,7 +653,7 @@ def _defer_running_pod(kube: FakeCoreV1Api, store: TaskStateStore) -> Any:
 def test_a_deferred_pods_trigger_records_a_users_kill_of_this_attempt(kube: FakeCoreV1Api, registered_db: str) -> None:
     from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 
-    from finetune_sweep.pod_trigger import FactorPodTrigger
+    from finetune_sweep.operators.trigger import FactorPodTrigger
 
     trigger = _defer_running_pod(kube, TaskStateStore())
 
@@ -891,7 +891,7 @@ def test_a_pod_deleted_while_deferred_is_a_disruption(kube: FakeCoreV1Api, regis
 def test_a_classifier_bug_still_fails_fast_and_is_recorded(
     kube: FakeCoreV1Api, registered_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import finetune_sweep.operator as operator_module
+    import finetune_sweep.operators.factor_pod as operator_module
 
     def broken(*args: Any, **kwargs: Any) -> PodTermination:
         raise AttributeError("'NoneType' object has no attribute 'containers'")
@@ -1077,8 +1077,8 @@ class Refuse(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, Refuse())
-from finetune_sweep.operator import FactorPodOperator, PodTermination
-from finetune_sweep.sizing import PROFILES
+from finetune_sweep.operators.factor_pod import FactorPodOperator, PodTermination
+from finetune_sweep.sizing.profiles import PROFILES
 
 op = FactorPodOperator(task_id="run_factor", factor="base_features", profile="STANDARD", image="x",
                        arguments=["run", "--run-id", sys.argv[1]])
@@ -1116,10 +1116,10 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG
 
-from finetune_sweep import pods
-from finetune_sweep.operator import FactorPodOperator
+from finetune_sweep.pods import spec as pods
+from finetune_sweep.operators.factor_pod import FactorPodOperator
 from finetune_sweep.settings import Settings
-from finetune_sweep.sizing import load_profiles
+from finetune_sweep.sizing.profiles import load_profiles
 
 settings = Settings.from_env({})
 common = pods.common_pod_kwargs(image=settings.image, settings=settings)
@@ -1213,10 +1213,10 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import DAG
 
-from finetune_sweep import pods
-from finetune_sweep.operator import FactorPodOperator
+from finetune_sweep.pods import spec as pods
+from finetune_sweep.operators.factor_pod import FactorPodOperator
 from finetune_sweep.settings import Settings
-from finetune_sweep.sizing import load_profiles
+from finetune_sweep.sizing.profiles import load_profiles
 
 settings = Settings.from_env({})
 common = pods.common_pod_kwargs(image=settings.image, settings=settings)

@@ -1,4 +1,4 @@
-"""Tests of finetune_sweep.planning: run-time validation, as-of, the plan payload, registration."""
+"""Tests of finetune_sweep.sweep.plan: run-time validation, as-of, the plan payload, registration."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import pytest
 from airflow.sdk.exceptions import AirflowFailException
 from finetune_rows import record_attempt
 
-from finetune_sweep import planning
-from finetune_sweep.planning import PlanError, as_of_from_context, default_params, plan_pods, register_run, validate_params
-from finetune_sweep.sizing import SIZING_MAP
+from finetune_sweep.sweep import plan as planning
+from finetune_sweep.sweep.plan import PlanError, as_of_from_context, default_params, plan_pods, register_run, validate_params
+from finetune_sweep.sizing.profiles import SIZING_MAP
 
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
 AS_OF = "2026-06-07T00:00:00Z"
@@ -322,7 +322,7 @@ class _RecordingTaskInstance:
 @pytest.fixture
 def finetune_db(migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
     """A migrated database as the ``finetune_db`` connection, the map saying STANDARD for every factor."""
-    from finetune_sweep.db import connection_json_from_dsn
+    from finetune_sweep.db.dsn import connection_json_from_dsn
     from finetune_sweep.settings import get_settings
 
     monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(migrated_db))

@@ -1,4 +1,4 @@
-"""Tests of finetune_sweep.pod_startup: a config error ends a pod's start only once it has lasted the grace."""
+"""Tests of finetune_sweep.pods.startup: a config error ends a pod's start only once it has lasted the grace."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchFailedE
 from kubernetes.client import models as k8s
 
 from fake_kube import set_pending, set_running, set_waiting
-from finetune_sweep.pod_startup import ConfigErrorWatch, config_error
+from finetune_sweep.pods.startup import ConfigErrorWatch, config_error
 
 MISSING_SECRET = 'secret "finetune-db" not found'
 

@@ -1,4 +1,4 @@
-"""Tests of finetune_sweep.pod_trigger: the deferred pod's trigger survives the triggerer's
+"""Tests of finetune_sweep.operators.trigger: the deferred pod's trigger survives the triggerer's
 serialize/import round trip, and a user's kill deletes the pod and records the attempt ``Killed``
 on real PostgreSQL (the operator's deferral is tested in test_operator.py)."""
 
@@ -15,8 +15,8 @@ from fake_kube import set_running, set_waiting
 from finetune_rows import RUN_ID, seed_complete_run
 from kubernetes.client import models as k8s
 
-from finetune_sweep.db import connection_json_from_dsn
-from finetune_sweep.pod_trigger import FactorPodTrigger
+from finetune_sweep.db.dsn import connection_json_from_dsn
+from finetune_sweep.operators.trigger import FactorPodTrigger
 
 KILLED = {"run_id": RUN_ID, "factor": "l2_features", "airflow_run_id": "manual__x", "attempt": 2,
           "profile": "MEDIUM", "memory_limit_bytes": 16 * 2**30, "peak_memory_bytes": None, "exit_reason": "Killed",
@@ -67,7 +67,7 @@ def test_it_survives_the_triggerers_round_trip() -> None:
     module, name = classpath.rsplit(".", 1)
     again = getattr(importlib.import_module(module), name)(**kwargs)
 
-    assert classpath == "finetune_sweep.pod_trigger.FactorPodTrigger"
+    assert classpath == "finetune_sweep.operators.trigger.FactorPodTrigger"
     assert again.serialize() == (classpath, kwargs)
     assert (again.killed_attempt, again.finetune_conn_id, again.pod_name) == (KILLED, "finetune_db",
                                                                              "finetune-l2-features-abc")

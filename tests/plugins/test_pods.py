@@ -1,4 +1,4 @@
-"""Tests of finetune_sweep.pods: every factor's pod, built by the KubernetesPodOperator offline and
+"""Tests of finetune_sweep.pods.spec: every factor's pod, built by the KubernetesPodOperator offline and
 validated against the Kubernetes schema; resources, labels, the DSN secret, security context."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from kubernetes.client import ApiClient
 from kubernetes.client import models as k8s
 
-from finetune_sweep import pods
-from finetune_sweep.render import render_manifest
-from finetune_sweep.planning import default_params, plan_pods
+from finetune_sweep.pods import spec as pods
+from finetune_sweep.pods.render import render_manifest
+from finetune_sweep.sweep.plan import default_params, plan_pods
 from finetune_sweep.settings import Settings
-from finetune_sweep.sizing import PROFILES, SIZING_MAP, PodProfile, load_profiles
+from finetune_sweep.sizing.profiles import PROFILES, SIZING_MAP, PodProfile, load_profiles
 
 K8S_VERSION = kubernetes_validate.latest_version()
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
@@ -379,7 +379,7 @@ spec:
     ],
 )
 def test_a_template_that_would_widen_the_pod_is_refused_naming_it(tmp_path, spec_yaml: str, named: str) -> None:
-    from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+    from finetune_sweep.pods.template import PodTemplateError, check_pod_template
 
     template = tmp_path / "pod.yaml"
     template.write_text(f"apiVersion: v1\nkind: Pod\nspec:\n  {spec_yaml}\n")
@@ -394,7 +394,7 @@ def test_a_template_that_would_widen_the_pod_is_refused_naming_it(tmp_path, spec
 
 
 def test_every_widening_of_one_template_is_named_at_once(tmp_path) -> None:
-    from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+    from finetune_sweep.pods.template import PodTemplateError, check_pod_template
 
     template = tmp_path / "pod.yaml"
     template.write_text(
@@ -410,7 +410,7 @@ def test_every_widening_of_one_template_is_named_at_once(tmp_path) -> None:
 
 
 def test_a_template_that_only_adds_what_the_cluster_needs_passes_and_merges(tmp_path) -> None:
-    from finetune_sweep.pod_template import check_pod_template
+    from finetune_sweep.pods.template import check_pod_template
 
     template = tmp_path / "pod.yaml"
     template.write_text(SAFE_TEMPLATE)
@@ -436,7 +436,7 @@ def test_a_template_that_only_adds_what_the_cluster_needs_passes_and_merges(tmp_
 def test_object_store_credentials_come_from_a_secret_through_the_template(tmp_path) -> None:
     # Without workload identity (IRSA), static keys of an S3-compatible store reach the pods from
     # a Secret via the template's envFrom; the DSN entry still wins (env beats envFrom in Kubernetes).
-    from finetune_sweep.pod_template import check_pod_template
+    from finetune_sweep.pods.template import check_pod_template
 
     template = tmp_path / "pod.yaml"
     template.write_text(
@@ -465,7 +465,7 @@ def test_object_store_credentials_come_from_a_secret_through_the_template(tmp_pa
     ],
 )
 def test_an_unusable_template_is_refused_in_one_line(tmp_path, content: str | None, match: str) -> None:
-    from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+    from finetune_sweep.pods.template import PodTemplateError, check_pod_template
 
     template = tmp_path / "pod.yaml"
     if content is not None:

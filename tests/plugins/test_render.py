@@ -1,4 +1,4 @@
-"""Tests of finetune_sweep.render: ``python -m finetune_sweep.pods render`` (DESIGN 4.5)."""
+"""Tests of finetune_sweep.pods.render: ``python -m finetune_sweep.pods render`` (DESIGN 4.5)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import kubernetes_validate
 import pytest
 
-from finetune_sweep import render
+from finetune_sweep.pods import render
 
 K8S_VERSION = kubernetes_validate.latest_version()
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
@@ -50,7 +50,7 @@ def test_python_m_pods_render_still_works_and_pods_does_not_import_planning() ->
 
     # the import graph is one-way: planning -> pods, never back
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, finetune_sweep.pods; print('finetune_sweep.planning' in sys.modules)"],
+        [sys.executable, "-c", "import sys, finetune_sweep.pods.spec; print('finetune_sweep.sweep.plan' in sys.modules)"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -9,10 +9,12 @@ import psycopg
 import pytest
 from finetune_rows import AS_OF, PLAN, RUN_ID, record_attempt, seed_complete_run
 
-from finetune_sweep import pods, report
-from finetune_sweep.planning import plan_pods, register_run, validate_params
+from finetune_sweep import report
+
+from finetune_sweep.pods import spec as pods
+from finetune_sweep.sweep.plan import plan_pods, register_run, validate_params
 from finetune_sweep.settings import SizingPolicy
-from finetune_sweep.sizing import PROFILES, StartChoice
+from finetune_sweep.sizing.profiles import PROFILES, StartChoice
 
 GI = 2**30
 from finetune_sweep import findings, report

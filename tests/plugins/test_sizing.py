@@ -1,4 +1,4 @@
-"""Tests of finetune_sweep.sizing: quantities, profiles and overrides, the ladder, the recommender."""
+"""Tests of finetune_sweep.sizing.profiles: quantities, profiles and overrides, the ladder, the recommender."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from finetune_rows import record_attempt
 
-from finetune_sweep import sizing
-from finetune_sweep.sizing import (
+from finetune_sweep.sizing import profiles as sizing
+from finetune_sweep.sizing.profiles import (
     PROFILE_ORDER,
     PROFILES,
     SIZING_MAP,
@@ -387,7 +387,7 @@ def test_fetch_history_falls_back_to_the_manifest(migrated_db: str) -> None:
 
 
 def test_profiles_carry_tolerations_and_affinity_through_json() -> None:
-    from finetune_sweep.sizing import profiles_from_json, profiles_to_json
+    from finetune_sweep.sizing.profiles import profiles_from_json, profiles_to_json
 
     raw = json.dumps(
         {
@@ -414,7 +414,7 @@ def test_profiles_carry_tolerations_and_affinity_through_json() -> None:
     ],
 )
 def test_profiles_from_json_refuses_an_incomplete_ladder(carried: dict[str, Any]) -> None:
-    from finetune_sweep.sizing import profiles_from_json
+    from finetune_sweep.sizing.profiles import profiles_from_json
 
     with pytest.raises(SizingError, match="profiles"):
         profiles_from_json(carried)

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 from finetune_rows import RUN_ID, seed_complete_run
 
-from finetune_sweep.db import connection_json_from_dsn
+from finetune_sweep.db.dsn import connection_json_from_dsn
 
 DAG_ID = "finetune_sweep"
 # The Airflow run of the seeded finetune run: an id with ':' and '+', as Airflow makes them.
@@ -61,7 +61,7 @@ def _serialise_dag_with_runs() -> None:
     from airflow.utils.state import DagRunState, TaskInstanceState
     from airflow.utils.types import DagRunTriggeredByType, DagRunType
 
-    from finetune_sweep.local_airflow import REPO_ROOT
+    from local_airflow import REPO_ROOT
 
     DagBundlesManager().sync_bundles_to_db()
     bag = DagBag(str(REPO_ROOT / "dags"))

@@ -2,7 +2,7 @@
 
 Two questions: does the Airflow run exist (an unknown run is a 404; a known run that never
 reached ``register`` has no finetune run, and the page says so with its task states), and which
-finetune run id its conf and as-of give (the same :func:`finetune_sweep.planning.finetune_run_id`
+finetune run id its conf and as-of give (the same :func:`finetune_sweep.sweep.plan.finetune_run_id`
 that ``plan`` and ``register`` compute), for runs registered before the Airflow-run link existed.
 """
 
@@ -70,7 +70,7 @@ def expected_finetune_run_id(run: AirflowRun) -> str | None:
 
     :param run: from :func:`find_airflow_run`.
     """
-    from finetune_sweep.planning import PlanError, as_of_from_context, default_params, finetune_run_id, validate_params
+    from finetune_sweep.sweep.plan import PlanError, as_of_from_context, default_params, finetune_run_id, validate_params
     from finetune_sweep.settings import get_settings
 
     params = {**default_params(image_tag=get_settings().image_tag), **run.conf}

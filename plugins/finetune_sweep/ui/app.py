@@ -80,7 +80,7 @@ def _percent(value: Any, digits: int = 2, signed: bool = True) -> str:
 
 
 def _bytes(value: Any) -> str:
-    from finetune_sweep.sizing import format_bytes
+    from finetune_sweep.sizing.profiles import format_bytes
 
     return "–" if value is None else format_bytes(value)
 
@@ -158,7 +158,7 @@ def _for_chart(value: Any) -> Any:
 
 
 def _dsn() -> str:
-    from finetune_sweep.db import dsn_from_connection
+    from finetune_sweep.db.dsn import dsn_from_connection
     from finetune_sweep.settings import get_settings
 
     conn_id = get_settings().conn_id
@@ -197,7 +197,7 @@ class _Database:
         return False
 
     def _unavailable(self, err: Exception) -> None:
-        from finetune_sweep.db import redact
+        from finetune_sweep.db.dsn import redact
 
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise PageError(503, "Finetune database unavailable", redact(first_line, [self.dsn])) from None
@@ -358,7 +358,7 @@ def create_app() -> FastAPI:
 
     @app.get("/dags/{dag_id}", dependencies=READ_RUN, response_class=HTMLResponse)
     def dag_tab(dag_id: str) -> Response:
-        from finetune_sweep import sizing
+        from finetune_sweep.sizing import profiles as sizing
         from finetune_sweep.settings import sizing_overrides, sizing_policy
 
         with _Database() as db:

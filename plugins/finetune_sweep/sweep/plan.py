@@ -29,7 +29,9 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from finetune_sweep import pods, sizing
+from finetune_sweep.pods import spec as pods
+
+from finetune_sweep.sizing import profiles as sizing
 from finetune_sweep.findings import DEFAULT_FDR_Q
 
 if TYPE_CHECKING:
@@ -422,7 +424,7 @@ def plan_from_context(context: Context) -> list[dict[str, Any]]:
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+    from finetune_sweep.pods.template import PodTemplateError, check_pod_template
     from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides, sizing_policy
 
     profiles_json, sizing_json = sizing_overrides()
@@ -597,7 +599,7 @@ def register_from_context(entries: Sequence[Mapping[str, Any]], context: Context
     """
     from airflow.sdk.exceptions import AirflowFailException
 
-    from finetune_sweep.db import dsn_from_connection
+    from finetune_sweep.db.dsn import dsn_from_connection
     from finetune_sweep.settings import SettingsError, get_settings, sizing_policy
 
     try:

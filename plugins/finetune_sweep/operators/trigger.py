@@ -7,12 +7,12 @@ trigger deletes the pod there; this one then records the attempt as ``Killed`` -
 ``FactorPodOperator.on_kill`` records for a task killed while it runs on a worker -- so the
 manifest and the sizing history never show the attempt as still running or as a pod failure.
 
-While the pod starts, its status reads go through :class:`finetune_sweep.pod_startup.ConfigErrorWatch`
+While the pod starts, its status reads go through :class:`finetune_sweep.pods.startup.ConfigErrorWatch`
 as in sync mode: ``CreateContainerConfigError`` lasting ``config_error_grace_seconds`` ends the
 wait with the kubelet's message instead of the startup timeout.
 
 The triggerer imports this module by its classpath (``plugins/`` is on every Airflow process's
-path); it records with :mod:`finetune_sweep.db` (psycopg only), off the event loop.
+path); it records with :mod:`finetune_sweep.db.dsn` (psycopg only), off the event loop.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 from airflow.providers.cncf.kubernetes.utils.pod_manager import AsyncPodManager
 
-from finetune_sweep.pod_startup import StartWatching
+from finetune_sweep.pods.startup import StartWatching
 
 
 class StartWatchingAsyncPodManager(StartWatching, AsyncPodManager):
@@ -39,7 +39,7 @@ class FactorPodTrigger(KubernetesPodTrigger):
     """``KubernetesPodTrigger`` that records the attempt it watches as ``Killed`` on a user's kill.
 
     :param killed_attempt: the ``finetune_pod_attempts`` row to record (the fields of
-        :func:`finetune_sweep.db.record_attempt`, ``exit_reason`` included); None records nothing.
+        :func:`finetune_sweep.db.dsn.record_attempt`, ``exit_reason`` included); None records nothing.
     :param finetune_conn_id: the Airflow connection of the finetune database.
     :param config_error_grace_seconds: how long a container may stay ``CreateContainerConfigError``
         while the pod starts (``FINETUNE_CONFIG_ERROR_GRACE_SECONDS``); None: until the startup timeout.
@@ -84,7 +84,7 @@ class FactorPodTrigger(KubernetesPodTrigger):
         await sync_to_async(self._record_killed)()
 
     def _record_killed(self) -> None:
-        from finetune_sweep.db import dsn_from_connection, record_attempt, redact
+        from finetune_sweep.db.dsn import dsn_from_connection, record_attempt, redact
 
         dsn: str | None = None
         try:

@@ -1,6 +1,6 @@
 """The pod template (``FINETUNE_POD_TEMPLATE_FILE``) may add what a cluster needs, never widen the pod.
 
-The KubernetesPodOperator merges the template *under* the spec built in :mod:`finetune_sweep.pods`:
+The KubernetesPodOperator merges the template *under* the spec built in :mod:`finetune_sweep.pods.spec`:
 whatever the spec leaves unset, the template supplies. That is how a cluster adds tolerations,
 ``imagePullSecrets``, a priority class, node affinity, annotations and labels, and those still
 merge. But the same merge lets a template switch on host namespaces, mount host paths, run
@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from finetune_sweep.pods import DB_URL_ENV
+from finetune_sweep.pods.spec import DB_URL_ENV
 
 if TYPE_CHECKING:
     from kubernetes.client import models as k8s

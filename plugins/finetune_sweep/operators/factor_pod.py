@@ -7,7 +7,7 @@ What it adds to the KubernetesPodOperator (DESIGN sections 3, 6 and 7):
 - **Backend.** ``FINETUNE_POD_BACKEND`` (read at execute time): ``kubernetes`` (default) submits
   the pod as the KubernetesPodOperator does (sync or deferrable); ``local`` builds the very same
   V1Pod offline (``build_pod_request_obj(context, dry_run=True)``) and runs it with
-  :mod:`finetune_sweep.local_pod`, a one-container kubelet emulation.
+  :mod:`finetune_sweep.local.pod_runner`, a one-container kubelet emulation.
 - **OOM ladder** (``ladder=True``, the ``run_factor`` pods). The OOM count of a factor's round of
   tries lives with the task: Airflow's task state store (key :data:`LADDER_STATE_KEY`, shared by
   the tries of one task instance), written only when an OOM (or a disruption) is classified; where
@@ -33,14 +33,14 @@ What it adds to the KubernetesPodOperator (DESIGN sections 3, 6 and 7):
   message, not after the startup timeout (deferrable: :class:`FactorPodTrigger` watches the same).
 - **Killed tasks** (``on_kill``: worker shutdown, a user marking the task) are recorded as
   ``Killed``, not as a pod failure; while deferred, by the trigger
-  (:class:`finetune_sweep.pod_trigger.FactorPodTrigger`, which :meth:`defer` puts in place of
+  (:class:`finetune_sweep.operators.trigger.FactorPodTrigger`, which :meth:`defer` puts in place of
   the provider's). Failed pods are deleted once their logs and status were read
   (``FINETUNE_KEEP_FAILED_PODS=true`` keeps them for debugging).
 - **Mapped-instance names.** ``execute`` puts the factor into the context as ``factor``; the DAG
   uses ``map_index_template="{{ task.factor }}"``.
 
 The run id recorded with an attempt is the ``--run-id`` of the pod arguments (what the pod itself
-writes under), else the Airflow run id. The Airflow side writes with :mod:`finetune_sweep.db`
+writes under), else the Airflow run id. The Airflow side writes with :mod:`finetune_sweep.db.dsn`
 (psycopg only): a worker image never needs the pod package.
 """
 
@@ -62,15 +62,15 @@ from airflow.sdk.exceptions import (
 )
 from kubernetes.client import models as k8s
 
-from finetune_sweep.pod_startup import CONFIG_ERROR_REASON, StartWatching
-from finetune_sweep.sizing import OOM_REASON
+from finetune_sweep.pods.startup import CONFIG_ERROR_REASON, StartWatching
+from finetune_sweep.sizing.profiles import OOM_REASON
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from finetune_sweep.local_pod import LocalPodResult, LocalPodRunner
+    from finetune_sweep.local.pod_runner import LocalPodResult, LocalPodRunner
     from finetune_sweep.settings import Settings
-    from finetune_sweep.sizing import PodProfile
+    from finetune_sweep.sizing.profiles import PodProfile
 
 __all__ = [
     "FactorPodOperator",
@@ -185,7 +185,7 @@ class PodTermination:
     def from_local(cls, result: LocalPodResult) -> PodTermination:
         """The termination of a local pod run.
 
-        :param result: what :func:`finetune_sweep.local_pod.run_pod_locally` returned.
+        :param result: what :func:`finetune_sweep.local.pod_runner.run_pod_locally` returned.
         """
         return cls(
             reason=result.reason,
@@ -219,7 +219,7 @@ def parse_pod_log(lines: Iterable[str]) -> tuple[dict[str, dict[str, Any]], list
 
     :param lines: log lines of the base container.
     """
-    from finetune_sweep.local_pod import parse_event_line
+    from finetune_sweep.local.pod_runner import parse_event_line
 
     events: dict[str, dict[str, Any]] = {}
     tail: list[str] = []
@@ -272,8 +272,8 @@ def kubernetes_termination(
     :param peak_memory_bytes: the peak the pod reported, if any (its ``pod_usage`` event).
     :param detail: what the pod said (its events or last line), if known.
     """
-    from finetune_sweep.pods import LABEL_PROFILE
-    from finetune_sweep.sizing import parse_quantity
+    from finetune_sweep.pods.spec import LABEL_PROFILE
+    from finetune_sweep.sizing.profiles import parse_quantity
 
     if pod is None:
         return PodTermination("PodNotCreated", None, False, None, peak_memory_bytes, detail=detail)
@@ -389,7 +389,7 @@ def attempt_profile(planned: str, *, try_number: int, profiles: Mapping[str, Pod
     :param try_number: 1 + the number of steps to move up.
     :param profiles: profile name -> profile.
     """
-    from finetune_sweep.sizing import next_profile
+    from finetune_sweep.sizing.profiles import next_profile
 
     if planned not in profiles:
         raise AirflowFailException(f"unknown profile {planned!r}; known profiles: {', '.join(profiles)}")
@@ -411,7 +411,7 @@ def as_resource_requirements(value: Any) -> Any:
     """
     if not isinstance(value, Mapping):
         return value
-    from finetune_sweep.pods import to_resource_requirements
+    from finetune_sweep.pods.spec import to_resource_requirements
 
     return to_resource_requirements(
         {part: {name: str(q) for name, q in (value.get(part) or {}).items()} for part in ("requests", "limits")}
@@ -453,7 +453,7 @@ class _RememberingPodManager(StartWatching, PodManager):
 
     A pod deleted right after it terminated (eviction, preemption) can no longer be read when the
     failure is classified; its last seen status still tells what happened. While a pod starts,
-    a lasting ``CreateContainerConfigError`` ends the wait (:mod:`finetune_sweep.pod_startup`).
+    a lasting ``CreateContainerConfigError`` ends the wait (:mod:`finetune_sweep.pods.startup`).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -515,7 +515,7 @@ class FactorPodOperator(KubernetesPodOperator):
 
     def execute(self, context: Context) -> Any:
         """Run the pod on the configured backend; classify and record any failure."""
-        from finetune_sweep.local_pod import LocalPodResult
+        from finetune_sweep.local.pod_runner import LocalPodResult
 
         # For map_index_template="{{ factor }}" (rendered with this context after execute).
         context["factor"] = self.factor  # type: ignore[typeddict-unknown-key]
@@ -605,7 +605,7 @@ class FactorPodOperator(KubernetesPodOperator):
         deferred task (no worker runs :meth:`on_kill` then) is recorded ``Killed`` by the triggerer."""
         from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
 
-        from finetune_sweep.pod_trigger import FactorPodTrigger
+        from finetune_sweep.operators.trigger import FactorPodTrigger
         from finetune_sweep.settings import Settings
 
         if (type(trigger) is KubernetesPodTrigger and self._uses_ladder and self._context is not None
@@ -650,7 +650,7 @@ class FactorPodOperator(KubernetesPodOperator):
     def _check_pod_template(self, settings: Settings) -> None:
         """Refuse, again where the pod is built, a template that would widen it: ``plan`` checked
         the file when the run started, and it may have changed since."""
-        from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+        from finetune_sweep.pods.template import PodTemplateError, check_pod_template
 
         try:
             check_pod_template(self.pod_template_file, db_secret=(settings.db_secret_name, settings.db_secret_key))
@@ -659,7 +659,7 @@ class FactorPodOperator(KubernetesPodOperator):
 
     def _run_local(self, context: Context, *, settings: Settings) -> LocalPodResult:
         """Build the pod offline and run it with the local pod backend."""
-        from finetune_sweep.local_pod import LocalPodRunner
+        from finetune_sweep.local.pod_runner import LocalPodRunner
 
         if not self.namespace:
             # no cluster to ask for a default namespace
@@ -681,7 +681,7 @@ class FactorPodOperator(KubernetesPodOperator):
 
     def _resolve_profiles(self) -> dict[str, PodProfile]:
         """The run's profiles: those the plan resolved (``profiles``), else ``FINETUNE_PROFILES``."""
-        from finetune_sweep.sizing import SizingError, load_profiles, profiles_from_json
+        from finetune_sweep.sizing.profiles import SizingError, load_profiles, profiles_from_json
 
         try:
             if self.profiles:
@@ -694,7 +694,7 @@ class FactorPodOperator(KubernetesPodOperator):
 
     def _apply_attempt_profile(self, context: Context, *, announce: bool = True) -> PodProfile:
         """Size the pod for this try's profile (resources, label, node selection, env)."""
-        from finetune_sweep.pods import pod_labels, profile_affinity, profile_tolerations, resources_for
+        from finetune_sweep.pods.spec import pod_labels, profile_affinity, profile_tolerations, resources_for
 
         self._profiles = profiles = self._resolve_profiles()
         state = self._load_ladder(context)
@@ -753,7 +753,7 @@ class FactorPodOperator(KubernetesPodOperator):
         return state
 
     def _ladder_from_records(self, context: Context, current: int) -> LadderState:
-        from finetune_sweep.db import count_round_attempts, dsn_from_connection, redact
+        from finetune_sweep.db.dsn import count_round_attempts, dsn_from_connection, redact
 
         dsn = None
         try:
@@ -826,7 +826,7 @@ class FactorPodOperator(KubernetesPodOperator):
         """
         if not (self._uses_ladder and self.reattach_on_restart):
             return super().get_or_create_pod(pod_request_obj, context)
-        from finetune_sweep.pods import LABEL_PROFILE
+        from finetune_sweep.pods.spec import LABEL_PROFILE
 
         wanted = (pod_request_obj.metadata.labels or {}).get(LABEL_PROFILE)
         reuse = None
@@ -856,7 +856,7 @@ class FactorPodOperator(KubernetesPodOperator):
 
     def _leftover_pods(self, pod_request_obj: k8s.V1Pod, context: Context) -> list[k8s.V1Pod]:
         """Pods of this task instance from earlier tries, newest first (the stored one included)."""
-        from finetune_sweep.pods import LABEL_FACTOR
+        from finetune_sweep.pods.spec import LABEL_FACTOR
 
         found: dict[str, k8s.V1Pod] = {}
         stored = self._best_effort("read the stored pod identity", lambda: self._stored_pod(context))
@@ -892,7 +892,7 @@ class FactorPodOperator(KubernetesPodOperator):
             raise
 
     def _reusable(self, pod: k8s.V1Pod, wanted_profile: str | None) -> bool:
-        from finetune_sweep.pods import LABEL_PROFILE
+        from finetune_sweep.pods.spec import LABEL_PROFILE
 
         labels = pod.metadata.labels or {}
         phase = pod.status.phase if pod.status else None
@@ -941,7 +941,7 @@ class FactorPodOperator(KubernetesPodOperator):
 
         :param cause: the error the provider raised (named when the pod was never created).
         """
-        from finetune_sweep.db import redact
+        from finetune_sweep.db.dsn import redact
 
         target = self.pod or self._event_pod
         if target is None or target.metadata is None or not target.metadata.name:
@@ -994,7 +994,7 @@ class FactorPodOperator(KubernetesPodOperator):
         with retries left -> :class:`PodDisrupted`; else :class:`PodFailed`. Recording and
         cleanup are best effort: their failures are logged and never change the outcome.
         """
-        from finetune_sweep.sizing import format_bytes, next_profile
+        from finetune_sweep.sizing.profiles import format_bytes, next_profile
 
         profile = self._profile_that_ran(termination)
         try_number = termination.attempt or int(context["ti"].try_number)
@@ -1045,7 +1045,7 @@ class FactorPodOperator(KubernetesPodOperator):
             return self._profiles[termination.profile]
         if self.attempt_profile is not None:
             return self.attempt_profile
-        from finetune_sweep.sizing import PROFILES
+        from finetune_sweep.sizing.profiles import PROFILES
 
         return self._profiles.get(str(self.profile)) or PROFILES[str(self.profile)]
 
@@ -1090,7 +1090,7 @@ class FactorPodOperator(KubernetesPodOperator):
         What the pod itself recorded for this attempt (its exit reason, e.g. ``baselines_incomplete:
         ...``, and its peak) is kept; an OOM kill, which the pod cannot record, always shows.
         """
-        from finetune_sweep.db import dsn_from_connection, record_attempt, redact
+        from finetune_sweep.db.dsn import dsn_from_connection, record_attempt, redact
 
         row = self._attempt_row(context, termination, attempt=attempt, profile=profile, limit=limit)
         dsn: str | None = None
@@ -1110,7 +1110,7 @@ class FactorPodOperator(KubernetesPodOperator):
     def _attempt_row(
         self, context: Context, termination: PodTermination, *, attempt: int, profile: PodProfile, limit: int
     ) -> dict[str, Any]:
-        """The ``finetune_pod_attempts`` row of an ended attempt (:func:`finetune_sweep.db.record_attempt`)."""
+        """The ``finetune_pod_attempts`` row of an ended attempt (:func:`finetune_sweep.db.dsn.record_attempt`)."""
         return {
             "run_id": self._record_run_id(context),
             "factor": self.factor,

@@ -1,7 +1,7 @@
 """Memory enforcement of the local pod backend: cgroups (v1 / v2), a watchdog, the kernel's peak.
 
 The kubelet puts a container in a memory cgroup; the kernel kills it past its limit and counts its
-peak. :mod:`finetune_sweep.local_pod` does the same where the machine allows it (a writable memory
+peak. :mod:`finetune_sweep.local.pod_runner` does the same where the machine allows it (a writable memory
 controller: :func:`create_cgroup`), else it falls back to :class:`Watchdog`, which polls the
 resident memory of the process tree and SIGKILLs it past the limit (best effort: sampling cannot
 stop an allocation between two polls).

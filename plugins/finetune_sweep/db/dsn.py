@@ -233,7 +233,7 @@ def record_attempt(dsn: str, attempt: Mapping[str, Any], *, factor_failed: bool)
     """
     import psycopg
 
-    from finetune_sweep.sizing import OOM_REASON
+    from finetune_sweep.sizing.profiles import OOM_REASON
 
     missing = [name for name in _ATTEMPT_FIELDS if name not in attempt]
     if missing:
@@ -273,7 +273,7 @@ def count_round_attempts(
     """
     import psycopg
 
-    from finetune_sweep.sizing import OOM_REASON
+    from finetune_sweep.sizing.profiles import OOM_REASON
 
     params = {
         "run_id": run_id,

@@ -1,4 +1,4 @@
-"""``python -m finetune_sweep.render`` (also ``python -m finetune_sweep.pods render``): a pod's manifest.
+"""``python -m finetune_sweep.pods.render`` (also ``python -m finetune_sweep.pods render``): a pod's manifest.
 
 Prints the manifest that would be submitted for a factor, camelCase like ``kubectl get -o yaml``,
 built offline by the KubernetesPodOperator itself (``build_pod_request_obj(dry_run=True)``) from
@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from finetune_sweep.pods import common_pod_kwargs, profile_affinity, profile_tolerations, to_resource_requirements
+from finetune_sweep.pods.spec import common_pod_kwargs, profile_affinity, profile_tolerations, to_resource_requirements
 
 if TYPE_CHECKING:
     from finetune_sweep.settings import Settings
@@ -41,7 +41,7 @@ def render_manifest(
     profile_name = kwargs.pop("profile", None)
     ladder = kwargs.pop("profiles", None)
     if ladder and profile_name in ladder:
-        from finetune_sweep.sizing import profiles_from_json
+        from finetune_sweep.sizing.profiles import profiles_from_json
 
         start = profiles_from_json(ladder)[profile_name]
         kwargs["tolerations"] = [*kwargs.get("tolerations", []), *profile_tolerations(start)]
@@ -61,11 +61,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     :param argv: the arguments (default: ``sys.argv[1:]``).
     """
-    from finetune_sweep.planning import PlanError, default_params, plan_pods
-    from finetune_sweep.pod_template import PodTemplateError, check_pod_template
+    from finetune_sweep.sweep.plan import PlanError, default_params, plan_pods
+    from finetune_sweep.pods.template import PodTemplateError, check_pod_template
     from finetune_sweep.settings import get_settings, sizing_overrides
 
-    parser = argparse.ArgumentParser(prog="python -m finetune_sweep.pods")
+    parser = argparse.ArgumentParser(prog="python -m finetune_sweep")
     sub = parser.add_subparsers(dest="command", required=True)
     render = sub.add_parser("render", help="print the pod manifest of one factor (offline dry run)")
     render.add_argument("--factor", required=True)
@@ -107,6 +107,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 if __name__ == "__main__":
     # Run through the package module, so its classes are the ones every other module imports.
-    from finetune_sweep.render import main as _main
+    from finetune_sweep.pods.render import main as _main
 
     sys.exit(_main())

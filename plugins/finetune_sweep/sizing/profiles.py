@@ -747,7 +747,7 @@ def database_error_line(exc: Exception, dsn: str) -> str:
     from finetune.connection import is_refused
     from finetune.redaction import dsn_password
 
-    from finetune_sweep.db import redact
+    from finetune_sweep.db.dsn import redact
 
     text = redact(" ".join(str(exc).split()), [dsn, dsn_password(dsn)])
     if isinstance(exc, psycopg.Error) and is_refused(exc):
@@ -780,7 +780,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides, sizing_policy
 
-    parser = argparse.ArgumentParser(prog="python -m finetune_sweep.sizing")
+    parser = argparse.ArgumentParser(prog="python -m finetune_sweep")
     sub = parser.add_subparsers(dest="command", required=True)
     rec = sub.add_parser("recommend", help="recommend a profile per factor from the recorded peaks")
     rec.add_argument("--dsn", help="libpq URI (default: FINETUNE_DB_URL, else the finetune_db connection)")
@@ -798,7 +798,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not dsn:
         from airflow.exceptions import AirflowNotFoundException
 
-        from finetune_sweep.db import dsn_from_connection
+        from finetune_sweep.db.dsn import dsn_from_connection
 
         conn_id = get_settings().conn_id
         try:
@@ -827,9 +827,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_recommendations(recommend(history, sizing, profiles), mode=policy.mode))
     return 0
 
-
-if __name__ == "__main__":
-    # Run through the package module, so its classes are the ones every other module imports.
-    from finetune_sweep.sizing import main as _main
-
-    sys.exit(_main())

@@ -6,7 +6,7 @@ through XCom, so they hold only JSON values (``container_resources`` as a plain 
 ``V1ResourceRequirements`` before the pod is built, see :func:`to_resource_requirements`).
 
 ``python -m finetune_sweep.pods render --factor F [--run-id R] [--output json|yaml]`` prints the
-manifest that would be submitted for a factor (see :mod:`finetune_sweep.render`, which it runs).
+manifest that would be submitted for a factor (see :mod:`finetune_sweep.pods.render`, which it runs).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from kubernetes.client import models as k8s
 
     from finetune_sweep.settings import Settings
-    from finetune_sweep.sizing import PodProfile
+    from finetune_sweep.sizing.profiles import PodProfile
 
 CONTAINER_UID = 10001
 MEMORY_LIMIT_ENV = "FINETUNE_MEMORY_LIMIT_BYTES"
@@ -306,7 +306,7 @@ def factor_pod_kwargs(
     :param active_deadline_seconds: the bound on the pod (:func:`pod_deadline_seconds`); None:
         unbounded (the key is then left out).
     """
-    from finetune_sweep.sizing import profiles_to_json
+    from finetune_sweep.sizing.profiles import profiles_to_json
 
     entry = {
         "factor": factor,
@@ -342,10 +342,3 @@ def with_profile(entry: Mapping[str, Any], *, profile: PodProfile) -> dict[str, 
         "node_selector": dict(profile.node_selector),
     }
 
-
-if __name__ == "__main__":
-    # ``python -m finetune_sweep.pods render ...`` (DESIGN 4.5) lives in finetune_sweep.render, which
-    # needs the planning; this module does not import it, so planning -> pods stays one-way.
-    from finetune_sweep.render import main as _main
-
-    sys.exit(_main())

@@ -11,7 +11,7 @@ runtime. Given the very ``V1Pod`` that the KubernetesPodOperator would submit, i
   container's memory limit in bytes, as the downward API gives it) and the ``secretKeyRef`` of the
   database Secret, resolved from the Airflow connection ``finetune_db``; any other Secret or
   ConfigMap reference is refused with a clear error (there is no API server to read it from);
-- enforces the container's memory limit (:mod:`finetune_sweep.memory_enforcement`): a memory
+- enforces the container's memory limit (:mod:`finetune_sweep.local.memory`): a memory
   cgroup where the machine allows it (cgroup v1 ``memory.limit_in_bytes``, or cgroup v2
   ``memory.max``), so the kernel kills the process past its limit exactly as in a pod; otherwise a
   watchdog thread polls the resident memory of the process tree and SIGKILLs it past the limit
@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from finetune_sweep.db import redact
-from finetune_sweep.memory_enforcement import (
+from finetune_sweep.db.dsn import redact
+from finetune_sweep.local.memory import (
     CGROUP_V1_MEMORY_ROOT,
     CGROUP_V2_ROOT,
     Cgroup,
@@ -156,7 +156,7 @@ class LocalPodResult:
 
 
 def _memory_limit_bytes(container: k8s.V1Container) -> int | None:
-    from finetune_sweep.sizing import parse_quantity
+    from finetune_sweep.sizing.profiles import parse_quantity
 
     resources = container.resources
     limits = (resources.limits if resources is not None else None) or {}
@@ -171,7 +171,7 @@ def _physical_memory_bytes() -> int:
 
 def _resource_field_value(container: k8s.V1Container, ref: k8s.V1ResourceFieldSelector) -> str:
     """The downward API value of ``resourceFieldRef`` (memory in bytes, cpu in cores, ceiling)."""
-    from finetune_sweep.sizing import parse_quantity
+    from finetune_sweep.sizing.profiles import parse_quantity
 
     kind, _, resource = ref.resource.partition(".")
     resources = container.resources
@@ -358,7 +358,7 @@ class LocalPodRunner:
                 f"(from the Airflow connection {self.conn_id!r}); other Secrets have no local source"
             )
         if self._dsn is None:
-            from finetune_sweep.db import dsn_from_connection
+            from finetune_sweep.db.dsn import dsn_from_connection
 
             self._dsn = dsn_from_connection(self.conn_id)
         from finetune.persistence import dsn_password
@@ -384,7 +384,7 @@ class LocalPodRunner:
 
     def run(self) -> LocalPodResult:
         """Start the container, stream its output, wait, enforce, clean up; return the outcome."""
-        from finetune_sweep.sizing import format_bytes
+        from finetune_sweep.sizing.profiles import format_bytes
 
         env = {name: os.environ[name] for name in self.inherit_env if name in os.environ}
         # the kubelet sets HOSTNAME to the pod name
