@@ -13,14 +13,21 @@ $(STAMP): requirements.txt images/finetune/pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.8
 	$(VENV)/bin/uv pip install --quiet --python $(PY) -r requirements.txt
 	# plugins/ on the venv's path (as Airflow puts it on sys.path), so that
-	# `python -m finetune_sweep.pods render` and `... sizing recommend` work from the venv.
+	# `python -m finetune_sweep render|recommend|findings` works from the venv.
 	echo "$(CURDIR)/plugins" > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/finetune_sweep_plugins.pth"
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# Every test, on every core (pytest-xdist); PYTEST_ARGS="-n 0" runs them in one process.
+PYTEST_ARGS ?= -n auto
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff: lint (pyflakes, pycodestyle, isort, bugbear, pyupgrade) and the formatter's check.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py

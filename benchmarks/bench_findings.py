@@ -85,7 +85,7 @@ def seed(dsn: str, *, factors: int, cryptos: int, folds: int, costs: int) -> int
                 "test_start, test_end, n_bars, model_hyperparams, feature_hash, net_return, n_trades, perm_p_value, "
                 "perm_n_shifts, random_percentile) FROM STDIN"
             ) as copy:
-                for (factor, crypto, fold, (cost, slip)), p, r in zip(keys, p_values, returns):
+                for (factor, crypto, fold, (cost, slip)), p, r in zip(keys, p_values, returns, strict=True):
                     start = START + timedelta(days=7 * fold)
                     copy.write_row((RUN_ID, factor, STRATEGY, "default", crypto, fold, cost, slip, start,
                                     start + timedelta(hours=167), 168, '{"alpha": 1}', "hash", r[0], 3, p, 100, 0.5))
@@ -93,7 +93,7 @@ def seed(dsn: str, *, factors: int, cryptos: int, folds: int, costs: int) -> int
                 "COPY finetune_baselines (run_id, factor, strategy, baseline_type, crypto, fold_id, cost_bps, "
                 "slippage_bps, test_start, test_end, n_bars, net_return, n_trades) FROM STDIN"
             ) as copy:
-                for (factor, crypto, fold, (cost, slip)), r in zip(keys, returns):
+                for (factor, crypto, fold, (cost, slip)), r in zip(keys, returns, strict=True):
                     start = START + timedelta(days=7 * fold)
                     for baseline_type, value in (("buy_and_hold", r[1]), ("random", r[2]), ("naive", 0.0)):
                         copy.write_row((RUN_ID, factor, STRATEGY, baseline_type, crypto, fold, cost, slip, start,

@@ -24,10 +24,12 @@ import uuid
 
 import psycopg
 
-from finetune_sweep.sizing import profiles as sizing
+from finetune_sweep.db.attempts import fetch_history
+from finetune_sweep.sizing.profiles import PROFILES, SIZING_MAP
+from finetune_sweep.recommend import choose_start_profiles, recommend
 from finetune_sweep.settings import SizingPolicy
 
-FACTORS = tuple(sizing.SIZING_MAP)
+FACTORS = tuple(SIZING_MAP)
 GI = 2**30
 
 _FILL_SQL = """
@@ -89,18 +91,18 @@ def main() -> None:
             conn.execute("ANALYZE")
             (n_attempts,) = conn.execute("SELECT count(*) FROM finetune_pod_attempts").fetchone()
         policy = SizingPolicy()
-        profiles = sizing.PROFILES
+        profiles = PROFILES
         map_profiles = {factor: "STANDARD" for factor in FACTORS}
 
         def register_choice():
-            history = sizing.fetch_history(
+            history = fetch_history(
                 dsn, history_runs=policy.history_runs, history_days=policy.history_days, factors=list(FACTORS)
             )
-            return sizing.choose_start_profiles(map_profiles, history, profiles=profiles), len(history)
+            return choose_start_profiles(map_profiles, history, profiles=profiles), len(history)
 
         def all_history():
-            history = sizing.fetch_history(dsn)
-            return sizing.recommend(history, map_profiles, profiles), len(history)
+            history = fetch_history(dsn)
+            return recommend(history, map_profiles, profiles), len(history)
 
         reg_best, reg_median, (choices, reg_rows) = _timed(args.repeats, register_choice)
         all_best, all_median, (_, all_rows) = _timed(args.repeats, all_history)

@@ -33,15 +33,14 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, get_current_context, task
 
-from finetune_sweep import gate
-
-from finetune_sweep.sweep import plan as planning
-
-from finetune_sweep.sizing import profiles as sizing
-from finetune_sweep.operators.gate_sensor import BaselineGateSensor
+from finetune_sweep import tasks
+from finetune_sweep.gate import gate_sensor_kwargs
 from finetune_sweep.operators.factor_pod import FactorPodOperator
+from finetune_sweep.operators.gate_sensor import BaselineGateSensor
 from finetune_sweep.pods.spec import common_pod_kwargs, resources_for, to_resource_requirements
 from finetune_sweep.settings import get_settings
+from finetune_sweep.sizing.profiles import PROFILE_ORDER, PodProfile
+from finetune_sweep.sweep.params import build_params
 
 SETTINGS = get_settings()
 # Partial arguments are rendered (mapped XCom values are not): the tag comes from the param.
@@ -49,9 +48,9 @@ IMAGE = SETTINGS.image_repository + ":{{ params.image }}"
 # One retry per step up the profile ladder, plus the same-profile retries of pods the cluster
 # disrupts (eviction, preemption, node shutdown); the operator counts both itself (task state
 # store) and fails any other error without retry.
-OOM_RETRIES = len(sizing.PROFILE_ORDER) - 1
+OOM_RETRIES = len(PROFILE_ORDER) - 1
 RUN_FACTOR_RETRIES = OOM_RETRIES + SETTINGS.disruption_retries
-MIGRATE_PROFILE = sizing.PodProfile("MIGRATE", "512Mi", "250m")
+MIGRATE_PROFILE = PodProfile("MIGRATE", "512Mi", "250m")
 
 
 @dag(
@@ -63,34 +62,30 @@ MIGRATE_PROFILE = sizing.PodProfile("MIGRATE", "512Mi", "250m")
     max_active_runs=1,
     doc_md=__doc__,
     tags=["finetune", "kubernetes", "ml"],
-    params=planning.build_params(image_tag=SETTINGS.image_tag),
+    params=build_params(image_tag=SETTINGS.image_tag),
     default_args={"owner": "quant-ml", "retries": 0},
 )
 def finetune_sweep():
     @task
     def plan() -> list[dict]:
-        return planning.plan_from_context(get_current_context())
+        return tasks.plan(get_current_context())
 
     # register starts each factor on the larger of its map profile and its history's (it has the
     # database; plan has none), so the pods are expanded over its output.
     @task
     def register(entries: list[dict]) -> list[dict]:
-        return planning.register_from_context(entries, get_current_context())
+        return tasks.register(entries, get_current_context())
 
     # Default trigger rule: only after the gate passed (a failed gate writes no findings).
     @task
     def findings() -> dict:
-        from finetune_sweep.findings import findings_from_context
-
-        return findings_from_context(get_current_context())
+        return tasks.findings(get_current_context())
 
     # all_done: the report (sizing table included) is printed after a failed run too; the task
     # itself fails unless every factor pod and the gate succeeded.
     @task(trigger_rule="all_done")
     def report() -> None:
-        from finetune_sweep.report import report_from_context
-
-        report_from_context(get_current_context())
+        tasks.report(get_current_context())
 
     common = common_pod_kwargs(image=IMAGE, settings=SETTINGS)
     planned = plan()
@@ -112,7 +107,7 @@ def finetune_sweep():
         **common,
     ).expand_kwargs(registered)
     check_baselines = BaselineGateSensor(
-        task_id="check_baselines", **gate.gate_sensor_kwargs(conn_id=SETTINGS.conn_id)
+        task_id="check_baselines", **gate_sensor_kwargs(conn_id=SETTINGS.conn_id)
     )
     discoveries = findings()
     summary = report()

@@ -127,10 +127,19 @@ def main() -> int:
             print(f"demo: the full log is {DEMO_LOG}")
 
         from finetune_sweep.report import print_run_summary
+        from finetune_sweep.settings import sizing_overrides, sizing_policy
 
         # The summary's sizing table judges headroom against the profiles the pods ran with.
         os.environ["FINETUNE_PROFILES"] = env["FINETUNE_PROFILES"]
-        print_run_summary(dsn=dsn, dag_id="finetune_sweep", logical_date=DEMO_LOGICAL_DATE)
+        profiles_json, sizing_json = sizing_overrides()
+        print_run_summary(
+            dsn=dsn,
+            dag_id="finetune_sweep",
+            logical_date=DEMO_LOGICAL_DATE,
+            profiles_json=profiles_json,
+            sizing_json=sizing_json,
+            policy=sizing_policy(),
+        )
         return code
     finally:
         if server is not None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from databases import DatabaseOutage, admin_execute, dsn_for
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,88 +27,40 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "False")
 os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{_AIRFLOW_HOME}/airflow.db")
 
-ADMIN_URL = os.environ.get("FINETUNE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def _dsn_for(database: str) -> str:
-    """The admin URL with its database name replaced."""
-    base, _, query = ADMIN_URL.partition("?")
-    base = base.rsplit("/", 1)[0] + "/" + database
-    return f"{base}?{query}" if query else base
-
-
-def _admin_execute(sql: str) -> None:
-    import psycopg
-
-    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-        conn.execute(sql)
-
-
 @pytest.fixture(scope="session")
 def _migrated_template() -> Iterator[str]:
     """A database with every migration applied, cloned for each test that wants tables."""
     from finetune.migrate import apply_migrations
 
     name = f"ft_tmpl_{uuid.uuid4().hex[:10]}"
-    _admin_execute(f'CREATE DATABASE "{name}"')
+    admin_execute(f'CREATE DATABASE "{name}"')
     try:
-        apply_migrations(_dsn_for(name))
+        apply_migrations(dsn_for(name))
         yield name
     finally:
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def empty_db() -> Iterator[str]:
     """DSN of a fresh, empty database (no tables), dropped after the test."""
     name = f"ft_test_{uuid.uuid4().hex[:10]}"
-    _admin_execute(f'CREATE DATABASE "{name}"')
+    admin_execute(f'CREATE DATABASE "{name}"')
     try:
-        yield _dsn_for(name)
+        yield dsn_for(name)
     finally:
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 def migrated_db(_migrated_template: str) -> Iterator[str]:
     """DSN of a fresh database holding the full schema (all migrations applied)."""
     name = f"ft_test_{uuid.uuid4().hex[:10]}"
-    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{_migrated_template}"')
+    admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{_migrated_template}"')
     try:
-        yield _dsn_for(name)
+        yield dsn_for(name)
     finally:
-        _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-class DatabaseOutage:
-    """A failover as the pods see it: the test database refuses new connections and its sessions
-    are terminated (``ALLOW_CONNECTIONS false`` + ``pg_terminate_backend``), until :meth:`end`.
-
-    Only the test's own database is touched; the shared server keeps running.
-    """
-
-    def __init__(self, dsn: str) -> None:
-        from psycopg.conninfo import conninfo_to_dict
-
-        self.database = conninfo_to_dict(dsn)["dbname"]
-        self.active = False
-
-    def start(self) -> int:
-        """Cut the database off; returns how many sessions were terminated."""
-        import psycopg
-
-        self.active = True
-        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS false')
-            return conn.execute(
-                "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
-                (self.database,),
-            ).fetchone()[0]
-
-    def end(self) -> None:
-        if self.active:
-            _admin_execute(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS true')
-            self.active = False
+        admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

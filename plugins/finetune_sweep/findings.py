@@ -30,18 +30,17 @@ Airflow side only: psycopg and scipy, never the pod package.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from finetune_sweep.db.connect import connect
 from finetune_sweep.gate import same_basis_join
 
 if TYPE_CHECKING:
     import numpy as np
     import psycopg
-    from airflow.sdk import Context
 
 DEFAULT_FDR_Q = 0.10
 DEFAULT_COMBINE_METHOD = "fisher"
@@ -308,7 +307,7 @@ def compute_findings(
             q_value=float(q),
             discovered=bool(d),
         )
-        for group, p, q, d in zip(tested, combined, q_values, discovered)
+        for group, p, q, d in zip(tested, combined, q_values, discovered, strict=True)
     ]
     return findings, untested
 
@@ -397,11 +396,9 @@ def run_findings(
     :param method: the fold combination method (:data:`COMBINE_METHODS`).
     :param statement_timeout_ms: bound of every statement (a database that hangs fails the task).
     """
-    import psycopg
-
     fdr_q = validate_fdr_q(fdr_q)
     method = validate_combine_method(method)
-    with psycopg.connect(dsn) as conn, conn.transaction():
+    with connect(dsn) as conn, conn.transaction():
         conn.execute(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
         # Two findings steps of one run (a cleared task beside a running one) take turns, so
         # the delete + copy of one never interleaves with the other's.
@@ -412,65 +409,9 @@ def run_findings(
                           untested=tuple(untested))
 
 
-def findings_from_context(context: Context) -> dict[str, Any]:
-    """The ``findings`` task (runs only after the gate passed): compute, store, print the answer.
-
-    :param context: the task context.
-    :returns: a small summary for XCom (run id, counts, fdr_q).
-    """
-    from airflow.sdk.exceptions import AirflowFailException
-
-    from finetune_sweep.db.dsn import dsn_from_connection
-    from finetune_sweep.sweep.plan import PlanError, run_id_from_context, validate_params
-    from finetune_sweep.settings import get_settings
-
-    try:
-        params = validate_params(dict(context["params"]))
-        run_id = run_id_from_context(context)
-    except PlanError as err:
-        raise AirflowFailException(f"invalid sweep: {err}") from None
-    result = run_findings(dsn_from_connection(get_settings().conn_id), run_id=run_id, fdr_q=params["fdr_q"])
-    print(result.summary())
-    return {
-        "run_id": run_id,
-        "fdr_q": result.fdr_q,
-        "combine_method": result.combine_method,
-        "n_groups": result.n_groups,
-        "n_discovered": result.n_discovered,
-        "n_untested": len(result.untested),
-    }
-
-
-def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m finetune_sweep.findings",
-        description="Recompute the findings of a stored run (e.g. at another FDR) and print the answer.",
-    )
-    parser.add_argument("--dsn", required=True, help="libpq URI of the finetune database")
-    parser.add_argument("--run-id", required=True, help="the finetune run id")
-    parser.add_argument("--fdr-q", type=float, default=DEFAULT_FDR_Q, help="false discovery rate, 0 < q < 1")
-    parser.add_argument("--method", default=DEFAULT_COMBINE_METHOD, help=f"one of {', '.join(COMBINE_METHODS)}")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m finetune_sweep.findings --dsn ... --run-id ... [--fdr-q 0.05]``."""
-    import psycopg
-
-    from finetune_sweep.db.dsn import redact
-
-    args = _arguments(argv)
-    try:
-        result = run_findings(args.dsn, run_id=args.run_id, fdr_q=args.fdr_q, method=args.method)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except psycopg.Error as err:
-        print(f"error: the finetune database: {redact(str(err).splitlines()[0], [args.dsn])}", file=sys.stderr)
-        return 1
-    print(result.summary())
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # The older spelling of `python -m finetune_sweep findings ...`, kept working: run the one CLI.
+    import runpy
+
+    sys.argv[0:1] = ["python -m finetune_sweep", "findings"]
+    runpy.run_module("finetune_sweep", run_name="__main__", alter_sys=True)

@@ -46,7 +46,10 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_LISTED_PROBLEMS = 20
-RUN_ID_TEMPLATE = "{{ ti.xcom_pull(task_ids='register', key='run_id') or run_id }}"
+# ``register`` pushes the finetune run id as this XCom; the gate, findings and report read it.
+REGISTER_TASK_ID = "register"
+RUN_ID_XCOM = "run_id"
+RUN_ID_TEMPLATE = f"{{{{ ti.xcom_pull(task_ids='{REGISTER_TASK_ID}', key='{RUN_ID_XCOM}') or run_id }}}}"
 BASELINE_TYPES = ("buy_and_hold", "random", "naive")
 
 GATE_SQL = """

@@ -13,14 +13,19 @@ limit?" are one click away.
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from finetune_sweep import findings
+from finetune_sweep.db.attempts import fetch_history
+from finetune_sweep.db.connect import connect
 from finetune_sweep.gate import same_basis_join
+from finetune_sweep.sizing.profiles import load_profiles, load_sizing
+from finetune_sweep.sizing.quantities import format_bytes
+from finetune_sweep.sizing.recommend import describe_window, format_recommendations, recommend
 
 if TYPE_CHECKING:
-    from airflow.sdk import Context
-
     from finetune_sweep.settings import SizingPolicy
 
 # A model row's three baselines, joined on its full basis: key, strategy and identical window.
@@ -88,7 +93,7 @@ def fixed_width(table: Sequence[Sequence[str]], *, left: int = 2) -> list[str]:
     :param left: how many leading columns are names (left-aligned).
     """
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    return ["  ".join(cell.rjust(w) if i >= left else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+    return ["  ".join(cell.rjust(w) if i >= left else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=False)))
             for line in table]
 
 
@@ -115,10 +120,9 @@ def fetch_summary(dsn: str, run_id: str) -> list[dict[str, Any]]:
     :param dsn: libpq URI of the finetune database.
     :param run_id: the finetune run id.
     """
-    import psycopg
     from psycopg.rows import dict_row
 
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+    with connect(dsn, row_factory=dict_row) as conn:
         return list(conn.execute(SUMMARY_SQL, {"run_id": run_id}).fetchall())
 
 
@@ -165,8 +169,6 @@ def format_run_sizing(rows: Sequence[Mapping[str, Any]]) -> str:
 
     :param rows: rows of :data:`RUN_SIZING_SQL` (as mappings).
     """
-    from finetune_sweep.sizing.profiles import format_bytes
-
     if not rows:
         return "no factors registered for this run"
     table = [("factor", "map", "chosen", "status", "peak", "limit", "attempts", "reason")]
@@ -192,10 +194,9 @@ def fetch_run_sizing(dsn: str, run_id: str) -> list[dict[str, Any]]:
     :param dsn: libpq URI of the finetune database.
     :param run_id: the finetune run id.
     """
-    import psycopg
     from psycopg.rows import dict_row
 
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+    with connect(dsn, row_factory=dict_row) as conn:
         return list(conn.execute(RUN_SIZING_SQL, {"run_id": run_id}).fetchall())
 
 
@@ -256,8 +257,6 @@ def format_findings(
     :param combine_method: the fold combination method (None when no group was tested).
     :param untested: groups left out for lack of p-values (``findings.GroupInput``).
     """
-    from finetune_sweep import findings
-
     lines = [
         findings.headline(
             n_discovered=n_discovered,
@@ -284,15 +283,12 @@ def fetch_findings_section(dsn: str, run_id: str) -> str:
     :param dsn: libpq URI of the finetune database.
     :param run_id: the finetune run id.
     """
-    import psycopg
     from psycopg.rows import dict_row
 
-    from finetune_sweep import findings
-
-    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+    with connect(dsn, row_factory=dict_row) as conn:
         counts = conn.execute(FINDINGS_COUNT_SQL, {"run_id": run_id}).fetchone()
         discovered = conn.execute(DISCOVERED_SQL, {"run_id": run_id, "limit": MAX_LISTED_FINDINGS}).fetchall()
-    with psycopg.connect(dsn) as conn:
+    with connect(dsn) as conn:
         untested = findings.fetch_untested(conn, run_id)
     return format_findings(
         discovered,
@@ -310,7 +306,7 @@ def build_report(
     *,
     profiles_json: str | None = None,
     sizing_json: str | None = None,
-    policy: SizingPolicy | None = None,
+    policy: SizingPolicy,
     findings_state: str | None = None,
 ) -> str:
     """The report as text: findings, model vs baselines, the run's sizing, and the sizing advice.
@@ -319,15 +315,11 @@ def build_report(
     :param run_id: the finetune run id.
     :param profiles_json: ``FINETUNE_PROFILES`` (current sizing of the recommendation table).
     :param sizing_json: ``FINETUNE_SIZING``.
-    :param policy: the sizing mode and history window (default: ``settings.sizing_policy()``).
+    :param policy: the sizing mode and history window (``settings.sizing_policy()``).
     :param findings_state: the state of this DAG run's ``findings`` task; None when unknown
         (outside a DAG run: whatever is stored is shown). When it did not succeed, stored rows
         (of an earlier attempt of the same sweep) are not shown as this run's findings.
     """
-    from finetune_sweep.sizing import profiles as sizing
-    from finetune_sweep.settings import sizing_policy
-
-    policy = policy or sizing_policy()
     if findings_state is None or findings_state == "success":
         findings_text = fetch_findings_section(dsn, run_id)
     else:
@@ -336,9 +328,9 @@ def build_report(
             "it runs only after check_baselines passed"
         )
     summary = format_summary(fetch_summary(dsn, run_id))
-    history = sizing.fetch_history(dsn, history_runs=policy.history_runs, history_days=policy.history_days)
-    recommendations = sizing.recommend(history, sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json))
-    window = sizing.describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
+    history = fetch_history(dsn, history_runs=policy.history_runs, history_days=policy.history_days)
+    recommendations = recommend(history, load_sizing(sizing_json), load_profiles(profiles_json))
+    window = describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
     return (
         f"Findings, run {run_id} (exposure-matched shift test per fold)\n{findings_text}\n\n"
         f"Model vs same-basis baselines, run {run_id} (mean net return over folds; rnd pctl: the model's "
@@ -346,7 +338,7 @@ def build_report(
         f"Sizing of this run (map profile, the profile it started on and why, sizing mode {policy.mode})\n"
         f"{format_run_sizing(fetch_run_sizing(dsn, run_id))}\n\n"
         f"Sizing advice (recorded pod attempts: {window}; flag = a peak above 80 % of its limit)\n"
-        f"{sizing.format_recommendations(recommendations, mode=policy.mode)}"
+        f"{format_recommendations(recommendations, mode=policy.mode)}"
     )
 
 
@@ -363,52 +355,6 @@ def unsuccessful_tasks(task_states: Mapping[str, str | None]) -> list[str]:
     return sorted(f"{key}: {state}" for key, state in task_states.items() if state != "success")
 
 
-def report_from_context(context: Context) -> None:
-    """The ``report`` task: print the report of this run, then fail if the sweep did not succeed.
-
-    It runs whatever happened upstream (``trigger_rule=all_done``), so that the sizing table of a
-    run whose pod was OOMKilled or crashed is in the log too. Being the DAG's only leaf, it then
-    carries the verdict: the run fails unless every factor pod, the gate and the findings step
-    succeeded (a failed task that is not a leaf would not fail the run by itself).
-
-    :param context: the task context.
-    """
-    import psycopg
-    from airflow.exceptions import AirflowFailException
-
-    from finetune_sweep.db.dsn import dsn_from_connection
-    from finetune_sweep.sweep.plan import run_id_from_context
-    from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides
-    from finetune_sweep.sizing.profiles import SizingError
-
-    ti = context["ti"]
-    states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=list(VERDICT_TASKS))
-    run_states = states.get(ti.run_id, {})
-    failed = unsuccessful_tasks(run_states)
-
-    profiles_json, sizing_json = sizing_overrides()
-    try:
-        text = build_report(
-            dsn_from_connection(get_settings().conn_id),
-            run_id_from_context(context),
-            profiles_json=profiles_json,
-            sizing_json=sizing_json,
-            findings_state=run_states.get("findings") or "none",
-        )
-    except psycopg.Error as exc:
-        # A run that failed before `migrate` has no tables to report on; the verdict still stands.
-        text = f"no report: the finetune database could not be read ({type(exc).__name__})"
-    except (SettingsError, SizingError) as exc:
-        # A bad sizing setting already failed `plan`; say it again here instead of a traceback.
-        text = f"no report: {exc}"
-    print(text)
-    if failed:
-        raise AirflowFailException(
-            f"the sweep did not succeed: {', '.join(failed)} (check_baselines lists the missing keys; "
-            "a failed findings task says why in its log)"
-        )
-
-
 FIND_RUN_SQL = """
 SELECT run_id FROM finetune_runs
 WHERE dag_id = %(dag_id)s AND as_of = %(as_of)s
@@ -417,7 +363,15 @@ LIMIT 1
 """
 
 
-def print_run_summary(*, dsn: str, dag_id: str, logical_date: str) -> None:
+def print_run_summary(
+    *,
+    dsn: str,
+    dag_id: str,
+    logical_date: str,
+    profiles_json: str | None,
+    sizing_json: str | None,
+    policy: SizingPolicy,
+) -> None:
     """Print the report of the run of ``dag_id`` whose as-of is ``logical_date`` (``make demo``).
 
     ``dags test`` anchors a run at its logical date (the data interval end), so the as-of finds
@@ -426,19 +380,14 @@ def print_run_summary(*, dsn: str, dag_id: str, logical_date: str) -> None:
     :param dsn: libpq URI of the finetune database.
     :param dag_id: the DAG id.
     :param logical_date: ISO time, e.g. ``2026-06-07T00:00:00+00:00``.
+    :param profiles_json: ``FINETUNE_PROFILES``; :param sizing_json: ``FINETUNE_SIZING``.
+    :param policy: the sizing mode and history window.
     """
-    from datetime import datetime
-
-    import psycopg
-
-    from finetune_sweep.settings import sizing_overrides
-
     as_of = datetime.fromisoformat(logical_date.replace("Z", "+00:00"))
-    with psycopg.connect(dsn) as conn:
+    with connect(dsn) as conn:
         exists = conn.execute("SELECT to_regclass('finetune_runs') IS NOT NULL").fetchone()
         row = conn.execute(FIND_RUN_SQL, {"dag_id": dag_id, "as_of": as_of}).fetchone() if exists[0] else None
     if row is None:
         print(f"no finetune run of {dag_id} as of {logical_date} in the database")
         return
-    profiles_json, sizing_json = sizing_overrides()
-    print(build_report(dsn, row[0], profiles_json=profiles_json, sizing_json=sizing_json))
+    print(build_report(dsn, row[0], profiles_json=profiles_json, sizing_json=sizing_json, policy=policy))

@@ -267,3 +267,12 @@ def sizing_overrides(environ: Mapping[str, str] | None = None) -> tuple[str | No
     """
     env = os.environ if environ is None else environ
     return env.get("FINETUNE_PROFILES") or None, env.get("FINETUNE_SIZING") or None
+
+
+def database_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """``FINETUNE_DB_URL`` (the pods' DSN), read now: the CLI's database when ``--dsn`` is not given.
+
+    :param environ: the environment to read (default: ``os.environ``).
+    """
+    env = os.environ if environ is None else environ
+    return env.get("FINETUNE_DB_URL", "").strip() or None

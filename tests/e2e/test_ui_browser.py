@@ -69,7 +69,7 @@ def ui_after_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     _require_browser()
     import psycopg
 
-    from conftest import ADMIN_URL, _dsn_for
+    from databases import ADMIN_URL, dsn_for
 
     home = tmp_path_factory.mktemp("airflow-ui")
     database = f"ft_ui_{secrets.token_hex(5)}"
@@ -79,7 +79,7 @@ def ui_after_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     (home / "passwords.json").write_text(json.dumps({"viewer": password}))
     env = local_airflow_env(home)
     env.update(
-        AIRFLOW_CONN_FINETUNE_DB=connection_json_from_dsn(_dsn_for(database)),
+        AIRFLOW_CONN_FINETUNE_DB=connection_json_from_dsn(dsn_for(database)),
         FINETUNE_POD_BACKEND="local",
         FINETUNE_PROFILES=json.dumps(SMALL_PROFILES),
         AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS="viewer:viewer",

@@ -7,12 +7,17 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
-
+from finetune_sweep.db.runs import register_run
 from finetune_sweep.gate import BASELINE_TYPES
-from finetune_sweep.sweep.plan import plan_pods, register_run, validate_params
+from finetune_sweep.sweep.params import validate_params
+from finetune_sweep.sweep.plan import plan_pods
+
+GI = 2**30  # bytes in a gibibyte (Kubernetes Gi)
 
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
 AS_OF = "2026-06-07T00:00:00Z"
+# A value that would break SQL or a shell if it were ever interpolated.
+INJECTION = "BTC'; DROP TABLE x;--"
 STRATEGY = "ridge_long_flat"
 PLAN = {"factors": ["base_features", "l2_features"], "cryptos": ["BTC", "ETH"], "cost_bps": [10, 30],
         "slippage_bps": [0], "n_folds": 2}
@@ -52,7 +57,7 @@ def seed_complete_run(dsn: str, *, skip_model: set | None = None, skip_baseline:
                        statuses: dict[str, str] | None = None, run_id: str = RUN_ID, **plan: Any) -> None:
     """Register the plan and write every key it expects (except the skipped ones)."""
     params = validate_params({**PLAN, **plan})
-    register_run(dsn, run_id=run_id, dag_id="finetune_sweep", as_of=AS_OF, params=params,
+    register_run(dsn, strategy="ridge_long_flat", run_id=run_id, dag_id="finetune_sweep", as_of=AS_OF, params=params,
                  entries=plan_pods(params, run_id=run_id, as_of=AS_OF))
     with psycopg.connect(dsn) as conn:
         for factor in params["factors"]:
@@ -104,3 +109,48 @@ def record_attempt(
             (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, peak_memory_bytes, exit_reason,
              days_ago * 86400),
         )
+
+
+def make_params(**overrides: Any) -> dict[str, Any]:
+    """The DAG's default params with ``overrides``."""
+    from finetune_sweep.sweep.params import default_params
+
+    return {**default_params(), **overrides}
+
+
+def make_context(**overrides: Any) -> dict[str, Any]:
+    """A task context of the DAG run of :data:`RUN_ID` (as-of :data:`AS_OF`) with ``overrides``."""
+    from types import SimpleNamespace
+
+    context = {
+        "params": make_params(),
+        "run_id": RUN_ID,
+        "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc),
+        "logical_date": datetime(2026, 6, 7, tzinfo=timezone.utc),
+        "dag_run": SimpleNamespace(run_after=datetime(2026, 6, 9, 12, tzinfo=timezone.utc)),
+        "dag": SimpleNamespace(dag_id="finetune_sweep"),
+    }
+    context.update(overrides)
+    return context
+
+
+def set_p_values(dsn: str, p_by_crypto: dict[str, tuple[float | None, float | None]]) -> None:
+    """perm_p_value per (crypto, fold), the same for every factor and cost."""
+    with psycopg.connect(dsn) as conn:
+        for crypto, by_fold in p_by_crypto.items():
+            for fold_id, p in enumerate(by_fold):
+                conn.execute(
+                    "UPDATE finetune_results SET perm_p_value = %s WHERE crypto = %s AND fold_id = %s",
+                    (p, crypto, fold_id),
+                )
+
+
+def stored_findings(dsn: str) -> list[tuple]:
+    """The findings rows of :data:`RUN_ID`, in a fixed order."""
+    with psycopg.connect(dsn) as conn:
+        return conn.execute(
+            "SELECT factor, crypto, cost_bps, slippage_bps, n_folds, mean_model_return, mean_edge_vs_buy_and_hold, "
+            "mean_edge_vs_random, p_value, q_value, discovered, fdr_q, combine_method FROM finetune_findings "
+            "WHERE run_id = %s ORDER BY factor, crypto, cost_bps",
+            (RUN_ID,),
+        ).fetchall()

@@ -7,17 +7,20 @@ here from the definitions (never the module's code path), and scipy itself.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
-from finetune_rows import RUN_ID, seed_complete_run
-from scipy import stats
-
+from finetune_rows import RUN_ID, seed_complete_run, set_p_values, stored_findings
 from finetune_sweep import findings
-from finetune_sweep.findings import GroupInput, benjamini_hochberg, combine_fold_p_values, compute_findings
+from finetune_sweep.findings import (
+    GroupInput,
+    benjamini_hochberg,
+    combine_fold_p_values,
+    compute_findings,
+)
+from scipy import stats
 
 
 def _make_group(**overrides: Any) -> GroupInput:
@@ -190,40 +193,19 @@ def test_headline(n_discovered: int, n_groups: int, expected: str) -> None:
 # --- the stored findings -------------------------------------------------------------------------
 
 
-def _set_p_values(dsn: str, p_by_crypto: dict[str, tuple[float | None, float | None]]) -> None:
-    """perm_p_value per (crypto, fold), the same for every factor and cost."""
-    with psycopg.connect(dsn) as conn:
-        for crypto, by_fold in p_by_crypto.items():
-            for fold_id, p in enumerate(by_fold):
-                conn.execute(
-                    "UPDATE finetune_results SET perm_p_value = %s WHERE crypto = %s AND fold_id = %s",
-                    (p, crypto, fold_id),
-                )
-
-
-def _stored(dsn: str) -> list[tuple]:
-    with psycopg.connect(dsn) as conn:
-        return conn.execute(
-            "SELECT factor, crypto, cost_bps, slippage_bps, n_folds, mean_model_return, mean_edge_vs_buy_and_hold, "
-            "mean_edge_vs_random, p_value, q_value, discovered, fdr_q, combine_method FROM finetune_findings "
-            "WHERE run_id = %s ORDER BY factor, crypto, cost_bps",
-            (RUN_ID,),
-        ).fetchall()
-
-
 def test_run_findings_stores_one_row_per_group(migrated_db: str) -> None:
     # 2 factors x 2 cryptos x 2 costs = 8 groups of 2 folds each.
     seed_complete_run(migrated_db)
-    _set_p_values(migrated_db, {"BTC": (0.001, 0.004), "ETH": (0.3, 0.9)})
+    set_p_values(migrated_db, {"BTC": (0.001, 0.004), "ETH": (0.3, 0.9)})
 
     result = findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
 
-    rows = _stored(migrated_db)
+    rows = stored_findings(migrated_db)
     assert len(rows) == result.n_groups == 8
     btc = stats.combine_pvalues([0.001, 0.004]).pvalue
     eth = stats.combine_pvalues([0.3, 0.9]).pvalue
     q_btc, q_eth = stats.false_discovery_control([btc] * 4 + [eth] * 4)[[0, 4]]
-    for factor, crypto, _, slip, n_folds, model, edge_bh, edge_random, p, q, discovered, fdr_q, method in rows:
+    for _factor, crypto, _, slip, n_folds, model, edge_bh, edge_random, p, q, discovered, fdr_q, method in rows:
         assert (slip, n_folds, fdr_q, method) == (0, 2, 0.1, "fisher")
         # seed_complete_run: model 1 %, buy-and-hold and random 0.5 % on every fold.
         assert (model, edge_bh, edge_random) == pytest.approx((0.01, 0.005, 0.005), abs=1e-15)
@@ -236,7 +218,7 @@ def test_run_findings_stores_one_row_per_group(migrated_db: str) -> None:
 
 def test_rerun_replaces_the_runs_rows_and_leaves_other_runs_alone(migrated_db: str) -> None:
     seed_complete_run(migrated_db)
-    _set_p_values(migrated_db, {"BTC": (0.01, 0.04), "ETH": (0.3, 0.9)})
+    set_p_values(migrated_db, {"BTC": (0.01, 0.04), "ETH": (0.3, 0.9)})
     with psycopg.connect(migrated_db) as conn:
         conn.execute("INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
                      "VALUES ('other', 'finetune_sweep', 'ridge_long_flat', now(), '{}')")
@@ -247,11 +229,11 @@ def test_rerun_replaces_the_runs_rows_and_leaves_other_runs_alone(migrated_db: s
                      "VALUES ('other', 'base_features', 'BTC', 10, 0, 2, 0.0, 0.5, 0.5, false, 0.1, 'fisher')")
 
     findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
-    first = _stored(migrated_db)
+    first = stored_findings(migrated_db)
     findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
-    again = _stored(migrated_db)
+    again = stored_findings(migrated_db)
     strict = findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.001)
-    stricter = _stored(migrated_db)
+    stricter = stored_findings(migrated_db)
 
     assert again == first and len(first) == 8
     assert len(stricter) == 8 and {row[11] for row in stricter} == {0.001}
@@ -263,11 +245,11 @@ def test_rerun_replaces_the_runs_rows_and_leaves_other_runs_alone(migrated_db: s
 def test_groups_without_p_values_are_named_and_get_no_row(migrated_db: str) -> None:
     seed_complete_run(migrated_db)
     # ETH's rows come from an "older image": no shift test on fold 1.
-    _set_p_values(migrated_db, {"BTC": (0.01, 0.04), "ETH": (0.2, None)})
+    set_p_values(migrated_db, {"BTC": (0.01, 0.04), "ETH": (0.2, None)})
 
     result = findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
 
-    assert {row[1] for row in _stored(migrated_db)} == {"BTC"}
+    assert {row[1] for row in stored_findings(migrated_db)} == {"BTC"}
     assert result.n_groups == 4 and len(result.untested) == 4
     summary = result.summary()
     assert "4 group(s) NOT TESTED" in summary and "l2_features ETH 30/0 bps (1 of 2 folds)" in summary
@@ -285,34 +267,20 @@ def test_groups_without_p_values_are_named_and_get_no_row(migrated_db: str) -> N
 )
 def test_bad_arguments_write_nothing(migrated_db: str, kwargs: dict[str, Any], match: str) -> None:
     seed_complete_run(migrated_db)
-    _set_p_values(migrated_db, {"BTC": (0.01, 0.04), "ETH": (0.3, 0.9)})
+    set_p_values(migrated_db, {"BTC": (0.01, 0.04), "ETH": (0.3, 0.9)})
     findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
-    before = _stored(migrated_db)
+    before = stored_findings(migrated_db)
 
     with pytest.raises(ValueError, match=match):
         findings.run_findings(migrated_db, run_id=RUN_ID, **kwargs)
 
-    assert _stored(migrated_db) == before
+    assert stored_findings(migrated_db) == before
 
 
 def test_a_run_without_rows_has_no_findings(migrated_db: str) -> None:
     result = findings.run_findings(migrated_db, run_id="never-ran", fdr_q=0.1)
 
     assert result.n_groups == 0 and result.untested == ()
-
-
-def test_cli_recomputes_at_another_fdr(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    seed_complete_run(migrated_db)
-    _set_p_values(migrated_db, {"BTC": (0.001, 0.004), "ETH": (0.3, 0.9)})
-
-    ok = findings.main(["--dsn", migrated_db, "--run-id", RUN_ID, "--fdr-q", "0.05"])
-    out = capsys.readouterr().out
-    bad = findings.main(["--dsn", migrated_db, "--run-id", RUN_ID, "--fdr-q", "5"])
-    err = capsys.readouterr().err
-
-    assert ok == 0 and out.startswith("4 of 8 groups are findings at FDR 0.05")
-    assert bad == 2 and err.strip() == "error: fdr_q must be a number strictly between 0 and 1, got 5.0"
-    assert {row[11] for row in _stored(migrated_db)} == {0.05}
 
 
 # --- validated like a method -----------------------------------------------------------------
@@ -350,7 +318,6 @@ def _stand_in_positions(close: np.ndarray) -> dict[str, np.ndarray]:
 def _simulated_sweeps() -> list[list[GroupInput]]:
     """The groups (factor x crypto x cost, their folds' shift-test p-values) of every simulated sweep."""
     import pandas as pd
-
     from finetune import significance
     from finetune.costs import round_trip_cost
     from finetune.data import MarketData
@@ -373,7 +340,7 @@ def _simulated_sweeps() -> list[list[GroupInput]]:
                         # What the runner calls: one pass over the shifts, netted per cost basis.
                         tests = significance.shift_tests(positions, window[METHOD_WARMUP:], rt_costs,
                                                          n_shifts=METHOD_N_SHIFTS)
-                        for cost, test in zip(METHOD_COSTS, tests):
+                        for cost, test in zip(METHOD_COSTS, tests, strict=True):
                             p_values.setdefault((factor, crypto, cost), []).append(test.p_value)
             sweeps.append([
                 _make_group(factor=factor, crypto=crypto, cost_bps=cost, n_folds=len(ps), n_p_values=len(ps),
@@ -409,46 +376,3 @@ def test_method_without_the_correction_the_same_sweeps_find_edges(null_sweeps: l
 
     test = stats.binomtest(sum(uncorrected), len(uncorrected), METHOD_FDR_Q, alternative="greater")
     assert test.pvalue < 1e-6, f"{sum(uncorrected)} of {len(uncorrected)}"
-
-
-# --- the task --------------------------------------------------------------------------------
-
-
-def test_findings_task_reads_fdr_q_from_the_params(migrated_db: str, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from types import SimpleNamespace
-
-    from finetune_rows import PLAN
-
-    from finetune_sweep.db.dsn import connection_json_from_dsn
-    from finetune_sweep.sweep.plan import run_id_from_context
-    from finetune_sweep.settings import get_settings
-
-    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(migrated_db))
-    monkeypatch.delenv("FINETUNE_CONN_ID", raising=False)
-    get_settings.cache_clear()
-    context = {"params": {**PLAN, "fdr_q": 0.2}, "dag": SimpleNamespace(dag_id="finetune_sweep"),
-               "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc)}
-    run_id = run_id_from_context(context)
-    seed_complete_run(migrated_db, run_id=run_id)
-    _set_p_values(migrated_db, {"BTC": (0.001, 0.004), "ETH": (0.3, 0.9)})
-
-    summary = findings.findings_from_context(context)
-
-    assert summary == {"run_id": run_id, "fdr_q": 0.2, "combine_method": "fisher", "n_groups": 8, "n_discovered": 4,
-                       "n_untested": 0}
-    assert capsys.readouterr().out.startswith("4 of 8 groups are findings at FDR 0.2")
-    with psycopg.connect(migrated_db) as conn:
-        assert conn.execute("SELECT DISTINCT run_id, fdr_q FROM finetune_findings").fetchall() == [(run_id, 0.2)]
-
-
-def test_findings_task_refuses_a_bad_fdr_q_before_any_write(migrated_db: str) -> None:
-    from types import SimpleNamespace
-
-    from airflow.sdk.exceptions import AirflowFailException
-
-    context = {"params": {"fdr_q": 2}, "dag": SimpleNamespace(dag_id="finetune_sweep"),
-               "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc)}
-
-    with pytest.raises(AirflowFailException, match=r"invalid sweep: param 'fdr_q': 2 is greater than or equal to"):
-        findings.findings_from_context(context)

@@ -9,15 +9,16 @@ import psycopg
 import pytest
 from finetune_rows import AS_OF, PLAN, RUN_ID, record_attempt, seed_complete_run
 
-from finetune_sweep import report
-
+from finetune_sweep import findings, report
+from finetune_sweep.db.runs import register_run
 from finetune_sweep.pods import spec as pods
-from finetune_sweep.sweep.plan import plan_pods, register_run, validate_params
 from finetune_sweep.settings import SizingPolicy
-from finetune_sweep.sizing.profiles import PROFILES, StartChoice
+from finetune_sweep.sizing.profiles import PROFILES
+from finetune_sweep.sizing.recommend import StartChoice
+from finetune_sweep.sweep.params import validate_params
+from finetune_sweep.sweep.plan import plan_pods
 
 GI = 2**30
-from finetune_sweep import findings, report
 
 
 def _make_summary_row(**overrides: Any) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def test_the_run_sizing_shows_map_chosen_reason_and_this_registrations_attempts(
                for e in plan_pods(params, run_id=RUN_ID, as_of=AS_OF)]
 
     def register(airflow_run_id: str) -> None:
-        register_run(migrated_db, run_id=RUN_ID, dag_id="finetune_sweep", as_of=AS_OF, params=params,
+        register_run(migrated_db, strategy="ridge_long_flat", run_id=RUN_ID, dag_id="finetune_sweep", as_of=AS_OF, params=params,
                      entries=entries, choices=choices, airflow_run_id=airflow_run_id)
 
     def attempt(airflow_run_id: str, factor: str, attempt: int, profile: str, exit_reason: str) -> None:
@@ -135,7 +136,7 @@ def test_build_report_prints_the_findings_first(migrated_db: str) -> None:
     _seed_tested_run(migrated_db)
     findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
 
-    text = report.build_report(migrated_db, RUN_ID, findings_state="success")
+    text = report.build_report(migrated_db, RUN_ID, policy=SizingPolicy(), findings_state="success")
 
     findings_section, rest = text.split("\n\nModel vs same-basis baselines")
     title, headline, header, *found = findings_section.splitlines()
@@ -158,7 +159,7 @@ def test_build_report_with_no_finding_says_so(migrated_db: str) -> None:
         conn.execute("UPDATE finetune_results SET perm_p_value = 0.5")
     findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
 
-    text = report.build_report(migrated_db, RUN_ID, findings_state="success")
+    text = report.build_report(migrated_db, RUN_ID, policy=SizingPolicy(), findings_state="success")
 
     assert text.splitlines()[1].startswith("0 of 8 groups are findings at FDR 0.1: no finding in this run")
     assert text.splitlines()[2] == ""
@@ -168,7 +169,7 @@ def test_stored_findings_are_not_shown_when_this_runs_step_did_not_succeed(migra
     _seed_tested_run(migrated_db)
     findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
 
-    text = report.build_report(migrated_db, RUN_ID, findings_state="upstream_failed")
+    text = report.build_report(migrated_db, RUN_ID, policy=SizingPolicy(), findings_state="upstream_failed")
 
     assert text.splitlines()[1] == (
         "no findings: the findings step did not succeed in this run (findings: upstream_failed); "
@@ -193,9 +194,9 @@ def test_format_findings_lists_at_most_the_rows_given() -> None:
 def test_print_run_summary_finds_the_run_by_its_as_of(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     seed_complete_run(migrated_db)
 
-    report.print_run_summary(dsn=migrated_db, dag_id="finetune_sweep", logical_date="2026-06-07T00:00:00+00:00")
+    report.print_run_summary(dsn=migrated_db, dag_id="finetune_sweep", logical_date="2026-06-07T00:00:00+00:00", profiles_json=None, sizing_json=None, policy=SizingPolicy())
     found = capsys.readouterr().out
-    report.print_run_summary(dsn=migrated_db, dag_id="finetune_sweep", logical_date="2026-06-14T00:00:00+00:00")
+    report.print_run_summary(dsn=migrated_db, dag_id="finetune_sweep", logical_date="2026-06-14T00:00:00+00:00", profiles_json=None, sizing_json=None, policy=SizingPolicy())
     missing = capsys.readouterr().out
 
     assert f"run {RUN_ID}" in found and "+1.00%" in found
@@ -203,7 +204,7 @@ def test_print_run_summary_finds_the_run_by_its_as_of(migrated_db: str, capsys: 
 
 
 def test_print_run_summary_on_an_empty_database(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    report.print_run_summary(dsn=empty_db, dag_id="finetune_sweep", logical_date="2026-06-07T00:00:00+00:00")
+    report.print_run_summary(dsn=empty_db, dag_id="finetune_sweep", logical_date="2026-06-07T00:00:00+00:00", profiles_json=None, sizing_json=None, policy=SizingPolicy())
 
     assert capsys.readouterr().out.startswith("no finetune run")
 

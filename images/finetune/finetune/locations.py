@@ -113,7 +113,7 @@ class DataLocation:
             infos = self.filesystem.get_file_info([f"{self.base}/{name}" for name in names])
         except OSError as exc:
             raise DataError(f"symbol {symbol}: cannot read {self.uri}: {one_line(exc)}") from exc
-        for (_, reader), name, info in zip(FORMATS, names, infos):
+        for (_, reader), name, info in zip(FORMATS, names, infos, strict=True):
             if info.type != pafs.FileType.File:
                 continue
             shown = self._shown(name)

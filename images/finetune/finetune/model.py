@@ -135,7 +135,7 @@ def fine_tune(store: FeatureStore, fold: Fold, *, hold_bars: int) -> FittedModel
     head_labels = forward_log_returns(close, start, head_end, hold_bars)
     head_fits = Ridge.fit(features[start:head_end], head_labels, RIDGE_LAMBDAS)
     best = None
-    for lam, ridge in zip(RIDGE_LAMBDAS, head_fits):
+    for lam, ridge in zip(RIDGE_LAMBDAS, head_fits, strict=True):
         for multiple in THRESHOLD_MULTIPLES:
             threshold = multiple * SELECTION_ROUND_TRIP_COST
             utility = _long_flat(ridge, threshold, features[split:end], close[split:end])

@@ -251,7 +251,7 @@ class Store:
                 self._after_failure(conn, exc)
                 interrupted = interruption(exc)
                 if interrupted is not None:
-                    raise interrupted  # e.g. the runner's Terminated: never retried
+                    raise interrupted  # noqa: B904 - the interruption itself, as it was raised (e.g. the runner's Terminated: never retried)
                 raise
             return result
 

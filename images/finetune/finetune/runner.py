@@ -299,7 +299,7 @@ def evaluate_fold(
     costs = {basis: round_trip_cost(*basis) for basis in cost_bases}
     distinct = list(dict.fromkeys(costs.values()))  # 10+0 and 5+5 bps are one round-trip cost
     window = baselines.compute_window_baselines(close, distinct, n_seeds=n_seeds, hold_bars=hold_bars)
-    shifts = dict(zip(distinct, significance.shift_tests(positions, close, distinct, n_shifts=n_seeds)))
+    shifts = dict(zip(distinct, significance.shift_tests(positions, close, distinct, n_shifts=n_seeds), strict=True))
     exposure = significance.exposure(positions)
     stored_positions = significance.position_list(positions)
     results = []

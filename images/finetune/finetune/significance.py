@@ -162,7 +162,7 @@ def shift_tests(
         at_least += np.count_nonzero(returns >= model[:, None], axis=1)
     return [
         ShiftTest(p_value=float((1 + count) / (1 + offsets.size)), n_shifts=int(offsets.size), model_return=float(ret))
-        for count, ret in zip(at_least.tolist(), model.tolist())
+        for count, ret in zip(at_least.tolist(), model.tolist(), strict=True)
     ]
 
 

@@ -31,7 +31,6 @@ never logged and every streamed line is redacted.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -46,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from finetune_sweep.db.dsn import redact
+from finetune_sweep.db.dsn import dsn_from_connection, redact
 from finetune_sweep.local.memory import (
     CGROUP_V1_MEMORY_ROOT,
     CGROUP_V2_ROOT,
@@ -57,6 +56,9 @@ from finetune_sweep.local.memory import (
     create_cgroup,
     kill_process_group,
 )
+from finetune_sweep.outcomes import DEADLINE_EXCEEDED, OOM_REASON
+from finetune_sweep.pods.termination import PodTermination, parse_event_line, pod_failure_detail
+from finetune_sweep.sizing.quantities import format_bytes, parse_quantity
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -88,29 +90,15 @@ DEFAULT_INHERITED_ENV = (
 )
 
 Enforcement = Literal["auto", "cgroup", "watchdog", "none"]
+# The kubelet's terminated reasons, and DeadlineExceeded, the pod's reason past its
+# activeDeadlineSeconds (set from finetune_sweep.outcomes: OOM_REASON, DEADLINE_EXCEEDED).
 Reason = Literal["Completed", "Error", "OOMKilled", "DeadlineExceeded"]
-# The pod's status reason when activeDeadlineSeconds has passed (what the kubelet writes).
-DEADLINE_EXCEEDED = "DeadlineExceeded"
 
 _ENV_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 
 class LocalPodError(RuntimeError):
     """The pod spec cannot be run locally (unsupported reference, missing command, no cgroup)."""
-
-
-def parse_event_line(line: str) -> dict[str, Any] | None:
-    """The pod's JSON event on this log line (DESIGN 4.4: an object with an ``event`` name), else None.
-
-    :param line: one line of the container's output.
-    """
-    if not line.startswith("{"):
-        return None
-    try:
-        event = json.loads(line)
-    except ValueError:  # a log line that merely starts with a brace
-        return None
-    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
 
 
 @dataclass(frozen=True)
@@ -151,13 +139,23 @@ class LocalPodResult:
         """Whether the container completed with exit code 0."""
         return self.reason == "Completed"
 
+    def termination(self) -> PodTermination:
+        """How the container ended, in the shape the operator classifies any backend's pod end."""
+        return PodTermination(
+            reason=self.reason,
+            exit_code=self.exit_code,
+            oom_killed=self.oom_killed,
+            memory_limit_bytes=self.memory_limit_bytes,
+            peak_memory_bytes=self.peak_memory_bytes,
+            seconds=self.seconds,
+            detail=self.message or pod_failure_detail(self.events, list(self.log_tail)),
+        )
+
 
 # --------------------------------------------------------------------------- pod spec -> process
 
 
 def _memory_limit_bytes(container: k8s.V1Container) -> int | None:
-    from finetune_sweep.sizing.profiles import parse_quantity
-
     resources = container.resources
     limits = (resources.limits if resources is not None else None) or {}
     quantity = limits.get("memory")
@@ -171,8 +169,6 @@ def _physical_memory_bytes() -> int:
 
 def _resource_field_value(container: k8s.V1Container, ref: k8s.V1ResourceFieldSelector) -> str:
     """The downward API value of ``resourceFieldRef`` (memory in bytes, cpu in cores, ceiling)."""
-    from finetune_sweep.sizing.profiles import parse_quantity
-
     kind, _, resource = ref.resource.partition(".")
     resources = container.resources
     values = (getattr(resources, kind, None) if resources is not None else None) or {}
@@ -358,9 +354,9 @@ class LocalPodRunner:
                 f"(from the Airflow connection {self.conn_id!r}); other Secrets have no local source"
             )
         if self._dsn is None:
-            from finetune_sweep.db.dsn import dsn_from_connection
-
             self._dsn = dsn_from_connection(self.conn_id)
+        # Lazy on purpose: the pod package (finetune) is optional on an Airflow worker, which needs
+        # it only here, to run a pod locally; the kubernetes backend never imports it.
         from finetune.persistence import dsn_password
 
         # the password alone leaks as easily as the whole URI (e.g. in a libpq error message)
@@ -384,8 +380,6 @@ class LocalPodRunner:
 
     def run(self) -> LocalPodResult:
         """Start the container, stream its output, wait, enforce, clean up; return the outcome."""
-        from finetune_sweep.sizing.profiles import format_bytes
-
         env = {name: os.environ[name] for name in self.inherit_env if name in os.environ}
         # the kubelet sets HOSTNAME to the pod name
         env["HOSTNAME"] = self.pod.metadata.name or "local-pod"
@@ -486,7 +480,7 @@ class LocalPodRunner:
         deadline_exceeded = timer is not None and timer.fired
         message = None
         if oom_killed:
-            reason: Reason = "OOMKilled"
+            reason: Reason = OOM_REASON
         elif deadline_exceeded:
             reason = DEADLINE_EXCEEDED
             message = f"Pod was active on the node longer than the specified deadline (activeDeadlineSeconds {deadline})"

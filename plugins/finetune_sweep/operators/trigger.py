@@ -12,7 +12,7 @@ as in sync mode: ``CreateContainerConfigError`` lasting ``config_error_grace_sec
 wait with the kubelet's message instead of the startup timeout.
 
 The triggerer imports this module by its classpath (``plugins/`` is on every Airflow process's
-path); it records with :mod:`finetune_sweep.db.dsn` (psycopg only), off the event loop.
+path); it records with :mod:`finetune_sweep.operators.recording` (psycopg only), off the event loop.
 """
 
 from __future__ import annotations
@@ -21,25 +21,19 @@ from functools import cached_property
 from typing import Any
 
 from airflow.providers.cncf.kubernetes.triggers.pod import KubernetesPodTrigger
-from airflow.providers.cncf.kubernetes.utils.pod_manager import AsyncPodManager
+from asgiref.sync import sync_to_async
 
-from finetune_sweep.pods.startup import StartWatching
+from finetune_sweep.operators.pod_managers import StartWatchingAsyncPodManager
+from finetune_sweep.operators.recording import record_quietly
 
-
-class StartWatchingAsyncPodManager(StartWatching, AsyncPodManager):
-    """The provider's async pod manager; a lasting config error ends a pod's start."""
-
-    async def read_pod(self, pod: Any) -> Any:
-        remote = await super().read_pod(pod)
-        self.watch_start(remote)
-        return remote
+__all__ = ["FactorPodTrigger"]
 
 
 class FactorPodTrigger(KubernetesPodTrigger):
     """``KubernetesPodTrigger`` that records the attempt it watches as ``Killed`` on a user's kill.
 
     :param killed_attempt: the ``finetune_pod_attempts`` row to record (the fields of
-        :func:`finetune_sweep.db.dsn.record_attempt`, ``exit_reason`` included); None records nothing.
+        :func:`finetune_sweep.operators.recording.attempt_row`, ``exit_reason`` included); None records nothing.
     :param finetune_conn_id: the Airflow connection of the finetune database.
     :param config_error_grace_seconds: how long a container may stay ``CreateContainerConfigError``
         while the pod starts (``FINETUNE_CONFIG_ERROR_GRACE_SECONDS``); None: until the startup timeout.
@@ -79,20 +73,10 @@ class FactorPodTrigger(KubernetesPodTrigger):
         await super().on_kill()  # deletes the pod (unless on_kill_action keeps it)
         if self.killed_attempt is None or self._fired_event:
             return  # the pod ended on its own first: the resumed task classifies and records it
-        from asgiref.sync import sync_to_async
-
         await sync_to_async(self._record_killed)()
 
     def _record_killed(self) -> None:
-        from finetune_sweep.db.dsn import dsn_from_connection, record_attempt, redact
-
-        dsn: str | None = None
-        try:
-            dsn = dsn_from_connection(self.finetune_conn_id)
-            record_attempt(dsn, self.killed_attempt, factor_failed=False)
-        except Exception as exc:  # noqa: BLE001 - a lost record is logged; the kill stands
-            self.log.error("could not record the killed attempt of factor %s: %s",
-                           self.killed_attempt.get("factor"), redact(f"{type(exc).__name__}: {exc}", [dsn]))
-        else:
+        what = f"the killed attempt of factor {self.killed_attempt.get('factor')}"
+        if record_quietly(self.finetune_conn_id, self.killed_attempt, factor_failed=False, what=what, log=self.log):
             self.log.info("recorded attempt %s of factor %s as %s", self.killed_attempt.get("attempt"),
                           self.killed_attempt.get("factor"), self.killed_attempt.get("exit_reason"))

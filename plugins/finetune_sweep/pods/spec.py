@@ -5,27 +5,32 @@
 through XCom, so they hold only JSON values (``container_resources`` as a plain dict, turned into
 ``V1ResourceRequirements`` before the pod is built, see :func:`to_resource_requirements`).
 
-``python -m finetune_sweep.pods render --factor F [--run-id R] [--output json|yaml]`` prints the
-manifest that would be submitted for a factor (see :mod:`finetune_sweep.pods.render`, which it runs).
+``python -m finetune_sweep render --factor F`` prints the manifest that would be submitted for a
+factor (:mod:`finetune_sweep.pods.render`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+
+from finetune_sweep.sizing.profiles import PodProfile, profiles_to_json
 
 if TYPE_CHECKING:
     from kubernetes.client import models as k8s
 
     from finetune_sweep.settings import Settings
-    from finetune_sweep.sizing.profiles import PodProfile
 
 CONTAINER_UID = 10001
 MEMORY_LIMIT_ENV = "FINETUNE_MEMORY_LIMIT_BYTES"
 DB_URL_ENV = "FINETUNE_DB_URL"
+# Set per try by the operator: the profile and try number the pod runs on, and the Airflow run
+# (with the try number it keys the attempt history, V007).
+PROFILE_ENV = "FINETUNE_PROFILE"
+ATTEMPT_ENV = "FINETUNE_ATTEMPT"
+AIRFLOW_RUN_ENV = "FINETUNE_AIRFLOW_RUN_ID"
 # Label keys: the recommended app.kubernetes.io set plus the sweep's own dimensions.
 LABEL_FACTOR = "finetune/factor"
 LABEL_PROFILE = "finetune/profile"
@@ -155,31 +160,25 @@ def pod_labels(*, factor: str, profile: str, run_id: str) -> dict[str, str]:
     }
 
 
-def db_secret(settings: Settings | None = None) -> Any:
+def db_secret(settings: Settings) -> Any:
     """The database URI as an env var from the Kubernetes Secret named in the settings.
 
-    :param settings: the settings (default: the process settings).
+    :param settings: the settings.
     """
     from airflow.providers.cncf.kubernetes.secret import Secret
 
-    from finetune_sweep.settings import get_settings
-
-    settings = settings or get_settings()
     return Secret("env", DB_URL_ENV, settings.db_secret_name, settings.db_secret_key)
 
 
-def common_pod_kwargs(*, image: str, settings: Settings | None = None) -> dict[str, Any]:
+def common_pod_kwargs(*, image: str, settings: Settings) -> dict[str, Any]:
     """Operator kwargs shared by every finetune pod (for ``.partial(...)`` and ``migrate``).
 
     :param image: the full image reference (``repository:tag``; may be a template such as
         ``repo:{{ params.image }}`` since partial arguments are rendered).
-    :param settings: the settings (default: the process settings).
+    :param settings: the settings.
     """
     from kubernetes.client import models as k8s
 
-    from finetune_sweep.settings import get_settings
-
-    settings = settings or get_settings()
     kwargs: dict[str, Any] = {
         "namespace": settings.namespace,
         "image": image,
@@ -257,6 +256,21 @@ def run_arguments(*, run_id: str, factor: str, run_args: Mapping[str, Any]) -> l
     return args
 
 
+def argument_value(arguments: Sequence[str], flag: str) -> str | None:
+    """The value of ``flag`` in container args (``--run-id R`` or ``--run-id=R``), the inverse of
+    :func:`run_arguments`; None when absent.
+
+    :param arguments: the container's args.
+    :param flag: e.g. ``--run-id``.
+    """
+    for index, argument in enumerate(arguments):
+        if argument == flag and index + 1 < len(arguments):
+            return arguments[index + 1]
+        if argument.startswith(flag + "="):
+            return argument.split("=", 1)[1]
+    return None
+
+
 def n_pod_keys(run_args: Mapping[str, Any]) -> int:
     """How many keys (crypto x fold x cost_bps x slippage_bps) one factor pod persists.
 
@@ -306,8 +320,6 @@ def factor_pod_kwargs(
     :param active_deadline_seconds: the bound on the pod (:func:`pod_deadline_seconds`); None:
         unbounded (the key is then left out).
     """
-    from finetune_sweep.sizing.profiles import profiles_to_json
-
     entry = {
         "factor": factor,
         "profile": profile.name,

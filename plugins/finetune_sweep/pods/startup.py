@@ -15,7 +15,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-CONFIG_ERROR_REASON = "CreateContainerConfigError"
+from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchFailedException
+
+from finetune_sweep.outcomes import CONFIG_ERROR_REASON
 
 
 def config_error(pod: Any) -> str | None:
@@ -61,8 +63,6 @@ class ConfigErrorWatch:
         if self._since is None:
             self._since = now
         if now - self._since >= self.grace_seconds:
-            from airflow.providers.cncf.kubernetes.utils.pod_manager import PodLaunchFailedException
-
             raise PodLaunchFailedException(f"{CONFIG_ERROR_REASON} for {self.grace_seconds:g} s: {message}")
 
 

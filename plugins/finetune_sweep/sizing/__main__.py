@@ -1,7 +1,10 @@
-"""``python -m finetune_sweep.sizing recommend ...``: the older spelling of ``python -m finetune_sweep recommend``."""
+"""The older spelling of ``python -m finetune_sweep ...``, kept working: the same one CLI.
 
+It runs the package's entry point by name (no import of the CLI, which sits above this room).
+"""
+
+import runpy
 import sys
 
-from finetune_sweep.sizing.profiles import main
-
-sys.exit(main())
+sys.argv[0:1] = ["python -m finetune_sweep"]
+runpy.run_module("finetune_sweep", run_name="__main__", alter_sys=True)

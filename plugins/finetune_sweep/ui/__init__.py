@@ -62,6 +62,7 @@ class LazyApp:
         if self._app is None:
             with self._lock:
                 if self._app is None:
+                    # the one deliberate late import (see the class docstring)
                     from finetune_sweep.ui.app import create_app
 
                     self._app = create_app()

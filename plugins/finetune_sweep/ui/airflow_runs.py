@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_sweep.settings import get_settings
+from finetune_sweep.sweep.identity import as_of_from_context, finetune_run_id
+from finetune_sweep.sweep.params import PlanError, default_params, validate_params
+
 
 @dataclass(frozen=True)
 class AirflowRun:
@@ -70,9 +74,6 @@ def expected_finetune_run_id(run: AirflowRun) -> str | None:
 
     :param run: from :func:`find_airflow_run`.
     """
-    from finetune_sweep.sweep.plan import PlanError, as_of_from_context, default_params, finetune_run_id, validate_params
-    from finetune_sweep.settings import get_settings
-
     params = {**default_params(image_tag=get_settings().image_tag), **run.conf}
     try:
         return finetune_run_id(dag_id=run.dag_id, as_of=as_of_from_context(run.context), params=validate_params(params),

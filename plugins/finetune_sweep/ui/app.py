@@ -30,6 +30,13 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
 
+from finetune_sweep.db.attempts import fetch_history
+from finetune_sweep.db.connect import NotMigrated
+from finetune_sweep.db.dsn import dsn_from_connection, redact
+from finetune_sweep.settings import get_settings, sizing_overrides, sizing_policy
+from finetune_sweep.sizing.profiles import SizingError, load_profiles, load_sizing
+from finetune_sweep.sizing.quantities import format_bytes
+from finetune_sweep.sizing.recommend import describe_window, recommend
 from finetune_sweep.ui import charts, queries
 from finetune_sweep.ui.airflow_runs import AirflowRun, expected_finetune_run_id, find_airflow_run
 
@@ -80,8 +87,6 @@ def _percent(value: Any, digits: int = 2, signed: bool = True) -> str:
 
 
 def _bytes(value: Any) -> str:
-    from finetune_sweep.sizing.profiles import format_bytes
-
     return "–" if value is None else format_bytes(value)
 
 
@@ -158,9 +163,6 @@ def _for_chart(value: Any) -> Any:
 
 
 def _dsn() -> str:
-    from finetune_sweep.db.dsn import dsn_from_connection
-    from finetune_sweep.settings import get_settings
-
     conn_id = get_settings().conn_id
     try:
         return dsn_from_connection(conn_id)
@@ -197,8 +199,6 @@ class _Database:
         return False
 
     def _unavailable(self, err: Exception) -> None:
-        from finetune_sweep.db.dsn import redact
-
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise PageError(503, "Finetune database unavailable", redact(first_line, [self.dsn])) from None
 
@@ -358,9 +358,6 @@ def create_app() -> FastAPI:
 
     @app.get("/dags/{dag_id}", dependencies=READ_RUN, response_class=HTMLResponse)
     def dag_tab(dag_id: str) -> Response:
-        from finetune_sweep.sizing import profiles as sizing
-        from finetune_sweep.settings import sizing_overrides, sizing_policy
-
         with _Database() as db:
             history = queries.fetch_history(db.conn, dag_id) if queries.has_finetune_tables(db.conn) else []
             if not history:
@@ -368,14 +365,11 @@ def create_app() -> FastAPI:
             profiles_json, sizing_json = sizing_overrides()
             # The same advice as the report's: the recommender's window of recorded attempts.
             policy = sizing_policy()
-            window = sizing.describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
+            window = describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
             try:
-                attempts = sizing.fetch_history(db.dsn, history_runs=policy.history_runs,
-                                                history_days=policy.history_days)
-                recommendations = sizing.recommend(
-                    attempts, sizing.load_sizing(sizing_json), sizing.load_profiles(profiles_json)
-                )
-            except sizing.SizingError as err:
+                attempts = fetch_history(db.dsn, history_runs=policy.history_runs, history_days=policy.history_days)
+                recommendations = recommend(attempts, load_sizing(sizing_json), load_profiles(profiles_json))
+            except (SizingError, NotMigrated) as err:
                 recommendations, advice_error = [], str(err)
             else:
                 advice_error = None

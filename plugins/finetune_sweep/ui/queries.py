@@ -18,7 +18,8 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from finetune_sweep.gate import same_basis_join
+from finetune_sweep.db.connect import connect as db_connect
+from finetune_sweep.gate import GATE_SQL, RECORDED_VERDICT_SQL, same_basis_join
 from finetune_sweep.report import MODEL_WON, SAME_BASIS_JOINS, SUMMARY_SQL
 
 # Statements of a page share one connection; a database that hangs must not hang the api-server.
@@ -146,12 +147,13 @@ def connect(dsn: str) -> psycopg.Connection:
 
     :param dsn: libpq URI of the finetune database.
     """
-    conn = psycopg.connect(
+    conn = db_connect(
         dsn,
-        row_factory=dict_row,
         connect_timeout=CONNECT_TIMEOUT_S,
+        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
         # UTC: the pages print times as UTC.
-        options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c default_transaction_read_only=on -c TimeZone=UTC",
+        session={"default_transaction_read_only": "on", "TimeZone": "UTC"},
+        row_factory=dict_row,
         autocommit=True,
     )
     # The joins below estimate badly on large runs; JIT compilation then costs more than the
@@ -213,8 +215,6 @@ def fetch_verdict(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
 
     :returns: ``ok``, ``n_problems``, ``problems``, and ``checked_at`` None (not recorded).
     """
-    from finetune_sweep.gate import GATE_SQL
-
     return {**conn.execute(GATE_SQL, {"run_id": run_id}).fetchone(), "checked_at": None}
 
 
@@ -224,8 +224,6 @@ def fetch_recorded_verdict(conn: psycopg.Connection, run_id: str) -> dict[str, A
     :returns: ``ok``, ``n_problems``, ``problems``, ``dag_id``, ``airflow_run_id`` (of the run
         whose gate decided) and ``checked_at``.
     """
-    from finetune_sweep.gate import RECORDED_VERDICT_SQL
-
     if conn.execute("SELECT to_regclass('finetune_gate_verdicts') IS NOT NULL AS ok").fetchone()["ok"] is not True:
         return None  # a database migrated before V008
     return conn.execute(RECORDED_VERDICT_SQL, {"run_id": run_id}).fetchone()

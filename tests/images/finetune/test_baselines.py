@@ -230,8 +230,8 @@ def test_higher_cost_never_raises_any_baseline(seed):
     costs = [0.0, 0.0005, 0.002, 0.006, 0.02]
     for hold_bars in (1, 6, 24):
         rows = [compute_baselines(close, rt, n_seeds=30, hold_bars=hold_bars) for rt in costs]
-        for cheaper, dearer in zip(rows, rows[1:]):
-            for low, high in zip(cheaper, dearer):
+        for cheaper, dearer in zip(rows, rows[1:], strict=False):
+            for low, high in zip(cheaper, dearer, strict=False):
                 assert high.net_return <= low.net_return, (low, high)
                 assert high.n_trades == low.n_trades
 

@@ -435,5 +435,5 @@ def test_sharpe_is_annualised_by_the_datas_interval(migrated_db: str, tmp_path: 
             ).fetchall()
     assert [(fold, ret) for fold, ret, _ in sharpes["h"]] == [(fold, ret) for fold, ret, _ in sharpes["D"]]
     assert any(sharpe != 0 for _, _, sharpe in sharpes["h"])  # at least one fold trades
-    for (_, _, hourly), (_, _, daily) in zip(sharpes["h"], sharpes["D"]):
+    for (_, _, hourly), (_, _, daily) in zip(sharpes["h"], sharpes["D"], strict=False):
         assert hourly == pytest.approx(daily * math.sqrt(24), rel=1e-9)

@@ -78,7 +78,7 @@ def test_base_features_values(market):
     store = build_feature_store("base_features", "BTC", market, as_of=AS_OF)
     bars = market.ohlcv("BTC", as_of=AS_OF)
     log_close = np.log(bars["close"])
-    column = dict(zip(store.feature_names, store.features.T))
+    column = dict(zip(store.feature_names, store.features.T, strict=True))
     expected_ret_24 = (log_close - log_close.shift(24)).loc[store.index].to_numpy()
     np.testing.assert_allclose(column["ret_24"], expected_ret_24, rtol=1e-6, atol=1e-7)
     expected_vol = log_close.diff().rolling(168).std().loc[store.index].to_numpy()
@@ -91,7 +91,7 @@ def test_btc_features_add_only_the_btc_overlay(market):
     assert overlay.feature_names[:12] == base.feature_names
     assert all(name.startswith("btc_") for name in overlay.feature_names[12:])
     np.testing.assert_array_equal(overlay.features[:, :12], base.features)
-    column = dict(zip(overlay.feature_names, overlay.features.T))
+    column = dict(zip(overlay.feature_names, overlay.features.T, strict=True))
     btc = np.log(market.ohlcv("BTC", as_of=AS_OF)["close"])
     np.testing.assert_allclose(column["btc_ret_1"], btc.diff().loc[overlay.index].to_numpy(), rtol=1e-6, atol=1e-8)
     # alts co-move with BTC in the same bar in the random walk (in the planted market they lag it)
@@ -119,7 +119,7 @@ def test_btc_is_aligned_by_timestamp_never_from_the_future(tmp_path):
     market = MarketData(tmp_path.as_uri(), bars=BarOptions(gaps="rows"))
     as_of = btc.index[-1] + pd.Timedelta(hours=1)  # the last bar has just closed
     store = build_feature_store("btc_features", "ALT", market, as_of=as_of)
-    column = dict(zip(store.feature_names, store.features.T))
+    column = dict(zip(store.feature_names, store.features.T, strict=True))
     btc_log = np.log(btc["close"].to_numpy())
     # The last bar is BTC bar 399, the alt's row 400; its 1-bar BTC return is btc[399] - btc[398].
     assert column["btc_ret_1"][-1] == pytest.approx(btc_log[399] - btc_log[398], rel=1e-6)
@@ -128,7 +128,7 @@ def test_btc_is_aligned_by_timestamp_never_from_the_future(tmp_path):
 def test_l2_close_location_and_range(market):
     store = build_feature_store("l2_features", "ETH", market, as_of=AS_OF)
     bars = market.ohlcv("ETH", as_of=AS_OF).loc[store.index]
-    column = dict(zip(store.feature_names, store.features.T))
+    column = dict(zip(store.feature_names, store.features.T, strict=True))
     location = (bars["close"] - bars["low"]) / (bars["high"] - bars["low"])
     np.testing.assert_allclose(column["l2_close_location"], location.to_numpy(), rtol=1e-6)
     np.testing.assert_allclose(column["l2_log_range"], np.log(bars["high"] / bars["low"]).to_numpy(), rtol=1e-6)

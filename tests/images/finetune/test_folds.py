@@ -37,7 +37,7 @@ def test_newest_test_window_ends_at_the_last_bar_not_after_as_of():
 
 def test_test_windows_are_consecutive_and_disjoint():
     folds = _folds(n_folds=4, train_bars=10)
-    for older, newer in zip(folds, folds[1:]):
+    for older, newer in zip(folds, folds[1:], strict=False):
         assert older.test_end == newer.test_start
     assert [fold.n_test_bars for fold in folds] == [10] * 4
     assert [fold.fold_id for fold in folds] == [0, 1, 2, 3]

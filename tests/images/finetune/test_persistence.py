@@ -13,7 +13,7 @@ import threading
 
 import psycopg
 import pytest
-from conftest import DatabaseOutage
+from databases import DatabaseOutage
 
 from finetune.baselines import BaselineResult
 from finetune.connection import DatabaseSettings, RetryNotice

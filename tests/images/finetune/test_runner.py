@@ -24,7 +24,7 @@ import pandas as pd
 import design_reference as reference
 import psycopg
 import pytest
-from conftest import DatabaseOutage
+from databases import DatabaseOutage
 from scipy import stats
 
 from finetune import baselines, runner
@@ -174,7 +174,7 @@ def test_model_rows_equal_a_recomputation_from_their_stored_positions(completed_
         "positions, exposure, random_percentile, perm_p_value, perm_n_shifts FROM finetune_results",
     )
     assert len(rows) == N_KEYS
-    for crypto, fold_id, cost, slip, start, end, n_bars, net, n_trades, positions, held, pct, p_value, n_shifts in rows:
+    for crypto, fold_id, cost, slip, start, end, n_bars, net, _n_trades, positions, held, pct, p_value, n_shifts in rows:
         where = (crypto, fold_id, cost, slip)
         close = _window_close(market, crypto, start, end)
         rt = 2 * (cost + slip) / 10_000

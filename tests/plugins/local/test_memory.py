@@ -101,7 +101,7 @@ def test_watchdog_skipping_the_root_kills_only_the_container() -> None:
     # the root (a shell standing in for the launcher) survives and reports how its child died
     code = "x = b'x' * (128 * 2**20); import time; time.sleep(30)"
     process = subprocess.Popen(
-        ["/bin/sh", "-c", f'"$0" -c "$1"; echo "child exit $?"', sys.executable, code],
+        ["/bin/sh", "-c", '"$0" -c "$1"; echo "child exit $?"', sys.executable, code],
         stdout=subprocess.PIPE,
         start_new_session=True,
     )

@@ -7,8 +7,13 @@ from typing import Any
 
 import psycopg
 import pytest
-
-from finetune_sweep.db.dsn import connection_json_from_dsn, dsn_from_connection, dsn_from_parts, redact, redact_dsn
+from finetune_sweep.db.dsn import (
+    connection_json_from_dsn,
+    dsn_from_connection,
+    dsn_from_parts,
+    redact,
+    redact_dsn,
+)
 
 
 def _make_parts(**overrides: Any) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Tests of finetune_sweep.operators.trigger: the deferred pod's trigger survives the triggerer's
 serialize/import round trip, and a user's kill deletes the pod and records the attempt ``Killed``
-on real PostgreSQL (the operator's deferral is tested in test_operator.py)."""
+on real PostgreSQL (the operator's deferral is tested in test_factor_pod.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from fake_kube import set_running, set_waiting
-from finetune_rows import RUN_ID, seed_complete_run
 from kubernetes.client import models as k8s
 
+from fake_kube import set_running, set_waiting
+from finetune_rows import RUN_ID, seed_complete_run
 from finetune_sweep.db.dsn import connection_json_from_dsn
 from finetune_sweep.operators.trigger import FactorPodTrigger
 

@@ -1,4 +1,4 @@
-"""Tests of finetune_sweep.pods.render: ``python -m finetune_sweep.pods render`` (DESIGN 4.5)."""
+"""Tests of finetune_sweep.pods.render through ``python -m finetune_sweep render`` (DESIGN 4.5), and its older spelling."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import sys
 
 import kubernetes_validate
 import pytest
-
-from finetune_sweep.pods import render
+from finetune_sweep import cli
 
 K8S_VERSION = kubernetes_validate.latest_version()
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
@@ -20,7 +19,7 @@ def test_render_cli_prints_the_camelcase_manifest(
 ) -> None:
     monkeypatch.setenv("FINETUNE_PROFILES", '{"HEAVY": {"memory": "30Gi"}}')
 
-    assert render.main(["render", "--factor", "n_features", "--run-id", RUN_ID, "--output", "json"]) == 0
+    assert cli.main(["render", "--factor", "n_features", "--run-id", RUN_ID, "--output", "json"]) == 0
 
     manifest = json.loads(capsys.readouterr().out)
     kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
@@ -33,7 +32,7 @@ def test_render_cli_prints_the_camelcase_manifest(
 
 
 def test_render_cli_refuses_an_unknown_factor(capsys: pytest.CaptureFixture[str]) -> None:
-    assert render.main(["render", "--factor", "eth_features"]) == 2
+    assert cli.main(["render", "--factor", "eth_features"]) == 2
     assert "eth_features" in capsys.readouterr().err
 
 
@@ -68,7 +67,7 @@ def test_render_refuses_a_widening_pod_template(
     monkeypatch.setenv("FINETUNE_POD_TEMPLATE_FILE", str(template))
     get_settings.cache_clear()
     try:
-        assert render.main(["render", "--factor", "base_features"]) == 2
+        assert cli.main(["render", "--factor", "base_features"]) == 2
     finally:
         get_settings.cache_clear()
 

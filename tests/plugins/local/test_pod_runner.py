@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from kubernetes.client import models as k8s
 
-from finetune_sweep.local.pod_runner import LocalPodError, LocalPodRunner, run_pod_locally
 from finetune_sweep.local.memory import CGROUP_V1_MEMORY_ROOT, CGROUP_V2_ROOT, CgroupUnavailable, create_cgroup
+from finetune_sweep.local.pod_runner import LocalPodError, LocalPodRunner, run_pod_locally
 
 LOG = logging.getLogger("test.local_pod")
 LIMIT = "64Mi"

@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 from airflow.providers.common.sql.sensors.sql import SqlSensor
-from finetune_rows import RUN_ID, seed_complete_run
 
+from finetune_rows import RUN_ID, seed_complete_run
 from finetune_sweep import gate
 from finetune_sweep.db.dsn import connection_json_from_dsn
 from finetune_sweep.operators.gate_sensor import BaselineGateSensor

@@ -1,0 +1,187 @@
+"""The sweep's params: one JSON schema per param, for the trigger form and again at run time.
+
+The same schemas serve twice: as ``Param`` objects for the trigger form (and the trigger-time
+check of REST/CLI conf), and again inside ``plan`` at run time, because a run can start with conf
+that never met the form (an old REST client, ``dags test --conf``, a cleared run). The run-time
+check also refuses unknown conf keys, which Airflow accepts silently, and turns 10.0 into 10.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from finetune_sweep.findings import DEFAULT_FDR_Q
+from finetune_sweep.sizing.profiles import SIZING_MAP
+
+if TYPE_CHECKING:
+    from airflow.sdk import Param
+
+STRATEGY = "ridge_long_flat"
+SYMBOL_PATTERN = r"^[A-Z0-9]{2,10}$"
+# Docker tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
+IMAGE_TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+DEFAULT_IMAGE_TAG = "0.1.0"
+# Pod-side defaults of finetune.folds (DEFAULT_TRAIN_BARS / DEFAULT_TEST_BARS): hourly bars.
+DEFAULT_TRAIN_BARS = 24 * 180
+DEFAULT_TEST_BARS = 24 * 30
+
+
+def _bps_list(default: list[int], title: str, description: str) -> dict[str, Any]:
+    return {
+        "default": default,
+        "title": title,
+        "description": description,
+        "schema": {
+            "type": "array",
+            "items": {"type": "integer", "minimum": 0, "maximum": 1000},
+            "minItems": 1,
+            "maxItems": 10,
+            "uniqueItems": True,
+        },
+        "allowed": "a non-empty list of distinct integers from 0 to 1000 (basis points)",
+    }
+
+
+def _integer(default: int, minimum: int, maximum: int, title: str, description: str) -> dict[str, Any]:
+    return {
+        "default": default,
+        "title": title,
+        "description": description,
+        "schema": {"type": "integer", "minimum": minimum, "maximum": maximum},
+        "allowed": f"an integer from {minimum} to {maximum}",
+    }
+
+
+def _param_specs(known_factors: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Name -> default, title, description, JSON schema and an "allowed" text for error messages."""
+    factors = list(known_factors)
+    return {
+        "factors": {
+            "default": factors,
+            "title": "Factors",
+            "description": "Feature families to fine-tune: one pod per factor, sized by the sizing map.",
+            "schema": {
+                "type": "array",
+                "items": {"type": "string", "enum": factors},
+                "minItems": 1,
+                "uniqueItems": True,
+            },
+            # The trigger form renders a multi-select only with examples (its pick list).
+            "form": {"examples": factors},
+            "allowed": f"a non-empty list of distinct factors from: {', '.join(factors)}",
+        },
+        "cryptos": {
+            "default": ["BTC", "ETH", "SOL"],
+            "title": "Cryptos",
+            "description": "Symbols, 2-10 upper-case letters or digits (one per line).",
+            "schema": {
+                "type": "array",
+                "items": {"type": "string", "pattern": SYMBOL_PATTERN},
+                "minItems": 1,
+                "maxItems": 50,
+                "uniqueItems": True,
+            },
+            "allowed": "a non-empty list of distinct symbols matching ^[A-Z0-9]{2,10}$",
+        },
+        "cost_bps": _bps_list([10, 15, 30], "Cost (bps)", "Trading cost levels per side, in basis points."),
+        "slippage_bps": _bps_list([0], "Slippage (bps)", "Slippage levels per side, in basis points."),
+        "n_folds": _integer(4, 1, 24, "Walk-forward folds", "Number of walk-forward folds (fold 0 is the oldest)."),
+        "n_seeds": _integer(100, 1, 10_000, "Random-baseline seeds", "Seeds of the random baseline."),
+        "hold_bars": _integer(24, 1, 24 * 30, "Hold bars", "Holding period of the random baseline and label horizon."),
+        "train_bars": _integer(DEFAULT_TRAIN_BARS, 48, 24 * 365 * 5, "Train bars", "Training window per fold (bars)."),
+        "test_bars": _integer(DEFAULT_TEST_BARS, 24, 24 * 365, "Test bars", "Test window per fold (bars)."),
+        "image": {
+            "default": DEFAULT_IMAGE_TAG,
+            "title": "Image tag",
+            "description": "Tag of the pinned finetune image (the repository is fixed by the deployment).",
+            "schema": {"type": "string", "pattern": IMAGE_TAG_PATTERN},
+            "allowed": "an image tag matching " + IMAGE_TAG_PATTERN,
+        },
+        "fdr_q": {
+            "default": DEFAULT_FDR_Q,
+            "title": "Findings FDR (q)",
+            "description": "False discovery rate of the findings step (Benjamini-Hochberg over the run's groups).",
+            "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1},
+            "allowed": "a number strictly between 0 and 1, e.g. 0.1",
+        },
+    }
+
+
+PARAM_NAMES: tuple[str, ...] = tuple(_param_specs(tuple(SIZING_MAP)))
+
+
+class PlanError(ValueError):
+    """Params or sizing overrides that cannot be planned; the message names the param."""
+
+
+def default_params(*, image_tag: str | None = None) -> dict[str, Any]:
+    """The default value of every param (a fresh copy).
+
+    :param image_tag: the default image tag (default: :data:`DEFAULT_IMAGE_TAG`).
+    """
+    params = {name: copy.deepcopy(spec["default"]) for name, spec in _param_specs(tuple(SIZING_MAP)).items()}
+    if image_tag:
+        params["image"] = image_tag
+    return params
+
+
+def build_params(*, image_tag: str | None = None) -> dict[str, Param]:
+    """The DAG's ``Param`` objects (trigger form + trigger-time validation).
+
+    :param image_tag: the default image tag, e.g. ``Settings.image_tag``.
+    """
+    from airflow.sdk import Param
+
+    params = {}
+    for name, spec in _param_specs(tuple(SIZING_MAP)).items():
+        default = copy.deepcopy(spec["default"])
+        if name == "image" and image_tag:
+            default = image_tag
+        params[name] = Param(
+            default,
+            description=spec["description"],
+            title=spec["title"],
+            **spec["schema"],
+            **spec.get("form", {}),
+        )
+    return params
+
+
+def validate_params(params: Mapping[str, Any], *, known_factors: Sequence[str] | None = None) -> dict[str, Any]:
+    """Validate run params at run time and return them normalised (defaults filled, ints as int).
+
+    :param params: the run's params (declared params plus any conf keys).
+    :param known_factors: factors that may be planned (default: the sizing map's).
+    :raises PlanError: naming the first bad param and what is allowed.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    specs = _param_specs(tuple(known_factors or SIZING_MAP))
+    unknown = sorted(str(key) for key in params if key not in specs)
+    if unknown:
+        raise PlanError(f"unknown param(s) {', '.join(map(repr, unknown))}; allowed params: {', '.join(specs)}")
+    result: dict[str, Any] = {}
+    for name, spec in specs.items():
+        value = params[name] if name in params else copy.deepcopy(spec["default"])
+        error = best_match(Draft202012Validator(spec["schema"]).iter_errors(value))
+        if error is not None:
+            where = "".join(f"[{p}]" for p in error.absolute_path)
+            raise PlanError(f"param {name!r}{where}: {error.message}; allowed: {spec['allowed']}")
+        # NaN passes every JSON Schema bound (each comparison with it is false).
+        if isinstance(value, float) and not math.isfinite(value):
+            raise PlanError(f"param {name!r}: {value!r} is not a finite number; allowed: {spec['allowed']}")
+        result[name] = _normalise(value)
+    return result
+
+
+def _normalise(value: Any) -> Any:
+    # JSON Schema counts 10.0 as an integer; the pod's argument parser does not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_normalise(v) for v in value]
+    return value

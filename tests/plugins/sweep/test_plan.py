@@ -1,0 +1,150 @@
+"""Tests of finetune_sweep.sweep.plan: the plan payload, the data URI and fit checks, the pod deadline."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from finetune_rows import RUN_ID, AS_OF, make_params
+
+from finetune_sweep.sweep.params import PlanError
+from finetune_sweep.sweep.plan import check_data_uri, plan_pods
+
+
+
+
+
+
+
+
+
+
+
+
+def test_plan_pods_one_entry_per_factor() -> None:
+    entries = plan_pods(make_params(factors=["l2_features", "btc_features"]), run_id=RUN_ID, as_of=AS_OF, data_uri="file:///d")
+
+    assert [e["factor"] for e in entries] == ["l2_features", "btc_features"]
+    assert [e["profile"] for e in entries] == ["STANDARD", "HEAVY"]
+    assert entries[0]["arguments"][-2:] == ["--data-uri", "file:///d"]
+    assert "--as-of" in entries[0]["arguments"] and AS_OF in entries[0]["arguments"]
+    assert json.loads(json.dumps(entries)) == entries
+
+
+def test_plan_pods_applies_the_overrides() -> None:
+    entries = plan_pods(
+        make_params(factors=["l2_features"]),
+        run_id=RUN_ID,
+        as_of=AS_OF,
+        profiles_json='{"MEDIUM": {"memory": "12Gi"}}',
+        sizing_json='{"l2_features": "MEDIUM"}',
+    )
+
+    assert entries[0]["profile"] == "MEDIUM"
+    assert entries[0]["container_resources"]["limits"] == {"memory": "12Gi"}
+    # the resolved ladder travels with the entry: workers never re-read FINETUNE_PROFILES
+    assert entries[0]["profiles"]["MEDIUM"]["memory"] == "12Gi"
+    assert entries[0]["profiles"]["HEAVY"]["memory"] == "24Gi"
+
+
+@pytest.mark.parametrize(
+    ("profiles_json", "sizing_json", "match"),
+    [
+        pytest.param("{oops", None, "FINETUNE_PROFILES is not valid JSON", id="bad-profiles-json"),
+        pytest.param(None, '{"l2_features": "XL"}', "unknown profile 'XL'", id="bad-sizing"),
+    ],
+)
+def test_plan_pods_refuses_bad_overrides(profiles_json: str | None, sizing_json: str | None, match: str) -> None:
+    with pytest.raises(PlanError, match=match):
+        plan_pods(make_params(), run_id=RUN_ID, as_of=AS_OF, profiles_json=profiles_json, sizing_json=sizing_json)
+
+
+@pytest.mark.parametrize("data_uri", [None, "synthetic://random-walk?seed=3", "file:///data/hourly",
+                                      "s3://bucket/hourly?endpoint_override=minio:9000&scheme=http", "gs://b/p"])
+def test_every_documented_data_uri_form_passes_the_plans_check(data_uri: str | None) -> None:
+    check_data_uri(data_uri)
+
+
+def test_params_that_cannot_fit_the_synthetic_market_fail_in_plan() -> None:
+    # the issue's example: 24 folds of 8,760 test bars. Hand-worked: 24 * 8760 + 4320 + 24 =
+    # 214,584 bars needed; hourly bars 2021-01-01T00:00Z .. 2026-06-07T00:00Z: 1,983 days * 24 + 1
+    params = make_params(n_folds=24, test_bars=8760)
+
+    with pytest.raises(PlanError) as refused:
+        plan_pods(params, run_id=RUN_ID, as_of=AS_OF)
+
+    assert str(refused.value) == (
+        "params cannot fit the data: n_folds 24 x test_bars 8760 + train_bars 4320 + hold_bars 24 (embargo) = "
+        "214584 bars, but the synthetic market has 47593 hourly bars up to as-of 2026-06-07T00:00:00Z "
+        "(from 2021-01-01T00:00Z); lower n_folds, test_bars or train_bars"
+    )
+
+
+@pytest.mark.parametrize(
+    ("train_bars", "fits"),
+    [pytest.param(47593 - 24 - 8760, True, id="exactly-all-bars"), pytest.param(47593 - 24 - 8760 + 1, False, id="one-more")],
+)
+def test_the_fit_check_refuses_only_what_cannot_fit(train_bars: int, fits: bool) -> None:
+    params = make_params(factors=["base_features"], n_folds=1, test_bars=8760, train_bars=train_bars)
+
+    if fits:
+        assert len(plan_pods(params, run_id=RUN_ID, as_of=AS_OF)) == 1
+    else:
+        with pytest.raises(PlanError, match="= 47594 bars, but the synthetic market has 47593"):
+            plan_pods(params, run_id=RUN_ID, as_of=AS_OF)
+
+
+def test_a_crypto_outside_the_synthetic_market_fails_in_plan() -> None:
+    with pytest.raises(PlanError, match=r"^param 'cryptos': PEPE not in the synthetic market; allowed: BTC, ETH"):
+        plan_pods(make_params(cryptos=["BTC", "PEPE"]), run_id=RUN_ID, as_of=AS_OF)
+
+
+@pytest.mark.parametrize(
+    "data_uri",
+    [pytest.param("file:///data/ohlcv", id="file"), pytest.param("s3://bucket/ohlcv", id="s3")],
+)
+def test_with_file_or_object_store_data_the_length_is_left_to_the_pod(data_uri: str) -> None:
+    params = make_params(factors=["base_features"], cryptos=["PEPE"], n_folds=24, test_bars=8760)
+
+    (entry,) = plan_pods(params, run_id=RUN_ID, as_of=AS_OF, data_uri=data_uri)
+
+    assert entry["arguments"][-2:] == ["--data-uri", data_uri]
+
+
+def test_synthetic_variants_are_checked_too() -> None:
+    params = make_params(n_folds=24, test_bars=8760)
+
+    with pytest.raises(PlanError, match="cannot fit the data"):
+        plan_pods(params, run_id=RUN_ID, as_of=AS_OF, data_uri="synthetic://random-walk?seed=7")
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        # 3 cryptos x 4 folds x 3 costs x 1 slippage = 36 keys
+        pytest.param({}, 600 + 36 * 60, id="defaults"),
+        pytest.param(
+            {"FINETUNE_POD_DEADLINE_PER_KEY_SECONDS": "5", "FINETUNE_POD_DEADLINE_STARTUP_SECONDS": "30"},
+            30 + 36 * 5,
+            id="allowances",
+        ),
+        pytest.param({"FINETUNE_POD_DEADLINE_SECONDS": "7", "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS": "5"}, 7, id="fixed"),
+    ],
+)
+def test_every_pod_is_bounded_by_a_deadline_sized_from_its_keys(environ: dict[str, str], expected: int) -> None:
+    from finetune_sweep.settings import Settings
+
+    entries = plan_pods(make_params(), run_id=RUN_ID, as_of=AS_OF, settings=Settings.from_env(environ))
+
+    assert {entry["active_deadline_seconds"] for entry in entries} == {expected}
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "1.5", "soon"])
+def test_a_bad_deadline_setting_is_refused_naming_it(value: str) -> None:
+    from finetune_sweep.settings import Settings, SettingsError
+
+    with pytest.raises(
+        SettingsError, match=rf"^FINETUNE_POD_DEADLINE_SECONDS='{re.escape(value)}' must be an integer from 1 to 2592000"
+    ):
+        Settings.from_env({"FINETUNE_POD_DEADLINE_SECONDS": value})
