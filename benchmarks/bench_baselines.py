@@ -73,7 +73,9 @@ def main() -> None:
     reference = load_reference()
 
     print(f"random_baseline, {args.seeds} seeds, hold_bars={HOLD_BARS}, rt={RT}, median of {args.repeats}")
-    header = f"{'bars':>10} {'median s':>9} {'peak MiB':>9} {'loop s':>8} {'speed-up':>9} {'|diff|':>9} {'mean trades':>12}"
+    header = (
+        f"{'bars':>10} {'median s':>9} {'peak MiB':>9} {'loop s':>8} {'speed-up':>9} {'|diff|':>9} {'mean trades':>12}"
+    )
     print(header)
     print("-" * len(header))
     for n in SIZES:

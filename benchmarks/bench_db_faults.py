@@ -30,9 +30,27 @@ import psycopg
 from finetune.migrate import apply_migrations
 
 ARGV = [
-    "run", "--factor", "base_features", "--cryptos", "BTC,ETH", "--cost-bps", "10,30", "--slippage-bps", "0",
-    "--as-of", "2026-06-07T00:00:00Z", "--n-folds", "3", "--n-seeds", "20", "--hold-bars", "4",
-    "--train-bars", "400", "--test-bars", "60",
+    "run",
+    "--factor",
+    "base_features",
+    "--cryptos",
+    "BTC,ETH",
+    "--cost-bps",
+    "10,30",
+    "--slippage-bps",
+    "0",
+    "--as-of",
+    "2026-06-07T00:00:00Z",
+    "--n-folds",
+    "3",
+    "--n-seeds",
+    "20",
+    "--hold-bars",
+    "4",
+    "--train-bars",
+    "400",
+    "--test-bars",
+    "60",
 ]
 
 
@@ -40,7 +58,9 @@ def _pod(dsn: str, run_id: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "finetune", *ARGV, "--run-id", run_id],
         env={**os.environ, "FINETUNE_DB_URL": dsn, **env},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -57,7 +77,8 @@ def _wait_blocked(dsn: str) -> None:
 
 def _rows(dsn: str, table: str, run_id: str) -> list[tuple]:
     columns = [
-        name for (name,) in _query(
+        name
+        for (name,) in _query(
             dsn,
             "SELECT column_name FROM information_schema.columns WHERE table_name = %s AND is_identity = 'NO' "
             "AND column_name NOT IN ('run_id', 'created_at', 'updated_at') ORDER BY ordinal_position",
@@ -78,7 +99,12 @@ def sigterm_in_blocked_insert(dsn: str) -> dict[str, object]:
         _, err = proc.communicate()
         seconds = time.monotonic() - sent
         status = _query(dsn, "SELECT status FROM finetune_run_factors WHERE run_id = 'sigterm'")
-    return {"exit_code": proc.returncode, "sigterm_to_exit_s": round(seconds, 2), "recorded": status, "stderr": err.strip()}
+    return {
+        "exit_code": proc.returncode,
+        "sigterm_to_exit_s": round(seconds, 2),
+        "recorded": status,
+        "stderr": err.strip(),
+    }
 
 
 def lock_never_released(dsn: str, lock_timeout: float) -> dict[str, object]:
@@ -113,15 +139,21 @@ def failover(dsn: str, admin_url: str, database: str, outage_seconds: float) -> 
     same = all(_rows(dsn, t, "failover") == _rows(dsn, t, "calm") for t in ("finetune_results", "finetune_baselines"))
     retries = sum(json.loads(line)["event"] == "database_retry" for line in out.splitlines())
     return {
-        "calm_exit_code": calm.returncode, "exit_code": proc.returncode, "outage_s": outage_seconds,
-        "outage_start_to_exit_s": round(seconds, 2), "retries": retries, "values_equal_undisturbed_run": same,
+        "calm_exit_code": calm.returncode,
+        "exit_code": proc.returncode,
+        "outage_s": outage_seconds,
+        "outage_start_to_exit_s": round(seconds, 2),
+        "retries": retries,
+        "values_equal_undisturbed_run": same,
         "stderr": err.strip(),
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--admin-url", default=os.environ.get("FINETUNE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test"))
+    parser.add_argument(
+        "--admin-url", default=os.environ.get("FINETUNE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    )
     parser.add_argument("--outage-seconds", type=float, default=20.0)
     parser.add_argument("--lock-timeout", type=float, default=5.0)
     args = parser.parse_args()

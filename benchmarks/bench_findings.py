@@ -87,8 +87,28 @@ def seed(dsn: str, *, factors: int, cryptos: int, folds: int, costs: int) -> int
             ) as copy:
                 for (factor, crypto, fold, (cost, slip)), p, r in zip(keys, p_values, returns, strict=True):
                     start = START + timedelta(days=7 * fold)
-                    copy.write_row((RUN_ID, factor, STRATEGY, "default", crypto, fold, cost, slip, start,
-                                    start + timedelta(hours=167), 168, '{"alpha": 1}', "hash", r[0], 3, p, 100, 0.5))
+                    copy.write_row(
+                        (
+                            RUN_ID,
+                            factor,
+                            STRATEGY,
+                            "default",
+                            crypto,
+                            fold,
+                            cost,
+                            slip,
+                            start,
+                            start + timedelta(hours=167),
+                            168,
+                            '{"alpha": 1}',
+                            "hash",
+                            r[0],
+                            3,
+                            p,
+                            100,
+                            0.5,
+                        )
+                    )
             with cur.copy(
                 "COPY finetune_baselines (run_id, factor, strategy, baseline_type, crypto, fold_id, cost_bps, "
                 "slippage_bps, test_start, test_end, n_bars, net_return, n_trades) FROM STDIN"
@@ -96,8 +116,23 @@ def seed(dsn: str, *, factors: int, cryptos: int, folds: int, costs: int) -> int
                 for (factor, crypto, fold, (cost, slip)), r in zip(keys, returns, strict=True):
                     start = START + timedelta(days=7 * fold)
                     for baseline_type, value in (("buy_and_hold", r[1]), ("random", r[2]), ("naive", 0.0)):
-                        copy.write_row((RUN_ID, factor, STRATEGY, baseline_type, crypto, fold, cost, slip, start,
-                                        start + timedelta(hours=167), 168, value, 1.0))
+                        copy.write_row(
+                            (
+                                RUN_ID,
+                                factor,
+                                STRATEGY,
+                                baseline_type,
+                                crypto,
+                                fold,
+                                cost,
+                                slip,
+                                start,
+                                start + timedelta(hours=167),
+                                168,
+                                value,
+                                1.0,
+                            )
+                        )
     return len(keys)
 
 
@@ -120,8 +155,10 @@ def main() -> int:
             started = time.perf_counter()
             result = run_findings(dsn, run_id=RUN_ID, fdr_q=0.1)
             seconds = time.perf_counter() - started
-            print(f"findings step ({label}): {result.n_groups:,} groups, {result.n_discovered} findings, "
-                  f"{seconds:.2f} s (goal <= 2 s: {'ok' if seconds <= 2 else 'SLOW'})")
+            print(
+                f"findings step ({label}): {result.n_groups:,} groups, {result.n_discovered} findings, "
+                f"{seconds:.2f} s (goal <= 2 s: {'ok' if seconds <= 2 else 'SLOW'})"
+            )
     finally:
         with psycopg.connect(args.admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -94,7 +94,10 @@ def load_run(conn, *, run_id: str, sweep: dict) -> int:
     )
     conn.execute(LOAD_RUN_SQL, {"run_id": run_id, "strategy": STRATEGY, **sweep})
     return (
-        len(sweep["factors"]) * len(sweep["cryptos"]) * sweep["n_folds"] * len(sweep["cost_bps"])
+        len(sweep["factors"])
+        * len(sweep["cryptos"])
+        * sweep["n_folds"]
+        * len(sweep["cost_bps"])
         * len(sweep["slippage_bps"])
     )
 
@@ -124,7 +127,11 @@ def jit_used(dsn: str, sql: str, run_id: str) -> bool:
 def gate_sql_at(ref: str) -> str:
     """``GATE_SQL`` as it was at git revision ``ref`` (read from git, never imported)."""
     source = subprocess.run(
-        ["git", "show", f"{ref}:plugins/finetune_sweep/gate.py"], cwd=REPO_ROOT, check=True, capture_output=True, text=True
+        ["git", "show", f"{ref}:plugins/finetune_sweep/gate.py"],
+        cwd=REPO_ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     namespace: dict = {}
     exec(compile(source, f"gate.py@{ref}", "exec"), namespace)  # noqa: S102 - our own file at a revision

@@ -107,10 +107,14 @@ def main() -> None:
         reg_best, reg_median, (choices, reg_rows) = _timed(args.repeats, register_choice)
         all_best, all_median, (_, all_rows) = _timed(args.repeats, all_history)
         print(f"history: {args.runs} runs x {len(FACTORS)} factors = {n_attempts} attempts")
-        print(f"register (window 8 runs / 90 days): {reg_rows} rows, best {reg_best * 1000:.1f} ms, "
-              f"median {reg_median * 1000:.1f} ms")
-        print(f"recommend (all history):            {all_rows} rows, best {all_best * 1000:.1f} ms, "
-              f"median {all_median * 1000:.1f} ms")
+        print(
+            f"register (window 8 runs / 90 days): {reg_rows} rows, best {reg_best * 1000:.1f} ms, "
+            f"median {reg_median * 1000:.1f} ms"
+        )
+        print(
+            f"recommend (all history):            {all_rows} rows, best {all_best * 1000:.1f} ms, "
+            f"median {all_median * 1000:.1f} ms"
+        )
         print(f"ratio all / windowed (median): {all_median / reg_median:.1f}")
         for choice in choices.values():
             print(f"  {choice.factor}: {choice.profile} ({choice.reason})")

@@ -90,22 +90,43 @@ def seed(dsn: str, *, runs: int) -> dict[str, int]:
     import psycopg
     from psycopg.types.json import Jsonb
 
-    def one(conn: psycopg.Connection, run_id: str, as_of: datetime, cryptos: list[str], n_folds: int,
-            costs: list[int]) -> None:
+    def one(
+        conn: psycopg.Connection, run_id: str, as_of: datetime, cryptos: list[str], n_folds: int, costs: list[int]
+    ) -> None:
         params = {"factors": FACTORS, "cryptos": cryptos, "cost_bps": costs, "slippage_bps": [0], "n_folds": n_folds}
-        values = {"run_id": run_id, "dag_id": DAG_ID, "as_of": as_of, "params": Jsonb(params), "factors": FACTORS,
-                  "cryptos": cryptos, "n_folds": n_folds, "costs": costs}
+        values = {
+            "run_id": run_id,
+            "dag_id": DAG_ID,
+            "as_of": as_of,
+            "params": Jsonb(params),
+            "factors": FACTORS,
+            "cryptos": cryptos,
+            "n_folds": n_folds,
+            "costs": costs,
+        }
         with conn.cursor() as cur:
             for statement in filter(str.strip, SEED_RUN_SQL.split(";\n")):
                 cur.execute(statement, values)
 
     start = datetime(2026, 1, 4, tzinfo=timezone.utc)
     with psycopg.connect(dsn) as conn:
-        one(conn, BIG_RUN, start + timedelta(weeks=runs), [f"C{i:02d}" for i in range(50)], 30,
-            [5 * (i + 1) for i in range(10)])
+        one(
+            conn,
+            BIG_RUN,
+            start + timedelta(weeks=runs),
+            [f"C{i:02d}" for i in range(50)],
+            30,
+            [5 * (i + 1) for i in range(10)],
+        )
         for week in range(runs - 1):
-            one(conn, f"bench__small_{week:02d}", start + timedelta(weeks=week), [f"C{i:02d}" for i in range(10)], 3,
-                [5 * (i + 1) for i in range(10)])
+            one(
+                conn,
+                f"bench__small_{week:02d}",
+                start + timedelta(weeks=week),
+                [f"C{i:02d}" for i in range(10)],
+                3,
+                [5 * (i + 1) for i in range(10)],
+            )
         conn.execute("ANALYZE")
         return {
             table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
@@ -122,8 +143,18 @@ def record_verdict(dsn: str, run_id: str) -> None:
     with psycopg.connect(dsn) as conn:
         checked_at = conn.execute("SELECT clock_timestamp()").fetchone()[0]
         ok, n_problems, problems = conn.execute(GATE_SQL, {"run_id": run_id}).fetchone()
-        conn.execute(RECORD_VERDICT_SQL, {"run_id": run_id, "ok": ok, "n_problems": n_problems, "problems": problems,
-                                          "dag_id": DAG_ID, "airflow_run_id": "", "checked_at": checked_at})
+        conn.execute(
+            RECORD_VERDICT_SQL,
+            {
+                "run_id": run_id,
+                "ok": ok,
+                "n_problems": n_problems,
+                "problems": problems,
+                "dag_id": DAG_ID,
+                "airflow_run_id": "",
+                "checked_at": checked_at,
+            },
+        )
 
 
 def _timed(fn, repeats: int) -> dict[str, float]:
@@ -200,10 +231,12 @@ def main() -> int:
         results["run tab (60,000 keys), verdict kept"] = _timed(lambda: get(run_tab), args.repeats)
         results[f"DAG tab ({args.runs} runs)"] = _timed(lambda: get(f"/finetune/dags/{DAG_ID}"), args.repeats)
         with queries.connect(dsn) as conn:
-            results["  gate query alone"] = _timed(lambda: conn.execute(GATE_SQL, {"run_id": BIG_RUN}).fetchall(),
-                                                   args.repeats)
+            results["  gate query alone"] = _timed(
+                lambda: conn.execute(GATE_SQL, {"run_id": BIG_RUN}).fetchall(), args.repeats
+            )
             results["  kept verdict's check alone"] = _timed(
-                lambda: queries.fetch_recorded_verdict(conn, BIG_RUN), args.repeats)
+                lambda: queries.fetch_recorded_verdict(conn, BIG_RUN), args.repeats
+            )
             results["  table query alone"] = _timed(lambda: queries.fetch_groups(conn, BIG_RUN), args.repeats)
             results["  history query alone"] = _timed(lambda: queries.fetch_history(conn, DAG_ID), args.repeats)
         size = len(client.get(f"/finetune/dags/{DAG_ID}/runs/{BIG_RUN}").content)

@@ -106,9 +106,7 @@ def finetune_sweep():
         map_index_template="{{ task.factor }}",
         **common,
     ).expand_kwargs(registered)
-    check_baselines = BaselineGateSensor(
-        task_id="check_baselines", **gate_sensor_kwargs(conn_id=SETTINGS.conn_id)
-    )
+    check_baselines = BaselineGateSensor(task_id="check_baselines", **gate_sensor_kwargs(conn_id=SETTINGS.conn_id))
     discoveries = findings()
     summary = report()
 

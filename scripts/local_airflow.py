@@ -29,9 +29,7 @@ def local_airflow_env(
     """
     source = os.environ if environ is None else environ
     env = {
-        key: value
-        for key, value in source.items()
-        if inherit_settings or not key.startswith(("AIRFLOW", "FINETUNE_"))
+        key: value for key, value in source.items() if inherit_settings or not key.startswith(("AIRFLOW", "FINETUNE_"))
     }
     env.update(
         AIRFLOW_HOME=str(home),

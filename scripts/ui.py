@@ -79,7 +79,9 @@ def main() -> int:
         print(f"Sweep history:  {deployment.base_url}/dags/{DAG_ID}/plugin/{DAG_TAB_ROUTE}")
         if runs:
             run_id = runs[0]["dag_run_id"]
-            print(f"Latest run tab: {deployment.base_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/plugin/{RUN_TAB_ROUTE}")
+            print(
+                f"Latest run tab: {deployment.base_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/plugin/{RUN_TAB_ROUTE}"
+            )
         else:
             print("No run yet: `make demo` runs one, or trigger the DAG in the UI.")
         print("Ctrl-C stops everything.\n", flush=True)

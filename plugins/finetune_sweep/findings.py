@@ -50,9 +50,6 @@ DEFAULT_STATEMENT_TIMEOUT_MS = 60_000
 MAX_LISTED_UNTESTED = 10
 
 
-
-
-
 # One row per group of the run, over the factors of its manifest (the findings table references
 # it). Edges are taken against the baselines on the model row's full basis, as in the report.
 # p-values come in fold order (for the record; the combination does not depend on it).
@@ -170,8 +167,14 @@ class FindingsResult:
 
     def summary(self) -> str:
         """The one-line answer, plus a clear note on any untested group."""
-        lines = [headline(n_discovered=self.n_discovered, n_groups=self.n_groups, fdr_q=self.fdr_q,
-                          combine_method=self.combine_method)]
+        lines = [
+            headline(
+                n_discovered=self.n_discovered,
+                n_groups=self.n_groups,
+                fdr_q=self.fdr_q,
+                combine_method=self.combine_method,
+            )
+        ]
         if self.untested:
             lines.append(untested_note(self.untested))
         return "\n".join(lines)
@@ -352,8 +355,7 @@ def _groups(rows: Sequence[Sequence[Any]]) -> list[GroupInput]:
             mean_edge_vs_buy_and_hold=edge_bh,
             mean_edge_vs_random=edge_random,
         )
-        for factor, crypto, cost_bps, slippage_bps, n_folds, n_p_values, p_values, mean_model_return, edge_bh,
-        edge_random in rows
+        for factor, crypto, cost_bps, slippage_bps, n_folds, n_p_values, p_values, mean_model_return, edge_bh, edge_random in rows
     ]
 
 
@@ -372,9 +374,22 @@ def replace_findings(
     with conn.cursor() as cur, cur.copy(f"COPY finetune_findings ({', '.join(FINDING_COLUMNS)}) FROM STDIN") as copy:
         for f in findings:
             copy.write_row(
-                (run_id, f.factor, f.crypto, f.cost_bps, f.slippage_bps, f.n_folds, f.mean_model_return,
-                 f.mean_edge_vs_buy_and_hold, f.mean_edge_vs_random, f.p_value, f.q_value, f.discovered,
-                 fdr_q, method)
+                (
+                    run_id,
+                    f.factor,
+                    f.crypto,
+                    f.cost_bps,
+                    f.slippage_bps,
+                    f.n_folds,
+                    f.mean_model_return,
+                    f.mean_edge_vs_buy_and_hold,
+                    f.mean_edge_vs_random,
+                    f.p_value,
+                    f.q_value,
+                    f.discovered,
+                    fdr_q,
+                    method,
+                )
             )
 
 
@@ -405,8 +420,9 @@ def run_findings(
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))", {"key": f"findings:{run_id}"})
         findings, untested = compute_findings(fetch_groups(conn, run_id), fdr_q=fdr_q, method=method)
         replace_findings(conn, run_id, findings, fdr_q=fdr_q, method=method)
-    return FindingsResult(run_id=run_id, fdr_q=fdr_q, combine_method=method, findings=tuple(findings),
-                          untested=tuple(untested))
+    return FindingsResult(
+        run_id=run_id, fdr_q=fdr_q, combine_method=method, findings=tuple(findings), untested=tuple(untested)
+    )
 
 
 if __name__ == "__main__":

@@ -93,8 +93,12 @@ def fixed_width(table: Sequence[Sequence[str]], *, left: int = 2) -> list[str]:
     :param left: how many leading columns are names (left-aligned).
     """
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    return ["  ".join(cell.rjust(w) if i >= left else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=False)))
-            for line in table]
+    return [
+        "  ".join(
+            cell.rjust(w) if i >= left else cell.ljust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=False))
+        )
+        for line in table
+    ]
 
 
 def format_summary(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -245,8 +249,13 @@ def _finding_cell(key: str, value: Any) -> str:
 
 
 def format_findings(
-    discovered: Sequence[Mapping[str, Any]], *, n_groups: int, n_discovered: int, fdr_q: float | None,
-    combine_method: str | None, untested: Sequence[Any] = (),
+    discovered: Sequence[Mapping[str, Any]],
+    *,
+    n_groups: int,
+    n_discovered: int,
+    fdr_q: float | None,
+    combine_method: str | None,
+    untested: Sequence[Any] = (),
 ) -> str:
     """The findings section: the one-line answer, then the findings (smallest q first).
 

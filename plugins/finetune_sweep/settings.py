@@ -143,6 +143,7 @@ class Settings:
             retry_delay = -1.0
         if not 0 <= retry_delay <= 3600:
             raise SettingsError(f"FINETUNE_RETRY_DELAY_SECONDS={delay_text!r} must be seconds from 0 to 3600")
+
         def integer(name: str, default: int, low: int, high: int) -> int:
             text = get(name, None)
             if text is None:
@@ -166,7 +167,9 @@ class Settings:
             retry_delay_seconds=retry_delay,
             pod_template_file=get("FINETUNE_POD_TEMPLATE_FILE", None),
             pod_database_env=tuple((name, value) for name in POD_DATABASE_ENV if (value := get(name, None))),
-            schedule_timeout_seconds=integer("FINETUNE_SCHEDULE_TIMEOUT_SECONDS", cls.schedule_timeout_seconds, 1, 86400),
+            schedule_timeout_seconds=integer(
+                "FINETUNE_SCHEDULE_TIMEOUT_SECONDS", cls.schedule_timeout_seconds, 1, 86400
+            ),
             startup_timeout_seconds=integer("FINETUNE_STARTUP_TIMEOUT_SECONDS", cls.startup_timeout_seconds, 1, 86400),
             config_error_grace_seconds=integer(
                 "FINETUNE_CONFIG_ERROR_GRACE_SECONDS", cls.config_error_grace_seconds, 0, 86400

@@ -138,8 +138,14 @@ def test_default_params_validate(dag: Any) -> None:
 
 
 def test_good_conf_is_accepted(dag: Any) -> None:
-    conf = {"factors": ["btc_features"], "cryptos": ["BTC", "DOGE"], "cost_bps": [0, 25], "n_folds": 2, "image": "0.2.0-rc1",
-            "fdr_q": 0.05}
+    conf = {
+        "factors": ["btc_features"],
+        "cryptos": ["BTC", "DOGE"],
+        "cost_bps": [0, 25],
+        "n_folds": 2,
+        "image": "0.2.0-rc1",
+        "fdr_q": 0.05,
+    }
 
     assert _validated(dag, conf)["cryptos"] == ["BTC", "DOGE"]
     assert _validated(dag, conf)["fdr_q"] == 0.05
@@ -186,7 +192,9 @@ print("heavy:", ",".join(heavy))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CONN_", "FINETUNE_"))}
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT / "plugins"), str(DAGS)])
 
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300, check=False
+    )
 
     assert done.returncode == 0, done.stderr[-3000:]
     assert "heavy: \n" in done.stdout or done.stdout.strip().endswith("heavy:"), done.stdout

@@ -122,18 +122,26 @@ def test_rerun_of_the_same_run_is_idempotent(airflow_home: Path, empty_db: str) 
     conf = {**SMALL_CONF, "factors": ["base_features"], "cryptos": ["SOL"]}
     first = _dags_test(airflow_home, empty_db, conf)
     assert first.returncode == 0, (first.stdout + first.stderr)[-6000:]
-    counts = _scalar(empty_db, "SELECT (SELECT count(*) FROM finetune_results) * 1000 + count(*) FROM finetune_baselines")
-    findings = _rows(empty_db, "SELECT run_id, factor, crypto, cost_bps, fdr_q FROM finetune_findings ORDER BY cost_bps")
+    counts = _scalar(
+        empty_db, "SELECT (SELECT count(*) FROM finetune_results) * 1000 + count(*) FROM finetune_baselines"
+    )
+    findings = _rows(
+        empty_db, "SELECT run_id, factor, crypto, cost_bps, fdr_q FROM finetune_findings ORDER BY cost_bps"
+    )
 
     # Another FDR is the same sweep (fdr_q is not part of the run id): the rows upsert and the
     # findings are replaced at the new rate.
     second = _dags_test(airflow_home, empty_db, {**conf, "fdr_q": 0.05})
 
     assert second.returncode == 0, (second.stdout + second.stderr)[-6000:]
-    again = _scalar(empty_db, "SELECT (SELECT count(*) FROM finetune_results) * 1000 + count(*) FROM finetune_baselines")
+    again = _scalar(
+        empty_db, "SELECT (SELECT count(*) FROM finetune_results) * 1000 + count(*) FROM finetune_baselines"
+    )
     assert again == counts
     assert _scalar(empty_db, "SELECT count(*) FROM finetune_runs") == 1
-    replaced = _rows(empty_db, "SELECT run_id, factor, crypto, cost_bps, fdr_q FROM finetune_findings ORDER BY cost_bps")
+    replaced = _rows(
+        empty_db, "SELECT run_id, factor, crypto, cost_bps, fdr_q FROM finetune_findings ORDER BY cost_bps"
+    )
     assert [row[:4] for row in replaced] == [row[:4] for row in findings] and len(findings) == 2
     assert {row[4] for row in findings} == {0.1} and {row[4] for row in replaced} == {0.05}
 
@@ -211,8 +219,9 @@ def test_oom_climbs_one_profile_and_the_run_succeeds(airflow_home: Path, empty_d
 
 MI = 2**20
 # Every factor on STANDARD in the map, so that only the history can move one.
-ALL_STANDARD = json.dumps({"base_features": "STANDARD", "n_features": "STANDARD", "btc_features": "STANDARD",
-                           "l2_features": "STANDARD"})
+ALL_STANDARD = json.dumps(
+    {"base_features": "STANDARD", "n_features": "STANDARD", "btc_features": "STANDARD", "l2_features": "STANDARD"}
+)
 
 
 def _record_last_week(dsn: str, attempts: list[tuple[str, int, str, int, int | None, str]]) -> None:
@@ -240,13 +249,21 @@ def test_history_starts_factors_one_step_up_without_an_oom(airflow_home: Path, m
     # The incident, on the small local profiles: btc_features peaked at 95 % of STANDARD (1.425Gi) and
     # n_features was OOMKilled on STANDARD last week; base_features stays far below its limit.
     standard = 1536 * MI
-    _record_last_week(migrated_db, [
-        ("btc_features", 1, "STANDARD", standard, int(0.95 * standard), "completed"),
-        ("n_features", 1, "STANDARD", standard, None, "OOMKilled"),
-        ("n_features", 2, "MEDIUM", 2048 * MI, 1600 * MI, "completed"),
-        ("base_features", 1, "STANDARD", standard, 200 * MI, "completed"),
-    ])
-    conf = {**SMALL_CONF, "factors": ["base_features", "btc_features", "n_features"], "cryptos": ["BTC"], "cost_bps": [10]}
+    _record_last_week(
+        migrated_db,
+        [
+            ("btc_features", 1, "STANDARD", standard, int(0.95 * standard), "completed"),
+            ("n_features", 1, "STANDARD", standard, None, "OOMKilled"),
+            ("n_features", 2, "MEDIUM", 2048 * MI, 1600 * MI, "completed"),
+            ("base_features", 1, "STANDARD", standard, 200 * MI, "completed"),
+        ],
+    )
+    conf = {
+        **SMALL_CONF,
+        "factors": ["base_features", "btc_features", "n_features"],
+        "cryptos": ["BTC"],
+        "cost_bps": [10],
+    }
 
     done = _dags_test(airflow_home, migrated_db, conf, FINETUNE_SIZING=ALL_STANDARD)
     output = done.stdout + done.stderr
@@ -272,7 +289,10 @@ def test_history_starts_factors_one_step_up_without_an_oom(airflow_home: Path, m
         ("n_features", "STANDARD", "MEDIUM", "done", "history: OOM on STANDARD in run last-week (attempt 1) -> MEDIUM"),
     ]
     (link,) = _rows(migrated_db, "SELECT dag_id, run_id FROM finetune_airflow_runs")
-    assert link == ("finetune_sweep", _scalar(migrated_db, "SELECT run_id FROM finetune_runs WHERE run_id <> 'last-week'"))
+    assert link == (
+        "finetune_sweep",
+        _scalar(migrated_db, "SELECT run_id FROM finetune_runs WHERE run_id <> 'last-week'"),
+    )
     assert "sizing btc_features: starts on MEDIUM (memory 2Gi, map STANDARD): history: p95" in output
     assert "sizing base_features: starts on STANDARD (memory 1536Mi, map STANDARD): map" in output
 
@@ -284,7 +304,9 @@ def test_the_oom_ladder_climbs_from_the_profile_history_chose(airflow_home: Path
     _record_last_week(migrated_db, [("base_features", 1, "STANDARD", 30 * MI, None, "OOMKilled")])
     conf = {**SMALL_CONF, "factors": ["base_features"], "cryptos": ["BTC"], "cost_bps": [10]}
 
-    done = _dags_test(airflow_home, migrated_db, conf, FINETUNE_PROFILES=json.dumps(profiles), FINETUNE_SIZING=ALL_STANDARD)
+    done = _dags_test(
+        airflow_home, migrated_db, conf, FINETUNE_PROFILES=json.dumps(profiles), FINETUNE_SIZING=ALL_STANDARD
+    )
     output = done.stdout + done.stderr
 
     assert done.returncode == 0, output[-6000:]
@@ -293,13 +315,23 @@ def test_the_oom_ladder_climbs_from_the_profile_history_chose(airflow_home: Path
         "SELECT profile, exit_reason FROM finetune_pod_attempts WHERE run_id <> 'last-week' ORDER BY attempt",
     )
     assert attempts == [("MEDIUM", "OOMKilled"), ("HEAVY", "completed")]
-    assert _rows(migrated_db, "SELECT map_profile, profile, status FROM finetune_run_factors WHERE run_id <> 'last-week'") == [
-        ("STANDARD", "HEAVY", "done")]
+    assert _rows(
+        migrated_db, "SELECT map_profile, profile, status FROM finetune_run_factors WHERE run_id <> 'last-week'"
+    ) == [("STANDARD", "HEAVY", "done")]
+
+
 def test_planted_market_btc_features_on_eth_and_sol_at_0_bps_are_findings(airflow_home: Path, empty_db: str) -> None:
     # The default data is the planted lead-lag market: each alt follows BTC's previous bar, which
     # only btc_features can see. Default windows (180-day train, 30-day test), 4 folds.
-    conf = {"factors": ["base_features", "btc_features"], "cryptos": ["BTC", "ETH", "SOL"], "cost_bps": [0, 30],
-            "slippage_bps": [0], "n_folds": 4, "n_seeds": 100, "hold_bars": 24}
+    conf = {
+        "factors": ["base_features", "btc_features"],
+        "cryptos": ["BTC", "ETH", "SOL"],
+        "cost_bps": [0, 30],
+        "slippage_bps": [0],
+        "n_folds": 4,
+        "n_seeds": 100,
+        "hold_bars": 24,
+    }
 
     done = _dags_test(airflow_home, empty_db, conf)
     output = done.stdout + done.stderr
@@ -315,7 +347,7 @@ def test_planted_market_btc_features_on_eth_and_sol_at_0_bps_are_findings(airflo
     assert headline in output, output[-6000:]
     # The report prints the findings first: the headline comes before the per-group table.
     assert output.index(headline) < output.index("Model vs same-basis baselines")
-    lines = output[output.index(headline):output.index("Model vs same-basis baselines")].splitlines()
+    lines = output[output.index(headline) : output.index("Model vs same-basis baselines")].splitlines()
     assert any(line.split()[:3] == ["btc_features", "ETH", "0"] for line in lines if line.strip())
 
 
@@ -328,8 +360,11 @@ def test_the_same_sweep_on_other_data_is_another_run(airflow_home: Path, empty_d
     walk = _dags_test(airflow_home, empty_db, conf, FINETUNE_DATA_URI="synthetic://random-walk")
 
     assert walk.returncode == 0, (walk.stdout + walk.stderr)[-6000:]
-    runs = _rows(empty_db, "SELECT params ->> 'data_uri', (SELECT count(*) FROM finetune_results AS m "
-                           "WHERE m.run_id = r.run_id) FROM finetune_runs AS r ORDER BY 1 NULLS FIRST")
+    runs = _rows(
+        empty_db,
+        "SELECT params ->> 'data_uri', (SELECT count(*) FROM finetune_results AS m "
+        "WHERE m.run_id = r.run_id) FROM finetune_runs AS r ORDER BY 1 NULLS FIRST",
+    )
     # two sweeps side by side, each complete: the random walk did not upsert over the planted rows
     assert runs == [(None, keys), ("synthetic://random-walk", keys)]
     assert _scalar(empty_db, "SELECT count(DISTINCT run_id) FROM finetune_findings") == 2

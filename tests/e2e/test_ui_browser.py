@@ -57,8 +57,9 @@ def _require_browser() -> None:
 
 def _run(args: list[str], env: dict[str, str], log: Path, timeout: float) -> None:
     with log.open("ab") as out:
-        done = subprocess.run([AIRFLOW, *args], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
-                              check=False)
+        done = subprocess.run(
+            [AIRFLOW, *args], env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout, check=False
+        )
     if done.returncode != 0:
         pytest.fail(f"`airflow {' '.join(args[:2])}` exited {done.returncode}:\n{log.read_text()[-4000:]}")
 
@@ -101,18 +102,26 @@ def ui_after_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
         with (home / "api-server.log").open("wb") as out:
             server = subprocess.Popen(
                 [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         try:
             wait_for_api_server(base_url, server, timeout=START_TIMEOUT)
         except RuntimeError as err:
             pytest.fail(f"{err}:\n{(home / 'api-server.log').read_text()[-4000:]}")
-        token = httpx.post(f"{base_url}/auth/token", json={"username": "viewer", "password": password},
-                           timeout=60, trust_env=False)
+        token = httpx.post(
+            f"{base_url}/auth/token", json={"username": "viewer", "password": password}, timeout=60, trust_env=False
+        )
         assert token.status_code == 201, token.text
         jwt = token.json()["access_token"]
-        runs = httpx.get(f"{base_url}/api/v2/dags/{DAG_ID}/dagRuns", headers={"Authorization": f"Bearer {jwt}"},
-                         timeout=60, trust_env=False).json()["dag_runs"]
+        runs = httpx.get(
+            f"{base_url}/api/v2/dags/{DAG_ID}/dagRuns",
+            headers={"Authorization": f"Bearer {jwt}"},
+            timeout=60,
+            trust_env=False,
+        ).json()["dag_runs"]
         assert len(runs) == 1 and runs[0]["state"] == "success", runs
         yield {"base_url": base_url, "jwt": jwt, "run_id": runs[0]["dag_run_id"], "home": home}
     finally:
@@ -144,8 +153,10 @@ def test_the_run_tab_shows_the_sweep_in_the_airflow_ui(ui_after_sweep: dict[str,
             frame.locator(".chart .main-svg").first.wait_for()
             verdict = frame.locator("#verdict").inner_text()
             headers = frame.locator("#results thead th").all_inner_texts()
-            rows = [[cell.strip() for cell in row.split("\t")]
-                    for row in frame.locator("#results tbody tr").all_inner_texts()]
+            rows = [
+                [cell.strip() for cell in row.split("\t")]
+                for row in frame.locator("#results tbody tr").all_inner_texts()
+            ]
             n_charts = frame.locator(".chart .plot-container").count()
             pods = frame.locator("#pods tbody tr").all_inner_texts()
             shot = tmp_path / "run_tab.png"
@@ -159,11 +170,22 @@ def test_the_run_tab_shows_the_sweep_in_the_airflow_ui(ui_after_sweep: dict[str,
     assert "Verdict: complete" in verdict, verdict
     assert "Recorded by check_baselines of Airflow run" in verdict, verdict  # the gate's own verdict, kept
     assert [h.strip() for h in headers[:11]] == [
-        "factor", "crypto", "cost", "slip", "model", "buy & hold", "random", "random p05–p95", "naive", "percentile",
+        "factor",
+        "crypto",
+        "cost",
+        "slip",
+        "model",
+        "buy & hold",
+        "random",
+        "random p05–p95",
+        "naive",
+        "percentile",
         "folds won",
     ], headers
     assert {(row[0], row[1], row[2]) for row in rows} == {
-        (factor, crypto, str(cost)) for factor in CONF["factors"] for crypto in CONF["cryptos"]
+        (factor, crypto, str(cost))
+        for factor in CONF["factors"]
+        for crypto in CONF["cryptos"]
         for cost in CONF["cost_bps"]
     }
     percent = re.compile(r"^[+-]\d+\.\d{2}%$")

@@ -139,5 +139,7 @@ def recorded_attempts(dsn: str) -> list[tuple[Any, ...]]:
 
 def recorded_manifest(dsn: str) -> tuple[Any, ...]:
     """``base_features``'s manifest row: (status, profile, exit_reason)."""
-    (row,) = db_rows(dsn, "SELECT status, profile, exit_reason FROM finetune_run_factors WHERE factor = 'base_features'")
+    (row,) = db_rows(
+        dsn, "SELECT status, profile, exit_reason FROM finetune_run_factors WHERE factor = 'base_features'"
+    )
     return row

@@ -77,7 +77,9 @@ def set_waiting(pod: k8s.V1Pod, *, reason: str, message: str) -> None:
         phase="Pending",
         conditions=[k8s.V1PodCondition(type="PodScheduled", status="True")],
         container_statuses=[
-            _container_status("base", k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=reason, message=message)))
+            _container_status(
+                "base", k8s.V1ContainerState(waiting=k8s.V1ContainerStateWaiting(reason=reason, message=message))
+            )
         ],
     )
 

@@ -19,8 +19,13 @@ AS_OF = "2026-06-07T00:00:00Z"
 # A value that would break SQL or a shell if it were ever interpolated.
 INJECTION = "BTC'; DROP TABLE x;--"
 STRATEGY = "ridge_long_flat"
-PLAN = {"factors": ["base_features", "l2_features"], "cryptos": ["BTC", "ETH"], "cost_bps": [10, 30],
-        "slippage_bps": [0], "n_folds": 2}
+PLAN = {
+    "factors": ["base_features", "l2_features"],
+    "cryptos": ["BTC", "ETH"],
+    "cost_bps": [10, 30],
+    "slippage_bps": [0],
+    "n_folds": 2,
+}
 WINDOW_START = datetime(2026, 5, 1, tzinfo=timezone.utc)
 
 
@@ -30,16 +35,38 @@ def window(fold_id: int) -> dict[str, Any]:
 
 
 def make_model_row(**overrides: Any) -> dict[str, Any]:
-    row = {"run_id": RUN_ID, "factor": "base_features", "strategy": STRATEGY, "crypto": "BTC", "fold_id": 0,
-           "cost_bps": 10, "slippage_bps": 0, **window(overrides.get("fold_id", 0)), "net_return": 0.01}
+    row = {
+        "run_id": RUN_ID,
+        "factor": "base_features",
+        "strategy": STRATEGY,
+        "crypto": "BTC",
+        "fold_id": 0,
+        "cost_bps": 10,
+        "slippage_bps": 0,
+        **window(overrides.get("fold_id", 0)),
+        "net_return": 0.01,
+    }
     row.update(overrides)
     row["variant"] = f"cost{row['cost_bps']}_slip{row['slippage_bps']}"
     return row
 
 
 def make_baseline_row(baseline_type: str, model: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    row = {key: model[key] for key in ("run_id", "factor", "strategy", "crypto", "fold_id", "cost_bps", "slippage_bps",
-                                       "test_start", "test_end", "n_bars")}
+    row = {
+        key: model[key]
+        for key in (
+            "run_id",
+            "factor",
+            "strategy",
+            "crypto",
+            "fold_id",
+            "cost_bps",
+            "slippage_bps",
+            "test_start",
+            "test_end",
+            "n_bars",
+        )
+    }
     row.update(baseline_type=baseline_type, net_return={"naive": 0.0}.get(baseline_type, 0.005), n_trades=1.0)
     row.update(overrides)
     return row
@@ -47,18 +74,37 @@ def make_baseline_row(baseline_type: str, model: dict[str, Any], **overrides: An
 
 def insert(conn: psycopg.Connection, table: str, row: dict[str, Any]) -> None:
     if table == "finetune_results":
-        row = {**row, "model_hyperparams": psycopg.types.json.Jsonb({"alpha": 1.0}), "feature_hash": "abc", "n_trades": 2}
+        row = {
+            **row,
+            "model_hyperparams": psycopg.types.json.Jsonb({"alpha": 1.0}),
+            "feature_hash": "abc",
+            "n_trades": 2,
+        }
     columns = ", ".join(row)
     values = ", ".join(f"%({key})s" for key in row)
     conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({values})", row)
 
 
-def seed_complete_run(dsn: str, *, skip_model: set | None = None, skip_baseline: set | None = None,
-                       statuses: dict[str, str] | None = None, run_id: str = RUN_ID, **plan: Any) -> None:
+def seed_complete_run(
+    dsn: str,
+    *,
+    skip_model: set | None = None,
+    skip_baseline: set | None = None,
+    statuses: dict[str, str] | None = None,
+    run_id: str = RUN_ID,
+    **plan: Any,
+) -> None:
     """Register the plan and write every key it expects (except the skipped ones)."""
     params = validate_params({**PLAN, **plan})
-    register_run(dsn, strategy="ridge_long_flat", run_id=run_id, dag_id="finetune_sweep", as_of=AS_OF, params=params,
-                 entries=plan_pods(params, run_id=run_id, as_of=AS_OF))
+    register_run(
+        dsn,
+        strategy="ridge_long_flat",
+        run_id=run_id,
+        dag_id="finetune_sweep",
+        as_of=AS_OF,
+        params=params,
+        entries=plan_pods(params, run_id=run_id, as_of=AS_OF),
+    )
     with psycopg.connect(dsn) as conn:
         for factor in params["factors"]:
             status = (statuses or {}).get(factor, "done")
@@ -69,8 +115,9 @@ def seed_complete_run(dsn: str, *, skip_model: set | None = None, skip_baseline:
             key = (factor, crypto, fold_id, cost, slip)
             if key in (skip_model or set()):
                 continue
-            model = make_model_row(run_id=run_id, factor=factor, crypto=crypto, fold_id=fold_id, cost_bps=cost,
-                                   slippage_bps=slip)
+            model = make_model_row(
+                run_id=run_id, factor=factor, crypto=crypto, fold_id=fold_id, cost_bps=cost, slippage_bps=slip
+            )
             insert(conn, "finetune_results", model)
             for baseline_type in BASELINE_TYPES:
                 if (*key, baseline_type) not in (skip_baseline or set()):
@@ -106,8 +153,17 @@ def record_attempt(
             "INSERT INTO finetune_pod_attempts (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, "
             "peak_memory_bytes, exit_reason, duration_seconds, finished_at) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 60, now() - make_interval(secs => %s))",
-            (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, peak_memory_bytes, exit_reason,
-             days_ago * 86400),
+            (
+                run_id,
+                factor,
+                airflow_run_id,
+                attempt,
+                profile,
+                memory_limit_bytes,
+                peak_memory_bytes,
+                exit_reason,
+                days_ago * 86400,
+            ),
         )
 
 

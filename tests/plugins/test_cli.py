@@ -18,7 +18,9 @@ from finetune_rows import (
 from finetune_sweep import cli
 
 
-def test_recommend_cli_reads_the_history(migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recommend_cli_reads_the_history(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import psycopg
 
     monkeypatch.delenv("FINETUNE_PROFILES", raising=False)
@@ -28,7 +30,9 @@ def test_recommend_cli_reads_the_history(migrated_db: str, capsys: pytest.Captur
             "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
             "VALUES ('r2', 'finetune_sweep', 'ridge_long_flat', '2026-06-07T00:00:00Z', '{}')"
         )
-        conn.execute("INSERT INTO finetune_run_factors (run_id, factor, profile, status) VALUES ('r2', 'btc_features', 'STANDARD', 'done')")
+        conn.execute(
+            "INSERT INTO finetune_run_factors (run_id, factor, profile, status) VALUES ('r2', 'btc_features', 'STANDARD', 'done')"
+        )
         conn.execute(
             "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes, peak_memory_bytes, "
             "exit_reason, duration_seconds) VALUES ('r2', 'btc_features', 1, 'STANDARD', %s, %s, NULL, 60)",
@@ -101,7 +105,9 @@ def test_recommend_cli_with_an_unknown_role_says_configuration_error(migrated_db
 
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
-    assert line.startswith("error: the database refused the connection settings (a configuration error, not an outage): ")
+    assert line.startswith(
+        "error: the database refused the connection settings (a configuration error, not an outage): "
+    )
     assert 'role "no_such_role" does not exist' in line
     assert "pw-4711" not in done.stderr
 
@@ -115,17 +121,30 @@ def test_recommend_cli_without_any_database_configured() -> None:
     )
 
 
-def test_recommend_cli_reads_the_window_register_uses(migrated_db: str, capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recommend_cli_reads_the_window_register_uses(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("FINETUNE_PROFILES", raising=False)
     monkeypatch.setenv("FINETUNE_SIZING", '{"btc_features": "STANDARD"}')
     monkeypatch.setenv("FINETUNE_SIZING_HISTORY_DAYS", "30")
     monkeypatch.delenv("FINETUNE_SIZING_HISTORY_RUNS", raising=False)
     monkeypatch.delenv("FINETUNE_SIZING_MODE", raising=False)
-    record_attempt(migrated_db, run_id="old", factor="btc_features", memory_limit_bytes=8 * GI,
-                   peak_memory_bytes=int(7.9 * GI), days_ago=31)
-    record_attempt(migrated_db, run_id="new", factor="btc_features", memory_limit_bytes=8 * GI,
-                   peak_memory_bytes=int(7.6 * GI), days_ago=1)
+    record_attempt(
+        migrated_db,
+        run_id="old",
+        factor="btc_features",
+        memory_limit_bytes=8 * GI,
+        peak_memory_bytes=int(7.9 * GI),
+        days_ago=31,
+    )
+    record_attempt(
+        migrated_db,
+        run_id="new",
+        factor="btc_features",
+        memory_limit_bytes=8 * GI,
+        peak_memory_bytes=int(7.6 * GI),
+        days_ago=1,
+    )
 
     assert cli.main(["recommend", "--dsn", migrated_db]) == 0
 
@@ -137,7 +156,9 @@ def test_recommend_cli_reads_the_window_register_uses(migrated_db: str, capsys: 
     assert "advice: btc_features starts its next run on MEDIUM (history; map STANDARD)" in out
 
 
-def test_recommend_cli_refuses_a_bad_sizing_setting(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_recommend_cli_refuses_a_bad_sizing_setting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("FINETUNE_SIZING_HISTORY_RUNS", "all")
 
     assert cli.main(["recommend", "--dsn", "postgresql://nowhere.invalid/x"]) == 2
@@ -173,7 +194,10 @@ def test_the_findings_command_runs_under_both_spellings(spelling: list[str], mig
 
     done = subprocess.run(
         [sys.executable, "-m", *spelling, "--dsn", migrated_db, "--run-id", RUN_ID, "--fdr-q", "0.05"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
     assert done.returncode == 0, done.stderr

@@ -24,9 +24,18 @@ from scipy import stats
 
 
 def _make_group(**overrides: Any) -> GroupInput:
-    group = {"factor": "base_features", "crypto": "BTC", "cost_bps": 10, "slippage_bps": 0, "n_folds": 2,
-             "n_p_values": 2, "p_values": (0.1, 0.2), "mean_model_return": 0.01,
-             "mean_edge_vs_buy_and_hold": 0.005, "mean_edge_vs_random": 0.004}
+    group = {
+        "factor": "base_features",
+        "crypto": "BTC",
+        "cost_bps": 10,
+        "slippage_bps": 0,
+        "n_folds": 2,
+        "n_p_values": 2,
+        "p_values": (0.1, 0.2),
+        "mean_model_return": 0.01,
+        "mean_edge_vs_buy_and_hold": 0.005,
+        "mean_edge_vs_random": 0.004,
+    }
     group.update(overrides)
     return GroupInput(**group)
 
@@ -170,8 +179,9 @@ def test_a_group_with_no_p_value_at_all_is_untested() -> None:
     found, untested = compute_findings([_make_group(n_p_values=0, p_values=(None, None))])
 
     assert found == [] and len(untested) == 1
-    result = findings.FindingsResult(run_id="r", fdr_q=0.1, combine_method="fisher", findings=(),
-                                     untested=tuple(untested))
+    result = findings.FindingsResult(
+        run_id="r", fdr_q=0.1, combine_method="fisher", findings=(), untested=tuple(untested)
+    )
     text = result.summary()
     assert text.startswith("0 of 0 groups are findings at FDR 0.1: no group has shift-test p-values")
     assert "1 group(s) NOT TESTED" in text and "base_features BTC 10/0 bps (0 of 2 folds)" in text
@@ -220,13 +230,19 @@ def test_rerun_replaces_the_runs_rows_and_leaves_other_runs_alone(migrated_db: s
     seed_complete_run(migrated_db)
     set_p_values(migrated_db, {"BTC": (0.01, 0.04), "ETH": (0.3, 0.9)})
     with psycopg.connect(migrated_db) as conn:
-        conn.execute("INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
-                     "VALUES ('other', 'finetune_sweep', 'ridge_long_flat', now(), '{}')")
-        conn.execute("INSERT INTO finetune_run_factors (run_id, factor, profile, status) "
-                     "VALUES ('other', 'base_features', 'STANDARD', 'done')")
-        conn.execute("INSERT INTO finetune_findings (run_id, factor, crypto, cost_bps, slippage_bps, n_folds, "
-                     "mean_model_return, p_value, q_value, discovered, fdr_q, combine_method) "
-                     "VALUES ('other', 'base_features', 'BTC', 10, 0, 2, 0.0, 0.5, 0.5, false, 0.1, 'fisher')")
+        conn.execute(
+            "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+            "VALUES ('other', 'finetune_sweep', 'ridge_long_flat', now(), '{}')"
+        )
+        conn.execute(
+            "INSERT INTO finetune_run_factors (run_id, factor, profile, status) "
+            "VALUES ('other', 'base_features', 'STANDARD', 'done')"
+        )
+        conn.execute(
+            "INSERT INTO finetune_findings (run_id, factor, crypto, cost_bps, slippage_bps, n_folds, "
+            "mean_model_return, p_value, q_value, discovered, fdr_q, combine_method) "
+            "VALUES ('other', 'base_features', 'BTC', 10, 0, 2, 0.0, 0.5, 0.5, false, 0.1, 'fisher')"
+        )
 
     findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
     first = stored_findings(migrated_db)
@@ -338,15 +354,24 @@ def _simulated_sweeps() -> list[list[GroupInput]]:
                     window = close[start : start + METHOD_WARMUP + METHOD_TEST_BARS]
                     for factor, positions in _stand_in_positions(window).items():
                         # What the runner calls: one pass over the shifts, netted per cost basis.
-                        tests = significance.shift_tests(positions, window[METHOD_WARMUP:], rt_costs,
-                                                         n_shifts=METHOD_N_SHIFTS)
+                        tests = significance.shift_tests(
+                            positions, window[METHOD_WARMUP:], rt_costs, n_shifts=METHOD_N_SHIFTS
+                        )
                         for cost, test in zip(METHOD_COSTS, tests, strict=True):
                             p_values.setdefault((factor, crypto, cost), []).append(test.p_value)
-            sweeps.append([
-                _make_group(factor=factor, crypto=crypto, cost_bps=cost, n_folds=len(ps), n_p_values=len(ps),
-                            p_values=tuple(ps))
-                for (factor, crypto, cost), ps in p_values.items()
-            ])
+            sweeps.append(
+                [
+                    _make_group(
+                        factor=factor,
+                        crypto=crypto,
+                        cost_bps=cost,
+                        n_folds=len(ps),
+                        n_p_values=len(ps),
+                        p_values=tuple(ps),
+                    )
+                    for (factor, crypto, cost), ps in p_values.items()
+                ]
+            )
     return sweeps
 
 

@@ -26,8 +26,14 @@ print(json.dumps({
 
 
 def test_the_entry_imports_nothing_heavy_and_declares_both_tabs() -> None:
-    done = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "plugins")}, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT / "plugins")},
+        check=False,
+    )
 
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -35,6 +41,8 @@ def test_the_entry_imports_nothing_heavy_and_declares_both_tabs() -> None:
     assert set(result["new"]) == {"finetune_sweep", "finetune_sweep.ui", "finetune_sweep_ui"}
     assert result["apps"] == [{"url_prefix": "/finetune", "name": "finetune sweep results"}]
     assert {(v["destination"], v["url_route"]) for v in result["views"]} == {
-        ("dag_run", "finetune-sweep"), ("dag", "finetune-sweep-history")}
+        ("dag_run", "finetune-sweep"),
+        ("dag", "finetune-sweep-history"),
+    }
     # the UI fills these in; a tab without a url_route would not appear
     assert {v["href"] for v in result["views"]} == {"finetune/dags/{DAG_ID}/runs/{RUN_ID}", "finetune/dags/{DAG_ID}"}

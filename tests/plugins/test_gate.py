@@ -131,8 +131,13 @@ def test_run_id_is_bound_never_interpolated(migrated_db: str) -> None:
 
 
 def test_many_problems_are_capped_in_the_message(migrated_db: str) -> None:
-    seed_complete_run(migrated_db, cryptos=["BTC", "ETH", "SOL"], n_folds=4, statuses={"base_features": "failed"},
-                       skip_model=set(itertools.product(["base_features"], ["BTC", "ETH", "SOL"], range(4), [10, 30], [0])))
+    seed_complete_run(
+        migrated_db,
+        cryptos=["BTC", "ETH", "SOL"],
+        n_folds=4,
+        statuses={"base_features": "failed"},
+        skip_model=set(itertools.product(["base_features"], ["BTC", "ETH", "SOL"], range(4), [10, 30], [0])),
+    )
 
     verdict = _verdict(migrated_db)
 
@@ -178,8 +183,11 @@ def test_sensor_kwargs_make_a_strict_gate() -> None:
 @pytest.mark.parametrize(
     ("registered", "expected"),
     [
-        pytest.param("finetune_sweep__2026-06-07T00:00:00Z__1a2b3c4d",
-                     "finetune_sweep__2026-06-07T00:00:00Z__1a2b3c4d", id="from-register"),
+        pytest.param(
+            "finetune_sweep__2026-06-07T00:00:00Z__1a2b3c4d",
+            "finetune_sweep__2026-06-07T00:00:00Z__1a2b3c4d",
+            id="from-register",
+        ),
         pytest.param(None, RUN_ID, id="register-never-ran"),
     ],
 )
@@ -213,8 +221,11 @@ def test_real_sensor_passes_a_complete_run(finetune_db_connection: str) -> None:
 def test_real_sensor_fails_at_once_listing_the_problems(finetune_db_connection: str) -> None:
     from airflow.sdk.exceptions import AirflowException
 
-    seed_complete_run(finetune_db_connection, statuses={"l2_features": "failed"},
-                       skip_baseline={("base_features", "ETH", 1, 10, 0, "naive")})
+    seed_complete_run(
+        finetune_db_connection,
+        statuses={"l2_features": "failed"},
+        skip_baseline={("base_features", "ETH", 1, 10, 0, "naive")},
+    )
     sensor = _make_sensor(parameters={"run_id": RUN_ID})
 
     with pytest.raises(AirflowException) as raised:

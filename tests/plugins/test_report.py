@@ -22,20 +22,58 @@ GI = 2**30
 
 
 def _make_summary_row(**overrides: Any) -> dict[str, Any]:
-    row = {"factor": "base_features", "crypto": "BTC", "cost_bps": 10, "slippage_bps": 0, "folds": 4, "model": 0.0123,
-           "buy_and_hold": -0.02, "random": 0.001, "naive": 0.0, "percentile": 0.735, "beats_buy_and_hold": 3,
-           "missing_baselines": 0}
+    row = {
+        "factor": "base_features",
+        "crypto": "BTC",
+        "cost_bps": 10,
+        "slippage_bps": 0,
+        "folds": 4,
+        "model": 0.0123,
+        "buy_and_hold": -0.02,
+        "random": 0.001,
+        "naive": 0.0,
+        "percentile": 0.735,
+        "beats_buy_and_hold": 3,
+        "missing_baselines": 0,
+    }
     row.update(overrides)
     return row
 
 
 def test_format_summary_is_a_readable_table() -> None:
-    text = report.format_summary([_make_summary_row(), _make_summary_row(crypto="ETH", model=None, beats_buy_and_hold=0)])
+    text = report.format_summary(
+        [_make_summary_row(), _make_summary_row(crypto="ETH", model=None, beats_buy_and_hold=0)]
+    )
 
     header, first, second = text.splitlines()
-    assert header.split() == ["factor", "crypto", "cost", "slip", "rows", "model", "buy&hold", "random", "naive", "rnd",
-                              "pctl", "beats", "b&h"]
-    assert first.split() == ["base_features", "BTC", "10", "0", "4", "+1.23%", "-2.00%", "+0.10%", "+0.00%", "73.5%", "3/4"]
+    assert header.split() == [
+        "factor",
+        "crypto",
+        "cost",
+        "slip",
+        "rows",
+        "model",
+        "buy&hold",
+        "random",
+        "naive",
+        "rnd",
+        "pctl",
+        "beats",
+        "b&h",
+    ]
+    assert first.split() == [
+        "base_features",
+        "BTC",
+        "10",
+        "0",
+        "4",
+        "+1.23%",
+        "-2.00%",
+        "+0.10%",
+        "+0.00%",
+        "73.5%",
+        "3/4",
+    ]
     assert second.split()[5] == "-"
     assert len(first) == len(second), "fixed width"
 
@@ -44,7 +82,9 @@ def test_format_summary_is_a_readable_table() -> None:
     ("rows", "expected"),
     [
         pytest.param([], "no model rows for this run", id="empty"),
-        pytest.param([_make_summary_row(missing_baselines=2)], "2 model row(s) lack a same-basis baseline", id="missing"),
+        pytest.param(
+            [_make_summary_row(missing_baselines=2)], "2 model row(s) lack a same-basis baseline", id="missing"
+        ),
     ],
 )
 def test_format_summary_edge_cases(rows: list[dict[str, Any]], expected: str) -> None:
@@ -71,9 +111,14 @@ def test_build_report_on_a_real_run(migrated_db: str) -> None:
     model_lines = summary.splitlines()[2:]
     assert len(model_lines) == 8
     assert all(line.split()[4] == "2" and line.split()[-1] == "2/2" for line in model_lines)
-    assert run_sizing.splitlines()[0] == " of this run (map profile, the profile it started on and why, sizing mode history)"
+    assert (
+        run_sizing.splitlines()[0]
+        == " of this run (map profile, the profile it started on and why, sizing mode history)"
+    )
     assert [line.split()[:3] for line in run_sizing.splitlines()[2:]] == [
-        ["base_features", "STANDARD", "STANDARD"], ["l2_features", "STANDARD", "STANDARD"]]
+        ["base_features", "STANDARD", "STANDARD"],
+        ["l2_features", "STANDARD", "STANDARD"],
+    ]
     assert advice.startswith(" advice (recorded pod attempts: each factor's last 8 runs within 90 days;")
     sizing_line = next(line for line in advice.splitlines() if line.startswith("l2_features") and "FLAG" in line)
     assert "MEDIUM" in sizing_line
@@ -84,17 +129,36 @@ def test_the_run_sizing_shows_map_chosen_reason_and_this_registrations_attempts(
     params = validate_params(PLAN)
     reason = "history: p95 7.60Gi on STANDARD (95 % of 8.00Gi) -> MEDIUM"
     choices = {"l2_features": StartChoice("l2_features", "STANDARD", "MEDIUM", reason)}
-    entries = [pods.with_profile(e, profile=PROFILES["MEDIUM"]) if e["factor"] == "l2_features" else e
-               for e in plan_pods(params, run_id=RUN_ID, as_of=AS_OF)]
+    entries = [
+        pods.with_profile(e, profile=PROFILES["MEDIUM"]) if e["factor"] == "l2_features" else e
+        for e in plan_pods(params, run_id=RUN_ID, as_of=AS_OF)
+    ]
 
     def register(airflow_run_id: str) -> None:
-        register_run(migrated_db, strategy="ridge_long_flat", run_id=RUN_ID, dag_id="finetune_sweep", as_of=AS_OF, params=params,
-                     entries=entries, choices=choices, airflow_run_id=airflow_run_id)
+        register_run(
+            migrated_db,
+            strategy="ridge_long_flat",
+            run_id=RUN_ID,
+            dag_id="finetune_sweep",
+            as_of=AS_OF,
+            params=params,
+            entries=entries,
+            choices=choices,
+            airflow_run_id=airflow_run_id,
+        )
 
     def attempt(airflow_run_id: str, factor: str, attempt: int, profile: str, exit_reason: str) -> None:
-        record_attempt(migrated_db, run_id=RUN_ID, factor=factor, airflow_run_id=airflow_run_id, attempt=attempt,
-                       profile=profile, memory_limit_bytes=PROFILES[profile].memory_bytes,
-                       peak_memory_bytes=GI, exit_reason=exit_reason)
+        record_attempt(
+            migrated_db,
+            run_id=RUN_ID,
+            factor=factor,
+            airflow_run_id=airflow_run_id,
+            attempt=attempt,
+            profile=profile,
+            memory_limit_bytes=PROFILES[profile].memory_bytes,
+            peak_memory_bytes=GI,
+            exit_reason=exit_reason,
+        )
 
     # An earlier Airflow run of the same sweep, then this one, registered twice (the run was cleared):
     # only the attempts after the latest registration are this run's.
@@ -107,8 +171,11 @@ def test_the_run_sizing_shows_map_chosen_reason_and_this_registrations_attempts(
     attempt("manual__now", "l2_features", 3, "HEAVY", "completed")
     attempt("manual__now", "base_features", 2, "STANDARD", "completed")
     with psycopg.connect(migrated_db) as conn:
-        conn.execute("UPDATE finetune_run_factors SET status = 'done', profile = 'HEAVY', peak_memory_bytes = %s, "
-                     "memory_limit_bytes = %s WHERE factor = 'l2_features'", (GI, 24 * GI))
+        conn.execute(
+            "UPDATE finetune_run_factors SET status = 'done', profile = 'HEAVY', peak_memory_bytes = %s, "
+            "memory_limit_bytes = %s WHERE factor = 'l2_features'",
+            (GI, 24 * GI),
+        )
 
     rows = {row["factor"]: row for row in report.fetch_run_sizing(migrated_db, RUN_ID)}
     table = report.format_run_sizing(list(rows.values()))
@@ -118,7 +185,17 @@ def test_the_run_sizing_shows_map_chosen_reason_and_this_registrations_attempts(
     assert rows["base_features"]["attempts"] == "STANDARD completed"
     header, base, l2 = table.splitlines()
     assert header.split() == ["factor", "map", "chosen", "status", "peak", "limit", "attempts", "reason"]
-    assert base.split() == ["base_features", "STANDARD", "STANDARD", "planned", "-", "8.00Gi", "STANDARD", "completed", "map"]
+    assert base.split() == [
+        "base_features",
+        "STANDARD",
+        "STANDARD",
+        "planned",
+        "-",
+        "8.00Gi",
+        "STANDARD",
+        "completed",
+        "map",
+    ]
     assert l2.split()[:6] == ["l2_features", "STANDARD", "MEDIUM", "done", "1.00Gi", "24.00Gi"]
     assert l2.endswith(reason)
     assert report.format_run_sizing([]) == "no factors registered for this run"
@@ -128,8 +205,10 @@ def _seed_tested_run(dsn: str) -> None:
     """The complete run with shift-test p-values (BTC strong, ETH none) and seed percentiles."""
     seed_complete_run(dsn)
     with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE finetune_results SET perm_p_value = CASE crypto WHEN 'BTC' THEN 0.002 ELSE 0.6 END, "
-                     "random_percentile = 0.9 + 0.05 * fold_id")
+        conn.execute(
+            "UPDATE finetune_results SET perm_p_value = CASE crypto WHEN 'BTC' THEN 0.002 ELSE 0.6 END, "
+            "random_percentile = 0.9 + 0.05 * fold_id"
+        )
 
 
 def test_build_report_prints_the_findings_first(migrated_db: str) -> None:
@@ -142,8 +221,20 @@ def test_build_report_prints_the_findings_first(migrated_db: str) -> None:
     title, headline, header, *found = findings_section.splitlines()
     assert title.startswith(f"Findings, run {RUN_ID}")
     assert headline.startswith("4 of 8 groups are findings at FDR 0.1 (folds combined by fisher")
-    assert header.split() == ["factor", "crypto", "cost", "slip", "folds", "model", "edge", "b&h", "edge", "random",
-                              "p", "q"]
+    assert header.split() == [
+        "factor",
+        "crypto",
+        "cost",
+        "slip",
+        "folds",
+        "model",
+        "edge",
+        "b&h",
+        "edge",
+        "random",
+        "p",
+        "q",
+    ]
     assert len(found) == 4 and all(line.split()[1] == "BTC" for line in found)
     # Fisher over two folds of 0.002: P (1 - ln P) with P = 4e-6.
     assert found[0].split()[8] == f"{4e-6 * (1 - math.log(4e-6)):.2g}"
@@ -179,9 +270,18 @@ def test_stored_findings_are_not_shown_when_this_runs_step_did_not_succeed(migra
 
 
 def test_format_findings_lists_at_most_the_rows_given() -> None:
-    row = {"factor": "btc_features", "crypto": "ETH", "cost_bps": 0, "slippage_bps": 0, "n_folds": 4,
-           "mean_model_return": 0.0312, "mean_edge_vs_buy_and_hold": None, "mean_edge_vs_random": 0.02,
-           "p_value": 0.00012, "q_value": 0.0123}
+    row = {
+        "factor": "btc_features",
+        "crypto": "ETH",
+        "cost_bps": 0,
+        "slippage_bps": 0,
+        "n_folds": 4,
+        "mean_model_return": 0.0312,
+        "mean_edge_vs_buy_and_hold": None,
+        "mean_edge_vs_random": 0.02,
+        "p_value": 0.00012,
+        "q_value": 0.0123,
+    }
 
     text = report.format_findings([row], n_groups=36, n_discovered=3, fdr_q=0.05, combine_method="fisher")
 
@@ -194,9 +294,23 @@ def test_format_findings_lists_at_most_the_rows_given() -> None:
 def test_print_run_summary_finds_the_run_by_its_as_of(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     seed_complete_run(migrated_db)
 
-    report.print_run_summary(dsn=migrated_db, dag_id="finetune_sweep", logical_date="2026-06-07T00:00:00+00:00", profiles_json=None, sizing_json=None, policy=SizingPolicy())
+    report.print_run_summary(
+        dsn=migrated_db,
+        dag_id="finetune_sweep",
+        logical_date="2026-06-07T00:00:00+00:00",
+        profiles_json=None,
+        sizing_json=None,
+        policy=SizingPolicy(),
+    )
     found = capsys.readouterr().out
-    report.print_run_summary(dsn=migrated_db, dag_id="finetune_sweep", logical_date="2026-06-14T00:00:00+00:00", profiles_json=None, sizing_json=None, policy=SizingPolicy())
+    report.print_run_summary(
+        dsn=migrated_db,
+        dag_id="finetune_sweep",
+        logical_date="2026-06-14T00:00:00+00:00",
+        profiles_json=None,
+        sizing_json=None,
+        policy=SizingPolicy(),
+    )
     missing = capsys.readouterr().out
 
     assert f"run {RUN_ID}" in found and "+1.00%" in found
@@ -204,7 +318,14 @@ def test_print_run_summary_finds_the_run_by_its_as_of(migrated_db: str, capsys: 
 
 
 def test_print_run_summary_on_an_empty_database(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
-    report.print_run_summary(dsn=empty_db, dag_id="finetune_sweep", logical_date="2026-06-07T00:00:00+00:00", profiles_json=None, sizing_json=None, policy=SizingPolicy())
+    report.print_run_summary(
+        dsn=empty_db,
+        dag_id="finetune_sweep",
+        logical_date="2026-06-07T00:00:00+00:00",
+        profiles_json=None,
+        sizing_json=None,
+        policy=SizingPolicy(),
+    )
 
     assert capsys.readouterr().out.startswith("no finetune run")
 
@@ -212,16 +333,27 @@ def test_print_run_summary_on_an_empty_database(empty_db: str, capsys: pytest.Ca
 @pytest.mark.parametrize(
     ("states", "expected"),
     [
-        pytest.param({"run_factor_0": "success", "run_factor_1": "success", "check_baselines": "success"}, [],
-                     id="all-succeeded"),
-        pytest.param({"run_factor_0": "success", "run_factor_1": "failed", "check_baselines": "failed"},
-                     ["check_baselines: failed", "run_factor_1: failed"], id="a-pod-and-the-gate-failed"),
-        pytest.param({"run_factor": "upstream_failed", "check_baselines": "failed"},
-                     ["check_baselines: failed", "run_factor: upstream_failed"], id="plan-failed"),
-        pytest.param({"run_factor_0": "success", "check_baselines": None}, ["check_baselines: None"],
-                     id="gate-never-ran"),
-        pytest.param({"run_factor_0": "success", "check_baselines": "success", "findings": "failed"},
-                     ["findings: failed"], id="findings-failed"),
+        pytest.param(
+            {"run_factor_0": "success", "run_factor_1": "success", "check_baselines": "success"}, [], id="all-succeeded"
+        ),
+        pytest.param(
+            {"run_factor_0": "success", "run_factor_1": "failed", "check_baselines": "failed"},
+            ["check_baselines: failed", "run_factor_1: failed"],
+            id="a-pod-and-the-gate-failed",
+        ),
+        pytest.param(
+            {"run_factor": "upstream_failed", "check_baselines": "failed"},
+            ["check_baselines: failed", "run_factor: upstream_failed"],
+            id="plan-failed",
+        ),
+        pytest.param(
+            {"run_factor_0": "success", "check_baselines": None}, ["check_baselines: None"], id="gate-never-ran"
+        ),
+        pytest.param(
+            {"run_factor_0": "success", "check_baselines": "success", "findings": "failed"},
+            ["findings: failed"],
+            id="findings-failed",
+        ),
     ],
 )
 def test_unsuccessful_tasks_decide_the_verdict(states: dict[str, str | None], expected: list[str]) -> None:

@@ -71,12 +71,19 @@ def test_environment_overrides() -> None:
         pytest.param({"FINETUNE_RETRY_DELAY_SECONDS": "soon"}, "RETRY_DELAY", id="bad-delay"),
         pytest.param({"FINETUNE_RETRY_DELAY_SECONDS": "-1"}, "RETRY_DELAY", id="negative-delay"),
         pytest.param(
-            {"FINETUNE_STARTUP_TIMEOUT_SECONDS": "2m"}, "FINETUNE_STARTUP_TIMEOUT_SECONDS='2m' must be an integer", id="bad-startup"
+            {"FINETUNE_STARTUP_TIMEOUT_SECONDS": "2m"},
+            "FINETUNE_STARTUP_TIMEOUT_SECONDS='2m' must be an integer",
+            id="bad-startup",
         ),
-        pytest.param({"FINETUNE_CONFIG_ERROR_GRACE_SECONDS": "-1"}, "FINETUNE_CONFIG_ERROR_GRACE_SECONDS",
-                     id="negative-config-error-grace"),
+        pytest.param(
+            {"FINETUNE_CONFIG_ERROR_GRACE_SECONDS": "-1"},
+            "FINETUNE_CONFIG_ERROR_GRACE_SECONDS",
+            id="negative-config-error-grace",
+        ),
         pytest.param({"FINETUNE_DISRUPTION_RETRIES": "11"}, "from 0 to 10", id="too-many-disruption-retries"),
-        pytest.param({"FINETUNE_KEEP_FAILED_PODS": "maybe"}, "KEEP_FAILED_PODS='maybe' must be true or false", id="bad-keep"),
+        pytest.param(
+            {"FINETUNE_KEEP_FAILED_PODS": "maybe"}, "KEEP_FAILED_PODS='maybe' must be true or false", id="bad-keep"
+        ),
     ],
 )
 def test_refuses_bad_values(env: dict[str, str], match: str) -> None:
@@ -134,13 +141,22 @@ def test_sizing_policy_reads_the_environment_each_time(monkeypatch: pytest.Monke
 @pytest.mark.parametrize(
     ("env", "match"),
     [
-        pytest.param({"FINETUNE_SIZING_MODE": "learned"}, r"FINETUNE_SIZING_MODE='learned' is not one of history, static",
-                     id="unknown-mode"),
-        pytest.param({"FINETUNE_SIZING_HISTORY_RUNS": "0"}, r"FINETUNE_SIZING_HISTORY_RUNS='0' must be an integer from 1 to 1000",
-                     id="zero-runs"),
+        pytest.param(
+            {"FINETUNE_SIZING_MODE": "learned"},
+            r"FINETUNE_SIZING_MODE='learned' is not one of history, static",
+            id="unknown-mode",
+        ),
+        pytest.param(
+            {"FINETUNE_SIZING_HISTORY_RUNS": "0"},
+            r"FINETUNE_SIZING_HISTORY_RUNS='0' must be an integer from 1 to 1000",
+            id="zero-runs",
+        ),
         pytest.param({"FINETUNE_SIZING_HISTORY_RUNS": "eight"}, r"FINETUNE_SIZING_HISTORY_RUNS='eight'", id="words"),
-        pytest.param({"FINETUNE_SIZING_HISTORY_DAYS": "7.5"}, r"FINETUNE_SIZING_HISTORY_DAYS='7.5' must be an integer from 1 to 3650",
-                     id="fractional-days"),
+        pytest.param(
+            {"FINETUNE_SIZING_HISTORY_DAYS": "7.5"},
+            r"FINETUNE_SIZING_HISTORY_DAYS='7.5' must be an integer from 1 to 3650",
+            id="fractional-days",
+        ),
         pytest.param({"FINETUNE_SIZING_HISTORY_DAYS": "-1"}, r"FINETUNE_SIZING_HISTORY_DAYS='-1'", id="negative-days"),
     ],
 )

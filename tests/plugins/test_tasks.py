@@ -38,18 +38,25 @@ def test_plan_from_context_fails_without_retry(monkeypatch: pytest.MonkeyPatch) 
 @pytest.mark.parametrize(
     ("data_uri", "message"),
     [
-        pytest.param("ftp://host/data", "FINETUNE_DATA_URI='ftp://host/data' is not a data location; allowed: "
-                     "synthetic://, file:///absolute/dir, s3://bucket/prefix, gs://bucket/prefix", id="scheme"),
-        pytest.param("file://data/hourly", "FINETUNE_DATA_URI='file://data/hourly' is not a data location",
-                     id="relative-file"),
+        pytest.param(
+            "ftp://host/data",
+            "FINETUNE_DATA_URI='ftp://host/data' is not a data location; allowed: "
+            "synthetic://, file:///absolute/dir, s3://bucket/prefix, gs://bucket/prefix",
+            id="scheme",
+        ),
+        pytest.param(
+            "file://data/hourly", "FINETUNE_DATA_URI='file://data/hourly' is not a data location", id="relative-file"
+        ),
         pytest.param("s3:///prefix", "FINETUNE_DATA_URI='s3:///prefix' is not a data location", id="no-bucket"),
-        pytest.param("s3://key:s3cret@bucket/x", "FINETUNE_DATA_URI='s3://bucket/x' holds credentials",
-                     id="credentials"),
+        pytest.param(
+            "s3://key:s3cret@bucket/x", "FINETUNE_DATA_URI='s3://bucket/x' holds credentials", id="credentials"
+        ),
     ],
 )
-def test_plan_refuses_a_data_uri_no_pod_could_read(monkeypatch: pytest.MonkeyPatch, data_uri: str, message: str) -> None:
+def test_plan_refuses_a_data_uri_no_pod_could_read(
+    monkeypatch: pytest.MonkeyPatch, data_uri: str, message: str
+) -> None:
     from airflow.sdk.exceptions import AirflowFailException
-
 
     monkeypatch.setenv("FINETUNE_DATA_URI", data_uri)
     get_settings.cache_clear()
@@ -71,7 +78,9 @@ def test_plan_from_context_reads_overrides_at_run_time(monkeypatch: pytest.Monke
 
     run_id = entries[0]["arguments"][2]
     assert entries[0]["container_resources"]["limits"]["memory"] == "256Mi"
-    assert run_id == tasks.sweep_run_id(make_context(params=make_params(factors=["base_features"])), data_uri=get_settings().data_uri)
+    assert run_id == tasks.sweep_run_id(
+        make_context(params=make_params(factors=["base_features"])), data_uri=get_settings().data_uri
+    )
     assert run_id.startswith("finetune_sweep__2026-06-07T00:00:00Z__")
     assert entries[0]["labels"]["finetune/run-id"] != run_id, "sanitised for labels (':' is not allowed)"
 
@@ -96,15 +105,23 @@ def finetune_db(migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
     monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(migrated_db))
     monkeypatch.setenv("FINETUNE_SIZING", json.dumps({factor: "STANDARD" for factor in SIZING_MAP}))
-    for name in ("FINETUNE_CONN_ID", "FINETUNE_PROFILES", "FINETUNE_SIZING_MODE", "FINETUNE_SIZING_HISTORY_RUNS",
-                 "FINETUNE_SIZING_HISTORY_DAYS", "FINETUNE_DATA_URI"):
+    for name in (
+        "FINETUNE_CONN_ID",
+        "FINETUNE_PROFILES",
+        "FINETUNE_SIZING_MODE",
+        "FINETUNE_SIZING_HISTORY_RUNS",
+        "FINETUNE_SIZING_HISTORY_DAYS",
+        "FINETUNE_DATA_URI",
+    ):
         monkeypatch.delenv(name, raising=False)
     get_settings.cache_clear()
     yield migrated_db
     get_settings.cache_clear()
 
 
-def _register(factors: list[str], **context_overrides: Any) -> tuple[list[dict[str, Any]], dict[str, Any], _RecordingTaskInstance]:
+def _register(
+    factors: list[str], **context_overrides: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any], _RecordingTaskInstance]:
     ti = _RecordingTaskInstance()
     context = make_context(params=make_params(factors=factors), ti=ti, **context_overrides)
     entries = tasks.plan(context)
@@ -112,8 +129,12 @@ def _register(factors: list[str], **context_overrides: Any) -> tuple[list[dict[s
 
 
 def _manifest(dsn: str, context: dict[str, Any]) -> dict[str, tuple]:
-    rows = _query(dsn, "SELECT factor, map_profile, profile, profile_reason, memory_limit_bytes, status "
-                       "FROM finetune_run_factors WHERE run_id = %s ORDER BY factor", tasks.sweep_run_id(context, data_uri=get_settings().data_uri))
+    rows = _query(
+        dsn,
+        "SELECT factor, map_profile, profile, profile_reason, memory_limit_bytes, status "
+        "FROM finetune_run_factors WHERE run_id = %s ORDER BY factor",
+        tasks.sweep_run_id(context, data_uri=get_settings().data_uri),
+    )
     return {row[0]: row[1:] for row in rows}
 
 
@@ -124,14 +145,41 @@ def _query(dsn: str, sql: str, *params: Any) -> list[tuple]:
 
 def _record_the_incident(dsn: str) -> None:
     """btc_features at 95 % of STANDARD, n_features OOMKilled on STANDARD last week, base_features far below."""
-    record_attempt(dsn, run_id="last-week", factor="btc_features", memory_limit_bytes=8 * GI,
-                   peak_memory_bytes=int(0.95 * 8 * GI), days_ago=7)
-    record_attempt(dsn, run_id="last-week", factor="n_features", memory_limit_bytes=8 * GI,
-                   peak_memory_bytes=int(7.9 * GI), exit_reason="OOMKilled", days_ago=7)
-    record_attempt(dsn, run_id="last-week", factor="n_features", attempt=2, profile="MEDIUM",
-                   memory_limit_bytes=16 * GI, peak_memory_bytes=int(8.5 * GI), days_ago=7)
-    record_attempt(dsn, run_id="last-week", factor="base_features", memory_limit_bytes=8 * GI,
-                   peak_memory_bytes=int(1.5 * GI), days_ago=7)
+    record_attempt(
+        dsn,
+        run_id="last-week",
+        factor="btc_features",
+        memory_limit_bytes=8 * GI,
+        peak_memory_bytes=int(0.95 * 8 * GI),
+        days_ago=7,
+    )
+    record_attempt(
+        dsn,
+        run_id="last-week",
+        factor="n_features",
+        memory_limit_bytes=8 * GI,
+        peak_memory_bytes=int(7.9 * GI),
+        exit_reason="OOMKilled",
+        days_ago=7,
+    )
+    record_attempt(
+        dsn,
+        run_id="last-week",
+        factor="n_features",
+        attempt=2,
+        profile="MEDIUM",
+        memory_limit_bytes=16 * GI,
+        peak_memory_bytes=int(8.5 * GI),
+        days_ago=7,
+    )
+    record_attempt(
+        dsn,
+        run_id="last-week",
+        factor="base_features",
+        memory_limit_bytes=8 * GI,
+        peak_memory_bytes=int(1.5 * GI),
+        days_ago=7,
+    )
 
 
 INCIDENT_FACTORS = ["base_features", "btc_features", "n_features"]
@@ -145,7 +193,10 @@ def test_history_decides_the_starting_profile_at_register(finetune_db: str, caps
     by_factor = {entry["factor"]: entry for entry in started}
     assert [entry["factor"] for entry in started] == INCIDENT_FACTORS, "plan order kept"
     assert {f: e["profile"] for f, e in by_factor.items()} == {
-        "base_features": "STANDARD", "btc_features": "MEDIUM", "n_features": "MEDIUM"}
+        "base_features": "STANDARD",
+        "btc_features": "MEDIUM",
+        "n_features": "MEDIUM",
+    }
     btc = by_factor["btc_features"]
     assert btc["container_resources"] == {"requests": {"memory": "16Gi", "cpu": "4"}, "limits": {"memory": "16Gi"}}
     assert btc["node_selector"] == {"finetune/pool": "medium"}
@@ -157,15 +208,26 @@ def test_history_decides_the_starting_profile_at_register(finetune_db: str, caps
 
     assert _manifest(finetune_db, context) == {
         "base_features": ("STANDARD", "STANDARD", "map", 8 * GI, "planned"),
-        "btc_features": ("STANDARD", "MEDIUM", "history: p95 7.60Gi on STANDARD (95 % of 8.00Gi) -> MEDIUM",
-                         16 * GI, "planned"),
-        "n_features": ("STANDARD", "MEDIUM", "history: OOM on STANDARD in run last-week (attempt 1) -> MEDIUM",
-                       16 * GI, "planned"),
+        "btc_features": (
+            "STANDARD",
+            "MEDIUM",
+            "history: p95 7.60Gi on STANDARD (95 % of 8.00Gi) -> MEDIUM",
+            16 * GI,
+            "planned",
+        ),
+        "n_features": (
+            "STANDARD",
+            "MEDIUM",
+            "history: OOM on STANDARD in run last-week (attempt 1) -> MEDIUM",
+            16 * GI,
+            "planned",
+        ),
     }
     run_id = tasks.sweep_run_id(context, data_uri=get_settings().data_uri)
     assert ti.pushed == {"run_id": run_id}
     assert _query(finetune_db, "SELECT dag_id, airflow_run_id, run_id FROM finetune_airflow_runs") == [
-        ("finetune_sweep", RUN_ID, run_id)]
+        ("finetune_sweep", RUN_ID, run_id)
+    ]
     log = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sizing ")]
     assert log == [
         "sizing base_features: starts on STANDARD (memory 8Gi, map STANDARD): map",
@@ -186,7 +248,9 @@ def test_static_mode_pins_the_map(finetune_db: str, monkeypatch: pytest.MonkeyPa
     assert {row[2] for row in _manifest(finetune_db, context).values()} == {"map"}
 
 
-def test_history_older_than_the_window_no_longer_raises_a_factor(finetune_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_history_older_than_the_window_no_longer_raises_a_factor(
+    finetune_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _record_the_incident(finetune_db)
     monkeypatch.setenv("FINETUNE_SIZING_HISTORY_DAYS", "6")
 
@@ -211,7 +275,9 @@ def test_registering_again_and_from_another_airflow_run_is_idempotent(finetune_d
     assert first == again == rerun
     run_id = tasks.sweep_run_id(context, data_uri=get_settings().data_uri)
     assert _query(finetune_db, "SELECT airflow_run_id, run_id FROM finetune_airflow_runs ORDER BY airflow_run_id") == [
-        (RUN_ID, run_id), ("manual__2026-11-28T09:00:00+00:00", run_id)]
+        (RUN_ID, run_id),
+        ("manual__2026-11-28T09:00:00+00:00", run_id),
+    ]
     assert _query(finetune_db, "SELECT count(*) FROM finetune_run_factors WHERE run_id = %s", run_id) == [(1,)]
 
 
@@ -223,19 +289,24 @@ def test_register_records_which_data_the_run_reads(finetune_db: str, monkeypatch
     _, walk_context, _ = _register(["btc_features"])
 
     stored = dict(_query(finetune_db, "SELECT run_id, params ->> 'data_uri' FROM finetune_runs"))
-    assert stored == {tasks.sweep_run_id(walk_context, data_uri=get_settings().data_uri): "synthetic://random-walk",
-                      synthetic_context["ti"].pushed["run_id"]: None}
+    assert stored == {
+        tasks.sweep_run_id(walk_context, data_uri=get_settings().data_uri): "synthetic://random-walk",
+        synthetic_context["ti"].pushed["run_id"]: None,
+    }
 
 
 def test_register_uses_the_ladder_the_plan_resolved(finetune_db: str) -> None:
     # An entry may carry the plan-time ladder (name -> memory, cpu, node_selector, ...): register
     # then sizes from it, not from FINETUNE_PROFILES read again.
-    record_attempt(finetune_db, run_id="r", factor="btc_features", memory_limit_bytes=8 * GI,
-                   peak_memory_bytes=int(7.6 * GI))
+    record_attempt(
+        finetune_db, run_id="r", factor="btc_features", memory_limit_bytes=8 * GI, peak_memory_bytes=int(7.6 * GI)
+    )
     context = make_context(params=make_params(factors=["btc_features"]), ti=_RecordingTaskInstance())
-    ladder = {"STANDARD": {"memory": "8Gi", "cpu": "2", "node_selector": {}, "tolerations": []},
-              "MEDIUM": {"memory": "12Gi", "cpu": "3", "node_selector": {"pool": "m"}, "tolerations": []},
-              "HEAVY": {"memory": "24Gi", "cpu": "6", "node_selector": {}, "tolerations": []}}
+    ladder = {
+        "STANDARD": {"memory": "8Gi", "cpu": "2", "node_selector": {}, "tolerations": []},
+        "MEDIUM": {"memory": "12Gi", "cpu": "3", "node_selector": {"pool": "m"}, "tolerations": []},
+        "HEAVY": {"memory": "24Gi", "cpu": "6", "node_selector": {}, "tolerations": []},
+    }
     entries = [{**entry, "profiles": ladder} for entry in tasks.plan(context)]
 
     (started,) = tasks.register(entries, context)
@@ -252,15 +323,21 @@ def test_a_bad_sizing_mode_fails_plan_before_any_pod(monkeypatch: pytest.MonkeyP
         tasks.plan(make_context())
 
 
-def test_a_bad_history_window_fails_register_before_it_writes(finetune_db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_bad_history_window_fails_register_before_it_writes(
+    finetune_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     context = make_context(params=make_params(factors=["base_features"]), ti=_RecordingTaskInstance())
     entries = tasks.plan(context)
     monkeypatch.setenv("FINETUNE_SIZING_HISTORY_DAYS", "0")
 
-    with pytest.raises(AirflowFailException, match="FINETUNE_SIZING_HISTORY_DAYS='0' must be an integer from 1 to 3650"):
+    with pytest.raises(
+        AirflowFailException, match="FINETUNE_SIZING_HISTORY_DAYS='0' must be an integer from 1 to 3650"
+    ):
         tasks.register(entries, context)
 
-    assert _query(finetune_db, "SELECT (SELECT count(*) FROM finetune_runs) + (SELECT count(*) FROM finetune_airflow_runs)") == [(0,)]
+    assert _query(
+        finetune_db, "SELECT (SELECT count(*) FROM finetune_runs) + (SELECT count(*) FROM finetune_airflow_runs)"
+    ) == [(0,)]
 
 
 def test_plan_fails_on_a_widening_pod_template(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,8 +356,9 @@ def test_plan_fails_on_a_widening_pod_template(tmp_path, monkeypatch: pytest.Mon
 # --------------------------------------------------------------------------- findings
 
 
-def test_findings_task_reads_fdr_q_from_the_params(migrated_db: str, monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_findings_task_reads_fdr_q_from_the_params(
+    migrated_db: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from types import SimpleNamespace
 
     from finetune_rows import PLAN, seed_complete_run
@@ -289,8 +367,11 @@ def test_findings_task_reads_fdr_q_from_the_params(migrated_db: str, monkeypatch
     monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn(migrated_db))
     monkeypatch.delenv("FINETUNE_CONN_ID", raising=False)
     get_settings.cache_clear()
-    context = {"params": {**PLAN, "fdr_q": 0.2}, "dag": SimpleNamespace(dag_id="finetune_sweep"),
-               "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc)}
+    context = {
+        "params": {**PLAN, "fdr_q": 0.2},
+        "dag": SimpleNamespace(dag_id="finetune_sweep"),
+        "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc),
+    }
     run_id = tasks.sweep_run_id(context, data_uri=None)
     # the run id comes from register's XCom, never recomputed
     context["ti"] = _RecordingTaskInstance(pushed={"run_id": run_id})
@@ -299,8 +380,14 @@ def test_findings_task_reads_fdr_q_from_the_params(migrated_db: str, monkeypatch
 
     summary = tasks.findings(context)
 
-    assert summary == {"run_id": run_id, "fdr_q": 0.2, "combine_method": "fisher", "n_groups": 8, "n_discovered": 4,
-                       "n_untested": 0}
+    assert summary == {
+        "run_id": run_id,
+        "fdr_q": 0.2,
+        "combine_method": "fisher",
+        "n_groups": 8,
+        "n_discovered": 4,
+        "n_untested": 0,
+    }
     assert capsys.readouterr().out.startswith("4 of 8 groups are findings at FDR 0.2")
     with psycopg.connect(migrated_db) as conn:
         assert conn.execute("SELECT DISTINCT run_id, fdr_q FROM finetune_findings").fetchall() == [(run_id, 0.2)]
@@ -311,8 +398,11 @@ def test_findings_task_refuses_a_bad_fdr_q_before_any_write(migrated_db: str) ->
 
     from airflow.sdk.exceptions import AirflowFailException
 
-    context = {"params": {"fdr_q": 2}, "dag": SimpleNamespace(dag_id="finetune_sweep"),
-               "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc)}
+    context = {
+        "params": {"fdr_q": 2},
+        "dag": SimpleNamespace(dag_id="finetune_sweep"),
+        "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc),
+    }
 
     with pytest.raises(AirflowFailException, match=r"invalid sweep: param 'fdr_q': 2 is greater than or equal to"):
         tasks.findings(context)

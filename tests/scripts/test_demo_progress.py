@@ -9,8 +9,10 @@ STDOUT = "[airflow.task.operators.finetune_sweep.operators.factor_pod.FactorPodO
 
 
 def _fold(i: int, factor: str) -> str:
-    return (f'2026-11-28T07:54:0{i}.5Z [info     ] [stdout] {{"event": "fold_done", "run_id": "r", '
-            f'"factor": "{factor}", "i": {i}, "n": 4, "crypto": "BTC", "fold_id": 0}} {STDOUT}')
+    return (
+        f'2026-11-28T07:54:0{i}.5Z [info     ] [stdout] {{"event": "fold_done", "run_id": "r", '
+        f'"factor": "{factor}", "i": {i}, "n": 4, "crypto": "BTC", "fold_id": 0}} {STDOUT}'
+    )
 
 
 def _task(task_id: str, map_index: int, start: str, end: str, state: str, body: list[str]) -> list[str]:
@@ -30,10 +32,22 @@ def _printed(lines: list[str]) -> tuple[list[str], DagTestProgress]:
 def test_one_line_per_finished_task_with_the_factor_and_its_folds() -> None:
     lines = [
         "2026-11-28T07:52:00.0Z [info     ] Performing upgrade to the metadata database",
-        *_task("plan", -1, "2026-11-28T07:53:14.0Z", "2026-11-28T07:53:43.5Z", "success",
-               ["planned base_features: profile STANDARD, memory 2Gi"]),
-        *_task("run_factor", 0, "2026-11-28T07:53:56.5Z", "2026-11-28T07:54:01.6Z", "success",
-               [_fold(1, "base_features"), _fold(4, "base_features")]),
+        *_task(
+            "plan",
+            -1,
+            "2026-11-28T07:53:14.0Z",
+            "2026-11-28T07:53:43.5Z",
+            "success",
+            ["planned base_features: profile STANDARD, memory 2Gi"],
+        ),
+        *_task(
+            "run_factor",
+            0,
+            "2026-11-28T07:53:56.5Z",
+            "2026-11-28T07:54:01.6Z",
+            "success",
+            [_fold(1, "base_features"), _fold(4, "base_features")],
+        ),
         f"2026-11-28T07:54:12.8Z [info     ] DagRun Finished: dag_id=finetune_sweep, run_id={RUN}, state=success, "
         "run_type=manual",
     ]
@@ -50,10 +64,18 @@ def test_one_line_per_finished_task_with_the_factor_and_its_folds() -> None:
 
 def test_a_failed_pod_is_named_and_its_last_lines_kept() -> None:
     noise = [f"2026-11-28T07:54:03.0Z [info     ] line {n}" for n in range(40)]
-    finished = ('2026-11-28T07:54:04.0Z [info     ] [stdout] {"event": "run_finished", "factor": "l2_features", '
-                '"status": "failed", "exit_reason": "OOMKilled"} ' + STDOUT)
-    lines = _task("run_factor", 1, "2026-11-28T07:54:01.0Z", "2026-11-28T07:54:05.0Z", "failed",
-                  [_fold(2, "l2_features"), *noise, finished])
+    finished = (
+        '2026-11-28T07:54:04.0Z [info     ] [stdout] {"event": "run_finished", "factor": "l2_features", '
+        '"status": "failed", "exit_reason": "OOMKilled"} ' + STDOUT
+    )
+    lines = _task(
+        "run_factor",
+        1,
+        "2026-11-28T07:54:01.0Z",
+        "2026-11-28T07:54:05.0Z",
+        "failed",
+        [_fold(2, "l2_features"), *noise, finished],
+    )
 
     printed, progress = _printed(lines)
 
@@ -65,7 +87,8 @@ def test_a_failed_pod_is_named_and_its_last_lines_kept() -> None:
 
 
 def test_a_mapped_task_without_events_is_named_by_its_index() -> None:
-    printed, _ = _printed(_task("run_factor", 3, "2026-11-28T07:54:01.0Z", "2026-11-28T07:54:02.0Z",
-                                "up_for_retry", []))
+    printed, _ = _printed(
+        _task("run_factor", 3, "2026-11-28T07:54:01.0Z", "2026-11-28T07:54:02.0Z", "up_for_retry", [])
+    )
 
     assert printed == ["  !! run_factor[3]: up_for_retry (1.0 s)"]

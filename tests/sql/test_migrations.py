@@ -23,10 +23,20 @@ def _make_manifest(conn: psycopg.Connection, run_id: str = "r1", factor: str = "
 
 def _result_row(**overrides: object) -> dict[str, object]:
     row: dict[str, object] = {
-        "run_id": "r1", "factor": "base_features", "strategy": "ridge_long_flat", "variant": "default",
-        "crypto": "BTC", "fold_id": 0, "cost_bps": 10, "test_start": T0, "test_end": T0 + timedelta(hours=9),
-        "n_bars": 10, "model_hyperparams": json.dumps({"alpha": 1.0}), "feature_hash": "abc",
-        "net_return": 0.01, "n_trades": 2,
+        "run_id": "r1",
+        "factor": "base_features",
+        "strategy": "ridge_long_flat",
+        "variant": "default",
+        "crypto": "BTC",
+        "fold_id": 0,
+        "cost_bps": 10,
+        "test_start": T0,
+        "test_end": T0 + timedelta(hours=9),
+        "n_bars": 10,
+        "model_hyperparams": json.dumps({"alpha": 1.0}),
+        "feature_hash": "abc",
+        "net_return": 0.01,
+        "n_trades": 2,
     }
     row.update(overrides)
     return row
@@ -34,9 +44,18 @@ def _result_row(**overrides: object) -> dict[str, object]:
 
 def _baseline_row(**overrides: object) -> dict[str, object]:
     row: dict[str, object] = {
-        "run_id": "r1", "factor": "base_features", "strategy": "ridge_long_flat",
-        "baseline_type": "buy_and_hold", "crypto": "BTC", "fold_id": 0, "cost_bps": 10,
-        "test_start": T0, "test_end": T0 + timedelta(hours=9), "n_bars": 10, "net_return": 0.0, "n_trades": 1,
+        "run_id": "r1",
+        "factor": "base_features",
+        "strategy": "ridge_long_flat",
+        "baseline_type": "buy_and_hold",
+        "crypto": "BTC",
+        "fold_id": 0,
+        "cost_bps": 10,
+        "test_start": T0,
+        "test_end": T0 + timedelta(hours=9),
+        "n_bars": 10,
+        "net_return": 0.0,
+        "n_trades": 1,
     }
     row.update(overrides)
     return row
@@ -50,8 +69,7 @@ def _insert(conn: psycopg.Connection, table: str, row: dict[str, object]) -> Non
 
 def _column(conn: psycopg.Connection, table: str, column: str) -> tuple[str, str | None]:
     return conn.execute(
-        "SELECT is_nullable, column_default FROM information_schema.columns "
-        "WHERE table_name = %s AND column_name = %s",
+        "SELECT is_nullable, column_default FROM information_schema.columns WHERE table_name = %s AND column_name = %s",
         (table, column),
     ).fetchone()
 
@@ -86,10 +104,23 @@ def test_v002_adds_slippage_safely_on_populated_tables(empty_db: str) -> None:
             assert _column(conn, table, "slippage_bps") == ("NO", None)
             assert _column(conn, table, "cost_bps") == ("NO", None)
         assert _unique_columns(conn, "uq_finetune_baseline") == [
-            "run_id", "factor", "strategy", "baseline_type", "crypto", "fold_id", "cost_bps", "slippage_bps",
+            "run_id",
+            "factor",
+            "strategy",
+            "baseline_type",
+            "crypto",
+            "fold_id",
+            "cost_bps",
+            "slippage_bps",
         ]
         assert _unique_columns(conn, "uq_finetune_result") == [
-            "run_id", "factor", "variant", "crypto", "fold_id", "cost_bps", "slippage_bps",
+            "run_id",
+            "factor",
+            "variant",
+            "crypto",
+            "fold_id",
+            "cost_bps",
+            "slippage_bps",
         ]
         # A writer that omits slippage_bps fails loudly instead of storing a silent zero.
         with pytest.raises(psycopg.errors.NotNullViolation):
@@ -101,22 +132,51 @@ def test_v002_adds_slippage_safely_on_populated_tables(empty_db: str) -> None:
 @pytest.mark.parametrize(
     ("table", "row", "error"),
     [
-        pytest.param("finetune_baselines", _baseline_row(slippage_bps=0, cost_bps=-1),
-                     psycopg.errors.CheckViolation, id="negative-cost"),
-        pytest.param("finetune_baselines", _baseline_row(slippage_bps=-1),
-                     psycopg.errors.CheckViolation, id="negative-slippage"),
-        pytest.param("finetune_baselines", _baseline_row(slippage_bps=0, baseline_type="momentum"),
-                     psycopg.errors.CheckViolation, id="unknown-baseline-type"),
-        pytest.param("finetune_baselines", {k: v for k, v in _baseline_row(slippage_bps=0).items() if k != "cost_bps"},
-                     psycopg.errors.NotNullViolation, id="baseline-without-cost"),
-        pytest.param("finetune_results", {k: v for k, v in _result_row(slippage_bps=0).items() if k != "cost_bps"},
-                     psycopg.errors.NotNullViolation, id="result-without-cost"),
-        pytest.param("finetune_results", _result_row(slippage_bps=0, model_hyperparams=None),
-                     psycopg.errors.NotNullViolation, id="result-without-hyperparams"),
-        pytest.param("finetune_results", _result_row(slippage_bps=0, feature_hash=None),
-                     psycopg.errors.NotNullViolation, id="result-without-feature-hash"),
-        pytest.param("finetune_results", _result_row(slippage_bps=0, factor="l2_features"),
-                     psycopg.errors.ForeignKeyViolation, id="result-of-unregistered-factor"),
+        pytest.param(
+            "finetune_baselines",
+            _baseline_row(slippage_bps=0, cost_bps=-1),
+            psycopg.errors.CheckViolation,
+            id="negative-cost",
+        ),
+        pytest.param(
+            "finetune_baselines", _baseline_row(slippage_bps=-1), psycopg.errors.CheckViolation, id="negative-slippage"
+        ),
+        pytest.param(
+            "finetune_baselines",
+            _baseline_row(slippage_bps=0, baseline_type="momentum"),
+            psycopg.errors.CheckViolation,
+            id="unknown-baseline-type",
+        ),
+        pytest.param(
+            "finetune_baselines",
+            {k: v for k, v in _baseline_row(slippage_bps=0).items() if k != "cost_bps"},
+            psycopg.errors.NotNullViolation,
+            id="baseline-without-cost",
+        ),
+        pytest.param(
+            "finetune_results",
+            {k: v for k, v in _result_row(slippage_bps=0).items() if k != "cost_bps"},
+            psycopg.errors.NotNullViolation,
+            id="result-without-cost",
+        ),
+        pytest.param(
+            "finetune_results",
+            _result_row(slippage_bps=0, model_hyperparams=None),
+            psycopg.errors.NotNullViolation,
+            id="result-without-hyperparams",
+        ),
+        pytest.param(
+            "finetune_results",
+            _result_row(slippage_bps=0, feature_hash=None),
+            psycopg.errors.NotNullViolation,
+            id="result-without-feature-hash",
+        ),
+        pytest.param(
+            "finetune_results",
+            _result_row(slippage_bps=0, factor="l2_features"),
+            psycopg.errors.ForeignKeyViolation,
+            id="result-of-unregistered-factor",
+        ),
     ],
 )
 def test_constraints_refuse_bad_rows(migrated_db: str, table: str, row: dict[str, object], error: type) -> None:

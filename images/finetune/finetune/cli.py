@@ -142,11 +142,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # Data options (DESIGN 4.1): how the data's rows become calendar bars (finetune.bars).
     run.add_argument("--gaps", choices=GAP_MODES, default="fill", help="fill (default), refuse or rows")
-    run.add_argument("--max-gap-bars", type=_non_negative, default=DEFAULT_MAX_GAP_BARS,
-                     help=f"longest gap --gaps fill fills (default {DEFAULT_MAX_GAP_BARS})")
-    run.add_argument("--bar-label", choices=BAR_LABELS, default="open", help="a stamp is the bar's open (default) or close")
-    run.add_argument("--max-stale-bars", type=_non_negative, default=DEFAULT_MAX_STALE_BARS,
-                     help=f"the last bar closes at most this many bars before as-of (default {DEFAULT_MAX_STALE_BARS})")
+    run.add_argument(
+        "--max-gap-bars",
+        type=_non_negative,
+        default=DEFAULT_MAX_GAP_BARS,
+        help=f"longest gap --gaps fill fills (default {DEFAULT_MAX_GAP_BARS})",
+    )
+    run.add_argument(
+        "--bar-label", choices=BAR_LABELS, default="open", help="a stamp is the bar's open (default) or close"
+    )
+    run.add_argument(
+        "--max-stale-bars",
+        type=_non_negative,
+        default=DEFAULT_MAX_STALE_BARS,
+        help=f"the last bar closes at most this many bars before as-of (default {DEFAULT_MAX_STALE_BARS})",
+    )
     run.add_argument("--bar-interval", type=_interval, default=None, help="e.g. 1h, 15min, 1d (default: detected)")
     return parser
 

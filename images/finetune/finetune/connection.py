@@ -275,9 +275,7 @@ def _merged_options(dsn_options: str | None, settings: DatabaseSettings) -> str:
     return f"{theirs} {settings.startup_options()}".strip()
 
 
-def open_connection(
-    dsn: str, *, settings: DatabaseSettings, autocommit: bool = False
-) -> psycopg.Connection:
+def open_connection(dsn: str, *, settings: DatabaseSettings, autocommit: bool = False) -> psycopg.Connection:
     """One connection attempt with the pod's timeouts; :class:`DatabaseRefused` on refused credentials.
 
     Any other failure is raised as psycopg's own error, for :func:`retry_transient` to judge.
@@ -285,7 +283,9 @@ def open_connection(
     try:
         given = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise DatabaseRefused(f"the database URI is not a valid libpq connection string: {error_line(exc, dsn)}") from exc
+        raise DatabaseRefused(
+            f"the database URI is not a valid libpq connection string: {error_line(exc, dsn)}"
+        ) from exc
     extra: dict[str, object] = {key: value for key, value in KEEPALIVES.items() if key not in given}
     try:
         return psycopg.connect(

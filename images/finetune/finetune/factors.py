@@ -239,9 +239,7 @@ def aligned_btc_close(market: MarketData, index: pd.DatetimeIndex, *, as_of: pd.
     return np.where(positions >= 0, close[positions], np.nan)
 
 
-def columns_for(
-    factor: str, symbol: str, frame: pd.DataFrame, market: MarketData, as_of: pd.Timestamp
-) -> list[Column]:
+def columns_for(factor: str, symbol: str, frame: pd.DataFrame, market: MarketData, as_of: pd.Timestamp) -> list[Column]:
     """The named columns of ``factor`` for ``symbol`` (computed later, one at a time)."""
     s = Series.from_ohlcv(frame)
     if factor == "n_features":

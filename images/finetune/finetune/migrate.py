@@ -129,9 +129,7 @@ def _verify_applied(migrations: list[Migration], applied: dict[str, tuple[str, s
         if migration is None:
             raise MigrationError(f"applied migration V{version}__{name}.sql is missing from the directory")
         if migration.name != name:
-            raise MigrationError(
-                f"applied migration V{version}__{name}.sql was renamed to {migration.path.name}"
-            )
+            raise MigrationError(f"applied migration V{version}__{name}.sql was renamed to {migration.path.name}")
         if migration.checksum != digest:
             raise MigrationError(
                 f"checksum mismatch for applied migration {migration.path.name}: the file changed "
@@ -181,8 +179,7 @@ def apply_migrations(
                     with conn.transaction():
                         conn.execute(migration.sql.encode("utf-8"))
                         conn.execute(
-                            "INSERT INTO schema_migrations (version, name, checksum) "
-                            "VALUES (%s, %s, %s)",
+                            "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                             (migration.version, migration.name, migration.checksum),
                         )
                 except psycopg.Error as exc:

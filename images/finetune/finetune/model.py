@@ -108,9 +108,7 @@ def forward_log_returns(close: np.ndarray, start: int, end: int, hold_bars: int)
     return np.log(window[hold_bars:] / window[: end - start])
 
 
-def _long_flat(
-    ridge: Ridge, threshold: float, features: np.ndarray, close: np.ndarray
-) -> float:
+def _long_flat(ridge: Ridge, threshold: float, features: np.ndarray, close: np.ndarray) -> float:
     """Tail utility: compounded net return of the long/flat positions at the selection cost."""
     positions = (ridge.predict(features) > threshold).astype(np.float64)
     return evaluate(positions, close, SELECTION_ROUND_TRIP_COST).net_return
@@ -166,9 +164,7 @@ def _validate_positions(positions: np.ndarray, n: int) -> np.ndarray:
     return held
 
 
-def equity_curve(
-    prices: np.ndarray, entries: np.ndarray, exits: np.ndarray, net: np.ndarray, rt: float
-) -> np.ndarray:
+def equity_curve(prices: np.ndarray, entries: np.ndarray, exits: np.ndarray, net: np.ndarray, rt: float) -> np.ndarray:
     """Equity marked at each close, starting from 1.
 
     Inside trade ``k`` (entered at ``e``) the bar ``t`` is marked ``G_k * (c[t]/c[e] - rt/2)``

@@ -434,7 +434,9 @@ def execute(
             # The database may be gone or locked: what this run committed is known without it.
             unpersisted = sorted(set(run.planned) - store.persisted_keys)
             _report_incomplete(events, unpersisted, n_keys=len(run.planned), checked_by="run")
-            return _finish(store, events, pod, status="failed", exit_reason=exit_reason, terminated=isinstance(exc, Terminated))
+            return _finish(
+                store, events, pod, status="failed", exit_reason=exit_reason, terminated=isinstance(exc, Terminated)
+            )
         if missing:
             _report_incomplete(events, missing, n_keys=len(run.planned), checked_by="database")
             exit_reason = f"baselines_incomplete: {len(missing)} of {len(run.planned)} keys missing"

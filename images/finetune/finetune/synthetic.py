@@ -73,8 +73,7 @@ _PARAMS = {
 _GARCH_ALPHA = 0.06
 _GARCH_BETA = 0.92
 _ALLOWED = (
-    "synthetic:// (planted lead-lag), synthetic://random-walk (no edge), "
-    "optionally with ?seed=N (an integer >= 0)"
+    "synthetic:// (planted lead-lag), synthetic://random-walk (no edge), optionally with ?seed=N (an integer >= 0)"
 )
 
 
@@ -208,6 +207,4 @@ def _block(symbol: str, spec: SyntheticSpec, block: int, *, first_price: float) 
     low = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(n)) * vols * 0.6)
     # Volume rises with the size of the move (the volume-volatility relation).
     volume = 1e6 / _PARAMS[symbol][0] * np.exp(rng.normal(0.0, 0.4, n) + 40.0 * np.abs(returns))
-    return pd.DataFrame(
-        {"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index
-    )
+    return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index)

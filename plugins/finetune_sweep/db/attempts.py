@@ -90,12 +90,15 @@ def record_attempt(dsn: str, attempt: Mapping[str, Any], *, factor_failed: bool)
     if missing:
         raise ValueError(f"attempt record lacks {', '.join(missing)}")
     row = {**{name: attempt[name] for name in _ATTEMPT_FIELDS}, "oom_reason": OOM_REASON}
-    with connect(
-        dsn,
-        connect_timeout=RECORD_CONNECT_TIMEOUT_SECONDS,
-        statement_timeout_ms=RECORD_STATEMENT_TIMEOUT_MS,
-        lock_timeout_ms=RECORD_STATEMENT_TIMEOUT_MS,
-    ) as conn, conn.transaction():
+    with (
+        connect(
+            dsn,
+            connect_timeout=RECORD_CONNECT_TIMEOUT_SECONDS,
+            statement_timeout_ms=RECORD_STATEMENT_TIMEOUT_MS,
+            lock_timeout_ms=RECORD_STATEMENT_TIMEOUT_MS,
+        ) as conn,
+        conn.transaction(),
+    ):
         conn.execute(UPSERT_FAILED_FACTOR_SQL if factor_failed else NOTE_INTERRUPTED_FACTOR_SQL, row)
         conn.execute(UPSERT_ATTEMPT_SQL, row)
 
@@ -134,6 +137,8 @@ def count_round_attempts(
     with connect(dsn, connect_timeout=RECORD_CONNECT_TIMEOUT_SECONDS) as conn:
         ooms, disruptions = conn.execute(COUNT_ROUND_ATTEMPTS_SQL, params).fetchone()
     return int(ooms), int(disruptions)
+
+
 # Every pod attempt (V007 keys them by run, factor, Airflow run and attempt: reruns keep theirs).
 HISTORY_SQL = """
 SELECT run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, peak_memory_bytes, exit_reason,

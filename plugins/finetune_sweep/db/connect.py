@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import psycopg
 
+
 class NotMigrated(RuntimeError):
     """The database has none of the tables asked for: a wrong database, or ``migrate`` never ran."""
 

@@ -98,7 +98,6 @@ def dsn_from_parts(
     return uri
 
 
-
 def connection_json_from_dsn(dsn: str) -> str:
     """The Airflow JSON connection (``AIRFLOW_CONN_FINETUNE_DB``) of a libpq URI.
 

@@ -44,7 +44,6 @@ class CgroupUnavailable(RuntimeError):
     """No writable memory cgroup on this machine; the message says what was tried."""
 
 
-
 class Cgroup:
     """A memory cgroup for one container; subclasses know the v1 / v2 file names."""
 

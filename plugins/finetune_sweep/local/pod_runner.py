@@ -483,7 +483,9 @@ class LocalPodRunner:
             reason: Reason = OOM_REASON
         elif deadline_exceeded:
             reason = DEADLINE_EXCEEDED
-            message = f"Pod was active on the node longer than the specified deadline (activeDeadlineSeconds {deadline})"
+            message = (
+                f"Pod was active on the node longer than the specified deadline (activeDeadlineSeconds {deadline})"
+            )
         elif exit_code == 0:
             reason = "Completed"
         else:

@@ -282,19 +282,30 @@ class FactorPodOperator(KubernetesPodOperator):
                 raise
             self._conclude(context, self._classify(exc), cause=exc)
 
-    def defer(self, *, trigger: Any, method_name: str, kwargs: dict[str, Any] | None = None,
-              timeout: Any = None) -> NoReturn:
+    def defer(
+        self, *, trigger: Any, method_name: str, kwargs: dict[str, Any] | None = None, timeout: Any = None
+    ) -> NoReturn:
         """Defer with the provider's trigger made a :class:`FactorPodTrigger`: a user's kill of the
         deferred task (no worker runs :meth:`on_kill` then) is recorded ``Killed`` by the triggerer."""
-        if (type(trigger) is KubernetesPodTrigger and self._uses_ladder and self._context is not None
-                and self.attempt_profile is not None):
+        if (
+            type(trigger) is KubernetesPodTrigger
+            and self._uses_ladder
+            and self._context is not None
+            and self.attempt_profile is not None
+        ):
             profile = self.attempt_profile
             killed = PodTermination(KILLED_REASON, None, False, profile.memory_bytes, None)
-            row = self._attempt_row(self._context, killed, attempt=int(self._context["ti"].try_number),
-                                    profile=profile, limit=profile.memory_bytes)
+            row = self._attempt_row(
+                self._context,
+                killed,
+                attempt=int(self._context["ti"].try_number),
+                profile=profile,
+                limit=profile.memory_bytes,
+            )
             grace = (self._settings or Settings).config_error_grace_seconds
-            trigger = FactorPodTrigger.wrapping(trigger, killed_attempt=row, finetune_conn_id=self._conn_id,
-                                                config_error_grace_seconds=grace)
+            trigger = FactorPodTrigger.wrapping(
+                trigger, killed_attempt=row, finetune_conn_id=self._conn_id, config_error_grace_seconds=grace
+            )
         super().defer(trigger=trigger, method_name=method_name, kwargs=kwargs, timeout=timeout)
 
     def on_kill(self) -> None:
@@ -483,7 +494,9 @@ class FactorPodOperator(KubernetesPodOperator):
                 reuse.status.phase,
                 wanted,
             )
-            self._best_effort("persist the pod identity", lambda: self._persist_pod_identity_to_task_state_store(context, reuse))
+            self._best_effort(
+                "persist the pod identity", lambda: self._persist_pod_identity_to_task_state_store(context, reuse)
+            )
             return reuse
         self.pod_manager.create_pod(pod=pod_request_obj)
         self._best_effort(
@@ -492,7 +505,10 @@ class FactorPodOperator(KubernetesPodOperator):
         if self.deferrable:
             # the pod as created: one that already ended (a refused container, an instant OOM) is
             # handled without a trip through the triggerer
-            return self._best_effort("read the new pod", lambda: self.pod_manager.read_pod(pod_request_obj)) or pod_request_obj
+            return (
+                self._best_effort("read the new pod", lambda: self.pod_manager.read_pod(pod_request_obj))
+                or pod_request_obj
+            )
         return pod_request_obj
 
     def _leftover_pods(self, pod_request_obj: k8s.V1Pod, context: Context) -> list[k8s.V1Pod]:
@@ -503,7 +519,9 @@ class FactorPodOperator(KubernetesPodOperator):
         selector = leftover_selector(ti_labels, pod_request_obj=pod_request_obj)
         listed = self._best_effort(
             "list earlier pods",
-            lambda: self.client.list_namespaced_pod(namespace=pod_request_obj.metadata.namespace, label_selector=selector),
+            lambda: self.client.list_namespaced_pod(
+                namespace=pod_request_obj.metadata.namespace, label_selector=selector
+            ),
         )
         return newest_first([*([stored] if stored is not None else []), *(getattr(listed, "items", None) or [])])
 
@@ -514,7 +532,9 @@ class FactorPodOperator(KubernetesPodOperator):
             self.log.info("keeping failed pod %s of an earlier try (FINETUNE_KEEP_FAILED_PODS)", pod.metadata.name)
             self.patch_already_checked(pod, reraise=False)
             return
-        self.log.info("deleting pod %s of an earlier try (phase %s): this try starts a fresh pod", pod.metadata.name, phase)
+        self.log.info(
+            "deleting pod %s of an earlier try (phase %s): this try starts a fresh pod", pod.metadata.name, phase
+        )
         self._delete_pod_quietly(pod)
 
     def find_pod(self, namespace: str, context: Context, *, exclude_checked: bool = True) -> k8s.V1Pod | None:
@@ -582,7 +602,9 @@ class FactorPodOperator(KubernetesPodOperator):
 
     # -- classification and records
 
-    def _conclude(self, context: Context, termination: PodTermination, *, cause: BaseException | None = None) -> NoReturn:
+    def _conclude(
+        self, context: Context, termination: PodTermination, *, cause: BaseException | None = None
+    ) -> NoReturn:
         """Record the attempt, clean its pod up, raise as the ladder decides (:func:`ladder_step`).
 
         OOM below the top -> :class:`PodOOMKilled` (the ladder state counts it first); disrupted
@@ -605,7 +627,9 @@ class FactorPodOperator(KubernetesPodOperator):
             state=self._ladder_state or LadderState(1),
             disruption_retries=self._settings.disruption_retries if self._settings is not None else 0,
         )
-        self._record(context, termination, attempt=attempt, profile=profile, limit=limit, factor_failed=step.factor_failed)
+        self._record(
+            context, termination, attempt=attempt, profile=profile, limit=limit, factor_failed=step.factor_failed
+        )
         self._clean_failed_pod()
         if step.state is not None:
             self._save_ladder(step.state)

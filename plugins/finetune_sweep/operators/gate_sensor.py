@@ -70,13 +70,22 @@ class BaselineGateSensor(SqlSensor):
             with closing(self._get_hook().get_conn()) as conn:
                 with closing(conn.cursor()) as cursor:
                     # A locked verdicts table must not hold the gate's decision: give up soon.
-                    cursor.execute(f"SET LOCAL lock_timeout = {RECORD_TIMEOUT_MS}; "
-                                   f"SET LOCAL statement_timeout = {2 * RECORD_TIMEOUT_MS}")
+                    cursor.execute(
+                        f"SET LOCAL lock_timeout = {RECORD_TIMEOUT_MS}; "
+                        f"SET LOCAL statement_timeout = {2 * RECORD_TIMEOUT_MS}"
+                    )
                     cursor.execute(RECORD_VERDICT_SQL, values)
                 conn.commit()
         except Exception as err:  # noqa: BLE001 - never let bookkeeping change the gate's decision
-            self.log.warning("check_baselines: could not record the verdict (%s: %s)", type(err).__name__,
-                             str(err).strip().splitlines()[0] if str(err).strip() else "")
+            self.log.warning(
+                "check_baselines: could not record the verdict (%s: %s)",
+                type(err).__name__,
+                str(err).strip().splitlines()[0] if str(err).strip() else "",
+            )
         else:
-            self.log.info("check_baselines: verdict recorded for run %s (ok=%s, %d problem(s))",
-                          values["run_id"], values["ok"], verdict.n_problems)
+            self.log.info(
+                "check_baselines: verdict recorded for run %s (ok=%s, %d problem(s))",
+                values["run_id"],
+                values["ok"],
+                verdict.n_problems,
+            )

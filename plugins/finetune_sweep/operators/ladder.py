@@ -221,9 +221,7 @@ def ladder_step(
             replace(state, ooms=state.ooms + 1),
         )
     if termination.disrupted:
-        what = (
-            f"factor {factor}: the cluster disrupted its pod on profile {profile.name}: {termination.reason}{said}"
-        )
+        what = f"factor {factor}: the cluster disrupted its pod on profile {profile.name}: {termination.reason}{said}"
         if state.disruptions < disruption_retries:
             return LadderStep(
                 "disrupted",

@@ -61,13 +61,18 @@ class FactorPodTrigger(KubernetesPodTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         _, kwargs = super().serialize()
         classpath = f"{type(self).__module__}.{type(self).__qualname__}"
-        return classpath, {**kwargs, "killed_attempt": self.killed_attempt, "finetune_conn_id": self.finetune_conn_id,
-                           "config_error_grace_seconds": self.config_error_grace_seconds}
+        return classpath, {
+            **kwargs,
+            "killed_attempt": self.killed_attempt,
+            "finetune_conn_id": self.finetune_conn_id,
+            "config_error_grace_seconds": self.config_error_grace_seconds,
+        }
 
     @cached_property
     def pod_manager(self) -> StartWatchingAsyncPodManager:  # type: ignore[override]
-        return StartWatchingAsyncPodManager(async_hook=self.hook,
-                                            config_error_grace_seconds=self.config_error_grace_seconds)
+        return StartWatchingAsyncPodManager(
+            async_hook=self.hook, config_error_grace_seconds=self.config_error_grace_seconds
+        )
 
     async def on_kill(self) -> None:
         await super().on_kill()  # deletes the pod (unless on_kill_action keeps it)
@@ -78,5 +83,9 @@ class FactorPodTrigger(KubernetesPodTrigger):
     def _record_killed(self) -> None:
         what = f"the killed attempt of factor {self.killed_attempt.get('factor')}"
         if record_quietly(self.finetune_conn_id, self.killed_attempt, factor_failed=False, what=what, log=self.log):
-            self.log.info("recorded attempt %s of factor %s as %s", self.killed_attempt.get("attempt"),
-                          self.killed_attempt.get("factor"), self.killed_attempt.get("exit_reason"))
+            self.log.info(
+                "recorded attempt %s of factor %s as %s",
+                self.killed_attempt.get("attempt"),
+                self.killed_attempt.get("factor"),
+                self.killed_attempt.get("exit_reason"),
+            )

@@ -19,9 +19,7 @@ if TYPE_CHECKING:
     from finetune_sweep.settings import Settings
 
 
-def render_manifest(
-    *, factor_kwargs: Mapping[str, Any], image: str, settings: Settings
-) -> dict[str, Any]:
+def render_manifest(*, factor_kwargs: Mapping[str, Any], image: str, settings: Settings) -> dict[str, Any]:
     """The camelCase pod manifest the KubernetesPodOperator would submit, built offline.
 
     :param factor_kwargs: one entry of the plan (:func:`factor_pod_kwargs`).

@@ -353,4 +353,3 @@ def with_profile(entry: Mapping[str, Any], *, profile: PodProfile) -> dict[str, 
         "container_resources": resources_for(profile),
         "node_selector": dict(profile.node_selector),
     }
-

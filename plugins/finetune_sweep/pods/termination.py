@@ -220,7 +220,9 @@ def kubernetes_termination(
     )
     if terminated is None:
         if disrupted:
-            return replace(base, reason=disrupted, disrupted=True, detail=detail or (status.message if status else None))
+            return replace(
+                base, reason=disrupted, disrupted=True, detail=detail or (status.message if status else None)
+            )
         if waiting is not None and waiting.reason:
             # never started: CreateContainerConfigError (missing Secret), image pull errors ...
             return replace(base, reason=waiting.reason, detail=detail or waiting.message)
@@ -231,7 +233,11 @@ def kubernetes_termination(
         return replace(base, reason=OOM_REASON, exit_code=terminated.exit_code, oom_killed=True)
     if disrupted:
         return replace(
-            base, reason=disrupted, exit_code=terminated.exit_code, disrupted=True, detail=detail or (status.message or None)
+            base,
+            reason=disrupted,
+            exit_code=terminated.exit_code,
+            disrupted=True,
+            detail=detail or (status.message or None),
         )
     if status is not None and status.reason == DEADLINE_EXCEEDED:
         # activeDeadlineSeconds: the pod's reason; its container merely shows the kill (143/137)

@@ -123,8 +123,7 @@ def load_profiles(overrides_json: str | None = None) -> dict[str, PodProfile]:
         unknown = sorted(set(changes) - set(_PROFILE_KEYS))
         if unknown:
             raise SizingError(
-                f"FINETUNE_PROFILES[{name!r}]: unknown key(s) {', '.join(unknown)}; "
-                f"allowed: {', '.join(_PROFILE_KEYS)}"
+                f"FINETUNE_PROFILES[{name!r}]: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_PROFILE_KEYS)}"
             )
         profiles[name] = _apply_profile_changes(profiles[name], changes)
     sizes = [profiles[name].memory_bytes for name in PROFILE_ORDER]
@@ -149,7 +148,7 @@ def _apply_profile_changes(profile: PodProfile, changes: Mapping[str, Any]) -> P
     if "cpu" in changes:
         cpu = changes["cpu"]
         if not isinstance(cpu, str) or not _CPU.match(cpu) or float(cpu.rstrip("m")) <= 0:
-            raise SizingError(f"{where}.cpu: {cpu!r} is not a cpu quantity such as \"2\", \"0.5\" or \"500m\"")
+            raise SizingError(f'{where}.cpu: {cpu!r} is not a cpu quantity such as "2", "0.5" or "500m"')
         profile = replace(profile, cpu=cpu)
     if "node_selector" in changes:
         selector = changes["node_selector"]
@@ -197,7 +196,9 @@ def _checked_affinity(value: Any, where: str) -> dict[str, Any] | None:
         raise SizingError(f"{where}.affinity must be an object with {', '.join(_AFFINITY_KEYS)}")
     unknown = sorted(set(value) - set(_AFFINITY_KEYS))
     if unknown:
-        raise SizingError(f"{where}.affinity: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_AFFINITY_KEYS)}")
+        raise SizingError(
+            f"{where}.affinity: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_AFFINITY_KEYS)}"
+        )
     return dict(value) or None
 
 

@@ -37,9 +37,7 @@ def parse_quantity(quantity: str | int) -> int:
     elif suffix == "":
         factor = 1
     else:
-        raise ValueError(
-            f"not a memory quantity: {quantity!r} (suffix {suffix!r}; use Ki/Mi/Gi/Ti, k/M/G/T or bytes)"
-        )
+        raise ValueError(f"not a memory quantity: {quantity!r} (suffix {suffix!r}; use Ki/Mi/Gi/Ti, k/M/G/T or bytes)")
     try:
         return math.ceil(Decimal(number) * factor)
     except InvalidOperation as err:  # pragma: no cover - the regex admits only numbers

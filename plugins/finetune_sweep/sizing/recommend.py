@@ -139,8 +139,15 @@ def recommend(
         if not samples:
             result.append(
                 Recommendation(
-                    **common, p50_peak=None, p95_peak=None, max_peak=None, headroom=None, needed_bytes=None,
-                    recommended=current.name if current else None, flagged=False, reasons=("no recorded peaks",),
+                    **common,
+                    p50_peak=None,
+                    p95_peak=None,
+                    max_peak=None,
+                    headroom=None,
+                    needed_bytes=None,
+                    recommended=current.name if current else None,
+                    flagged=False,
+                    reasons=("no recorded peaks",),
                 )
             )
             continue

@@ -19,6 +19,7 @@ from typing import Any
 
 from finetune_sweep.sweep.params import PlanError
 
+
 def format_as_of(moment: datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SSZ`` in UTC (whole seconds: bars are far coarser).
 

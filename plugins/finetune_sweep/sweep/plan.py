@@ -48,8 +48,9 @@ def check_data_uri(data_uri: str | None) -> None:
     parts = urlsplit(data_uri)
     shown = urlunsplit(parts._replace(netloc=parts.hostname or "")) if "@" in parts.netloc else data_uri
     if parts.username is not None or parts.password is not None:
-        raise PlanError(f"FINETUNE_DATA_URI={shown!r} holds credentials: use the pods' environment or "
-                        "workload identity instead")
+        raise PlanError(
+            f"FINETUNE_DATA_URI={shown!r} holds credentials: use the pods' environment or workload identity instead"
+        )
     if parts.scheme == "synthetic":
         return
     if parts.scheme == "file" and parts.netloc in ("", "localhost") and parts.path.startswith("/"):

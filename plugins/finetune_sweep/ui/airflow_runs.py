@@ -76,7 +76,11 @@ def expected_finetune_run_id(run: AirflowRun) -> str | None:
     """
     params = {**default_params(image_tag=get_settings().image_tag), **run.conf}
     try:
-        return finetune_run_id(dag_id=run.dag_id, as_of=as_of_from_context(run.context), params=validate_params(params),
-                               data_uri=get_settings().data_uri)
+        return finetune_run_id(
+            dag_id=run.dag_id,
+            as_of=as_of_from_context(run.context),
+            params=validate_params(params),
+            data_uri=get_settings().data_uri,
+        )
     except PlanError:
         return None

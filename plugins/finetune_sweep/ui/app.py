@@ -45,14 +45,50 @@ READ_RUN = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
 
 # Columns of the downloads, in order (the tables show the same rows).
 GROUP_COLUMNS = (
-    "factor", "crypto", "cost_bps", "slippage_bps", "folds", "model", "buy_and_hold", "random", "random_p05",
-    "random_p95", "naive", "percentile", "exposure", "folds_won", "missing_baselines",
+    "factor",
+    "crypto",
+    "cost_bps",
+    "slippage_bps",
+    "folds",
+    "model",
+    "buy_and_hold",
+    "random",
+    "random_p05",
+    "random_p95",
+    "naive",
+    "percentile",
+    "exposure",
+    "folds_won",
+    "missing_baselines",
 )
 FOLD_COLUMNS = (
-    "factor", "crypto", "cost_bps", "slippage_bps", "fold_id", "variant", "test_start", "test_end", "n_bars",
-    "n_filled_bars", "model", "sharpe", "max_drawdown", "n_trades", "exposure", "percentile", "perm_p_value",
-    "perm_n_shifts", "buy_and_hold", "random", "random_p05", "random_p50", "random_p95", "random_std", "n_seeds",
-    "naive", "won",
+    "factor",
+    "crypto",
+    "cost_bps",
+    "slippage_bps",
+    "fold_id",
+    "variant",
+    "test_start",
+    "test_end",
+    "n_bars",
+    "n_filled_bars",
+    "model",
+    "sharpe",
+    "max_drawdown",
+    "n_trades",
+    "exposure",
+    "percentile",
+    "perm_p_value",
+    "perm_n_shifts",
+    "buy_and_hold",
+    "random",
+    "random_p05",
+    "random_p50",
+    "random_p95",
+    "random_std",
+    "n_seeds",
+    "naive",
+    "won",
 )
 
 
@@ -71,7 +107,10 @@ def _static_files() -> dict[str, Path]:
     import importlib.util
 
     spec = importlib.util.find_spec("plotly")
-    files = {"finetune_ui.js": HERE / "static" / "finetune_ui.js", "finetune_ui.css": HERE / "static" / "finetune_ui.css"}
+    files = {
+        "finetune_ui.js": HERE / "static" / "finetune_ui.js",
+        "finetune_ui.css": HERE / "static" / "finetune_ui.css",
+    }
     if spec is not None and spec.submodule_search_locations:
         files["plotly.min.js"] = Path(next(iter(spec.submodule_search_locations))) / "package_data" / "plotly.min.js"
     return files
@@ -167,8 +206,9 @@ def _dsn() -> str:
     try:
         return dsn_from_connection(conn_id)
     except Exception as err:  # noqa: BLE001 - Airflow raises its own "not defined" types across versions
-        raise PageError(503, "No finetune database",
-                        f"the Airflow connection {conn_id!r} is not available ({type(err).__name__})") from None
+        raise PageError(
+            503, "No finetune database", f"the Airflow connection {conn_id!r} is not available ({type(err).__name__})"
+        ) from None
 
 
 class _Database:
@@ -224,15 +264,21 @@ def _resolve(conn: Any, dag_id: str, airflow_run_id: str) -> _Resolved:
     if queries.has_finetune_tables(conn):
         run_id = queries.resolve_run_id(conn, dag_id=dag_id, airflow_run_id=airflow_run_id, candidates=candidates)
     if run_id is None and airflow_run is None:
-        raise PageError(404, "Unknown run", f"no run {airflow_run_id!r} of DAG {dag_id!r}: neither Airflow nor the "
-                        "finetune database knows it")
+        raise PageError(
+            404,
+            "Unknown run",
+            f"no run {airflow_run_id!r} of DAG {dag_id!r}: neither Airflow nor the finetune database knows it",
+        )
     return _Resolved(dag_id=dag_id, airflow_run_id=airflow_run_id, run_id=run_id, airflow_run=airflow_run)
 
 
 def _require_run(resolved: _Resolved) -> str:
     if resolved.run_id is None:
-        raise PageError(404, "No finetune run", f"the Airflow run {resolved.airflow_run_id!r} has no finetune run: "
-                        "it stopped before `register`")
+        raise PageError(
+            404,
+            "No finetune run",
+            f"the Airflow run {resolved.airflow_run_id!r} has no finetune run: it stopped before `register`",
+        )
     return resolved.run_id
 
 
@@ -244,8 +290,10 @@ def _quoted(value: Any) -> str:
 def _folds_query(factor: str, crypto: str, cost_bps: int, slippage_bps: int) -> str:
     """``folds?factor=...`` of one group; a run's few factors and cryptos are quoted once each
     (``urlencode`` on each of 2,000 rows was a third of the run tab's rendering)."""
-    return (f"folds?factor={_quoted(factor)}&crypto={_quoted(crypto)}&cost_bps={_quoted(cost_bps)}"
-            f"&slippage_bps={_quoted(slippage_bps)}")
+    return (
+        f"folds?factor={_quoted(factor)}&crypto={_quoted(crypto)}&cost_bps={_quoted(cost_bps)}"
+        f"&slippage_bps={_quoted(slippage_bps)}"
+    )
 
 
 # Cost and slippage are PostgreSQL integers of bps.
@@ -258,7 +306,9 @@ def _int_or_none(value: str | None, name: str) -> int | None:
     try:
         number = int(value)
     except ValueError:
-        raise PageError(400, "Bad request", f"{name}={value!r} is not an integer; allowed: a whole number of bps") from None
+        raise PageError(
+            400, "Bad request", f"{name}={value!r} is not an integer; allowed: a whole number of bps"
+        ) from None
     if not 0 <= number <= MAX_BPS:
         raise PageError(400, "Bad request", f"{name}={value!r} is out of range; allowed: 0 to {MAX_BPS} bps")
     return number
@@ -286,8 +336,13 @@ def create_app() -> FastAPI:
     @app.exception_handler(PageError)
     async def _page_error(request: Request, err: PageError) -> Response:  # noqa: ARG001
         depth = request.url.path.rstrip("/").count("/") - request.scope.get("root_path", "").rstrip("/").count("/")
-        return page("message.html", status=err.status, title=err.title, message=err.message,
-                    static="../" * max(depth - 1, 0) + "static/")
+        return page(
+            "message.html",
+            status=err.status,
+            title=err.title,
+            message=err.message,
+            static="../" * max(depth - 1, 0) + "static/",
+        )
 
     @app.get("/static/{name}", dependencies=[Depends(get_user)])
     def static_file(name: str) -> Response:
@@ -302,11 +357,20 @@ def create_app() -> FastAPI:
         with _Database() as db:
             resolved = _resolve(db.conn, dag_id, airflow_run_id)
             linked = queries.airflow_runs_of(db.conn, resolved.run_id) if resolved.run_id else []
-            data = queries.fetch_run_page(db.dsn, resolved.run_id, airflow_run_id=airflow_run_id) if resolved.run_id else None
+            data = (
+                queries.fetch_run_page(db.dsn, resolved.run_id, airflow_run_id=airflow_run_id)
+                if resolved.run_id
+                else None
+            )
         base = "./" + quote(airflow_run_id, safe="") + "/"
         if data is None:
-            return page("not_registered.html", dag_id=dag_id, airflow_run_id=airflow_run_id,
-                        airflow_run=resolved.airflow_run, static="../../../static/")
+            return page(
+                "not_registered.html",
+                dag_id=dag_id,
+                airflow_run_id=airflow_run_id,
+                airflow_run=resolved.airflow_run,
+                static="../../../static/",
+            )
         return page(
             "run.html",
             dag_id=dag_id,
@@ -317,8 +381,9 @@ def create_app() -> FastAPI:
             curves=_for_chart(charts.cost_curves(data.groups)),
             with_charts=True,
             base=base,
-            folds_link=lambda row: base + _folds_query(row["factor"], row["crypto"], row["cost_bps"],
-                                                       row["slippage_bps"]),
+            folds_link=lambda row: (
+                base + _folds_query(row["factor"], row["crypto"], row["cost_bps"], row["slippage_bps"])
+            ),
             static="../../../static/",
         )
 
@@ -336,13 +401,21 @@ def create_app() -> FastAPI:
         with _Database() as db:
             run_id = _require_run(_resolve(db.conn, dag_id, airflow_run_id))
             rows = queries.fetch_folds(db.conn, run_id, factor=factor, crypto=crypto, cost_bps=cost, slippage_bps=slip)
-        return page("folds.html", dag_id=dag_id, airflow_run_id=airflow_run_id, run_id=run_id, rows=rows,
-                    selection={"factor": factor, "crypto": crypto, "cost_bps": cost, "slippage_bps": slip},
-                    back="../" + quote(airflow_run_id, safe=""), static="../../../../static/")
+        return page(
+            "folds.html",
+            dag_id=dag_id,
+            airflow_run_id=airflow_run_id,
+            run_id=run_id,
+            rows=rows,
+            selection={"factor": factor, "crypto": crypto, "cost_bps": cost, "slippage_bps": slip},
+            back="../" + quote(airflow_run_id, safe=""),
+            static="../../../../static/",
+        )
 
     @app.get("/dags/{dag_id}/runs/{airflow_run_id}/{table}.{fmt}", dependencies=READ_RUN)
-    def download(dag_id: str, airflow_run_id: str, table: Literal["rows", "folds"],
-                 fmt: Literal["csv", "json"]) -> Response:
+    def download(
+        dag_id: str, airflow_run_id: str, table: Literal["rows", "folds"], fmt: Literal["csv", "json"]
+    ) -> Response:
         with _Database() as db:
             run_id = _require_run(_resolve(db.conn, dag_id, airflow_run_id))
             rows = queries.fetch_groups(db.conn, run_id) if table == "rows" else queries.fetch_folds(db.conn, run_id)
@@ -374,9 +447,18 @@ def create_app() -> FastAPI:
             else:
                 advice_error = None
         runs = sorted({(row["as_of"], row["run_id"]) for row in history}, reverse=True)
-        return page("dag.html", dag_id=dag_id, history=history, runs=runs,
-                    charts=_for_chart(charts.history_charts(history)), with_charts=True, recommendations=recommendations,
-                    advice_error=advice_error, advice_window=window, run_base="./" + quote(dag_id, safe="") + "/runs/",
-                    static="../static/")
+        return page(
+            "dag.html",
+            dag_id=dag_id,
+            history=history,
+            runs=runs,
+            charts=_for_chart(charts.history_charts(history)),
+            with_charts=True,
+            recommendations=recommendations,
+            advice_error=advice_error,
+            advice_window=window,
+            run_base="./" + quote(dag_id, safe="") + "/runs/",
+            static="../static/",
+        )
 
     return app

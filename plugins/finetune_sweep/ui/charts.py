@@ -51,41 +51,73 @@ def cost_curves(groups: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         costs = sorted(by_factor[factor])
 
         def series(column: str, _costs: list[int] = costs, _factor: str = factor) -> list[float | None]:
-            return [
-                _weighted_mean((row[column], row["folds"]) for row in by_factor[_factor][cost]) for cost in _costs
-            ]
+            return [_weighted_mean((row[column], row["folds"]) for row in by_factor[_factor][cost]) for cost in _costs]
 
         p05, p95 = series("random_p05"), series("random_p95")
         data: list[dict[str, Any]] = []
         if any(v is not None for v in p05) and any(v is not None for v in p95):
             data += [
-                {"x": costs, "y": p05, "name": "random p05", "mode": "lines", "showlegend": False,
-                 "line": {"width": 0, "color": COLOURS["random"]}, "hoverinfo": "skip"},
-                {"x": costs, "y": p95, "name": "random p05-p95", "mode": "lines", "fill": "tonexty",
-                 "fillcolor": "rgba(127,127,127,0.2)", "line": {"width": 0, "color": COLOURS["random"]}},
+                {
+                    "x": costs,
+                    "y": p05,
+                    "name": "random p05",
+                    "mode": "lines",
+                    "showlegend": False,
+                    "line": {"width": 0, "color": COLOURS["random"]},
+                    "hoverinfo": "skip",
+                },
+                {
+                    "x": costs,
+                    "y": p95,
+                    "name": "random p05-p95",
+                    "mode": "lines",
+                    "fill": "tonexty",
+                    "fillcolor": "rgba(127,127,127,0.2)",
+                    "line": {"width": 0, "color": COLOURS["random"]},
+                },
             ]
         data += [
-            {"x": costs, "y": series("random"), "name": "random (mean)", "mode": "lines+markers",
-             "line": {"dash": "dot", "color": COLOURS["random"]}},
-            {"x": costs, "y": series("buy_and_hold"), "name": "buy & hold", "mode": "lines+markers",
-             "line": {"color": COLOURS["buy_and_hold"]}},
-            {"x": costs, "y": series("model"), "name": "model", "mode": "lines+markers",
-             "line": {"width": 3, "color": COLOURS["model"]}},
-        ]
-        figures.append({
-            "id": f"cost-curve-{factor}",
-            "title": factor,
-            "figure": {
-                "data": data,
-                "layout": {
-                    **_LAYOUT,
-                    "title": {"text": f"{factor}: net return vs cost"},
-                    "xaxis": {"title": {"text": "cost + slippage per side (bps)"}, "type": "linear"},
-                    "yaxis": {"title": {"text": "net return (mean over cryptos and folds)"}, "tickformat": ".1%",
-                              "zeroline": True},
-                },
+            {
+                "x": costs,
+                "y": series("random"),
+                "name": "random (mean)",
+                "mode": "lines+markers",
+                "line": {"dash": "dot", "color": COLOURS["random"]},
             },
-        })
+            {
+                "x": costs,
+                "y": series("buy_and_hold"),
+                "name": "buy & hold",
+                "mode": "lines+markers",
+                "line": {"color": COLOURS["buy_and_hold"]},
+            },
+            {
+                "x": costs,
+                "y": series("model"),
+                "name": "model",
+                "mode": "lines+markers",
+                "line": {"width": 3, "color": COLOURS["model"]},
+            },
+        ]
+        figures.append(
+            {
+                "id": f"cost-curve-{factor}",
+                "title": factor,
+                "figure": {
+                    "data": data,
+                    "layout": {
+                        **_LAYOUT,
+                        "title": {"text": f"{factor}: net return vs cost"},
+                        "xaxis": {"title": {"text": "cost + slippage per side (bps)"}, "type": "linear"},
+                        "yaxis": {
+                            "title": {"text": "net return (mean over cryptos and folds)"},
+                            "tickformat": ".1%",
+                            "zeroline": True,
+                        },
+                    },
+                },
+            }
+        )
     return figures
 
 
@@ -102,13 +134,15 @@ def history_charts(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
         traces = []
         for factor in sorted(by_factor):
             rows = by_factor[factor]
-            traces.append({
-                "x": [row["as_of"].isoformat() for row in rows],
-                "y": [scale(row) if scale else row[column] for row in rows],
-                "text": [row["run_id"] for row in rows],
-                "name": factor,
-                "mode": "lines+markers",
-            })
+            traces.append(
+                {
+                    "x": [row["as_of"].isoformat() for row in rows],
+                    "y": [scale(row) if scale else row[column] for row in rows],
+                    "text": [row["run_id"] for row in rows],
+                    "name": factor,
+                    "mode": "lines+markers",
+                }
+            )
         return traces
 
     def usage(row: Mapping[str, Any]) -> float | None:
@@ -117,18 +151,54 @@ def history_charts(history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]
 
     time_axis = {"title": {"text": "as-of of the run"}, "type": "date"}
     return [
-        {"id": "history-edge", "title": "edge over buy-and-hold", "figure": {
-            "data": lines("edge_vs_buy_and_hold"),
-            "layout": {**_LAYOUT, "title": {"text": "Mean edge over buy-and-hold (model - b&h net return)"},
-                       "xaxis": time_axis, "yaxis": {"tickformat": ".1%", "zeroline": True}}}},
-        {"id": "history-percentile", "title": "percentile among random seeds", "figure": {
-            "data": lines("percentile"),
-            "layout": {**_LAYOUT, "title": {"text": "Mean percentile of the model among the random seeds"},
-                       "xaxis": time_axis, "yaxis": {"tickformat": ".0%", "range": [0, 1]}}}},
-        {"id": "history-memory", "title": "peak memory / limit", "figure": {
-            "data": lines("", usage),
-            "layout": {**_LAYOUT, "title": {"text": "Pod peak memory as a share of its limit (flag above 80 %)"},
-                       "xaxis": time_axis, "yaxis": {"tickformat": ".0%", "rangemode": "tozero"},
-                       "shapes": [{"type": "line", "xref": "paper", "x0": 0, "x1": 1, "y0": 0.8, "y1": 0.8,
-                                   "line": {"dash": "dash", "color": "#d62728"}}]}}},
+        {
+            "id": "history-edge",
+            "title": "edge over buy-and-hold",
+            "figure": {
+                "data": lines("edge_vs_buy_and_hold"),
+                "layout": {
+                    **_LAYOUT,
+                    "title": {"text": "Mean edge over buy-and-hold (model - b&h net return)"},
+                    "xaxis": time_axis,
+                    "yaxis": {"tickformat": ".1%", "zeroline": True},
+                },
+            },
+        },
+        {
+            "id": "history-percentile",
+            "title": "percentile among random seeds",
+            "figure": {
+                "data": lines("percentile"),
+                "layout": {
+                    **_LAYOUT,
+                    "title": {"text": "Mean percentile of the model among the random seeds"},
+                    "xaxis": time_axis,
+                    "yaxis": {"tickformat": ".0%", "range": [0, 1]},
+                },
+            },
+        },
+        {
+            "id": "history-memory",
+            "title": "peak memory / limit",
+            "figure": {
+                "data": lines("", usage),
+                "layout": {
+                    **_LAYOUT,
+                    "title": {"text": "Pod peak memory as a share of its limit (flag above 80 %)"},
+                    "xaxis": time_axis,
+                    "yaxis": {"tickformat": ".0%", "rangemode": "tozero"},
+                    "shapes": [
+                        {
+                            "type": "line",
+                            "xref": "paper",
+                            "x0": 0,
+                            "x1": 1,
+                            "y0": 0.8,
+                            "y1": 0.8,
+                            "line": {"dash": "dash", "color": "#d62728"},
+                        }
+                    ],
+                },
+            },
+        },
     ]

@@ -182,9 +182,7 @@ def resolve_run_id(
     linked = conn.execute(LINKED_RUN_SQL, {"dag_id": dag_id, "airflow_run_id": airflow_run_id}).fetchone()
     if linked:
         return linked["run_id"]
-    found = conn.execute(
-        RUN_OF_DAG_SQL, {"candidates": [airflow_run_id, *candidates], "dag_id": dag_id}
-    ).fetchone()
+    found = conn.execute(RUN_OF_DAG_SQL, {"candidates": [airflow_run_id, *candidates], "dag_id": dag_id}).fetchone()
     return found["run_id"] if found else None
 
 
@@ -286,8 +284,9 @@ def fetch_run_page(dsn: str, run_id: str, *, airflow_run_id: str | None = None) 
             groups = fetch_groups(conn, run_id)
             pods = conn.execute(PODS_SQL, {"run_id": run_id, "airflow_run_id": airflow_run_id}).fetchall()
             findings = conn.execute(FINDINGS_SQL, {"run_id": run_id}).fetchall()
-            return RunPage(run=run, verdict=recorded or pending_verdict.result(), groups=groups, pods=pods,
-                           findings=findings)
+            return RunPage(
+                run=run, verdict=recorded or pending_verdict.result(), groups=groups, pods=pods, findings=findings
+            )
 
 
 def fetch_history(conn: psycopg.Connection, dag_id: str, *, limit: int = HISTORY_RUNS) -> list[dict[str, Any]]:

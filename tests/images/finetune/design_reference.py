@@ -18,7 +18,9 @@ def buy_and_hold_return(close, rt: float) -> float:
     return 0.0 if len(close) < 2 else close[-1] / close[0] - 1.0 - rt
 
 
-def seed_runs(close, rt: float, *, n_seeds: int, hold_bars: int, p_entry: float | None = None) -> list[tuple[float, int]]:
+def seed_runs(
+    close, rt: float, *, n_seeds: int, hold_bars: int, p_entry: float | None = None
+) -> list[tuple[float, int]]:
     """Each seed of the DESIGN 5 random baseline, one trade at a time: (net return, trades)."""
     n = len(close)
     p = 1.0 / hold_bars if p_entry is None else p_entry

@@ -114,7 +114,9 @@ def test_close_label_uses_the_bar_stamped_at_as_of():
 
 
 def test_as_of_before_the_first_bar_closes():
-    with pytest.raises(DataError, match="symbol ETH: as-of 2024-01-01T00:30:00\\+00:00 is before its first bar .* closes"):
+    with pytest.raises(
+        DataError, match="symbol ETH: as-of 2024-01-01T00:30:00\\+00:00 is before its first bar .* closes"
+    ):
         _bars(_hourly(10), START + pd.Timedelta(minutes=30), bar_interval=HOUR)
 
 
@@ -218,5 +220,7 @@ def test_bar_options_are_validated(options, match):
 
 @pytest.mark.parametrize("given", [pytest.param("30min", id="finer"), pytest.param("2h", id="coarser")])
 def test_a_given_interval_must_be_the_datas(given):
-    with pytest.raises(DataError, match=f"symbol ETH: --bar-interval {given} is not the data's bar interval: .* 1h apart"):
+    with pytest.raises(
+        DataError, match=f"symbol ETH: --bar-interval {given} is not the data's bar interval: .* 1h apart"
+    ):
         _bars(_hourly(20), _closed(20), bar_interval=pd.Timedelta(given))

@@ -45,9 +45,14 @@ def test_naive_is_flat_whatever_the_prices():
     assert naive(np.array([100.0, 50.0, 300.0])) == BaselineResult("naive", 0.0, 0.0, exposure=0.0)
 
 
-@pytest.mark.parametrize("baseline", [pytest.param(lambda c: buy_and_hold(c, 0.002), id="buy_and_hold"),
-                                      pytest.param(naive, id="naive"),
-                                      pytest.param(lambda c: random_baseline(c, 0.002), id="random")])
+@pytest.mark.parametrize(
+    "baseline",
+    [
+        pytest.param(lambda c: buy_and_hold(c, 0.002), id="buy_and_hold"),
+        pytest.param(naive, id="naive"),
+        pytest.param(lambda c: random_baseline(c, 0.002), id="random"),
+    ],
+)
 @pytest.mark.parametrize(
     ("close", "match"),
     [
@@ -120,7 +125,11 @@ def test_random_agrees_with_a_per_trade_loop(n, hold_bars, n_seeds, p_entry):
 
 @pytest.mark.parametrize(
     ("n", "hold_bars", "n_seeds"),
-    [pytest.param(500, 24, 50, id="short-window"), pytest.param(720, 24, 100, id="month"), pytest.param(60, 4, 37, id="small")],
+    [
+        pytest.param(500, 24, 50, id="short-window"),
+        pytest.param(720, 24, 100, id="month"),
+        pytest.param(60, 4, 37, id="small"),
+    ],
 )
 def test_seed_quantiles_and_exposure_agree_with_the_loop(n, hold_bars, n_seeds):
     close = _close(n, seed=11, vol=0.02)

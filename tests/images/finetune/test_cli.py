@@ -25,9 +25,17 @@ AS_OF = "2026-06-07T00:00:00Z"
 
 def _make_argv(**overrides: str | None) -> list[str]:
     args: dict[str, str | None] = {
-        "--run-id": "run-1", "--factor": "base_features", "--cryptos": "BTC,ETH", "--cost-bps": "10",
-        "--slippage-bps": "0", "--as-of": AS_OF, "--n-folds": "2", "--n-seeds": "5", "--hold-bars": "4",
-        "--train-bars": "300", "--test-bars": "48",
+        "--run-id": "run-1",
+        "--factor": "base_features",
+        "--cryptos": "BTC,ETH",
+        "--cost-bps": "10",
+        "--slippage-bps": "0",
+        "--as-of": AS_OF,
+        "--n-folds": "2",
+        "--n-seeds": "5",
+        "--hold-bars": "4",
+        "--train-bars": "300",
+        "--test-bars": "48",
     }
     args.update(overrides)
     argv = ["run"]
@@ -63,9 +71,13 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
-        pytest.param({"--factor": "nope"}, "unknown factor 'nope'; known factors: base_features, n_features", id="unknown-factor"),
+        pytest.param(
+            {"--factor": "nope"}, "unknown factor 'nope'; known factors: base_features, n_features", id="unknown-factor"
+        ),
         pytest.param({"--cost-bps": "10,-5"}, "basis points must be integers >= 0, got '-5'", id="negative-cost"),
-        pytest.param({"--slippage-bps": "1.5"}, "basis points must be integers >= 0, got '1.5'", id="fractional-slippage"),
+        pytest.param(
+            {"--slippage-bps": "1.5"}, "basis points must be integers >= 0, got '1.5'", id="fractional-slippage"
+        ),
         pytest.param({"--cryptos": ""}, "expected a non-empty comma-separated list", id="empty-cryptos"),
         pytest.param({"--cryptos": "BTC,,ETH"}, "expected a non-empty comma-separated list", id="empty-crypto-item"),
         pytest.param({"--cryptos": "btc"}, "invalid symbol 'btc'", id="malformed-symbol"),
@@ -79,9 +91,17 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "unsupported synthetic data URI 'synthetic://random_walk': use synthetic:// (planted lead-lag), synthetic://random-walk",
             id="unknown-synthetic-market",
         ),
-        pytest.param({"--as-of": "2019-01-01T00:00:00Z"}, "symbol BTC: as-of 2019-01-01T00:00:00+00:00 is before its first bar", id="as-of-before-data"),
-        pytest.param({"--train-bars": "100000"}, "symbol BTC: fold 0 of 2: needs 100000 training bars", id="too-few-bars"),
-        pytest.param({"--data-uri": "ftp://bucket/x"}, "unsupported data URI 'ftp://bucket/x'", id="unsupported-data-uri"),
+        pytest.param(
+            {"--as-of": "2019-01-01T00:00:00Z"},
+            "symbol BTC: as-of 2019-01-01T00:00:00+00:00 is before its first bar",
+            id="as-of-before-data",
+        ),
+        pytest.param(
+            {"--train-bars": "100000"}, "symbol BTC: fold 0 of 2: needs 100000 training bars", id="too-few-bars"
+        ),
+        pytest.param(
+            {"--data-uri": "ftp://bucket/x"}, "unsupported data URI 'ftp://bucket/x'", id="unsupported-data-uri"
+        ),
     ],
 )
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
@@ -116,7 +136,10 @@ def test_file_data_problems_exit_2_before_any_write(
 
 def test_missing_database_url_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_make_argv(), environ={}) == 2
-    assert capsys.readouterr().err == "finetune: error: FINETUNE_DB_URL is not set: it must hold the database's libpq URI\n"
+    assert (
+        capsys.readouterr().err
+        == "finetune: error: FINETUNE_DB_URL is not set: it must hold the database's libpq URI\n"
+    )
 
 
 def test_bad_attempt_number_exits_2(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -128,8 +151,13 @@ COMMANDS = [pytest.param(_make_argv(), id="run"), pytest.param(["migrate"], id="
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_unreachable_database_exits_1_without_the_password(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
-    environ = {"FINETUNE_DB_URL": "postgresql://postgres:Sup3rS3cret@127.0.0.1:1/test", "FINETUNE_DB_RETRY_SECONDS": "0.5"}
+def test_unreachable_database_exits_1_without_the_password(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    environ = {
+        "FINETUNE_DB_URL": "postgresql://postgres:Sup3rS3cret@127.0.0.1:1/test",
+        "FINETUNE_DB_RETRY_SECONDS": "0.5",
+    }
     code = main(command, environ=environ)
     captured = capsys.readouterr()
     assert code == 1
@@ -149,14 +177,18 @@ def test_refused_credentials_exit_2_at_once_as_a_configuration_error(
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
     lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("finetune: error: database refused the connection (postgresql://no_such_role:***@")
+    assert len(lines) == 1 and lines[0].startswith(
+        "finetune: error: database refused the connection (postgresql://no_such_role:***@"
+    )
     assert 'role "no_such_role" does not exist' in lines[0] and "configuration error" in lines[0]
     assert "unreachable" not in lines[0] and "Sup3rS3cret" not in lines[0]
     assert _total_rows(migrated_db) == 0
 
 
 @pytest.mark.parametrize("command", COMMANDS)
-def test_a_malformed_database_uri_exits_2_without_its_password(capsys: pytest.CaptureFixture[str], command: list[str]) -> None:
+def test_a_malformed_database_uri_exits_2_without_its_password(
+    capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
     code = main(command, environ={"FINETUNE_DB_URL": "host=db password=Sup3rS3cret dbname"})
     captured = capsys.readouterr()
     assert code == 2 and captured.out == ""
@@ -194,7 +226,9 @@ def test_run_on_an_unmigrated_database_exits_1_with_one_line(empty_db: str, caps
 
 def test_migrate_applies_then_reports_nothing_to_do(empty_db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["migrate"], environ={"FINETUNE_DB_URL": empty_db}) == 0
-    assert json.loads(capsys.readouterr().out)["applied"] == [m.version for m in load_migrations(default_migrations_dir())]
+    assert json.loads(capsys.readouterr().out)["applied"] == [
+        m.version for m in load_migrations(default_migrations_dir())
+    ]
     assert main(["migrate"], environ={"FINETUNE_DB_URL": empty_db}) == 0
     assert json.loads(capsys.readouterr().out)["applied"] == []
 
@@ -243,10 +277,13 @@ def test_subprocess_run_on_file_data(migrated_db: str, data_dir: Path) -> None:
     with psycopg.connect(migrated_db) as conn:
         assert conn.execute("SELECT count(*) FROM finetune_results").fetchone()[0] == 2 * 2
         assert conn.execute("SELECT count(*) FROM finetune_baselines").fetchone()[0] == 3 * 2 * 2
-        assert conn.execute("SELECT attempt, profile, status FROM finetune_run_factors").fetchone() == (3, "STANDARD", "done")
+        assert conn.execute("SELECT attempt, profile, status FROM finetune_run_factors").fetchone() == (
+            3,
+            "STANDARD",
+            "done",
+        )
         (params,) = conn.execute("SELECT params FROM finetune_runs").fetchone()
     assert params["data_uri"] == data_dir.as_uri()
-
 
 
 # --- calendar-correct bars, checked from outside (issue 8 item 1) ------------------------------
@@ -293,7 +330,13 @@ def test_subprocess_fills_a_three_hour_hole_and_records_it(migrated_db: str, tmp
     newest = {end for _, fold, _, end, _ in rows if fold == 1}
     # the bar stamped at as-of opens then: it is excluded, the newest window ends an hour before
     assert newest == {datetime(2026, 6, 6, 23, tzinfo=timezone.utc)}
-    assert params["bars"] == {"gaps": "fill", "max_gap_bars": 6, "bar_label": "open", "max_stale_bars": 24, "bar_interval": None}
+    assert params["bars"] == {
+        "gaps": "fill",
+        "max_gap_bars": 6,
+        "bar_label": "open",
+        "max_stale_bars": 24,
+        "bar_interval": None,
+    }
 
 
 def test_btc_features_count_the_bars_filled_in_btc_too(migrated_db: str, tmp_path: Path) -> None:
@@ -306,10 +349,13 @@ def test_btc_features_count_the_bars_filled_in_btc_too(migrated_db: str, tmp_pat
         assert proc.returncode == 0, proc.stderr
 
     with psycopg.connect(migrated_db) as conn:
-        filled = dict(((factor, fold), n) for factor, fold, n in conn.execute(
-            "SELECT factor, fold_id, n_filled_bars FROM finetune_results WHERE crypto = 'ETH'"))
-    assert filled == {("btc_features", 0): 0, ("btc_features", 1): 3, ("base_features", 0): 0,
-                      ("base_features", 1): 0}
+        filled = dict(
+            ((factor, fold), n)
+            for factor, fold, n in conn.execute(
+                "SELECT factor, fold_id, n_filled_bars FROM finetune_results WHERE crypto = 'ETH'"
+            )
+        )
+    assert filled == {("btc_features", 0): 0, ("btc_features", 1): 3, ("base_features", 0): 0, ("base_features", 1): 0}
 
 
 def test_a_run_id_registered_on_other_data_is_refused_and_nothing_written(migrated_db: str) -> None:
@@ -369,7 +415,11 @@ def test_a_hole_far_before_the_span_is_not_the_runs_concern(migrated_db: str, tm
         pytest.param({"--bar-label": "mid"}, "argument --bar-label: invalid choice: 'mid'", id="bad-label"),
         pytest.param({"--max-stale-bars": "-1"}, "argument --max-stale-bars: expected an integer >= 0", id="bad-stale"),
         pytest.param({"--bar-interval": "hourly"}, "not a bar interval: 'hourly'", id="bad-interval"),
-        pytest.param({"--bar-interval": "30min"}, "--bar-interval 30min is not the data's bar interval", id="interval-not-the-datas"),
+        pytest.param(
+            {"--bar-interval": "30min"},
+            "--bar-interval 30min is not the data's bar interval",
+            id="interval-not-the-datas",
+        ),
     ],
 )
 def test_bar_refusals_exit_2_with_one_line(
@@ -425,8 +475,15 @@ def test_sharpe_is_annualised_by_the_datas_interval(migrated_db: str, tmp_path: 
         stamped = frame.set_axis(pd.date_range("2020-01-01", periods=N_BARS, freq=interval, tz="UTC"))
         stamped.rename(columns=str.capitalize).to_csv(directory / "ETH.csv", index_label="timestamp")
         as_of = stamped.index[-1] + pd.Timedelta(1, unit=interval)
-        argv = _make_argv(**{"--run-id": f"run-{interval}", "--cryptos": "ETH", "--as-of": as_of.isoformat(),
-                             "--n-folds": "4", "--data-uri": directory.as_uri()})
+        argv = _make_argv(
+            **{
+                "--run-id": f"run-{interval}",
+                "--cryptos": "ETH",
+                "--as-of": as_of.isoformat(),
+                "--n-folds": "4",
+                "--data-uri": directory.as_uri(),
+            }
+        )
         assert main(argv, environ={"FINETUNE_DB_URL": migrated_db}) == 0
         with psycopg.connect(migrated_db) as conn:
             sharpes[interval] = conn.execute(

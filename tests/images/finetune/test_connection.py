@@ -31,7 +31,9 @@ from finetune.connection import (
     timeout_error,
 )
 
-FAST = DatabaseSettings(statement_timeout_seconds=2, lock_timeout_seconds=0.3, retry_seconds=0.5, connect_timeout_seconds=2)
+FAST = DatabaseSettings(
+    statement_timeout_seconds=2, lock_timeout_seconds=0.3, retry_seconds=0.5, connect_timeout_seconds=2
+)
 
 
 class _FakeClock:
@@ -82,11 +84,18 @@ def test_settings_defaults_and_environment() -> None:
 @pytest.mark.parametrize(
     ("name", "value", "expected"),
     [
-        pytest.param("FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS", "-1", "must be a number of seconds >= 0 (0 turns it off), got '-1'", id="negative"),
+        pytest.param(
+            "FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS",
+            "-1",
+            "must be a number of seconds >= 0 (0 turns it off), got '-1'",
+            id="negative",
+        ),
         pytest.param("FINETUNE_DB_LOCK_TIMEOUT_SECONDS", "1m", "got '1m'", id="unit-suffix"),
         pytest.param("FINETUNE_DB_RETRY_SECONDS", "nan", "got 'nan'", id="nan"),
         pytest.param("FINETUNE_DB_RETRY_SECONDS", "inf", "got 'inf'", id="inf"),
-        pytest.param("FINETUNE_DB_CONNECT_TIMEOUT_SECONDS", "0", "must be a number of seconds > 0, got '0'", id="zero-connect"),
+        pytest.param(
+            "FINETUNE_DB_CONNECT_TIMEOUT_SECONDS", "0", "must be a number of seconds > 0, got '0'", id="zero-connect"
+        ),
     ],
 )
 def test_bad_settings_name_the_variable_and_what_is_allowed(name: str, value: str, expected: str) -> None:
@@ -96,7 +105,9 @@ def test_bad_settings_name_the_variable_and_what_is_allowed(name: str, value: st
 
 
 def test_bounded_caps_every_bound_and_turns_off_into_the_cap() -> None:
-    settings = DatabaseSettings(statement_timeout_seconds=0, lock_timeout_seconds=45, retry_seconds=120, connect_timeout_seconds=3)
+    settings = DatabaseSettings(
+        statement_timeout_seconds=0, lock_timeout_seconds=45, retry_seconds=120, connect_timeout_seconds=3
+    )
     assert settings.bounded(10) == DatabaseSettings(10, 10, 10, 3)
 
 
@@ -109,8 +120,14 @@ def test_backoff_doubles_caps_and_stops_at_the_budget() -> None:
     notices: list[RetryNotice] = []
     with pytest.raises(psycopg.OperationalError):
         retry_transient(
-            operation, budget_seconds=20, base_delay=0.5, max_delay=5, sleep=clock.sleep, clock=clock,
-            jitter=lambda: 1.0, on_retry=notices.append,
+            operation,
+            budget_seconds=20,
+            base_delay=0.5,
+            max_delay=5,
+            sleep=clock.sleep,
+            clock=clock,
+            jitter=lambda: 1.0,
+            on_retry=notices.append,
         )
     # 0.5 + 1 + 2 + 4 + 5 + 5 = 17.5, then the last wait is cut to end exactly at the budget.
     assert clock.sleeps == [0.5, 1, 2, 4, 5, 5, 2.5]
@@ -122,7 +139,9 @@ def test_jitter_scales_each_wait_between_half_and_full() -> None:
     clock = _FakeClock()
     operation, _ = _always(psycopg.OperationalError("connection refused"))
     with pytest.raises(psycopg.OperationalError):
-        retry_transient(operation, budget_seconds=100, attempts=4, base_delay=1, sleep=clock.sleep, clock=clock, jitter=lambda: 0.0)
+        retry_transient(
+            operation, budget_seconds=100, attempts=4, base_delay=1, sleep=clock.sleep, clock=clock, jitter=lambda: 0.0
+        )
     assert clock.sleeps == [0.5, 1, 2]
 
 
@@ -136,7 +155,9 @@ def test_retries_until_success_within_attempts() -> None:
             raise psycopg.errors.SerializationFailure("could not serialize access")
         return "ok"
 
-    assert retry_transient(flaky, attempts=4, base_delay=0.1, sleep=clock.sleep, clock=clock, jitter=lambda: 1.0) == "ok"
+    assert (
+        retry_transient(flaky, attempts=4, base_delay=0.1, sleep=clock.sleep, clock=clock, jitter=lambda: 1.0) == "ok"
+    )
     assert clock.sleeps == [0.1, 0.2]
 
 
@@ -145,7 +166,9 @@ def test_retries_until_success_within_attempts() -> None:
     [
         pytest.param(psycopg.errors.UniqueViolation("duplicate key"), id="constraint"),
         pytest.param(psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"), id="lock-timeout"),
-        pytest.param(psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), id="statement-timeout"),
+        pytest.param(
+            psycopg.errors.QueryCanceled("canceling statement due to statement timeout"), id="statement-timeout"
+        ),
     ],
 )
 def test_no_retry_for_what_retrying_cannot_fix(exc: psycopg.Error) -> None:
@@ -166,9 +189,15 @@ def test_a_zero_budget_means_no_retry() -> None:
     ("exc", "transient"),
     [
         pytest.param(psycopg.OperationalError("server closed the connection unexpectedly"), True, id="connection-lost"),
-        pytest.param(psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True, id="terminated"),
+        pytest.param(
+            psycopg.errors.AdminShutdown("terminating connection due to administrator command"), True, id="terminated"
+        ),
         pytest.param(psycopg.errors.DeadlockDetected("deadlock detected"), True, id="deadlock"),
-        pytest.param(psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"), True, id="demoted-primary"),
+        pytest.param(
+            psycopg.errors.ReadOnlySqlTransaction("cannot execute INSERT in a read-only transaction"),
+            True,
+            id="demoted-primary",
+        ),
         pytest.param(psycopg.errors.LockNotAvailable("lock timeout"), False, id="lock-timeout"),
         pytest.param(psycopg.errors.CheckViolation("check"), False, id="check"),
     ],
@@ -236,7 +265,9 @@ def test_a_statement_past_the_statement_timeout_is_cancelled(migrated_db: str) -
     settings = DatabaseSettings(statement_timeout_seconds=0.2, lock_timeout_seconds=0.1)
     with connect(migrated_db, settings=settings) as conn, pytest.raises(psycopg.errors.QueryCanceled) as error:
         conn.execute("SELECT pg_sleep(5)")
-    assert "statement_timeout of 0.2 s exceeded (FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS)" in str(timeout_error(error.value, settings))
+    assert "statement_timeout of 0.2 s exceeded (FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS)" in str(
+        timeout_error(error.value, settings)
+    )
 
 
 def test_unreachable_database_raises_one_redacted_line_after_the_budget() -> None:
@@ -293,13 +324,18 @@ def password_refusing_server() -> Iterator[int]:
                         conn.sendall(b"R" + struct.pack("!ii", 8, 3))  # AuthenticationCleartextPassword
                         kind, length = struct.unpack("!ci", read_exactly(conn, 5))
                         read_exactly(conn, length - 4)  # the password message
-                        fields = b"".join(
-                            tag + text.encode() + b"\0"
-                            for tag, text in (
-                                (b"S", "FATAL"), (b"V", "FATAL"), (b"C", "28P01"),
-                                (b"M", 'password authentication failed for user "ft"'),
+                        fields = (
+                            b"".join(
+                                tag + text.encode() + b"\0"
+                                for tag, text in (
+                                    (b"S", "FATAL"),
+                                    (b"V", "FATAL"),
+                                    (b"C", "28P01"),
+                                    (b"M", 'password authentication failed for user "ft"'),
+                                )
                             )
-                        ) + b"\0"
+                            + b"\0"
+                        )
                         conn.sendall(b"E" + struct.pack("!i", len(fields) + 4) + fields)
                     except ConnectionError:
                         pass
@@ -341,7 +377,9 @@ def test_abandon_cancels_a_statement_interrupted_by_a_signal(migrated_db: str) -
         try:
             signal.setitimer(signal.ITIMER_REAL, 0.5)
             with pytest.raises(Interrupted):
-                conn.execute("INSERT INTO finetune_runs (run_id, strategy, as_of, params) VALUES ('x', 's', now(), '{}')")
+                conn.execute(
+                    "INSERT INTO finetune_runs (run_id, strategy, as_of, params) VALUES ('x', 's', now(), '{}')"
+                )
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)

@@ -82,7 +82,9 @@ def test_naive_as_of_is_utc():
     ("symbol", "as_of", "match"),
     [
         pytest.param("XYZ", AS_OF, "no synthetic data for symbol XYZ", id="unknown-symbol"),
-        pytest.param("BTC", pd.Timestamp("2020-12-31T23:00:00Z"), "BTC: as-of 2020-12-31T23:00:00", id="before-first-bar"),
+        pytest.param(
+            "BTC", pd.Timestamp("2020-12-31T23:00:00Z"), "BTC: as-of 2020-12-31T23:00:00", id="before-first-bar"
+        ),
     ],
 )
 def test_synthetic_errors_name_the_symbol(symbol, as_of, match):
@@ -276,7 +278,10 @@ def test_epoch_unit_by_magnitude(largest, unit):
 
 @pytest.mark.parametrize(
     "text",
-    [pytest.param(t, id=t.strip() or "blank") for t in ("now", "NOW", " now", "today", "Today", "tomorrow", "", "1717718400")],
+    [
+        pytest.param(t, id=t.strip() or "blank")
+        for t in ("now", "NOW", " now", "today", "Today", "tomorrow", "", "1717718400")
+    ],
 )
 def test_as_of_never_reads_the_wall_clock(text):
     with pytest.raises(ValueError, match="not an ISO timestamp.*never the wall clock"):

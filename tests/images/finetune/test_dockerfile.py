@@ -57,7 +57,8 @@ def test_entrypoint_and_migrations() -> None:
 
 def test_requirements_are_pinned_and_cover_the_package() -> None:
     pins = [
-        line.strip() for line in (IMAGE_DIR / "requirements.txt").read_text().splitlines()
+        line.strip()
+        for line in (IMAGE_DIR / "requirements.txt").read_text().splitlines()
         if line.strip() and not line.startswith("#")
     ]
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[a-z,]+\])?==[0-9][0-9A-Za-z.]*", pin) for pin in pins), pins

@@ -36,7 +36,13 @@ def market() -> MarketData:
 def _hourly(close: np.ndarray, start: str = "2024-01-01") -> pd.DataFrame:
     index = pd.date_range(start, periods=len(close), freq="h", tz="UTC", name="timestamp")
     return pd.DataFrame(
-        {"open": close, "high": close * 1.01, "low": close * 0.99, "close": close, "volume": np.linspace(5, 9, len(close))},
+        {
+            "open": close,
+            "high": close * 1.01,
+            "low": close * 0.99,
+            "close": close,
+            "volume": np.linspace(5, 9, len(close)),
+        },
         index=index,
     )
 

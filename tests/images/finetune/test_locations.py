@@ -43,7 +43,11 @@ def s3_endpoint() -> Iterator[str]:
     server.start()
     endpoint = f"127.0.0.1:{port}"
     store = pafs.S3FileSystem(
-        access_key="setup", secret_key="setup", region="us-east-1", endpoint_override=endpoint, scheme="http",
+        access_key="setup",
+        secret_key="setup",
+        region="us-east-1",
+        endpoint_override=endpoint,
+        scheme="http",
         allow_bucket_creation=True,
     )
     store.create_dir(BUCKET)
@@ -152,9 +156,27 @@ def test_store_errors_are_one_line_without_the_environments_secret(aws_env):
 def _run_pod(dsn: str, data_uri: str, aws: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, **aws, "FINETUNE_DB_URL": dsn, "FINETUNE_DATA_URI": data_uri}
     argv = [
-        "run", "--run-id", "s3-run", "--factor", "base_features", "--cryptos", "BTC,ETH", "--cost-bps", "10",
-        "--as-of", AS_OF.isoformat(), "--n-folds", "1", "--n-seeds", "5", "--hold-bars", "4",
-        "--train-bars", "300", "--test-bars", "48",
+        "run",
+        "--run-id",
+        "s3-run",
+        "--factor",
+        "base_features",
+        "--cryptos",
+        "BTC,ETH",
+        "--cost-bps",
+        "10",
+        "--as-of",
+        AS_OF.isoformat(),
+        "--n-folds",
+        "1",
+        "--n-seeds",
+        "5",
+        "--hold-bars",
+        "4",
+        "--train-bars",
+        "300",
+        "--test-bars",
+        "48",
     ]
     return subprocess.run(
         [sys.executable, "-m", "finetune", *argv], env=env, capture_output=True, text=True, timeout=180, check=False
@@ -169,7 +191,9 @@ def test_subprocess_run_reads_s3(migrated_db, s3_endpoint, aws_env):
         assert conn.execute("SELECT count(*) FROM finetune_results").fetchone()[0] == 2
 
 
-@pytest.mark.parametrize("case", [pytest.param("missing-object", id="missing-object"), pytest.param("refused", id="refused-credentials")])
+@pytest.mark.parametrize(
+    "case", [pytest.param("missing-object", id="missing-object"), pytest.param("refused", id="refused-credentials")]
+)
 def test_subprocess_s3_refusals_exit_2_without_the_secret(migrated_db, s3_endpoint, aws_env, monkeypatch, case):
     uri = _uri(s3_endpoint, prefix="daily" if case == "missing-object" else "hourly")
     if case == "refused":
@@ -187,7 +211,6 @@ def test_the_data_uri_is_stored_with_the_run_but_never_a_secret(migrated_db, s3_
     with psycopg.connect(migrated_db) as conn:
         (params,) = conn.execute("SELECT params FROM finetune_runs").fetchone()
     assert params["data_uri"] == _uri(s3_endpoint) and SECRET not in json.dumps(params)
-
 
 
 @pytest.mark.parametrize(

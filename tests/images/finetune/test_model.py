@@ -124,7 +124,9 @@ def test_sharpe_defaults_to_hourly_bars():
     assert evaluate(np.ones(5), KNOWN_SHARPE_CLOSE, 0.0).sharpe == pytest.approx(math.sqrt(5840.0), rel=1e-9)
 
 
-@pytest.mark.parametrize("bad", [pytest.param(0.0, id="zero"), pytest.param(float("nan"), id="nan"), pytest.param(-1.0, id="negative")])
+@pytest.mark.parametrize(
+    "bad", [pytest.param(0.0, id="zero"), pytest.param(float("nan"), id="nan"), pytest.param(-1.0, id="negative")]
+)
 def test_bars_per_year_must_be_positive(bad):
     with pytest.raises(ValueError, match="bars_per_year must be a finite number > 0"):
         evaluate(np.ones(5), KNOWN_SHARPE_CLOSE, 0.0, bars_per_year=bad)

@@ -76,7 +76,5 @@ def test_the_scanner_sees_clock_reads(source, expected):
 def test_the_package_never_reads_the_wall_clock():
     files = sorted(PACKAGE.glob("*.py"))
     assert len(files) >= 6  # the scan really looks at the package
-    found = {
-        path.name: [use.split(": ", 1)[1] for use in wall_clock_uses(path.read_text())] for path in files
-    }
+    found = {path.name: [use.split(": ", 1)[1] for use in wall_clock_uses(path.read_text())] for path in files}
     assert {name: uses for name, uses in found.items() if uses and uses != ALLOWED.get(name, [])} == {}

@@ -33,8 +33,13 @@ STRATEGY = "ridge_long_flat"
 
 def _make_model(**overrides: object) -> ModelRow:
     fields: dict[str, object] = {
-        "variant": "default", "model_hyperparams": {"alpha": 1.0}, "feature_hash": "f" * 16,
-        "net_return": 0.02, "sharpe": 1.1, "max_drawdown": -0.05, "n_trades": 3,
+        "variant": "default",
+        "model_hyperparams": {"alpha": 1.0},
+        "feature_hash": "f" * 16,
+        "net_return": 0.02,
+        "sharpe": 1.1,
+        "max_drawdown": -0.05,
+        "n_trades": 3,
     }
     fields.update(overrides)
     return ModelRow(**fields)  # type: ignore[arg-type]
@@ -66,12 +71,15 @@ def test_persist_key_is_an_idempotent_upsert(migrated_db: str) -> None:
         store.persist_key(
             strategy=STRATEGY, key=key, window=WINDOW, model=_make_model(net_return=0.5), baselines=BASELINES
         )
-        assert store.incomplete_keys(strategy=STRATEGY, variant="default", planned={key: WINDOW}, n_baseline_types=3) == []
+        assert (
+            store.incomplete_keys(strategy=STRATEGY, variant="default", planned={key: WINDOW}, n_baseline_types=3) == []
+        )
     assert _count(migrated_db, "finetune_results") == 1
     assert _count(migrated_db, "finetune_baselines") == 3
     with psycopg.connect(migrated_db) as conn:
         assert conn.execute("SELECT net_return, model_hyperparams FROM finetune_results").fetchone() == (
-            0.5, {"alpha": 1.0},
+            0.5,
+            {"alpha": 1.0},
         )
 
 
@@ -82,10 +90,22 @@ def test_significance_columns_round_trip_and_are_upserted(migrated_db: str) -> N
         exposure=11 / 23, positions=positions, random_percentile=0.975, perm_p_value=3 / 101, perm_n_shifts=100
     )
     random_row = BaselineResult(
-        "random", -0.002, 2.5, n_seeds=10, hold_bars=4, return_std=0.01,
-        exposure=10 / 23, seed_p05=-0.03, seed_p50=-0.001, seed_p95=0.02,
+        "random",
+        -0.002,
+        2.5,
+        n_seeds=10,
+        hold_bars=4,
+        return_std=0.01,
+        exposure=10 / 23,
+        seed_p05=-0.03,
+        seed_p50=-0.001,
+        seed_p95=0.02,
     )
-    baselines = (BaselineResult("buy_and_hold", 0.01, 1.0, exposure=1.0), random_row, BaselineResult("naive", 0.0, 0.0, exposure=0.0))
+    baselines = (
+        BaselineResult("buy_and_hold", 0.01, 1.0, exposure=1.0),
+        random_row,
+        BaselineResult("naive", 0.0, 0.0, exposure=0.0),
+    )
     select_model = "SELECT exposure, positions, random_percentile, perm_p_value, perm_n_shifts FROM finetune_results"
     select_baselines = "SELECT baseline_type, exposure, seed_p05, seed_p50, seed_p95 FROM finetune_baselines ORDER BY 1"
     with _open_store(migrated_db) as store:
@@ -149,14 +169,22 @@ def test_finish_updates_manifest_and_attempt_history(migrated_db: str) -> None:
     with _open_store(migrated_db) as store:
         for attempt in (1, 1, 2):
             store.finish(
-                status="done", attempt=attempt, profile="STANDARD", memory_limit_bytes=1 << 30,
-                peak_memory_bytes=123, exit_reason="completed", duration_seconds=1.5,
+                status="done",
+                attempt=attempt,
+                profile="STANDARD",
+                memory_limit_bytes=1 << 30,
+                peak_memory_bytes=123,
+                exit_reason="completed",
+                duration_seconds=1.5,
             )
     with psycopg.connect(migrated_db) as conn:
         assert conn.execute(
             "SELECT status, peak_memory_bytes, exit_reason, memory_limit_bytes FROM finetune_run_factors"
         ).fetchone() == ("done", 123, "completed", 1 << 30)
-        assert conn.execute("SELECT array_agg(attempt ORDER BY attempt) FROM finetune_pod_attempts").fetchone()[0] == [1, 2]
+        assert conn.execute("SELECT array_agg(attempt ORDER BY attempt) FROM finetune_pod_attempts").fetchone()[0] == [
+            1,
+            2,
+        ]
 
 
 def test_register_run_keeps_the_dag_row(migrated_db: str) -> None:
@@ -169,7 +197,10 @@ def test_register_run_keeps_the_dag_row(migrated_db: str) -> None:
     with _open_store(migrated_db):
         pass
     with psycopg.connect(migrated_db) as conn:
-        assert conn.execute("SELECT dag_id, params FROM finetune_runs").fetchone() == ("finetune_sweep", {"from": "dag"})
+        assert conn.execute("SELECT dag_id, params FROM finetune_runs").fetchone() == (
+            "finetune_sweep",
+            {"from": "dag"},
+        )
 
 
 def test_a_connection_killed_by_the_server_is_reconnected_and_the_key_persists(migrated_db: str) -> None:
@@ -243,12 +274,19 @@ def test_a_bounded_finish_uses_a_fresh_connection_with_tighter_timeouts(migrated
     with _open_store(migrated_db) as store:
         before = store._conn.info.backend_pid
         store.finish(
-            status="failed", attempt=1, profile="STANDARD", memory_limit_bytes=None, peak_memory_bytes=1,
-            exit_reason="terminated: received SIGTERM", duration_seconds=0.5, within_seconds=3,
+            status="failed",
+            attempt=1,
+            profile="STANDARD",
+            memory_limit_bytes=None,
+            peak_memory_bytes=1,
+            exit_reason="terminated: received SIGTERM",
+            duration_seconds=0.5,
+            within_seconds=3,
         )
         assert store._conn.info.backend_pid != before
         assert store._conn.execute("SHOW lock_timeout").fetchone()[0] == "3s"
     with psycopg.connect(migrated_db) as conn:
         assert conn.execute("SELECT status, exit_reason FROM finetune_run_factors").fetchone() == (
-            "failed", "terminated: received SIGTERM",
+            "failed",
+            "terminated: received SIGTERM",
         )

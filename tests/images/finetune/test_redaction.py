@@ -25,7 +25,10 @@ def test_scrub_removes_the_password_anywhere() -> None:
 
 def test_error_line_is_one_line_without_the_password() -> None:
     exc = RuntimeError('connection to server at "h" failed:\n\tFATAL: password pw123 rejected\n')
-    assert error_line(exc, "postgresql://u:pw123@h/db") == 'connection to server at "h" failed: FATAL: password *** rejected'
+    assert (
+        error_line(exc, "postgresql://u:pw123@h/db")
+        == 'connection to server at "h" failed: FATAL: password *** rejected'
+    )
     assert error_line(ValueError()) == "ValueError"
 
 

@@ -43,10 +43,17 @@ TABLES = ("finetune_runs", "finetune_run_factors", "finetune_results", "finetune
 
 def _make_argv(**overrides: str) -> list[str]:
     args = {
-        "--run-id": "run-1", "--factor": "base_features", "--cryptos": ",".join(CRYPTOS),
-        "--cost-bps": ",".join(map(str, COSTS)), "--slippage-bps": ",".join(map(str, SLIPPAGES)),
-        "--as-of": AS_OF, "--n-folds": str(N_FOLDS), "--n-seeds": str(N_SEEDS), "--hold-bars": str(HOLD_BARS),
-        "--train-bars": str(TRAIN_BARS), "--test-bars": str(TEST_BARS),
+        "--run-id": "run-1",
+        "--factor": "base_features",
+        "--cryptos": ",".join(CRYPTOS),
+        "--cost-bps": ",".join(map(str, COSTS)),
+        "--slippage-bps": ",".join(map(str, SLIPPAGES)),
+        "--as-of": AS_OF,
+        "--n-folds": str(N_FOLDS),
+        "--n-seeds": str(N_SEEDS),
+        "--hold-bars": str(HOLD_BARS),
+        "--train-bars": str(TRAIN_BARS),
+        "--test-bars": str(TEST_BARS),
     }
     args.update(overrides)
     return ["run", *(item for pair in args.items() for item in pair)]
@@ -72,7 +79,10 @@ def _planned_keys(*, cryptos: tuple[str, ...] = CRYPTOS) -> list[dict]:
     """The grid's keys as ``baselines_incomplete`` names them (sorted like the runner's keys)."""
     return [
         {"crypto": crypto, "fold_id": fold, "cost_bps": cost, "slippage_bps": slip}
-        for crypto in sorted(cryptos) for fold in range(N_FOLDS) for cost in COSTS for slip in SLIPPAGES
+        for crypto in sorted(cryptos)
+        for fold in range(N_FOLDS)
+        for cost in COSTS
+        for slip in SLIPPAGES
     ]
 
 
@@ -91,7 +101,9 @@ def _stored_keys(dsn: str, run_id: str = "run-1") -> list[dict]:
 
 @pytest.fixture
 def completed_run(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> Iterator[tuple[str, list[dict]]]:
-    code, events = _run(migrated_db, capsys, env={"FINETUNE_PROFILE": "STANDARD", "FINETUNE_MEMORY_LIMIT_BYTES": str(8 << 30)})
+    code, events = _run(
+        migrated_db, capsys, env={"FINETUNE_PROFILE": "STANDARD", "FINETUNE_MEMORY_LIMIT_BYTES": str(8 << 30)}
+    )
     assert code == 0, events[-3:]
     yield migrated_db, events
 
@@ -99,13 +111,16 @@ def completed_run(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> Itera
 def test_full_run_persists_every_key_with_its_baselines(completed_run: tuple[str, list[dict]]) -> None:
     dsn, _ = completed_run
     assert _counts(dsn) == {
-        "finetune_runs": 1, "finetune_run_factors": 1, "finetune_results": N_KEYS,
-        "finetune_baselines": 3 * N_KEYS, "finetune_pod_attempts": 1,
+        "finetune_runs": 1,
+        "finetune_run_factors": 1,
+        "finetune_results": N_KEYS,
+        "finetune_baselines": 3 * N_KEYS,
+        "finetune_pod_attempts": 1,
     }
-    assert _query(dsn, "SELECT status, profile, memory_limit_bytes, exit_reason, peak_memory_bytes > 0 FROM finetune_run_factors") == [
-        ("done", "STANDARD", 8 << 30, "completed", True)
-    ]
-    (strategy, params), = _query(dsn, "SELECT strategy, params FROM finetune_runs")
+    assert _query(
+        dsn, "SELECT status, profile, memory_limit_bytes, exit_reason, peak_memory_bytes > 0 FROM finetune_run_factors"
+    ) == [("done", "STANDARD", 8 << 30, "completed", True)]
+    ((strategy, params),) = _query(dsn, "SELECT strategy, params FROM finetune_runs")
     assert strategy == "ridge_long_flat" and params["cryptos"] == list(CRYPTOS) and params["n_seeds"] == N_SEEDS
     # Every model row has exactly its three baselines on the very same window.
     mismatched = _query(
@@ -122,7 +137,9 @@ def test_full_run_persists_every_key_with_its_baselines(completed_run: tuple[str
     )
     assert mismatched == []
     assert _query(dsn, "SELECT DISTINCT variant, n_bars FROM finetune_results") == [("default", TEST_BARS)]
-    assert _query(dsn, "SELECT count(*) FROM finetune_results WHERE model_hyperparams = '{}'::jsonb OR feature_hash = ''") == [(0,)]
+    assert _query(
+        dsn, "SELECT count(*) FROM finetune_results WHERE model_hyperparams = '{}'::jsonb OR feature_hash = ''"
+    ) == [(0,)]
 
 
 def _window_close(market: MarketData, crypto: str, start: datetime, end: datetime) -> np.ndarray:
@@ -141,7 +158,25 @@ def test_baselines_equal_an_independent_recomputation(completed_run: tuple[str, 
         "FROM finetune_baselines",
     )
     assert len(rows) == 3 * N_KEYS
-    for crypto, fold_id, cost, slip, kind, start, end, n_bars, net, n_trades, n_seeds, hold, std, held, p05, p50, p95 in rows:
+    for (
+        crypto,
+        fold_id,
+        cost,
+        slip,
+        kind,
+        start,
+        end,
+        n_bars,
+        net,
+        n_trades,
+        n_seeds,
+        hold,
+        std,
+        held,
+        p05,
+        p50,
+        p95,
+    ) in rows:
         close = _window_close(market, crypto, start, end)
         assert len(close) == n_bars == TEST_BARS and end - start == pd.Timedelta(hours=n_bars - 1)
         rt = 2 * (cost + slip) / 10_000
@@ -174,7 +209,22 @@ def test_model_rows_equal_a_recomputation_from_their_stored_positions(completed_
         "positions, exposure, random_percentile, perm_p_value, perm_n_shifts FROM finetune_results",
     )
     assert len(rows) == N_KEYS
-    for crypto, fold_id, cost, slip, start, end, n_bars, net, _n_trades, positions, held, pct, p_value, n_shifts in rows:
+    for (
+        crypto,
+        fold_id,
+        cost,
+        slip,
+        start,
+        end,
+        n_bars,
+        net,
+        _n_trades,
+        positions,
+        held,
+        pct,
+        p_value,
+        n_shifts,
+    ) in rows:
         where = (crypto, fold_id, cost, slip)
         close = _window_close(market, crypto, start, end)
         rt = 2 * (cost + slip) / 10_000
@@ -217,7 +267,9 @@ def test_rerun_upserts_and_records_the_new_attempt(
     code, _ = _run(dsn, capsys, env={"FINETUNE_ATTEMPT": "1", "FINETUNE_AIRFLOW_RUN_ID": "manual__2026-06-08"})
     assert code == 0
     assert _query(dsn, "SELECT airflow_run_id, attempt FROM finetune_pod_attempts ORDER BY 1, 2") == [
-        ("", 1), ("", 2), ("manual__2026-06-08", 1),
+        ("", 1),
+        ("", 2),
+        ("manual__2026-06-08", 1),
     ]
 
 
@@ -263,8 +315,10 @@ def test_a_refused_key_is_absent_and_reported(migrated_db: str, capsys: pytest.C
     # Not half written: the model rows of the refused keys rolled back with their baselines.
     assert _counts(migrated_db)["finetune_results"] == N_KEYS - len(refused)
     assert _counts(migrated_db)["finetune_baselines"] == 3 * (N_KEYS - len(refused))
-    assert _query(migrated_db, "SELECT count(*) FROM finetune_results WHERE crypto = 'ETH' AND fold_id = 1 AND cost_bps = 30") == [(0,)]
-    (status, reason), = _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors")
+    assert _query(
+        migrated_db, "SELECT count(*) FROM finetune_results WHERE crypto = 'ETH' AND fold_id = 1 AND cost_bps = 30"
+    ) == [(0,)]
+    ((status, reason),) = _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors")
     assert status == "failed" and reason == f"baselines_incomplete: 2 of {N_KEYS} keys missing"
     assert events[-1]["event"] == "run_finished" and events[-1]["exit_code"] == 1
 
@@ -287,7 +341,7 @@ def test_a_crash_mid_run_marks_the_factor_failed(
     events = [json.loads(line) for line in captured.out.splitlines()]
     assert code == 1
     assert [e["event"] for e in events][-4:] == ["run_error", "baselines_incomplete", "pod_usage", "run_finished"]
-    (status, reason), = _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors")
+    ((status, reason),) = _query(migrated_db, "SELECT status, exit_reason FROM finetune_run_factors")
     assert status == "failed" and reason == "error: FloatingPointError: singular matrix in fold 0"
     assert _query(migrated_db, "SELECT exit_reason FROM finetune_pod_attempts") == [(reason,)]
     assert captured.err == f"finetune: error: factor base_features failed: {reason}\n"
@@ -406,7 +460,9 @@ def _wait_for_pod_blocked_on_lock(dsn: str, proc: subprocess.Popen[str]) -> None
         pytest.param("finetune_baselines", id="blocked-in-executemany-pipeline"),
     ],
 )
-def test_sigterm_inside_a_blocked_insert_cancels_it_and_records_the_failure(migrated_db: str, locked_table: str) -> None:
+def test_sigterm_inside_a_blocked_insert_cancels_it_and_records_the_failure(
+    migrated_db: str, locked_table: str
+) -> None:
     with psycopg.connect(migrated_db) as holder:
         holder.execute(f"LOCK TABLE {locked_table} IN ACCESS EXCLUSIVE MODE")
         proc = _start_pod(migrated_db, run_id="run-1")
@@ -504,11 +560,19 @@ def test_an_outage_beyond_the_budget_exits_non_zero_and_the_gate_decides(
 
     assert proc.returncode == 1
     lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("finetune: error: factor base_features failed: database unreachable (")
+    assert len(lines) == 1 and lines[0].startswith(
+        "finetune: error: factor base_features failed: database unreachable ("
+    )
     assert "the failure could not be recorded: database unreachable" in lines[0]
     # The failure record was retried too (database_retry events), then given up.
     events = [e for e in events if e["event"] != "database_retry"]
-    assert [e["event"] for e in events][-5:] == ["run_error", "baselines_incomplete", "pod_usage", "record_failed", "run_finished"]
+    assert [e["event"] for e in events][-5:] == [
+        "run_error",
+        "baselines_incomplete",
+        "pod_usage",
+        "record_failed",
+        "run_finished",
+    ]
     # What the pod reports missing is exactly what the database lacks.
     missing = events[-4]["missing"]
     assert missing and missing == [key for key in _planned_keys() if key not in _stored_keys(migrated_db)]
@@ -539,5 +603,11 @@ def test_sigterm_while_riding_out_an_outage_stops_within_the_termination_bound(
         "the failure could not be recorded: database unreachable ("
     )
     events = [e for e in events if e["event"] != "database_retry"]
-    assert [e["event"] for e in events][-5:] == ["run_error", "baselines_incomplete", "pod_usage", "record_failed", "run_finished"]
+    assert [e["event"] for e in events][-5:] == [
+        "run_error",
+        "baselines_incomplete",
+        "pod_usage",
+        "record_failed",
+        "run_finished",
+    ]
     assert events[-4]["missing"] == [key for key in _planned_keys() if key not in _stored_keys(migrated_db)]

@@ -152,10 +152,14 @@ def test_memory_is_flat_in_the_number_of_shifts():
 @pytest.mark.parametrize(
     ("positions", "close", "kwargs", "match"),
     [
-        pytest.param([1, 0.5, 0], [1.0, 2.0, 3.0], {}, r"0 \(flat\) or 1 \(long\), got 0.5 at bar 1", id="half-position"),
+        pytest.param(
+            [1, 0.5, 0], [1.0, 2.0, 3.0], {}, r"0 \(flat\) or 1 \(long\), got 0.5 at bar 1", id="half-position"
+        ),
         pytest.param([1, 0], [1.0, 2.0, 3.0], {}, r"one value per close \(3\)", id="too-short"),
         pytest.param([1, 0, 1], [1.0, -2.0, 3.0], {}, "positive finite", id="bad-price"),
-        pytest.param([1, 0, 1], [1.0, 2.0, 3.0], {"n_shifts": -1}, "n_shifts must be an integer >= 0", id="negative-shifts"),
+        pytest.param(
+            [1, 0, 1], [1.0, 2.0, 3.0], {"n_shifts": -1}, "n_shifts must be an integer >= 0", id="negative-shifts"
+        ),
         pytest.param([1, 0, 1], [1.0, 2.0, 3.0], {"rt": math.nan}, "round_trip_cost", id="nan-cost"),
     ],
 )

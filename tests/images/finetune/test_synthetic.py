@@ -82,7 +82,10 @@ def test_synthetic_uris(uri, spec):
     ],
 )
 def test_bad_synthetic_uris_name_the_uri_and_what_is_allowed(uri):
-    with pytest.raises(ValueError, match=r"unsupported synthetic data URI .* use synthetic:// \(planted lead-lag\), synthetic://random-walk"):
+    with pytest.raises(
+        ValueError,
+        match=r"unsupported synthetic data URI .* use synthetic:// \(planted lead-lag\), synthetic://random-walk",
+    ):
         parse_synthetic_uri(uri)
     with pytest.raises(ValueError, match="unsupported synthetic data URI"):
         MarketData(uri)
@@ -148,7 +151,8 @@ def test_an_unknown_symbol_lists_the_known_ones():
 
 def test_a_seed_gives_another_market_of_the_same_kind():
     default, seven, seven_again = (
-        _returns("ETH", spec) for spec in (SyntheticSpec(LEAD_LAG), SyntheticSpec(LEAD_LAG, 7), SyntheticSpec(LEAD_LAG, 7))
+        _returns("ETH", spec)
+        for spec in (SyntheticSpec(LEAD_LAG), SyntheticSpec(LEAD_LAG, 7), SyntheticSpec(LEAD_LAG, 7))
     )
     np.testing.assert_array_equal(seven, seven_again)
     assert abs(np.corrcoef(default, seven)[0, 1]) < 0.02
@@ -196,8 +200,17 @@ POWER_COSTS = (0, 10, 30)
 def _sweep(data_uri: str) -> list[runner.KeyResult]:
     """btc_features on ETH and SOL: 4 folds, 100 seeds, hold 24, default windows (issue 8)."""
     config = runner.RunConfig(
-        run_id="power", factor="btc_features", cryptos=("ETH", "SOL"), cost_bps=POWER_COSTS, slippage_bps=(0,),
-        as_of=AS_OF, n_folds=4, n_seeds=100, hold_bars=24, train_bars=DEFAULT_TRAIN_BARS, test_bars=DEFAULT_TEST_BARS,
+        run_id="power",
+        factor="btc_features",
+        cryptos=("ETH", "SOL"),
+        cost_bps=POWER_COSTS,
+        slippage_bps=(0,),
+        as_of=AS_OF,
+        n_folds=4,
+        n_seeds=100,
+        hold_bars=24,
+        train_bars=DEFAULT_TRAIN_BARS,
+        test_bars=DEFAULT_TEST_BARS,
         data_uri=data_uri,
     )
     return [

@@ -29,8 +29,14 @@ def test_fetch_history_falls_back_to_the_manifest(migrated_db: str) -> None:
 def test_fetch_history_before_v007_has_no_airflow_run(migrated_db: str) -> None:
     import psycopg
 
-    record_attempt(migrated_db, run_id="r1", factor="l2_features", memory_limit_bytes=8 * GI, peak_memory_bytes=2 * GI,
-                   airflow_run_id="manual__x")
+    record_attempt(
+        migrated_db,
+        run_id="r1",
+        factor="l2_features",
+        memory_limit_bytes=8 * GI,
+        peak_memory_bytes=2 * GI,
+        airflow_run_id="manual__x",
+    )
     with psycopg.connect(migrated_db) as conn:
         conn.execute("ALTER TABLE finetune_pod_attempts DROP COLUMN airflow_run_id")
 

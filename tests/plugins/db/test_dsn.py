@@ -26,11 +26,27 @@ def _make_parts(**overrides: Any) -> dict[str, Any]:
     ("overrides", "expected"),
     [
         pytest.param({}, "postgresql://ft@db.example:5432/finetune", id="tcp"),
-        pytest.param({"password": "p@ss:w/rd?#%"}, "postgresql://ft:p%40ss%3Aw%2Frd%3F%23%25@db.example:5432/finetune", id="quoted-password"),
-        pytest.param({"host": "/tmp/pg sock", "port": None}, "postgresql://ft@/finetune?host=/tmp/pg+sock", id="socket"),
-        pytest.param({"host": "/tmp/x", "port": 5433}, "postgresql://ft@/finetune?host=/tmp/x&port=5433", id="socket-port"),
-        pytest.param({"host": None, "extra": {"host": "/tmp/x"}}, "postgresql://ft@/finetune?host=/tmp/x&port=5432", id="socket-in-extra"),
-        pytest.param({"extra": {"sslmode": "require", "cursor": "dictcursor"}}, "postgresql://ft@db.example:5432/finetune?sslmode=require", id="sslmode"),
+        pytest.param(
+            {"password": "p@ss:w/rd?#%"},
+            "postgresql://ft:p%40ss%3Aw%2Frd%3F%23%25@db.example:5432/finetune",
+            id="quoted-password",
+        ),
+        pytest.param(
+            {"host": "/tmp/pg sock", "port": None}, "postgresql://ft@/finetune?host=/tmp/pg+sock", id="socket"
+        ),
+        pytest.param(
+            {"host": "/tmp/x", "port": 5433}, "postgresql://ft@/finetune?host=/tmp/x&port=5433", id="socket-port"
+        ),
+        pytest.param(
+            {"host": None, "extra": {"host": "/tmp/x"}},
+            "postgresql://ft@/finetune?host=/tmp/x&port=5432",
+            id="socket-in-extra",
+        ),
+        pytest.param(
+            {"extra": {"sslmode": "require", "cursor": "dictcursor"}},
+            "postgresql://ft@db.example:5432/finetune?sslmode=require",
+            id="sslmode",
+        ),
         pytest.param({"host": "::1", "port": None}, "postgresql://ft@[::1]/finetune", id="ipv6"),
         pytest.param({"login": None, "database": None, "port": None}, "postgresql://db.example/", id="bare"),
     ],
@@ -42,8 +58,16 @@ def test_dsn_from_parts(overrides: dict[str, Any], expected: str) -> None:
 def test_dsn_from_connection_reads_the_airflow_connection(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_FINETUNE_DB",
-        json.dumps({"conn_type": "postgres", "host": "/tmp/sock", "login": "postgres", "password": "s3 cret", "schema": "ft",
-                    "extra": {"sslmode": "disable"}}),
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "/tmp/sock",
+                "login": "postgres",
+                "password": "s3 cret",
+                "schema": "ft",
+                "extra": {"sslmode": "disable"},
+            }
+        ),
     )
 
     assert dsn_from_connection() == "postgresql://postgres:s3%20cret@/ft?host=/tmp/sock&sslmode=disable"
@@ -68,8 +92,12 @@ def test_connection_json_round_trip(dsn: str) -> None:
 
     assert conn["conn_type"] == "postgres"
     rebuilt = dsn_from_parts(
-        host=conn.get("host"), port=conn.get("port"), login=conn.get("login"), password=conn.get("password"),
-        database=conn.get("schema"), extra=conn.get("extra"),
+        host=conn.get("host"),
+        port=conn.get("port"),
+        login=conn.get("login"),
+        password=conn.get("password"),
+        database=conn.get("schema"),
+        extra=conn.get("extra"),
     )
     assert psycopg.conninfo.conninfo_to_dict(rebuilt) == psycopg.conninfo.conninfo_to_dict(dsn)
 

@@ -262,9 +262,7 @@ def test_downward_api_and_literal_env(lines: _Lines) -> None:
     }
 
 
-def test_worker_environment_does_not_leak_into_the_container(
-    monkeypatch: pytest.MonkeyPatch, lines: _Lines
-) -> None:
+def test_worker_environment_does_not_leak_into_the_container(monkeypatch: pytest.MonkeyPatch, lines: _Lines) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_SOMETHING_ELSE", "postgresql://u:other-secret@h/db")
     code = "import os; print(sorted(k for k in os.environ if k.startswith('AIRFLOW')))"
 
@@ -312,9 +310,7 @@ def test_explicit_db_secret_and_dsn(lines: _Lines) -> None:
         )
     ]
 
-    result = run_pod_locally(
-        _make_pod(code=code, env=env), dsn=dsn, db_secret=("finetune-db", "url"), log=LOG
-    )
+    result = run_pod_locally(_make_pod(code=code, env=env), dsn=dsn, db_secret=("finetune-db", "url"), log=LOG)
 
     assert result.reason == "Completed"
 
@@ -476,9 +472,29 @@ def test_the_pods_exit_2_line_reaches_the_task_log(migrated_db: str, lines: _Lin
     # params that cannot fit the data, where plan cannot know the data's length (e.g. a file
     # URI): the pod refuses them with one line, and that line is in the task log and the result
     args = [
-        "run", "--run-id", "r", "--factor", "base_features", "--cryptos", "BTC", "--cost-bps", "10",
-        "--slippage-bps", "0", "--as-of", "2026-06-07T00:00:00Z", "--n-folds", "24", "--n-seeds", "10",
-        "--hold-bars", "24", "--train-bars", "4320", "--test-bars", "8760",
+        "run",
+        "--run-id",
+        "r",
+        "--factor",
+        "base_features",
+        "--cryptos",
+        "BTC",
+        "--cost-bps",
+        "10",
+        "--slippage-bps",
+        "0",
+        "--as-of",
+        "2026-06-07T00:00:00Z",
+        "--n-folds",
+        "24",
+        "--n-seeds",
+        "10",
+        "--hold-bars",
+        "24",
+        "--train-bars",
+        "4320",
+        "--test-bars",
+        "8760",
     ]
     pod = _make_pod(command=["python", "-m", "finetune"], args=args, memory=None, env=[_secret_env()])
 

@@ -123,15 +123,18 @@ def test_local_oom_at_the_top_fails_without_retry(local_backend: None, registere
         op.execute(make_context(try_number=1))
 
     assert str(raised.value).startswith("factor btc_features OOMKilled on profile HEAVY (limit 192.00Mi, peak ")
-    assert db_rows(registered_db, "SELECT status, exit_reason FROM finetune_run_factors WHERE factor = 'btc_features'") == [
-        ("failed", "OOMKilled")
-    ]
+    assert db_rows(
+        registered_db, "SELECT status, exit_reason FROM finetune_run_factors WHERE factor = 'btc_features'"
+    ) == [("failed", "OOMKilled")]
 
 
 def test_local_other_failure_fails_fast_and_is_recorded(local_backend: None, registered_db: str) -> None:
     op = make_operator(code="import sys; sys.exit(3)")
 
-    with pytest.raises(AirflowFailException, match=r"factor base_features failed on profile MEDIUM \(attempt 2\): Error: exit 3; not retried"):
+    with pytest.raises(
+        AirflowFailException,
+        match=r"factor base_features failed on profile MEDIUM \(attempt 2\): Error: exit 3; not retried",
+    ):
         op.execute(make_context(try_number=2, store=store_with_ooms(1)))
 
     assert db_rows(
@@ -161,7 +164,8 @@ def test_the_pods_own_failure_record_is_kept(local_backend: None, registered_db:
         op.execute(make_context())
 
     (manifest,) = db_rows(
-        registered_db, "SELECT status, exit_reason, peak_memory_bytes FROM finetune_run_factors WHERE factor = 'base_features'"
+        registered_db,
+        "SELECT status, exit_reason, peak_memory_bytes FROM finetune_run_factors WHERE factor = 'base_features'",
     )
     assert manifest[:2] == ("failed", reason)
     assert manifest[2] >= 5 * MI
@@ -221,7 +225,10 @@ def test_migrate_without_ladder_just_propagates(local_backend: None) -> None:
     op = FactorPodOperator(
         task_id="migrate",
         ladder=False,
-        **{**pods.common_pod_kwargs(image=settings.image, settings=settings), "cmds": ["python", "-c", "raise SystemExit(4)"]},
+        **{
+            **pods.common_pod_kwargs(image=settings.image, settings=settings),
+            "cmds": ["python", "-c", "raise SystemExit(4)"],
+        },
     )
 
     with pytest.raises(AirflowException, match="Error: exit 4") as raised:
@@ -253,8 +260,15 @@ def test_a_deferred_pods_trigger_records_a_users_kill_of_this_attempt(kube: Fake
     assert isinstance(trigger, FactorPodTrigger) and isinstance(trigger, KubernetesPodTrigger)
     assert trigger.pod_name == kube.only_pod().metadata.name
     assert trigger.killed_attempt == {
-        "run_id": RUN_ID, "factor": "base_features", "airflow_run_id": RUN_ID, "attempt": 1, "profile": "STANDARD",
-        "memory_limit_bytes": 8 * 2**30, "peak_memory_bytes": None, "exit_reason": "Killed", "duration_seconds": None,
+        "run_id": RUN_ID,
+        "factor": "base_features",
+        "airflow_run_id": RUN_ID,
+        "attempt": 1,
+        "profile": "STANDARD",
+        "memory_limit_bytes": 8 * 2**30,
+        "peak_memory_bytes": None,
+        "exit_reason": "Killed",
+        "duration_seconds": None,
     }
     assert trigger.finetune_conn_id == "finetune_db" and trigger.config_error_grace_seconds == 30
 
@@ -266,8 +280,12 @@ def test_a_deferred_start_ended_by_a_missing_secret_fails_naming_it(kube: FakeCo
     kube.update(trigger.pod_name, lambda pod: set_waiting(pod, reason="CreateContainerConfigError", message=message))
 
     # the event FactorPodTrigger yields once the config error has lasted the grace
-    event = {"status": "error", "namespace": trigger.pod_namespace, "name": trigger.pod_name,
-             "message": f"CreateContainerConfigError for 30 s: {message}"}
+    event = {
+        "status": "error",
+        "namespace": trigger.pod_namespace,
+        "name": trigger.pod_name,
+        "message": f"CreateContainerConfigError for 30 s: {message}",
+    }
     with pytest.raises(PodFailed, match=rf"CreateContainerConfigError \({message}\); not retried"):
         make_k8s_operator(deferrable=True).trigger_reentry(make_context(store=store), event)
 
@@ -282,7 +300,12 @@ def test_oom_deferred_is_classified_in_a_fresh_instance(kube: FakeCoreV1Api, reg
 
     # Airflow resumes the task in a new operator instance: nothing of the first one survives
     resumed = make_k8s_operator(deferrable=True)
-    event = {"status": "failed", "namespace": trigger.pod_namespace, "name": trigger.pod_name, "message": "Container failed"}
+    event = {
+        "status": "failed",
+        "namespace": trigger.pod_namespace,
+        "name": trigger.pod_name,
+        "message": "Container failed",
+    }
     with pytest.raises(PodOOMKilled, match=r"OOMKilled on profile STANDARD \(limit 8.00Gi.*retrying on MEDIUM"):
         resumed.trigger_reentry(make_context(store=store), event)
 
@@ -327,7 +350,10 @@ def test_a_failed_migrate_pod_is_deleted_unless_kept(
     kube.kubelet = lambda pod: set_terminated(pod, reason="Error", exit_code=1)
     settings = Settings.from_env({})
     migrate = FactorPodOperator(
-        task_id="migrate", ladder=False, startup_check_interval_seconds=0, poll_interval=0,
+        task_id="migrate",
+        ladder=False,
+        startup_check_interval_seconds=0,
+        poll_interval=0,
         **{**pods.common_pod_kwargs(image=settings.image, settings=settings), "arguments": ["migrate"]},
     )
 
@@ -340,7 +366,11 @@ def test_a_failed_migrate_pod_is_deleted_unless_kept(
 
 @pytest.mark.parametrize("failure", ["kubernetes-api", "database"])
 def test_errors_while_classifying_do_not_change_the_outcome(
-    kube: FakeCoreV1Api, registered_db: str, failure: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    kube: FakeCoreV1Api,
+    registered_db: str,
+    failure: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import tenacity
     from airflow.providers.cncf.kubernetes.utils.pod_manager import KubernetesApiException, PodManager
@@ -354,8 +384,15 @@ def test_errors_while_classifying_do_not_change_the_outcome(
         parts = urlsplit(registered_db)
         monkeypatch.setenv(
             "AIRFLOW_CONN_FINETUNE_DB",
-            json.dumps({"conn_type": "postgres", "host": parts.hostname, "port": parts.port, "login": "postgres",
-                        "schema": "no_such_database_here"}),
+            json.dumps(
+                {
+                    "conn_type": "postgres",
+                    "host": parts.hostname,
+                    "port": parts.port,
+                    "login": "postgres",
+                    "schema": "no_such_database_here",
+                }
+            ),
         )
     store = TaskStateStore()
 
@@ -377,7 +414,9 @@ def test_a_pod_the_api_server_refuses_fails_fast(kube: FakeCoreV1Api, registered
     refused.body = json.dumps({"kind": "Status", "message": 'pods "x" is forbidden: exceeded quota: finetune-memory'})
     kube.create_error = refused
 
-    with pytest.raises(PodFailed, match=r"PodNotCreated \(HTTP 403 Forbidden: pods .* exceeded quota: finetune-memory\); not retried"):
+    with pytest.raises(
+        PodFailed, match=r"PodNotCreated \(HTTP 403 Forbidden: pods .* exceeded quota: finetune-memory\); not retried"
+    ):
         make_k8s_operator().execute(make_context())
 
     assert recorded_attempts(registered_db)[0][4].startswith("PodNotCreated: ")
@@ -468,8 +507,9 @@ def test_a_missing_secret_fails_after_the_grace_not_the_startup_timeout(
 def test_a_secret_created_within_the_grace_lets_the_pod_start(
     kube: FakeCoreV1Api, registered_db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kube.kubelet = lambda pod: set_waiting(pod, reason="CreateContainerConfigError",
-                                           message='secret "finetune-db" not found')
+    kube.kubelet = lambda pod: set_waiting(
+        pod, reason="CreateContainerConfigError", message='secret "finetune-db" not found'
+    )
     reads = []
     read = kube.read_namespaced_pod
 
@@ -549,6 +589,7 @@ def test_the_airflow_side_records_without_the_pod_package(registered_db: str, tm
     assert "LOADED []" in done.stdout
     assert "could not record" not in done.stdout + done.stderr
     assert recorded_attempts(registered_db) == [(1, "STANDARD", 8 * 2**30, None, "OOMKilled")]
+
 
 # --------------------------------------------------------------------------- the pod's deadline
 

@@ -10,7 +10,7 @@ import pytest
 
 from factor_pods import SMALL_PROFILES
 
-_PROBE_DAG = '''
+_PROBE_DAG = """
 import json
 from datetime import timedelta
 
@@ -36,9 +36,9 @@ with DAG("ft_operator_probe", schedule=None, start_date=pendulum.datetime(2026, 
     FactorPodOperator.partial(
         task_id="run_factor", retries=2, retry_delay=timedelta(0), map_index_template="{{ task.factor }}", **common
     ).expand_kwargs(entries)
-'''
+"""
 
-_PROBE_RUNNER = '''
+_PROBE_RUNNER = """
 import json, sys
 from airflow.utils import db
 from airflow.dag_processing.dagbag import DagBag
@@ -56,7 +56,7 @@ with create_session() as session:
         # what a setup prepended to this script adds (see _K8S_PROBE_SETUP)
         **globals().get("probe_extra", dict)(),
     }))
-'''
+"""
 
 
 def _run_probe(tmp_path: Any, *, dag_text: str, runner: str, env_extra: dict[str, str]) -> tuple[dict[str, Any], str]:
@@ -107,7 +107,7 @@ def test_mapped_factors_climb_the_ladder_under_airflow(tmp_path: Any) -> None:
     assert "retrying on MEDIUM (160.00Mi)" in stdout
 
 
-_K8S_PROBE_DAG = '''
+_K8S_PROBE_DAG = """
 import json
 from datetime import timedelta
 
@@ -133,12 +133,12 @@ with DAG("ft_operator_probe", schedule=None, start_date=pendulum.datetime(2026, 
         task_id="run_factor", retries=4, retry_delay=timedelta(0), map_index_template="{{ task.factor }}",
         startup_check_interval_seconds=0, **common
     ).expand_kwargs(entries)
-'''
+"""
 
 # The provider's real code under Airflow's own task runner and task state store; only the
 # Kubernetes API is the fake. base_features: disrupted once on STANDARD, then OOMKilled on STANDARD,
 # then fine on MEDIUM; l2_features: fine at once.
-_K8S_PROBE_SETUP = '''
+_K8S_PROBE_SETUP = """
 import json, sys
 from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
 from fake_kube import FakeCoreV1Api, set_disrupted, set_terminated
@@ -164,7 +164,7 @@ KubernetesHook.is_in_cluster = property(lambda self: False)
 
 def probe_extra():
     return {"profiles": sorted(profiles_seen), "left": sorted(name for _, name in fake.pods)}
-'''
+"""
 
 
 @pytest.mark.e2e

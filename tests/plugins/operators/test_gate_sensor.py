@@ -26,8 +26,10 @@ def dsn(migrated_db: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _sensor() -> BaselineGateSensor:
-    return BaselineGateSensor(task_id="check_baselines",
-                              **{**gate.gate_sensor_kwargs(conn_id="finetune_db"), "parameters": {"run_id": RUN_ID}})
+    return BaselineGateSensor(
+        task_id="check_baselines",
+        **{**gate.gate_sensor_kwargs(conn_id="finetune_db"), "parameters": {"run_id": RUN_ID}},
+    )
 
 
 def _context() -> dict[str, Any]:
@@ -63,8 +65,10 @@ def test_a_passed_verdict_is_kept_and_holds_until_a_row_of_the_run_changes(dsn: 
 
     # A pod rewriting one baseline afterwards (every write sets updated_at) makes it stale.
     with psycopg.connect(dsn) as conn:
-        conn.execute("UPDATE finetune_baselines SET net_return = 0.5, updated_at = now() "
-                     "WHERE id = (SELECT min(id) FROM finetune_baselines)")
+        conn.execute(
+            "UPDATE finetune_baselines SET net_return = 0.5, updated_at = now() "
+            "WHERE id = (SELECT min(id) FROM finetune_baselines)"
+        )
     assert _fresh(dsn) is None
 
 
@@ -99,9 +103,18 @@ def test_an_older_check_never_replaces_a_newer_verdict(dsn: str) -> None:
     [kept] = _recorded(dsn)
 
     with psycopg.connect(dsn) as conn:
-        conn.execute(gate.RECORD_VERDICT_SQL, {
-            "run_id": RUN_ID, "ok": False, "n_problems": 1, "problems": ["stale"], "dag_id": "finetune_sweep",
-            "airflow_run_id": "older", "checked_at": kept["checked_at"] - timedelta(minutes=5)})
+        conn.execute(
+            gate.RECORD_VERDICT_SQL,
+            {
+                "run_id": RUN_ID,
+                "ok": False,
+                "n_problems": 1,
+                "problems": ["stale"],
+                "dag_id": "finetune_sweep",
+                "airflow_run_id": "older",
+                "checked_at": kept["checked_at"] - timedelta(minutes=5),
+            },
+        )
 
     assert _recorded(dsn) == [kept]
 
@@ -115,7 +128,9 @@ def test_an_unregistered_run_keeps_nothing_and_still_fails(dsn: str) -> None:
     assert _recorded(dsn) == []
 
 
-def test_a_failure_to_keep_the_verdict_is_logged_and_changes_nothing(dsn: str, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_failure_to_keep_the_verdict_is_logged_and_changes_nothing(
+    dsn: str, capfd: pytest.CaptureFixture[str]
+) -> None:
     seed_complete_run(dsn)
     with psycopg.connect(dsn) as conn:
         conn.execute("DROP TABLE finetune_gate_verdicts")

@@ -73,14 +73,12 @@ def test_profile_follows_the_stored_oom_count_not_the_try_number() -> None:
     assert make_operator(retries=2)._apply_attempt_profile(make_context(try_number=2, max_tries=2)).name == "STANDARD"
 
 
-
 def test_a_cleared_factor_is_not_moved_up() -> None:
     op = make_operator(retries=2)
     # two OOMs in the first round; clearing after try 3 leaves max_tries = 5: a new round
     context = make_context(try_number=4, store=store_with_ooms(2), max_tries=5)
 
     assert op._apply_attempt_profile(context).name == "STANDARD"
-
 
 
 @pytest.mark.parametrize(
@@ -132,7 +130,6 @@ def test_pod_is_sized_for_the_attempt(
     assert "FINETUNE_MEMORY_LIMIT_BYTES" in env
 
 
-
 def test_resized_pod_is_a_valid_kubernetes_pod() -> None:
     import kubernetes_validate
     from kubernetes.client import ApiClient
@@ -146,7 +143,6 @@ def test_resized_pod_is_a_valid_kubernetes_pod() -> None:
     assert manifest["spec"]["containers"][0]["resources"]["limits"] == {"memory": "16Gi"}
 
 
-
 def test_profile_env_is_replaced_not_duplicated() -> None:
     op = make_operator()
     op._apply_attempt_profile(make_context(try_number=1))
@@ -155,7 +151,6 @@ def test_profile_env_is_replaced_not_duplicated() -> None:
     names = [var.name for var in op.env_vars]
     assert names.count("FINETUNE_PROFILE") == 1
     assert names.count("FINETUNE_ATTEMPT") == 1
-
 
 
 def test_profiles_travel_with_the_plan_entry_with_tolerations_and_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -170,7 +165,15 @@ def test_profiles_travel_with_the_plan_entry_with_tolerations_and_affinity(monke
                         "nodeAffinity": {
                             "requiredDuringSchedulingIgnoredDuringExecution": {
                                 "nodeSelectorTerms": [
-                                    {"matchExpressions": [{"key": "node.kubernetes.io/instance-type", "operator": "In", "values": ["r6i.2xlarge"]}]}
+                                    {
+                                        "matchExpressions": [
+                                            {
+                                                "key": "node.kubernetes.io/instance-type",
+                                                "operator": "In",
+                                                "values": ["r6i.2xlarge"],
+                                            }
+                                        ]
+                                    }
                                 ]
                             }
                         }
@@ -198,12 +201,13 @@ def test_profiles_travel_with_the_plan_entry_with_tolerations_and_affinity(monke
     assert not first_pod.spec.tolerations and not first_pod.spec.affinity
 
 
-
 def test_oom_sync_is_retried_one_profile_up_by_the_stored_count(kube: FakeCoreV1Api, registered_db: str) -> None:
     kube.kubelet = oom_kill
     store = TaskStateStore()
 
-    with pytest.raises(PodOOMKilled, match=r"OOMKilled on profile STANDARD \(limit 8.00Gi, peak -\); retrying on MEDIUM"):
+    with pytest.raises(
+        PodOOMKilled, match=r"OOMKilled on profile STANDARD \(limit 8.00Gi, peak -\); retrying on MEDIUM"
+    ):
         make_k8s_operator().execute(make_context(store=store))
 
     assert store.get(LADDER_STATE_KEY) == {"round": 1, "ooms": 1, "disruptions": 0}
@@ -219,7 +223,6 @@ def test_oom_sync_is_retried_one_profile_up_by_the_stored_count(kube: FakeCoreV1
     assert retry.pod.metadata.name == created
     assert retry.pod_request_obj.metadata.labels[pods.LABEL_PROFILE] == "medium"
     assert retry.pod_request_obj.spec.containers[0].resources.limits == {"memory": "16Gi"}
-
 
 
 def test_a_disrupted_pod_is_retried_on_the_same_profile_a_bounded_number_of_times(

@@ -50,8 +50,9 @@ def test_worker_crash_mid_try_then_retry_reattaches_to_the_running_pod(kube: Fak
     assert recorded_attempts(registered_db) == []
 
 
-
-def test_a_reattached_pod_is_recorded_under_the_attempt_that_created_it(kube: FakeCoreV1Api, registered_db: str) -> None:
+def test_a_reattached_pod_is_recorded_under_the_attempt_that_created_it(
+    kube: FakeCoreV1Api, registered_db: str
+) -> None:
     store = TaskStateStore()
     running = _leftover(kube, profile="STANDARD", store=store, status=set_running)
     kube.on_log_read[running.metadata.name] = oom_kill
@@ -63,13 +64,14 @@ def test_a_reattached_pod_is_recorded_under_the_attempt_that_created_it(kube: Fa
     assert recorded_attempts(registered_db) == [(1, "STANDARD", 8 * 2**30, None, "OOMKilled")]
 
 
-
 @pytest.mark.parametrize(
     ("status", "profile"),
     [
         pytest.param(oom_kill, "STANDARD", id="failed-pod-of-the-oom-try"),
         pytest.param(set_running, "STANDARD", id="running-pod-of-another-profile"),
-        pytest.param(lambda pod: set_disrupted(pod, condition_reason="PreemptionByScheduler"), "MEDIUM", id="disrupted"),
+        pytest.param(
+            lambda pod: set_disrupted(pod, condition_reason="PreemptionByScheduler"), "MEDIUM", id="disrupted"
+        ),
     ],
 )
 def test_a_leftover_pod_is_deleted_unless_it_runs_on_this_profile(
@@ -85,7 +87,6 @@ def test_a_leftover_pod_is_deleted_unless_it_runs_on_this_profile(
     assert old.metadata.name in kube.calls.deleted
     assert len(kube.calls.created) == 1
     assert op.pod_request_obj.spec.containers[0].resources.limits == {"memory": "16Gi"}
-
 
 
 def test_refused_label_patch_does_not_make_the_retry_reuse_the_oomed_pod(

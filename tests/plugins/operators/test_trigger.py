@@ -18,9 +18,17 @@ from finetune_rows import RUN_ID, seed_complete_run
 from finetune_sweep.db.dsn import connection_json_from_dsn
 from finetune_sweep.operators.trigger import FactorPodTrigger
 
-KILLED = {"run_id": RUN_ID, "factor": "l2_features", "airflow_run_id": "manual__x", "attempt": 2,
-          "profile": "MEDIUM", "memory_limit_bytes": 16 * 2**30, "peak_memory_bytes": None, "exit_reason": "Killed",
-          "duration_seconds": None}
+KILLED = {
+    "run_id": RUN_ID,
+    "factor": "l2_features",
+    "airflow_run_id": "manual__x",
+    "attempt": 2,
+    "profile": "MEDIUM",
+    "memory_limit_bytes": 16 * 2**30,
+    "peak_memory_bytes": None,
+    "exit_reason": "Killed",
+    "duration_seconds": None,
+}
 
 
 class _Hook:
@@ -53,11 +61,19 @@ def hook(monkeypatch: pytest.MonkeyPatch) -> _Hook:
 
 
 def _trigger(**overrides: Any) -> FactorPodTrigger:
-    return FactorPodTrigger(**{
-        "pod_name": "finetune-l2-features-abc", "pod_namespace": "finetune", "base_container_name": "base",
-        "trigger_start_time": dt.datetime(2026, 6, 7, tzinfo=dt.timezone.utc), "killed_attempt": dict(KILLED),
-        "finetune_conn_id": "finetune_db", "config_error_grace_seconds": 30, "startup_check_interval": 0,
-        **overrides})
+    return FactorPodTrigger(
+        **{
+            "pod_name": "finetune-l2-features-abc",
+            "pod_namespace": "finetune",
+            "base_container_name": "base",
+            "trigger_start_time": dt.datetime(2026, 6, 7, tzinfo=dt.timezone.utc),
+            "killed_attempt": dict(KILLED),
+            "finetune_conn_id": "finetune_db",
+            "config_error_grace_seconds": 30,
+            "startup_check_interval": 0,
+            **overrides,
+        }
+    )
 
 
 def test_it_survives_the_triggerers_round_trip() -> None:
@@ -69,8 +85,11 @@ def test_it_survives_the_triggerers_round_trip() -> None:
 
     assert classpath == "finetune_sweep.operators.trigger.FactorPodTrigger"
     assert again.serialize() == (classpath, kwargs)
-    assert (again.killed_attempt, again.finetune_conn_id, again.pod_name) == (KILLED, "finetune_db",
-                                                                             "finetune-l2-features-abc")
+    assert (again.killed_attempt, again.finetune_conn_id, again.pod_name) == (
+        KILLED,
+        "finetune_db",
+        "finetune-l2-features-abc",
+    )
     assert again.config_error_grace_seconds == 30 and again.pod_manager.config_errors.grace_seconds == 30
 
 
@@ -112,10 +131,12 @@ def test_a_users_kill_deletes_the_pod_and_records_the_attempt_killed(
 
     assert hook.deleted == [("finetune", "finetune-l2-features-abc")]
     with psycopg.connect(migrated_db) as conn:
-        attempts = conn.execute("SELECT factor, airflow_run_id, attempt, profile, exit_reason "
-                                "FROM finetune_pod_attempts").fetchall()
-        manifest = conn.execute("SELECT status, exit_reason, attempt FROM finetune_run_factors "
-                                "WHERE factor = 'l2_features'").fetchone()
+        attempts = conn.execute(
+            "SELECT factor, airflow_run_id, attempt, profile, exit_reason FROM finetune_pod_attempts"
+        ).fetchall()
+        manifest = conn.execute(
+            "SELECT status, exit_reason, attempt FROM finetune_run_factors WHERE factor = 'l2_features'"
+        ).fetchone()
     assert attempts == [("l2_features", "manual__x", 2, "MEDIUM", "Killed")]
     # not a pod failure: the factor is left to its next try, told why this attempt ended
     assert manifest == ("running", "Killed", 2)
@@ -138,8 +159,9 @@ def test_a_pod_that_ended_first_is_left_to_the_resumed_task(
 def test_a_lost_record_is_logged_without_the_password(
     hook: _Hook, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB",
-                       connection_json_from_dsn("postgresql://finetune:s3cr3t-pw@127.0.0.1:1/nowhere"))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FINETUNE_DB", connection_json_from_dsn("postgresql://finetune:s3cr3t-pw@127.0.0.1:1/nowhere")
+    )
 
     asyncio.run(_trigger().on_kill())  # never raises: the kill stands
 

@@ -49,7 +49,11 @@ def test_python_m_pods_render_still_works_and_pods_does_not_import_planning() ->
 
     # the import graph is one-way: planning -> pods, never back
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, finetune_sweep.pods.spec; print('finetune_sweep.sweep.plan' in sys.modules)"],
+        [
+            sys.executable,
+            "-c",
+            "import sys, finetune_sweep.pods.spec; print('finetune_sweep.sweep.plan' in sys.modules)",
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -108,7 +108,9 @@ def test_overridden_profiles_reach_the_pod() -> None:
 
 
 def test_common_pod_kwargs() -> None:
-    kwargs = pods.common_pod_kwargs(image="repo/finetune:{{ params.image }}", settings=make_settings(service_account="sa"))
+    kwargs = pods.common_pod_kwargs(
+        image="repo/finetune:{{ params.image }}", settings=make_settings(service_account="sa")
+    )
 
     assert kwargs["on_finish_action"] == "delete_succeeded_pod"
     assert kwargs["get_logs"] is True
@@ -117,7 +119,12 @@ def test_common_pod_kwargs() -> None:
     assert kwargs["service_account_name"] == "sa"
     assert "is_delete_operator_pod" not in kwargs
     (secret,) = kwargs["secrets"]
-    assert (secret.deploy_type, secret.deploy_target, secret.secret, secret.key) == ("env", "FINETUNE_DB_URL", "finetune-db", "dsn")
+    assert (secret.deploy_type, secret.deploy_target, secret.secret, secret.key) == (
+        "env",
+        "FINETUNE_DB_URL",
+        "finetune-db",
+        "dsn",
+    )
 
 
 def test_factor_pod_kwargs_is_json_for_xcom() -> None:
@@ -125,7 +132,14 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
 
     assert json.loads(json.dumps(entry)) == entry
     assert set(entry) == {
-        "factor", "profile", "profiles", "name", "labels", "container_resources", "node_selector", "arguments",
+        "factor",
+        "profile",
+        "profiles",
+        "name",
+        "labels",
+        "container_resources",
+        "node_selector",
+        "arguments",
         "active_deadline_seconds",
     }
     with_ladder = pods.factor_pod_kwargs(
@@ -133,15 +147,39 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
     )
     assert json.loads(json.dumps(with_ladder)) == with_ladder
     assert with_ladder["profiles"]["HEAVY"] == {
-        "memory": "24Gi", "cpu": "6", "node_selector": {"finetune/pool": "heavy"}, "tolerations": [], "affinity": None,
+        "memory": "24Gi",
+        "cpu": "6",
+        "node_selector": {"finetune/pool": "heavy"},
+        "tolerations": [],
+        "affinity": None,
     }
     assert entry["name"] == "finetune-btc-features"
     # 1 crypto x 4 folds x 2 costs x 2 slippages = 16 keys at 60 s, plus 600 s to start
     assert entry["active_deadline_seconds"] == 600 + 16 * 60
     assert entry["arguments"] == [
-        "run", "--run-id", RUN_ID, "--factor", "btc_features", "--cryptos", "BTC", "--cost-bps", "10,30",
-        "--slippage-bps", "0,5", "--as-of", AS_OF, "--n-folds", "4", "--n-seeds", "100", "--hold-bars", "24",
-        "--train-bars", "4320", "--test-bars", "720",
+        "run",
+        "--run-id",
+        RUN_ID,
+        "--factor",
+        "btc_features",
+        "--cryptos",
+        "BTC",
+        "--cost-bps",
+        "10,30",
+        "--slippage-bps",
+        "0,5",
+        "--as-of",
+        AS_OF,
+        "--n-folds",
+        "4",
+        "--n-seeds",
+        "100",
+        "--hold-bars",
+        "24",
+        "--train-bars",
+        "4320",
+        "--test-bars",
+        "720",
     ]
 
 
@@ -163,7 +201,9 @@ def test_with_profile_moves_the_entry_and_passes_other_keys_through() -> None:
 
 
 def test_run_arguments_adds_the_data_uri_and_refuses_unknown_keys() -> None:
-    args = pods.run_arguments(run_id="r", factor="f", run_args={"as_of": AS_OF, "data_uri": "file:///d", "n_folds": None})
+    args = pods.run_arguments(
+        run_id="r", factor="f", run_args={"as_of": AS_OF, "data_uri": "file:///d", "n_folds": None}
+    )
 
     assert args == ["run", "--run-id", "r", "--factor", "f", "--as-of", AS_OF, "--data-uri", "file:///d"]
     with pytest.raises(ValueError, match="unknown run argument"):
@@ -228,9 +268,7 @@ spec:
       resources: {limits: {memory: 1Mi}}
 """
     )
-    manifest = build_manifest(
-        make_entry("btc_features"), settings=make_settings(pod_template_file=str(template))
-    )
+    manifest = build_manifest(make_entry("btc_features"), settings=make_settings(pod_template_file=str(template)))
 
     kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
     spec = manifest["spec"]

@@ -114,9 +114,12 @@ def test_every_widening_of_one_template_is_named_at_once(tmp_path) -> None:
         "  containers: [{name: base, env: [{name: FINETUNE_DB_URL, value: x}], securityContext: {privileged: true}}]\n"
     )
 
-    with pytest.raises(PodTemplateError, match=r"spec\.hostPID; spec\.hostNetwork; spec\.volumes\[0\] \(docker\) "
-                       r"hostPath /var/run/docker\.sock; spec\.containers\[0\] \(base\)\.securityContext\.privileged; "
-                       r"spec\.containers\[0\] \(base\)\.env FINETUNE_DB_URL from a literal value"):
+    with pytest.raises(
+        PodTemplateError,
+        match=r"spec\.hostPID; spec\.hostNetwork; spec\.volumes\[0\] \(docker\) "
+        r"hostPath /var/run/docker\.sock; spec\.containers\[0\] \(base\)\.securityContext\.privileged; "
+        r"spec\.containers\[0\] \(base\)\.env FINETUNE_DB_URL from a literal value",
+    ):
         check_pod_template(str(template), db_secret=("finetune-db", "dsn"))
 
 

@@ -17,9 +17,7 @@ MI = 2**20
 def _pod_with_status(
     *, reason: str | None, exit_code: int | None, memory: str = "8Gi", last_state: bool = False
 ) -> k8s.V1Pod:
-    terminated = (
-        None if exit_code is None else k8s.V1ContainerStateTerminated(reason=reason, exit_code=exit_code)
-    )
+    terminated = None if exit_code is None else k8s.V1ContainerStateTerminated(reason=reason, exit_code=exit_code)
     state = k8s.V1ContainerState(terminated=terminated)
     status = k8s.V1ContainerStatus(
         name="base",
@@ -33,11 +31,7 @@ def _pod_with_status(
     return k8s.V1Pod(
         metadata=k8s.V1ObjectMeta(name="finetune-base-features-x", namespace="finetune"),
         spec=k8s.V1PodSpec(
-            containers=[
-                k8s.V1Container(
-                    name="base", resources=k8s.V1ResourceRequirements(limits={"memory": memory})
-                )
-            ]
+            containers=[k8s.V1Container(name="base", resources=k8s.V1ResourceRequirements(limits={"memory": memory}))]
         ),
         status=k8s.V1PodStatus(
             phase="Failed" if exit_code else "Pending",
@@ -53,10 +47,24 @@ def _pod_with_status(
         # the peak is unknown unless the pod reported one: never replaced by the limit
         pytest.param({"reason": "OOMKilled", "exit_code": 137}, None, True, "OOMKilled", None, id="oomkilled"),
         pytest.param(
-            {"reason": "OOMKilled", "exit_code": 137, "last_state": True}, None, True, "OOMKilled", None, id="last-state"
+            {"reason": "OOMKilled", "exit_code": 137, "last_state": True},
+            None,
+            True,
+            "OOMKilled",
+            None,
+            id="last-state",
         ),
-        pytest.param({"reason": "Error", "exit_code": 137}, 8 * 2**30 - MI, True, "OOMKilled", 8 * 2**30 - MI, id="137-near-limit"),
-        pytest.param({"reason": "Error", "exit_code": 137}, None, False, "Error: exit 137", None, id="137-peak-unknown"),
+        pytest.param(
+            {"reason": "Error", "exit_code": 137},
+            8 * 2**30 - MI,
+            True,
+            "OOMKilled",
+            8 * 2**30 - MI,
+            id="137-near-limit",
+        ),
+        pytest.param(
+            {"reason": "Error", "exit_code": 137}, None, False, "Error: exit 137", None, id="137-peak-unknown"
+        ),
         pytest.param({"reason": "Error", "exit_code": 137}, 2**30, False, "Error: exit 137", 2**30, id="137-far-below"),
         pytest.param({"reason": "Error", "exit_code": 1}, None, False, "Error: exit 1", None, id="error"),
         pytest.param({"reason": None, "exit_code": None}, None, False, "Unschedulable", None, id="never-ran"),
@@ -104,7 +112,9 @@ def test_an_oom_kill_is_never_a_disruption_and_a_plain_error_is_neither() -> Non
     oom.status.conditions = [k8s.V1PodCondition(type="DisruptionTarget", status="True", reason="TerminationByKubelet")]
     failed = _pod_with_status(reason="Error", exit_code=1)
     # a condition that is not (or no longer) true does not count
-    failed.status.conditions = [k8s.V1PodCondition(type="DisruptionTarget", status="False", reason="PreemptionByScheduler")]
+    failed.status.conditions = [
+        k8s.V1PodCondition(type="DisruptionTarget", status="False", reason="PreemptionByScheduler")
+    ]
 
     assert kubernetes_termination(oom).oom_killed and not kubernetes_termination(oom).disrupted
     assert disruption_reason(failed) is None and not kubernetes_termination(failed).disrupted
@@ -119,6 +129,8 @@ def test_kubernetes_deadline_exceeded_is_the_pods_reason_not_an_oom() -> None:
     termination = kubernetes_termination(pod, peak_memory_bytes=8 * 2**30 - MI)
 
     assert (termination.reason, termination.exit_reason, termination.oom_killed) == (
-        "DeadlineExceeded", "DeadlineExceeded", False
+        "DeadlineExceeded",
+        "DeadlineExceeded",
+        False,
     )
     assert termination.detail == "Pod was active on the node longer than the specified deadline"

@@ -32,7 +32,9 @@ def test_profiles_match_the_design() -> None:
 
 
 def test_load_profiles_applies_overrides() -> None:
-    profiles = load_profiles(json.dumps({"STANDARD": {"memory": "256Mi"}, "HEAVY": {"cpu": "500m", "node_selector": {}}}))
+    profiles = load_profiles(
+        json.dumps({"STANDARD": {"memory": "256Mi"}, "HEAVY": {"cpu": "500m", "node_selector": {}}})
+    )
 
     assert profiles["STANDARD"].memory_bytes == 256 * 2**20
     assert profiles["STANDARD"].cpu == PROFILES["STANDARD"].cpu
@@ -42,7 +44,9 @@ def test_load_profiles_applies_overrides() -> None:
     assert PROFILES["STANDARD"].memory == "8Gi", "the defaults are never mutated"
 
 
-@pytest.mark.parametrize("raw", [pytest.param(None, id="none"), pytest.param("", id="empty"), pytest.param("  ", id="blank")])
+@pytest.mark.parametrize(
+    "raw", [pytest.param(None, id="none"), pytest.param("", id="empty"), pytest.param("  ", id="blank")]
+)
 def test_load_profiles_without_overrides(raw: str | None) -> None:
     assert load_profiles(raw) == PROFILES
 
@@ -52,9 +56,17 @@ def test_load_profiles_without_overrides(raw: str | None) -> None:
     [
         pytest.param("{not json", "not valid JSON", id="bad-json"),
         pytest.param("[1]", "JSON object", id="not-object"),
-        pytest.param('{"HUGE": {"memory": "1Ti"}}', "unknown profile 'HUGE'.*STANDARD, MEDIUM, HEAVY", id="unknown-profile"),
-        pytest.param('{"STANDARD": {"mem": "1Gi"}}', "unknown key.*mem.*memory, cpu, node_selector, tolerations, affinity", id="unknown-key"),
-        pytest.param('{"HEAVY": {"tolerations": {"key": "x"}}}', "tolerations must be a list", id="tolerations-not-list"),
+        pytest.param(
+            '{"HUGE": {"memory": "1Ti"}}', "unknown profile 'HUGE'.*STANDARD, MEDIUM, HEAVY", id="unknown-profile"
+        ),
+        pytest.param(
+            '{"STANDARD": {"mem": "1Gi"}}',
+            "unknown key.*mem.*memory, cpu, node_selector, tolerations, affinity",
+            id="unknown-key",
+        ),
+        pytest.param(
+            '{"HEAVY": {"tolerations": {"key": "x"}}}', "tolerations must be a list", id="tolerations-not-list"
+        ),
         pytest.param(
             '{"HEAVY": {"tolerations": [{"key": "x", "effect": "NoSchedul"}]}}',
             r"tolerations\[0\]\.effect: 'NoSchedul' is not one of NoSchedule",
@@ -66,9 +78,13 @@ def test_load_profiles_without_overrides(raw: str | None) -> None:
             id="toleration-unknown-key",
         ),
         pytest.param(
-            '{"HEAVY": {"tolerations": [{"key": "x", "operator": "In"}]}}', "operator: 'In' is not one of Exists, Equal", id="toleration-operator"
+            '{"HEAVY": {"tolerations": [{"key": "x", "operator": "In"}]}}',
+            "operator: 'In' is not one of Exists, Equal",
+            id="toleration-operator",
         ),
-        pytest.param('{"HEAVY": {"affinity": {"nodeAfinity": {}}}}', "affinity: unknown key.*nodeAfinity", id="affinity-typo"),
+        pytest.param(
+            '{"HEAVY": {"affinity": {"nodeAfinity": {}}}}', "affinity: unknown key.*nodeAfinity", id="affinity-typo"
+        ),
         pytest.param('{"HEAVY": {"affinity": ["x"]}}', "affinity must be an object", id="affinity-not-object"),
         pytest.param('{"STANDARD": {"memory": "lots"}}', "STANDARD.*memory", id="bad-memory"),
         pytest.param('{"STANDARD": {"memory": 5}}', "STANDARD.*memory", id="memory-not-string"),
@@ -131,11 +147,15 @@ def test_profiles_carry_tolerations_and_affinity_through_json() -> None:
     )
     profiles = load_profiles(raw)
 
-    assert profiles["HEAVY"].tolerations == ({"key": "highmem", "operator": "Equal", "value": "true", "effect": "NoSchedule"},)
+    assert profiles["HEAVY"].tolerations == (
+        {"key": "highmem", "operator": "Equal", "value": "true", "effect": "NoSchedule"},
+    )
     assert profiles["STANDARD"].tolerations == () and profiles["STANDARD"].affinity is None
     carried = json.loads(json.dumps(profiles_to_json(profiles)))
     assert profiles_from_json(carried) == profiles
-    assert profiles_from_json(carried)["HEAVY"].affinity == {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}}
+    assert profiles_from_json(carried)["HEAVY"].affinity == {
+        "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}
+    }
 
 
 @pytest.mark.parametrize(

@@ -45,7 +45,9 @@ INCIDENT_ROWS = [
     _make_attempt(run_id="r3", factor="base_features", peak_memory_bytes=int(3.0 * GI)),
     _make_attempt(run_id="r1", factor="btc_features", peak_memory_bytes=int(6.9 * GI)),
     _make_attempt(run_id="r2", factor="btc_features", peak_memory_bytes=int(7.68 * GI)),
-    _make_attempt(run_id="r3", factor="n_features", profile="HEAVY", memory_limit_bytes=24 * GI, peak_memory_bytes=11 * GI),
+    _make_attempt(
+        run_id="r3", factor="n_features", profile="HEAVY", memory_limit_bytes=24 * GI, peak_memory_bytes=11 * GI
+    ),
 ]
 
 
@@ -85,8 +87,14 @@ def test_recommend_keeps_a_comfortable_factor_and_can_shrink() -> None:
 def test_recommend_counts_an_oom_as_a_peak_above_its_limit() -> None:
     rows = [
         _make_attempt(run_id="r1", factor="l2_features", peak_memory_bytes=7 * GI, exit_reason="OOMKilled"),
-        _make_attempt(run_id="r1", factor="l2_features", attempt=2, profile="MEDIUM", memory_limit_bytes=16 * GI,
-                      peak_memory_bytes=int(8.5 * GI)),
+        _make_attempt(
+            run_id="r1",
+            factor="l2_features",
+            attempt=2,
+            profile="MEDIUM",
+            memory_limit_bytes=16 * GI,
+            peak_memory_bytes=int(8.5 * GI),
+        ),
     ]
 
     rec = _by_factor(rows)["l2_features"]
@@ -99,8 +107,15 @@ def test_recommend_counts_an_oom_as_a_peak_above_its_limit() -> None:
 
 
 def test_recommend_when_nothing_fits() -> None:
-    rows = [_make_attempt(factor="n_features", profile="HEAVY", memory_limit_bytes=24 * GI, peak_memory_bytes=None,
-                          exit_reason="OOMKilled")]
+    rows = [
+        _make_attempt(
+            factor="n_features",
+            profile="HEAVY",
+            memory_limit_bytes=24 * GI,
+            peak_memory_bytes=None,
+            exit_reason="OOMKilled",
+        )
+    ]
 
     rec = _by_factor(rows)["n_features"]
 
@@ -138,8 +153,9 @@ def test_percentile_is_numpys_linear_one_checked_by_hand() -> None:
 STANDARD_MAP = {factor: "STANDARD" for factor in SIZING_MAP}
 
 
-def _start(rows: list[dict[str, Any]], factor: str, *, mode: str = "history",
-           map_profiles: dict[str, str] | None = None) -> StartChoice:
+def _start(
+    rows: list[dict[str, Any]], factor: str, *, mode: str = "history", map_profiles: dict[str, str] | None = None
+) -> StartChoice:
     choices = choose_start_profiles(map_profiles or STANDARD_MAP, rows, profiles=PROFILES, mode=mode)
     assert set(choices) == set(map_profiles or STANDARD_MAP), "one choice per planned factor"
     return choices[factor]
@@ -147,8 +163,10 @@ def _start(rows: list[dict[str, Any]], factor: str, *, mode: str = "history",
 
 def test_near_limit_peaks_start_one_step_up_with_the_p95_as_reason() -> None:
     # p95 7.664Gi (worked above) needs 7.664 / 0.8 = 9.58Gi: more than STANDARD's 8Gi, within MEDIUM's 16Gi.
-    rows = [_make_attempt(run_id=f"r{i}", factor="btc_features", peak_memory_bytes=int(p * GI))
-            for i, p in enumerate([7.0, 7.2, 7.4, 7.6, 7.68])]
+    rows = [
+        _make_attempt(run_id=f"r{i}", factor="btc_features", peak_memory_bytes=int(p * GI))
+        for i, p in enumerate([7.0, 7.2, 7.4, 7.6, 7.68])
+    ]
 
     choice = _start(rows, "btc_features")
 
@@ -164,7 +182,9 @@ def test_one_peak_at_95_percent_of_standard_is_the_incident_line() -> None:
 
 
 def test_an_oom_last_week_starts_one_step_above_the_profile_it_killed() -> None:
-    rows = [_make_attempt(run_id="last-week", factor="n_features", peak_memory_bytes=int(7.9 * GI), exit_reason="OOMKilled")]
+    rows = [
+        _make_attempt(run_id="last-week", factor="n_features", peak_memory_bytes=int(7.9 * GI), exit_reason="OOMKilled")
+    ]
 
     choice = _start(rows, "n_features")
 
@@ -173,7 +193,9 @@ def test_an_oom_last_week_starts_one_step_above_the_profile_it_killed() -> None:
 
 
 def test_an_oom_without_a_recorded_limit_still_means_one_step_up() -> None:
-    rows = [_make_attempt(factor="n_features", memory_limit_bytes=None, peak_memory_bytes=None, exit_reason="OOMKilled")]
+    rows = [
+        _make_attempt(factor="n_features", memory_limit_bytes=None, peak_memory_bytes=None, exit_reason="OOMKilled")
+    ]
 
     assert _start(rows, "n_features").profile == "MEDIUM"
 
@@ -181,8 +203,14 @@ def test_an_oom_without_a_recorded_limit_still_means_one_step_up() -> None:
 def test_the_oom_reason_names_the_latest_of_the_largest_kills() -> None:
     rows = [
         _make_attempt(run_id="old", factor="l2_features", exit_reason="OOMKilled"),
-        _make_attempt(run_id="old", attempt=2, factor="l2_features", profile="MEDIUM", memory_limit_bytes=16 * GI,
-                      peak_memory_bytes=int(9 * GI)),
+        _make_attempt(
+            run_id="old",
+            attempt=2,
+            factor="l2_features",
+            profile="MEDIUM",
+            memory_limit_bytes=16 * GI,
+            peak_memory_bytes=int(9 * GI),
+        ),
         _make_attempt(run_id="new", factor="l2_features", exit_reason="OOMKilled"),
     ]
 
@@ -197,17 +225,32 @@ def test_the_oom_reason_names_the_latest_of_the_largest_kills() -> None:
     [
         pytest.param([_make_attempt(factor="base_features", peak_memory_bytes=GI)], None, id="far-below-its-limit"),
         pytest.param([], None, id="no-history"),
-        pytest.param([_make_attempt(factor="base_features", peak_memory_bytes=None, exit_reason="Error")], None,
-                     id="no-recorded-peak"),
+        pytest.param(
+            [_make_attempt(factor="base_features", peak_memory_bytes=None, exit_reason="Error")],
+            None,
+            id="no-recorded-peak",
+        ),
         # 2Gi of HEAVY fits STANDARD: that is advice, never an automatic downsizing.
-        pytest.param([_make_attempt(factor="base_features", profile="HEAVY", memory_limit_bytes=24 * GI,
-                                    peak_memory_bytes=2 * GI)], {"base_features": "HEAVY"}, id="never-below-the-map"),
+        pytest.param(
+            [
+                _make_attempt(
+                    factor="base_features", profile="HEAVY", memory_limit_bytes=24 * GI, peak_memory_bytes=2 * GI
+                )
+            ],
+            {"base_features": "HEAVY"},
+            id="never-below-the-map",
+        ),
         # An OOM on STANDARD asks for MEDIUM: a map already at HEAVY stays.
-        pytest.param([_make_attempt(factor="base_features", exit_reason="OOMKilled")], {"base_features": "HEAVY"},
-                     id="history-below-the-map"),
+        pytest.param(
+            [_make_attempt(factor="base_features", exit_reason="OOMKilled")],
+            {"base_features": "HEAVY"},
+            id="history-below-the-map",
+        ),
     ],
 )
-def test_the_map_stands_when_history_asks_for_no_more(rows: list[dict[str, Any]], map_profiles: dict[str, str] | None) -> None:
+def test_the_map_stands_when_history_asks_for_no_more(
+    rows: list[dict[str, Any]], map_profiles: dict[str, str] | None
+) -> None:
     choice = _start(rows, "base_features", map_profiles=map_profiles)
 
     expected = (map_profiles or STANDARD_MAP)["base_features"]
@@ -215,8 +258,16 @@ def test_the_map_stands_when_history_asks_for_no_more(rows: list[dict[str, Any]]
 
 
 def test_a_history_beyond_the_largest_profile_starts_on_the_largest() -> None:
-    rows = [_make_attempt(run_id="r7", attempt=3, factor="n_features", profile="HEAVY", memory_limit_bytes=24 * GI,
-                          exit_reason="OOMKilled")]
+    rows = [
+        _make_attempt(
+            run_id="r7",
+            attempt=3,
+            factor="n_features",
+            profile="HEAVY",
+            memory_limit_bytes=24 * GI,
+            exit_reason="OOMKilled",
+        )
+    ]
 
     choice = _start(rows, "n_features")
 
@@ -228,8 +279,10 @@ def test_a_history_beyond_the_largest_profile_starts_on_the_largest() -> None:
 
 
 def test_static_mode_pins_the_map_whatever_the_history() -> None:
-    rows = [_make_attempt(factor="n_features", exit_reason="OOMKilled"),
-            _make_attempt(factor="btc_features", peak_memory_bytes=int(7.6 * GI))]
+    rows = [
+        _make_attempt(factor="n_features", exit_reason="OOMKilled"),
+        _make_attempt(factor="btc_features", peak_memory_bytes=int(7.6 * GI)),
+    ]
 
     for factor in ("n_features", "btc_features"):
         assert _start(rows, factor, mode="static") == StartChoice(factor, "STANDARD", "STANDARD", "map")
@@ -242,8 +295,10 @@ def test_other_factors_history_does_not_leak_into_a_choice() -> None:
 
 
 def test_advice_says_what_the_next_run_does_and_what_a_person_may_lower() -> None:
-    rows = [_make_attempt(factor="btc_features", peak_memory_bytes=int(7.6 * GI)),
-            _make_attempt(factor="n_features", profile="HEAVY", memory_limit_bytes=24 * GI, peak_memory_bytes=2 * GI)]
+    rows = [
+        _make_attempt(factor="btc_features", peak_memory_bytes=int(7.6 * GI)),
+        _make_attempt(factor="n_features", profile="HEAVY", memory_limit_bytes=24 * GI, peak_memory_bytes=2 * GI),
+    ]
     recs = recommend(rows, {**SIZING_MAP, "btc_features": "STANDARD"}, PROFILES)
 
     history = format_recommendations(recs)
@@ -258,18 +313,44 @@ def test_advice_says_what_the_next_run_does_and_what_a_person_may_lower() -> Non
 
 def test_history_keeps_each_factors_last_runs_counting_every_airflow_rerun(migrated_db: str) -> None:
     # r9 (the oldest) was OOMKilled; r1 was run by two Airflow runs, each with its attempt 1.
-    record_attempt(migrated_db, run_id="r9", factor="l2_features", memory_limit_bytes=8 * GI,
-                   peak_memory_bytes=None, exit_reason="OOMKilled", days_ago=10)
+    record_attempt(
+        migrated_db,
+        run_id="r9",
+        factor="l2_features",
+        memory_limit_bytes=8 * GI,
+        peak_memory_bytes=None,
+        exit_reason="OOMKilled",
+        days_ago=10,
+    )
     for i in range(2, 9):
-        record_attempt(migrated_db, run_id=f"r{i}", factor="l2_features", memory_limit_bytes=8 * GI,
-                       peak_memory_bytes=2 * GI, days_ago=i)
+        record_attempt(
+            migrated_db,
+            run_id=f"r{i}",
+            factor="l2_features",
+            memory_limit_bytes=8 * GI,
+            peak_memory_bytes=2 * GI,
+            days_ago=i,
+        )
     for airflow_run_id, days_ago in (("manual__a", 1.0), ("manual__b", 0.5)):
-        record_attempt(migrated_db, run_id="r1", factor="l2_features", memory_limit_bytes=8 * GI,
-                       peak_memory_bytes=2 * GI, airflow_run_id=airflow_run_id, days_ago=days_ago)
+        record_attempt(
+            migrated_db,
+            run_id="r1",
+            factor="l2_features",
+            memory_limit_bytes=8 * GI,
+            peak_memory_bytes=2 * GI,
+            airflow_run_id=airflow_run_id,
+            days_ago=days_ago,
+        )
     # Another factor's runs do not use up l2_features' window.
     for i in range(10):
-        record_attempt(migrated_db, run_id=f"b{i}", factor="base_features", memory_limit_bytes=8 * GI,
-                       peak_memory_bytes=GI, days_ago=0.1)
+        record_attempt(
+            migrated_db,
+            run_id=f"b{i}",
+            factor="base_features",
+            memory_limit_bytes=8 * GI,
+            peak_memory_bytes=GI,
+            days_ago=0.1,
+        )
 
     last_8 = _windowed(migrated_db, history_runs=8, factors=["l2_features"])
     last_9 = fetch_history(migrated_db, history_runs=9, factors=["l2_features"])
@@ -286,10 +367,23 @@ def _windowed(dsn: str, **window: Any) -> list[tuple[str, str, str, int]]:
 
 
 def test_history_older_than_the_window_is_left_out(migrated_db: str) -> None:
-    record_attempt(migrated_db, run_id="spring", factor="btc_features", memory_limit_bytes=8 * GI,
-                   peak_memory_bytes=None, exit_reason="OOMKilled", days_ago=100)
-    record_attempt(migrated_db, run_id="autumn", factor="btc_features", memory_limit_bytes=8 * GI,
-                   peak_memory_bytes=GI, days_ago=89)
+    record_attempt(
+        migrated_db,
+        run_id="spring",
+        factor="btc_features",
+        memory_limit_bytes=8 * GI,
+        peak_memory_bytes=None,
+        exit_reason="OOMKilled",
+        days_ago=100,
+    )
+    record_attempt(
+        migrated_db,
+        run_id="autumn",
+        factor="btc_features",
+        memory_limit_bytes=8 * GI,
+        peak_memory_bytes=GI,
+        days_ago=89,
+    )
 
     assert _windowed(migrated_db, history_days=90) == [("btc_features", "autumn", "", 1)]
     assert [row[1] for row in _windowed(migrated_db)] == ["spring", "autumn"], "no bound: all history, oldest first"

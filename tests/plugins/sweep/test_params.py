@@ -26,7 +26,9 @@ def test_defaults_validate_and_are_normalised() -> None:
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        pytest.param({"factors": ["eth_features"]}, r"param 'factors'\[0\].*eth_features.*base_features", id="unknown-factor"),
+        pytest.param(
+            {"factors": ["eth_features"]}, r"param 'factors'\[0\].*eth_features.*base_features", id="unknown-factor"
+        ),
         pytest.param({"factors": []}, r"param 'factors'.*allowed: a non-empty list", id="empty-factors"),
         pytest.param({"factors": ["base_features", "base_features"]}, r"param 'factors'", id="duplicate-factor"),
         pytest.param({"cost_bps": [10, -5]}, r"param 'cost_bps'\[1\].*-5.*0 to 1000", id="negative-cost"),
@@ -42,7 +44,9 @@ def test_defaults_validate_and_are_normalised() -> None:
         pytest.param({"n_seeds": 10**6}, r"param 'n_seeds'", id="above-max"),
         pytest.param({"cryptos": "BTC"}, r"param 'cryptos'.*not of type 'array'", id="string-not-list"),
         pytest.param({"cost_bps": [1.5]}, r"param 'cost_bps'\[0\]", id="fractional-cost"),
-        pytest.param({"drop_tables": True}, r"unknown param\(s\) 'drop_tables'.*allowed params: factors", id="unknown-key"),
+        pytest.param(
+            {"drop_tables": True}, r"unknown param\(s\) 'drop_tables'.*allowed params: factors", id="unknown-key"
+        ),
         pytest.param({"fdr_q": 0}, r"param 'fdr_q'.*strictly between 0 and 1", id="fdr-zero"),
         pytest.param({"fdr_q": 1}, r"param 'fdr_q'.*strictly between 0 and 1", id="fdr-one"),
         pytest.param({"fdr_q": 1.5}, r"param 'fdr_q'.*1.5", id="fdr-above-one"),

@@ -12,18 +12,10 @@ from finetune_sweep.sweep.params import PlanError
 from finetune_sweep.sweep.plan import check_data_uri, plan_pods
 
 
-
-
-
-
-
-
-
-
-
-
 def test_plan_pods_one_entry_per_factor() -> None:
-    entries = plan_pods(make_params(factors=["l2_features", "btc_features"]), run_id=RUN_ID, as_of=AS_OF, data_uri="file:///d")
+    entries = plan_pods(
+        make_params(factors=["l2_features", "btc_features"]), run_id=RUN_ID, as_of=AS_OF, data_uri="file:///d"
+    )
 
     assert [e["factor"] for e in entries] == ["l2_features", "btc_features"]
     assert [e["profile"] for e in entries] == ["STANDARD", "HEAVY"]
@@ -60,8 +52,16 @@ def test_plan_pods_refuses_bad_overrides(profiles_json: str | None, sizing_json:
         plan_pods(make_params(), run_id=RUN_ID, as_of=AS_OF, profiles_json=profiles_json, sizing_json=sizing_json)
 
 
-@pytest.mark.parametrize("data_uri", [None, "synthetic://random-walk?seed=3", "file:///data/hourly",
-                                      "s3://bucket/hourly?endpoint_override=minio:9000&scheme=http", "gs://b/p"])
+@pytest.mark.parametrize(
+    "data_uri",
+    [
+        None,
+        "synthetic://random-walk?seed=3",
+        "file:///data/hourly",
+        "s3://bucket/hourly?endpoint_override=minio:9000&scheme=http",
+        "gs://b/p",
+    ],
+)
 def test_every_documented_data_uri_form_passes_the_plans_check(data_uri: str | None) -> None:
     check_data_uri(data_uri)
 
@@ -83,7 +83,10 @@ def test_params_that_cannot_fit_the_synthetic_market_fail_in_plan() -> None:
 
 @pytest.mark.parametrize(
     ("train_bars", "fits"),
-    [pytest.param(47593 - 24 - 8760, True, id="exactly-all-bars"), pytest.param(47593 - 24 - 8760 + 1, False, id="one-more")],
+    [
+        pytest.param(47593 - 24 - 8760, True, id="exactly-all-bars"),
+        pytest.param(47593 - 24 - 8760 + 1, False, id="one-more"),
+    ],
 )
 def test_the_fit_check_refuses_only_what_cannot_fit(train_bars: int, fits: bool) -> None:
     params = make_params(factors=["base_features"], n_folds=1, test_bars=8760, train_bars=train_bars)
@@ -129,7 +132,9 @@ def test_synthetic_variants_are_checked_too() -> None:
             30 + 36 * 5,
             id="allowances",
         ),
-        pytest.param({"FINETUNE_POD_DEADLINE_SECONDS": "7", "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS": "5"}, 7, id="fixed"),
+        pytest.param(
+            {"FINETUNE_POD_DEADLINE_SECONDS": "7", "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS": "5"}, 7, id="fixed"
+        ),
     ],
 )
 def test_every_pod_is_bounded_by_a_deadline_sized_from_its_keys(environ: dict[str, str], expected: int) -> None:
@@ -145,6 +150,7 @@ def test_a_bad_deadline_setting_is_refused_naming_it(value: str) -> None:
     from finetune_sweep.settings import Settings, SettingsError
 
     with pytest.raises(
-        SettingsError, match=rf"^FINETUNE_POD_DEADLINE_SECONDS='{re.escape(value)}' must be an integer from 1 to 2592000"
+        SettingsError,
+        match=rf"^FINETUNE_POD_DEADLINE_SECONDS='{re.escape(value)}' must be an integer from 1 to 2592000",
     ):
         Settings.from_env({"FINETUNE_POD_DEADLINE_SECONDS": value})

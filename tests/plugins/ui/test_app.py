@@ -72,9 +72,15 @@ def _serialise_dag_with_runs() -> None:
         if session.scalar(select(DagRun).where(DagRun.dag_id == DAG_ID, DagRun.run_id == FAILED_EARLY_RUN)) is None:
             when = pendulum.datetime(2026, 6, 14, tz="UTC")
             run = dag.create_dagrun(
-                run_id=FAILED_EARLY_RUN, logical_date=when, data_interval=(when, when), run_after=when,
-                conf={"factors": ["base_features"], "cryptos": ["BTC"]}, run_type=DagRunType.MANUAL,
-                triggered_by=DagRunTriggeredByType.TEST, state=DagRunState.FAILED, session=session,
+                run_id=FAILED_EARLY_RUN,
+                logical_date=when,
+                data_interval=(when, when),
+                run_after=when,
+                conf={"factors": ["base_features"], "cryptos": ["BTC"]},
+                run_type=DagRunType.MANUAL,
+                triggered_by=DagRunTriggeredByType.TEST,
+                state=DagRunState.FAILED,
+                session=session,
             )
             for ti in run.get_task_instances(session=session):
                 ti.state = TaskInstanceState.FAILED if ti.task_id == "plan" else TaskInstanceState.UPSTREAM_FAILED
@@ -174,27 +180,35 @@ def test_the_plugin_is_listed_with_its_app_and_both_tabs(airflow_app: dict[str, 
 # --------------------------------------------------------------------------- the run tab
 
 
-def test_the_run_tab_shows_the_verdict_the_table_the_charts_and_the_pods(airflow_app: dict[str, Any],
-                                                                        seeded: str) -> None:
+def test_the_run_tab_shows_the_verdict_the_table_the_charts_and_the_pods(
+    airflow_app: dict[str, Any], seeded: str
+) -> None:
     with psycopg.connect(seeded) as conn:
         # base_features BTC 10 bps: model 2 % and 4 % over the two folds, percentile 0.9 and 0.7,
         # the random seeds' p05 -1 % and -3 %, p95 5 % and 7 %.
         for fold_id, (model, percentile) in enumerate([(0.02, 0.9), (0.04, 0.7)]):
             conn.execute(
                 "UPDATE finetune_results SET net_return = %s, random_percentile = %s WHERE factor = 'base_features'"
-                " AND crypto = 'BTC' AND cost_bps = 10 AND fold_id = %s", (model, percentile, fold_id))
+                " AND crypto = 'BTC' AND cost_bps = 10 AND fold_id = %s",
+                (model, percentile, fold_id),
+            )
         for fold_id, (p05, p95) in enumerate([(-0.01, 0.05), (-0.03, 0.07)]):
             conn.execute(
                 "UPDATE finetune_baselines SET seed_p05 = %s, seed_p95 = %s WHERE baseline_type = 'random'"
                 " AND factor = 'base_features' AND crypto = 'BTC' AND cost_bps = 10 AND fold_id = %s",
-                (p05, p95, fold_id))
-        conn.execute("UPDATE finetune_run_factors SET memory_limit_bytes = 1073741824, peak_memory_bytes = 912680550,"
-                     " map_profile = 'STANDARD', profile_reason = 'map' WHERE factor = 'base_features'")
+                (p05, p95, fold_id),
+            )
+        conn.execute(
+            "UPDATE finetune_run_factors SET memory_limit_bytes = 1073741824, peak_memory_bytes = 912680550,"
+            " map_profile = 'STANDARD', profile_reason = 'map' WHERE factor = 'base_features'"
+        )
         for attempt, reason in ((1, "OOMKilled"), (2, None)):
             conn.execute(
                 "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,"
                 " peak_memory_bytes, exit_reason, airflow_run_id) VALUES (%s, 'base_features', %s, 'STANDARD',"
-                " 1073741824, 912680550, %s, %s)", (RUN_ID, attempt, reason, AIRFLOW_RUN))
+                " 1073741824, 912680550, %s, %s)",
+                (RUN_ID, attempt, reason, AIRFLOW_RUN),
+            )
 
     response = _get(airflow_app, _url(AIRFLOW_RUN))
 
@@ -230,10 +244,18 @@ def test_the_run_tab_shows_the_verdict_check_baselines_kept(airflow_app: dict[st
     seed_complete_run(finetune_db, skip_baseline={("l2_features", "ETH", 1, 30, 0, "random")})
     _link(finetune_db)
     with psycopg.connect(finetune_db) as conn:
-        conn.execute(RECORD_VERDICT_SQL, {
-            "run_id": RUN_ID, "ok": False, "n_problems": 1, "problems": ["the problem the gate named"],
-            "dag_id": "finetune_sweep", "airflow_run_id": "scheduled__y",
-            "checked_at": datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc)})
+        conn.execute(
+            RECORD_VERDICT_SQL,
+            {
+                "run_id": RUN_ID,
+                "ok": False,
+                "n_problems": 1,
+                "problems": ["the problem the gate named"],
+                "dag_id": "finetune_sweep",
+                "airflow_run_id": "scheduled__y",
+                "checked_at": datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+            },
+        )
 
     html = _get(airflow_app, _url(AIRFLOW_RUN)).text
 
@@ -277,9 +299,12 @@ def _table_row(html: str, table_id: str, first_cells: list[str]) -> list[str]:
     return matches[0]
 
 
-@pytest.mark.parametrize("airflow_run_id", ["manual__2026-06-07T00:00:00+00:00", "a:b+c d"], ids=["colon-plus", "space"])
-def test_run_ids_with_colons_and_pluses_resolve(airflow_app: dict[str, Any], finetune_db: str,
-                                                airflow_run_id: str) -> None:
+@pytest.mark.parametrize(
+    "airflow_run_id", ["manual__2026-06-07T00:00:00+00:00", "a:b+c d"], ids=["colon-plus", "space"]
+)
+def test_run_ids_with_colons_and_pluses_resolve(
+    airflow_app: dict[str, Any], finetune_db: str, airflow_run_id: str
+) -> None:
     seed_complete_run(finetune_db)
     _link(finetune_db, airflow_run_id=airflow_run_id)
 
@@ -329,11 +354,23 @@ def test_a_run_that_failed_before_register_shows_its_verdict_and_no_traceback(
     assert _get(airflow_app, _url(FAILED_EARLY_RUN, "/rows.csv")).status_code == 404
 
 
-def test_an_unreachable_database_is_a_503_without_its_password(airflow_app: dict[str, Any],
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("AIRFLOW_CONN_FINETUNE_DB", json.dumps({
-        "conn_type": "postgres", "host": "127.0.0.1", "port": 1, "login": "u", "password": "s3cret-pw",
-        "schema": "x", "extra": {"connect_timeout": "2"}}))
+def test_an_unreachable_database_is_a_503_without_its_password(
+    airflow_app: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_FINETUNE_DB",
+        json.dumps(
+            {
+                "conn_type": "postgres",
+                "host": "127.0.0.1",
+                "port": 1,
+                "login": "u",
+                "password": "s3cret-pw",
+                "schema": "x",
+                "extra": {"connect_timeout": "2"},
+            }
+        ),
+    )
 
     response = _get(airflow_app, _url(AIRFLOW_RUN))
 
@@ -380,8 +417,11 @@ def test_downloads_carry_the_tables_rows(airflow_app: dict[str, Any], seeded: st
 def test_the_dag_tab_shows_each_factor_across_runs(airflow_app: dict[str, Any], seeded: str) -> None:
     with psycopg.connect(seeded) as conn:
         conn.execute("UPDATE finetune_run_factors SET memory_limit_bytes = 1000, peak_memory_bytes = 900")
-        conn.execute("INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,"
-                     " peak_memory_bytes) VALUES (%s, 'l2_features', 1, 'STANDARD', 8589934592, 7516192768)", (RUN_ID,))
+        conn.execute(
+            "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,"
+            " peak_memory_bytes) VALUES (%s, 'l2_features', 1, 'STANDARD', 8589934592, 7516192768)",
+            (RUN_ID,),
+        )
 
     response = _get(airflow_app, f"/finetune/dags/{DAG_ID}")
 
@@ -412,14 +452,20 @@ def test_a_groups_folds_link_is_its_url_encoded_key(factor: str, crypto: str) ->
     query = _folds_query(factor, crypto, 10, 0)
 
     assert query == "folds?" + urlencode({"factor": factor, "crypto": crypto, "cost_bps": 10, "slippage_bps": 0})
-    assert parse_qs(query.split("?", 1)[1]) == {"factor": [factor], "crypto": [crypto], "cost_bps": ["10"],
-                                                "slippage_bps": ["0"]}
+    assert parse_qs(query.split("?", 1)[1]) == {
+        "factor": [factor],
+        "crypto": [crypto],
+        "cost_bps": ["10"],
+        "slippage_bps": ["0"],
+    }
 
 
-@pytest.mark.parametrize("query", ["cost_bps=99999999999", "slippage_bps=-99999999999", "cost_bps=1e3",
-                                   "factor=%00", "crypto=" + "x" * 5000])
-def test_hostile_fold_filters_get_a_page_never_a_server_error(airflow_app: dict[str, Any], seeded: str,
-                                                              query: str) -> None:
+@pytest.mark.parametrize(
+    "query", ["cost_bps=99999999999", "slippage_bps=-99999999999", "cost_bps=1e3", "factor=%00", "crypto=" + "x" * 5000]
+)
+def test_hostile_fold_filters_get_a_page_never_a_server_error(
+    airflow_app: dict[str, Any], seeded: str, query: str
+) -> None:
     response = _get(airflow_app, _url(AIRFLOW_RUN, f"/folds?{query}"))
 
     assert response.status_code in (200, 400), response.text[:500]
@@ -427,8 +473,9 @@ def test_hostile_fold_filters_get_a_page_never_a_server_error(airflow_app: dict[
 
 
 @pytest.mark.parametrize("suffix", ["", "/folds", "/rows.csv"])
-def test_a_run_id_with_a_nul_is_unknown_not_a_server_error(airflow_app: dict[str, Any], seeded: str,
-                                                           suffix: str) -> None:
+def test_a_run_id_with_a_nul_is_unknown_not_a_server_error(
+    airflow_app: dict[str, Any], seeded: str, suffix: str
+) -> None:
     response = _get(airflow_app, _url("manual__x\x00y", suffix))
 
     assert response.status_code == 404, response.text[:500]

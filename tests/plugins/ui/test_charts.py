@@ -10,8 +10,19 @@ from finetune_sweep.ui.charts import cost_curves, history_charts
 
 
 def _group(**overrides: object) -> dict[str, object]:
-    row = {"factor": "base_features", "crypto": "BTC", "cost_bps": 10, "slippage_bps": 0, "folds": 2,
-           "model": 0.02, "buy_and_hold": 0.01, "random": 0.0, "random_p05": -0.04, "random_p95": 0.04, "naive": 0.0}
+    row = {
+        "factor": "base_features",
+        "crypto": "BTC",
+        "cost_bps": 10,
+        "slippage_bps": 0,
+        "folds": 2,
+        "model": 0.02,
+        "buy_and_hold": 0.01,
+        "random": 0.0,
+        "random_p05": -0.04,
+        "random_p95": 0.04,
+        "naive": 0.0,
+    }
     row.update(overrides)
     return row
 
@@ -50,8 +61,15 @@ def test_without_seed_quantiles_there_is_no_band_and_missing_means_are_gaps() ->
 def test_history_charts_plot_each_factor_over_the_runs() -> None:
     as_of = [datetime(2026, 6, d, tzinfo=timezone.utc) for d in (7, 14)]
     history = [
-        {"run_id": f"r{i}", "as_of": when, "factor": "base_features", "edge_vs_buy_and_hold": 0.01 * i,
-         "percentile": 0.5, "peak_memory_bytes": 600 + 100 * i, "memory_limit_bytes": 1000}
+        {
+            "run_id": f"r{i}",
+            "as_of": when,
+            "factor": "base_features",
+            "edge_vs_buy_and_hold": 0.01 * i,
+            "percentile": 0.5,
+            "peak_memory_bytes": 600 + 100 * i,
+            "memory_limit_bytes": 1000,
+        }
         for i, when in enumerate(as_of)
     ]
 
