@@ -31,8 +31,8 @@ sys.path.insert(0, str(REPO_ROOT / "images" / "finetune"))
 
 from finetune.bars import BarOptions, calendar_bars  # noqa: E402
 from finetune.data import normalise_ohlcv  # noqa: E402
-from finetune.synthetic import synthetic_ohlcv  # noqa: E402
 from finetune.locations import DataLocation  # noqa: E402
+from finetune.synthetic import synthetic_ohlcv  # noqa: E402
 
 
 def median_seconds(work: Callable[[], object], repeats: int) -> float:

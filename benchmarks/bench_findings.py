@@ -22,7 +22,7 @@ import os
 import sys
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +32,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "plugins"), str(REPO_ROOT / "images" / "finetune")]
 
 from finetune.migrate import apply_migrations  # noqa: E402
-
 from finetune_sweep.findings import run_findings  # noqa: E402
 
 RUN_ID = "bench_findings"
 STRATEGY = "ridge_long_flat"
-START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def _arguments() -> argparse.Namespace:

@@ -140,8 +140,8 @@ def gate_sql_at(ref: str) -> str:
 
 def main() -> int:
     import psycopg
-    from finetune.migrate import apply_migrations
 
+    from finetune.migrate import apply_migrations
     from finetune_sweep.gate import GATE_SQL
     from finetune_sweep.report import SUMMARY_SQL
 

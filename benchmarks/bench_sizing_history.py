@@ -25,9 +25,9 @@ import uuid
 import psycopg
 
 from finetune_sweep.db.attempts import fetch_history
-from finetune_sweep.sizing.profiles import PROFILES, SIZING_MAP
 from finetune_sweep.recommend import choose_start_profiles, recommend
 from finetune_sweep.settings import SizingPolicy
+from finetune_sweep.sizing.profiles import PROFILES, SIZING_MAP
 
 FACTORS = tuple(SIZING_MAP)
 GI = 2**30

@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import UTC
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def _dsn_for(database: str) -> str:
 
 def seed(dsn: str, *, runs: int) -> dict[str, int]:
     """The big run plus ``runs - 1`` small ones; returns the row counts."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     import psycopg
     from psycopg.types.json import Jsonb
@@ -108,7 +109,7 @@ def seed(dsn: str, *, runs: int) -> dict[str, int]:
             for statement in filter(str.strip, SEED_RUN_SQL.split(";\n")):
                 cur.execute(statement, values)
 
-    start = datetime(2026, 1, 4, tzinfo=timezone.utc)
+    start = datetime(2026, 1, 4, tzinfo=UTC)
     with psycopg.connect(dsn) as conn:
         one(
             conn,
@@ -189,7 +190,6 @@ def main() -> int:
     try:
         dsn = _dsn_for(database)
         from finetune.migrate import apply_migrations
-
         from finetune_sweep.db.dsn import connection_json_from_dsn
 
         apply_migrations(dsn)

@@ -27,7 +27,6 @@ from __future__ import annotations
 # This file shares its name with the finetune_sweep package in plugins/. Airflow puts plugins/ on
 # sys.path when it starts and the DAG folder only later (and imports DAG files under a private
 # module name), so `import finetune_sweep` finds the package; never put dags/ ahead of plugins/.
-
 from datetime import timedelta
 
 import pendulum

@@ -27,8 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO_DIR = REPO_ROOT / ".demo"
 sys.path[:0] = [str(REPO_ROOT / "plugins")]
 
-from finetune_sweep.db.dsn import connection_json_from_dsn, redact_dsn  # noqa: E402
 from demo_progress import DagTestProgress  # noqa: E402
+from finetune_sweep.db.dsn import connection_json_from_dsn, redact_dsn  # noqa: E402
 from local_airflow import local_airflow_env  # noqa: E402
 
 # Airflow's full output of the demo (the terminal gets one line per task).

@@ -27,11 +27,10 @@ SCRIPTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(SCRIPTS), str(SCRIPTS.parent / "plugins")]
 
 import demo  # noqa: E402
-from ui_acceptance import AIRFLOW, DAG_ID, OUT_DIR, Deployment, deployment_settings, log  # noqa: E402
-
 from finetune_sweep.db.dsn import redact_dsn  # noqa: E402
-from local_airflow import free_port  # noqa: E402
 from finetune_sweep.ui import DAG_TAB_ROUTE, RUN_TAB_ROUTE  # noqa: E402
+from local_airflow import free_port  # noqa: E402
+from ui_acceptance import AIRFLOW, DAG_ID, OUT_DIR, Deployment, deployment_settings, log  # noqa: E402
 
 
 def _port_is_free(port: int) -> bool:

@@ -55,8 +55,8 @@ DAG_ID = "finetune_sweep"
 sys.path[:0] = [str(REPO_ROOT / "plugins")]
 
 from finetune_sweep.db.dsn import connection_json_from_dsn, redact_dsn  # noqa: E402
-from local_airflow import free_port, local_airflow_env, stop_process_group  # noqa: E402
 from finetune_sweep.ui import RUN_TAB_ROUTE  # noqa: E402
+from local_airflow import free_port, local_airflow_env, stop_process_group  # noqa: E402
 
 # Requests to 127.0.0.1 never go through a proxy from the environment.
 LOCAL = build_opener(ProxyHandler({}))

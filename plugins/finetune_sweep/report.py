@@ -13,8 +13,8 @@ limit?" are one click away.
 from __future__ import annotations
 
 import math
-from datetime import datetime
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from finetune_sweep import findings

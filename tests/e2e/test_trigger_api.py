@@ -25,10 +25,10 @@ from typing import Any
 import httpx
 import pytest
 
+from finetune_sweep.sizing.profiles import SIZING_MAP
 from local_airflow import free_port as _free_port
 from local_airflow import local_airflow_env
 from local_airflow import stop_process_group as _stop
-from finetune_sweep.sizing.profiles import SIZING_MAP
 
 pytestmark = pytest.mark.e2e
 

@@ -26,12 +26,12 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-
-from finetune_sweep.db.dsn import connection_json_from_dsn
-from local_airflow import free_port, local_airflow_env, stop_process_group, wait_for_api_server
-from finetune_sweep.ui import RUN_TAB_ROUTE
 from test_dags_test import SMALL_CONF as CONF  # the e2e sweep of every test: 2 x 2 x 2 folds x 2 costs
 from test_dags_test import SMALL_PROFILES
+
+from finetune_sweep.db.dsn import connection_json_from_dsn
+from finetune_sweep.ui import RUN_TAB_ROUTE
+from local_airflow import free_port, local_airflow_env, stop_process_group, wait_for_api_server
 
 pytestmark = pytest.mark.e2e
 
@@ -69,7 +69,6 @@ def ui_after_sweep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[st
     """A finished sweep and an api-server serving it; yields its URL, a viewer's token and the run id."""
     _require_browser()
     import psycopg
-
     from databases import ADMIN_URL, dsn_for
 
     home = tmp_path_factory.mktemp("airflow-ui")

@@ -23,7 +23,7 @@ Kubelet = Callable[[k8s.V1Pod], None]
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def api_error(status: int, reason: str) -> ApiException:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import itertools
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+
 from finetune_sweep.db.runs import register_run
 from finetune_sweep.gate import BASELINE_TYPES
 from finetune_sweep.sweep.params import validate_params
@@ -26,7 +27,7 @@ PLAN = {
     "slippage_bps": [0],
     "n_folds": 2,
 }
-WINDOW_START = datetime(2026, 5, 1, tzinfo=timezone.utc)
+WINDOW_START = datetime(2026, 5, 1, tzinfo=UTC)
 
 
 def window(fold_id: int) -> dict[str, Any]:
@@ -181,9 +182,9 @@ def make_context(**overrides: Any) -> dict[str, Any]:
     context = {
         "params": make_params(),
         "run_id": RUN_ID,
-        "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc),
-        "logical_date": datetime(2026, 6, 7, tzinfo=timezone.utc),
-        "dag_run": SimpleNamespace(run_after=datetime(2026, 6, 9, 12, tzinfo=timezone.utc)),
+        "data_interval_end": datetime(2026, 6, 7, tzinfo=UTC),
+        "logical_date": datetime(2026, 6, 7, tzinfo=UTC),
+        "dag_run": SimpleNamespace(run_after=datetime(2026, 6, 9, 12, tzinfo=UTC)),
         "dag": SimpleNamespace(dag_id="finetune_sweep"),
     }
     context.update(overrides)

@@ -6,12 +6,13 @@ from typing import Any
 
 import kubernetes_validate
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from kubernetes.client import ApiClient
+
 from finetune_rows import AS_OF, RUN_ID
 from finetune_sweep.pods import spec as pods
 from finetune_sweep.settings import Settings
 from finetune_sweep.sweep.params import default_params
 from finetune_sweep.sweep.plan import plan_pods
-from kubernetes.client import ApiClient
 
 K8S_VERSION = kubernetes_validate.latest_version()
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from finetune_rows import (
     GI,
     RUN_ID,

@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from scipy import stats
+
 from finetune_rows import RUN_ID, seed_complete_run, set_p_values, stored_findings
 from finetune_sweep import findings
 from finetune_sweep.findings import (
@@ -20,7 +22,6 @@ from finetune_sweep.findings import (
     combine_fold_p_values,
     compute_findings,
 )
-from scipy import stats
 
 
 def _make_group(**overrides: Any) -> GroupInput:
@@ -334,6 +335,7 @@ def _stand_in_positions(close: np.ndarray) -> dict[str, np.ndarray]:
 def _simulated_sweeps() -> list[list[GroupInput]]:
     """The groups (factor x crypto x cost, their folds' shift-test p-values) of every simulated sweep."""
     import pandas as pd
+
     from finetune import significance
     from finetune.costs import round_trip_cost
     from finetune.data import MarketData

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 from airflow.providers.common.sql.sensors.sql import SqlSensor
+
 from finetune_rows import (
     PLAN,
     RUN_ID,
@@ -20,7 +21,6 @@ from finetune_rows import (
     seed_complete_run,
     window,
 )
-
 from finetune_sweep import gate
 from finetune_sweep.db.dsn import connection_json_from_dsn
 

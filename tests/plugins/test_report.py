@@ -7,8 +7,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from finetune_rows import AS_OF, PLAN, RUN_ID, record_attempt, seed_complete_run
 
+from finetune_rows import AS_OF, PLAN, RUN_ID, record_attempt, seed_complete_run
 from finetune_sweep import findings, report
 from finetune_sweep.db.runs import register_run
 from finetune_sweep.pods import spec as pods

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+
 from finetune_rows import (
     GI,
     INJECTION,
@@ -370,7 +371,7 @@ def test_findings_task_reads_fdr_q_from_the_params(
     context = {
         "params": {**PLAN, "fdr_q": 0.2},
         "dag": SimpleNamespace(dag_id="finetune_sweep"),
-        "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc),
+        "data_interval_end": datetime(2026, 6, 7, tzinfo=UTC),
     }
     run_id = tasks.sweep_run_id(context, data_uri=None)
     # the run id comes from register's XCom, never recomputed
@@ -401,7 +402,7 @@ def test_findings_task_refuses_a_bad_fdr_q_before_any_write(migrated_db: str) ->
     context = {
         "params": {"fdr_q": 2},
         "dag": SimpleNamespace(dag_id="finetune_sweep"),
-        "data_interval_end": datetime(2026, 6, 7, tzinfo=timezone.utc),
+        "data_interval_end": datetime(2026, 6, 7, tzinfo=UTC),
     }
 
     with pytest.raises(AirflowFailException, match=r"invalid sweep: param 'fdr_q': 2 is greater than or equal to"):

@@ -36,8 +36,8 @@ import pandas as pd
 import psycopg
 
 from finetune import baselines, significance
-from finetune.baselines import BASELINE_TYPES, BaselineResult
 from finetune.bars import BarOptions, Gap
+from finetune.baselines import BASELINE_TYPES, BaselineResult
 from finetune.connection import DatabaseSettings, DatabaseTimeout, DatabaseUnavailable, RetryNotice
 from finetune.costs import round_trip_cost
 from finetune.data import DataError, MarketData

@@ -14,7 +14,6 @@ from typing import Any
 from finetune_sweep.db.connect import NotMigrated, connect
 from finetune_sweep.outcomes import DISRUPTED_PREFIX, OOM_REASON
 
-
 # Bounds for the worker's own writes: a locked manifest row or a stuck server must not hold the
 # task (and its classification) for longer than this.
 RECORD_CONNECT_TIMEOUT_SECONDS = 10

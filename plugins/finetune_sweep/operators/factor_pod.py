@@ -86,11 +86,11 @@ from finetune_sweep.pods.spec import (
     LABEL_PROFILE,
     PROFILE_ENV,
     argument_value,
+    as_resource_requirements,
     pod_labels,
     profile_affinity,
     profile_tolerations,
     resources_for,
-    to_resource_requirements,
 )
 from finetune_sweep.pods.template import PodTemplateError, check_pod_template
 from finetune_sweep.pods.termination import (
@@ -98,8 +98,8 @@ from finetune_sweep.pods.termination import (
     PodTermination,
     api_error_text,
     kubernetes_termination,
-    parse_pod_log,
     pod_failure_detail,
+    read_pod_log,
 )
 from finetune_sweep.settings import Settings, SettingsError, sizing_overrides
 from finetune_sweep.sizing.profiles import (
@@ -138,20 +138,6 @@ class PodFailed(_Classified, AirflowFailException):
 
 # What the task raises for each outcome of the ladder (operators.ladder.LadderStep.outcome).
 _RAISED_FOR: dict[str, type[_Classified]] = {"oom": PodOOMKilled, "disrupted": PodDisrupted, "failed": PodFailed}
-
-
-def as_resource_requirements(value: Any) -> Any:
-    """``container_resources`` as ``V1ResourceRequirements`` when it arrives as a plain dict.
-
-    Quantities are strings (with ``render_template_as_native_obj`` a cpu ``"1"`` renders as 1).
-
-    :param value: a dict ``{"requests": {...}, "limits": {...}}``, the model, or None.
-    """
-    if not isinstance(value, Mapping):
-        return value
-    return to_resource_requirements(
-        {part: {name: str(q) for name, q in (value.get(part) or {}).items()} for part in ("requests", "limits")}
-    )
 
 
 class FactorPodOperator(KubernetesPodOperator):
@@ -576,7 +562,12 @@ class FactorPodOperator(KubernetesPodOperator):
             )
         events, tail = ({}, [])
         if not gone and remote is not None:
-            events, tail = self._best_effort("read the pod's log", lambda: self._pod_log(target)) or ({}, [])
+            events, tail = self._best_effort(
+                "read the pod's log",
+                lambda: read_pod_log(
+                    self.client, target, container=self.base_container_name, tail_lines=LOG_TAIL_LINES
+                ),
+            ) or ({}, [])
         usage = events.get("pod_usage") or {}
         peak = usage.get("peak_memory_bytes") if isinstance(usage.get("peak_memory_bytes"), int) else None
         detail = pod_failure_detail(events, tail) if (events or tail) else None
@@ -588,17 +579,6 @@ class FactorPodOperator(KubernetesPodOperator):
             # deleted under the task (not by its own on_kill) before any terminal status was seen
             return replace(termination, reason=DELETED_REASON, disrupted=True, detail="the pod was deleted")
         return termination
-
-    def _pod_log(self, pod: k8s.V1Pod) -> tuple[dict[str, dict[str, Any]], list[str]]:
-        text = self.client.read_namespaced_pod_log(
-            name=pod.metadata.name,
-            namespace=pod.metadata.namespace,
-            container=self.base_container_name,
-            tail_lines=LOG_TAIL_LINES,
-        )
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", errors="replace")
-        return parse_pod_log(str(text or "").splitlines())
 
     # -- classification and records
 

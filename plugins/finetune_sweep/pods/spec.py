@@ -111,6 +111,20 @@ def to_resource_requirements(
     )
 
 
+def as_resource_requirements(value: Any) -> Any:
+    """``container_resources`` as ``V1ResourceRequirements`` when it arrives as a plain dict.
+
+    Quantities are strings (with ``render_template_as_native_obj`` a cpu ``"1"`` renders as 1).
+
+    :param value: a dict ``{"requests": {...}, "limits": {...}}``, the model, or None.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    return to_resource_requirements(
+        {part: {name: str(q) for name, q in (value.get(part) or {}).items()} for part in ("requests", "limits")}
+    )
+
+
 def profile_tolerations(profile: PodProfile) -> list[k8s.V1Toleration]:
     """The profile's tolerations as client models (they are camelCase JSON on the profile).
 

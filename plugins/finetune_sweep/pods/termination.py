@@ -32,6 +32,7 @@ __all__ = [
     "parse_event_line",
     "parse_pod_log",
     "pod_failure_detail",
+    "read_pod_log",
 ]
 
 SIGKILL_EXIT_CODE = 137
@@ -280,3 +281,21 @@ def _http_status(exc: BaseException) -> int | None:
         return int(status) if status is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def read_pod_log(
+    client: Any, pod: k8s.V1Pod, *, container: str, tail_lines: int
+) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """The last ``tail_lines`` of a container's log, read from the API server, as :func:`parse_pod_log` gives them.
+
+    :param client: a ``CoreV1Api``.
+    :param pod: the pod (its name and namespace).
+    :param container: the container whose log is read.
+    :param tail_lines: how many lines from the end.
+    """
+    text = client.read_namespaced_pod_log(
+        name=pod.metadata.name, namespace=pod.metadata.namespace, container=container, tail_lines=tail_lines
+    )
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    return parse_pod_log(str(text or "").splitlines())

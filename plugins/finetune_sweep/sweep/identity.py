@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from finetune_sweep.sweep.params import PlanError
@@ -27,7 +27,7 @@ def format_as_of(moment: datetime) -> str:
     """
     if moment.tzinfo is None:
         raise PlanError(f"as_of must be timezone-aware, got {moment!r}")
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def as_of_from_context(context: Mapping[str, Any]) -> str:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from finetune_sweep.db.attempts import fetch_history
 from finetune_sweep.pods.spec import factor_pod_kwargs, n_pod_keys, pod_deadline_seconds, with_profile
+from finetune_sweep.settings import Settings
 from finetune_sweep.sizing.profiles import (
     PodProfile,
     SizingError,
@@ -26,8 +27,6 @@ from finetune_sweep.sizing.profiles import (
 )
 from finetune_sweep.sizing.recommend import StartChoice, choose_start_profiles
 from finetune_sweep.sweep.params import PlanError, validate_params
-
-from finetune_sweep.settings import Settings
 
 if TYPE_CHECKING:
     from finetune_sweep.settings import SizingPolicy

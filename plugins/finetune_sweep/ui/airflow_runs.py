@@ -34,11 +34,10 @@ def find_airflow_run(dag_id: str, run_id: str) -> AirflowRun | None:
     :param dag_id: the DAG id.
     :param run_id: Airflow's run id.
     """
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     with create_session() as session:
         run = session.scalar(select(DagRun).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))

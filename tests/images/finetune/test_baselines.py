@@ -5,10 +5,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from design_reference import random_baseline as reference_random_baseline
-from design_reference import seed_runs as reference_seed_runs
 from scipy import stats
 
+from design_reference import random_baseline as reference_random_baseline
+from design_reference import seed_runs as reference_seed_runs
 from finetune.baselines import (
     BASELINE_TYPES,
     BaselineResult,

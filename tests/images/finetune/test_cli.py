@@ -7,8 +7,8 @@ import math
 import os
 import subprocess
 import sys
-from datetime import datetime, timedelta, timezone
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -329,7 +329,7 @@ def test_subprocess_fills_a_three_hour_hole_and_records_it(migrated_db: str, tmp
         assert end - start == (n_bars - 1) * timedelta(hours=1)  # bars are hours, holes included
     newest = {end for _, fold, _, end, _ in rows if fold == 1}
     # the bar stamped at as-of opens then: it is excluded, the newest window ends an hour before
-    assert newest == {datetime(2026, 6, 6, 23, tzinfo=timezone.utc)}
+    assert newest == {datetime(2026, 6, 6, 23, tzinfo=UTC)}
     assert params["bars"] == {
         "gaps": "fill",
         "max_gap_bars": 6,
@@ -461,7 +461,7 @@ def test_close_labelled_bars_use_the_bar_stamped_at_as_of(migrated_db: str, tmp_
     argv = _make_argv(**{"--data-uri": data_uri, "--cryptos": "BTC", "--bar-label": "close"})
     assert main(argv, environ={"FINETUNE_DB_URL": migrated_db}) == 0
     newest = max(end for _, _, _, end, _ in _windows(migrated_db, "finetune_results"))
-    assert newest == datetime(2026, 6, 7, tzinfo=timezone.utc)
+    assert newest == datetime(2026, 6, 7, tzinfo=UTC)
 
 
 def test_sharpe_is_annualised_by_the_datas_interval(migrated_db: str, tmp_path: Path) -> None:

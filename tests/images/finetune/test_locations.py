@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import moto.settings
 import pandas as pd
@@ -18,10 +17,10 @@ import pyarrow.fs as pafs
 import pytest
 from moto.server import ThreadedMotoServer
 
-from finetune.data import MarketData
-from finetune.synthetic import synthetic_ohlcv
 import finetune.locations
+from finetune.data import MarketData
 from finetune.locations import DataError, DataLocation, one_line
+from finetune.synthetic import synthetic_ohlcv
 
 BUCKET = "market-data"
 SECRET = "wJalrXUtnFEMI-not-a-real-key-0123456789"

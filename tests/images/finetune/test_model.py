@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from finetune.baselines import buy_and_hold
 from finetune.bars import bars_per_year
+from finetune.baselines import buy_and_hold
 from finetune.factors import FeatureStore
 from finetune.folds import Fold
 from finetune.model import (

@@ -7,9 +7,8 @@ itself and leaves the key absent, the keys the store knows it committed.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import threading
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -26,7 +25,7 @@ from finetune.persistence import (
     Window,
 )
 
-T0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
 WINDOW = Window(test_start=T0, test_end=T0 + timedelta(hours=23), n_bars=24)
 STRATEGY = "ridge_long_flat"
 

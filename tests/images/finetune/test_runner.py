@@ -21,12 +21,12 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
-import design_reference as reference
 import psycopg
 import pytest
 from databases import DatabaseOutage
 from scipy import stats
 
+import design_reference as reference
 from finetune import baselines, runner
 from finetune.cli import main
 from finetune.data import MarketData

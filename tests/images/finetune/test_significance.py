@@ -5,10 +5,10 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from design_reference import held_share
-from design_reference import shift_test as reference_shift_test
 from scipy import stats
 
+from design_reference import held_share
+from design_reference import shift_test as reference_shift_test
 from finetune.baselines import buy_and_hold
 from finetune.model import evaluate
 from finetune.significance import (

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from finetune_sweep.db.dsn import (
     connection_json_from_dsn,
     dsn_from_connection,

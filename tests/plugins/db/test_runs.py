@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
-from finetune_rows import RUN_ID, AS_OF, make_params
 
+from finetune_rows import AS_OF, RUN_ID, make_params
 from finetune_sweep.db.runs import register_run
 from finetune_sweep.sweep.params import validate_params
 from finetune_sweep.sweep.plan import plan_pods
@@ -40,7 +40,7 @@ def test_register_run_upserts_run_and_manifest(migrated_db: str) -> None:
     assert len(runs) == 1
     run_id, dag_id, strategy, as_of, stored = runs[0]
     assert (run_id, dag_id, strategy) == (RUN_ID, "finetune_sweep", "ridge_long_flat")
-    assert as_of == datetime(2026, 6, 7, tzinfo=timezone.utc)
+    assert as_of == datetime(2026, 6, 7, tzinfo=UTC)
     assert stored == params
     assert factors == [
         ("base_features", "STANDARD", "planned", 8 * 2**30, 1),

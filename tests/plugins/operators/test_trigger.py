@@ -66,7 +66,7 @@ def _trigger(**overrides: Any) -> FactorPodTrigger:
             "pod_name": "finetune-l2-features-abc",
             "pod_namespace": "finetune",
             "base_container_name": "base",
-            "trigger_start_time": dt.datetime(2026, 6, 7, tzinfo=dt.timezone.utc),
+            "trigger_start_time": dt.datetime(2026, 6, 7, tzinfo=dt.UTC),
             "killed_attempt": dict(KILLED),
             "finetune_conn_id": "finetune_db",
             "config_error_grace_seconds": 30,

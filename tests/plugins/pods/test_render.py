@@ -8,6 +8,7 @@ import sys
 
 import kubernetes_validate
 import pytest
+
 from finetune_sweep import cli
 
 K8S_VERSION = kubernetes_validate.latest_version()

@@ -7,6 +7,9 @@ import re
 
 import kubernetes_validate
 import pytest
+from kubernetes.client import models as k8s
+
+from finetune_rows import AS_OF, RUN_ID
 from finetune_sweep.pods import spec as pods
 from finetune_sweep.pods.render import render_manifest
 from finetune_sweep.settings import Settings
@@ -16,8 +19,6 @@ from finetune_sweep.sizing.profiles import (
     PodProfile,
     load_profiles,
 )
-from kubernetes.client import models as k8s
-from finetune_rows import AS_OF, RUN_ID
 from pod_manifests import K8S_VERSION, build_manifest, make_entry, make_settings
 
 SECRET_DSN = "postgresql://finetune:hunter2@db.internal:5432/finetune"

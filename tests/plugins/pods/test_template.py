@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import kubernetes_validate
 import pytest
+
 from finetune_sweep.pods.template import PodTemplateError, check_pod_template
 from pod_manifests import K8S_VERSION, build_manifest, make_entry, make_settings
 

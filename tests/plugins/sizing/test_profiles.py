@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+
 from finetune_rows import GI
 from finetune_sweep.sizing.profiles import (
     PROFILE_ORDER,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from finetune_rows import GI
 from finetune_sweep.sizing.quantities import parse_quantity
 

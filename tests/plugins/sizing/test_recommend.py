@@ -6,6 +6,7 @@ import statistics
 from typing import Any
 
 import pytest
+
 from finetune_rows import GI, record_attempt
 from finetune_sweep.db.attempts import fetch_history
 from finetune_sweep.sizing.profiles import (

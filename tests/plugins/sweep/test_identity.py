@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from finetune_rows import make_context, make_params
 
+from finetune_rows import make_context, make_params
 from finetune_sweep import tasks
 from finetune_sweep.settings import get_settings
 from finetune_sweep.sweep.identity import as_of_from_context
@@ -46,7 +46,7 @@ def test_finetune_run_id_is_stable_per_sweep() -> None:
     assert run_id(params={}) == first, "omitted params are their defaults"
     assert run_id(params=make_params(cost_bps=[10.0, 15, 30])) == first, "normalised first"
     assert run_id(params=make_params(cryptos=["BTC"])) != first
-    assert run_id(data_interval_end=datetime(2026, 6, 14, tzinfo=timezone.utc)) != first
+    assert run_id(data_interval_end=datetime(2026, 6, 14, tzinfo=UTC)) != first
 
 
 def test_the_data_the_pods_read_is_part_of_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from finetune_rows import INJECTION, make_context, make_params
 
+from finetune_rows import INJECTION, make_context, make_params
 from finetune_sweep import tasks
 from finetune_sweep.settings import get_settings
 from finetune_sweep.sizing.profiles import SIZING_MAP

@@ -6,8 +6,8 @@ import json
 import re
 
 import pytest
-from finetune_rows import RUN_ID, AS_OF, make_params
 
+from finetune_rows import AS_OF, RUN_ID, make_params
 from finetune_sweep.sweep.params import PlanError
 from finetune_sweep.sweep.plan import check_data_uri, plan_pods
 

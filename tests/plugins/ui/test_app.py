@@ -9,19 +9,19 @@ per test (``migrated_db``) reached through the ``finetune_db`` connection.
 from __future__ import annotations
 
 import csv
-from html import unescape
 import io
 import json
 import secrets
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from html import unescape
 from typing import Any
 from urllib.parse import quote
 
 import psycopg
 import pytest
-from finetune_rows import RUN_ID, seed_complete_run
 
+from finetune_rows import RUN_ID, seed_complete_run
 from finetune_sweep.db.dsn import connection_json_from_dsn
 
 DAG_ID = "finetune_sweep"
@@ -51,8 +51,6 @@ STATIC = ["/finetune/static/finetune_ui.js", "/finetune/static/finetune_ui.css",
 def _serialise_dag_with_runs() -> None:
     """The DAG in the metadata database, plus the run whose `plan` failed (every later task upstream_failed)."""
     import pendulum
-    from sqlalchemy import select
-
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import DagBag, sync_bag_to_db
     from airflow.models.dagrun import DagRun
@@ -60,6 +58,7 @@ def _serialise_dag_with_runs() -> None:
     from airflow.utils.session import create_session
     from airflow.utils.state import DagRunState, TaskInstanceState
     from airflow.utils.types import DagRunTriggeredByType, DagRunType
+    from sqlalchemy import select
 
     from local_airflow import REPO_ROOT
 
@@ -253,7 +252,7 @@ def test_the_run_tab_shows_the_verdict_check_baselines_kept(airflow_app: dict[st
                 "problems": ["the problem the gate named"],
                 "dag_id": "finetune_sweep",
                 "airflow_run_id": "scheduled__y",
-                "checked_at": datetime(2030, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+                "checked_at": datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC),
             },
         )
 

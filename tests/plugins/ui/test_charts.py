@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -59,7 +59,7 @@ def test_without_seed_quantiles_there_is_no_band_and_missing_means_are_gaps() ->
 
 
 def test_history_charts_plot_each_factor_over_the_runs() -> None:
-    as_of = [datetime(2026, 6, d, tzinfo=timezone.utc) for d in (7, 14)]
+    as_of = [datetime(2026, 6, d, tzinfo=UTC) for d in (7, 14)]
     history = [
         {
             "run_id": f"r{i}",

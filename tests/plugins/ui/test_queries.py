@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import psycopg
 import pytest
-from finetune_rows import RUN_ID, seed_complete_run
 
+from finetune_rows import RUN_ID, seed_complete_run
 from finetune_sweep.ui import queries
 
 
