@@ -203,10 +203,13 @@ def same_basis_join(alias: str, baseline_type: str) -> str:
     One definition of "same basis" for every reader of the results (findings, UI); the gate's own
     completeness query checks the same columns.
 
-    :param alias: the baseline table's alias in the query.
-    :param baseline_type: one of ``buy_and_hold``, ``random``, ``naive`` (a constant, never user input).
+    :param alias: the baseline table's alias in the query (an SQL identifier).
+    :param baseline_type: one of :data:`BASELINE_TYPES` (a constant, never user input).
+    :raises ValueError: anything else: both are written into the SQL text, so they are checked
+        whether or not Python runs with ``-O`` (which drops asserts).
     """
-    assert baseline_type in ("buy_and_hold", "random", "naive"), baseline_type
+    if baseline_type not in BASELINE_TYPES or not alias.isidentifier():
+        raise ValueError(f"same_basis_join: {alias!r} / {baseline_type!r} is not an alias and one of {BASELINE_TYPES}")
     return f"""LEFT JOIN finetune_baselines AS {alias}
     ON {alias}.baseline_type = '{baseline_type}' AND {alias}.run_id = m.run_id AND {alias}.factor = m.factor
    AND {alias}.strategy = m.strategy AND {alias}.crypto = m.crypto AND {alias}.fold_id = m.fold_id

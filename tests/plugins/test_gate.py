@@ -271,3 +271,36 @@ def test_a_baseline_missing_on_one_window_but_present_on_the_key_is_off_basis_on
     assert verdict.n_problems == 3
     assert all(problem.endswith("-- found only on a different window (off-basis)") for problem in verdict.problems)
     assert all("window 2026-05-08T00:00Z..2026-05-14T23:00Z (168 bars)" in p for p in verdict.problems)
+
+
+@pytest.mark.parametrize(
+    ("alias", "baseline_type"),
+    [
+        pytest.param("bh", "buy_and_hold'; DROP TABLE finetune_results; --", id="injected-type"),
+        pytest.param("bh ON true; --", "buy_and_hold", id="injected-alias"),
+        pytest.param("bh", "flat", id="unknown-type"),
+    ],
+)
+def test_same_basis_join_refuses_anything_but_an_alias_and_a_known_baseline(alias: str, baseline_type: str) -> None:
+    # Both go into the SQL text: checked even under python -O, where an assert would vanish.
+    with pytest.raises(ValueError, match="same_basis_join"):
+        gate.same_basis_join(alias, baseline_type)
+
+
+def test_same_basis_join_joins_on_the_whole_basis() -> None:
+    sql = gate.same_basis_join("rnd", "random")
+
+    assert "rnd.baseline_type = 'random'" in sql
+    for column in (
+        "run_id",
+        "factor",
+        "strategy",
+        "crypto",
+        "fold_id",
+        "cost_bps",
+        "slippage_bps",
+        "test_start",
+        "test_end",
+        "n_bars",
+    ):
+        assert f"rnd.{column} = m.{column}" in sql
