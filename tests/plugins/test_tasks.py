@@ -407,3 +407,53 @@ def test_findings_task_refuses_a_bad_fdr_q_before_any_write(migrated_db: str) ->
 
     with pytest.raises(AirflowFailException, match=r"invalid sweep: param 'fdr_q': 2 is greater than or equal to"):
         tasks.findings(context)
+
+
+def _entry(factor: str, *arguments: Any) -> dict[str, Any]:
+    return {"factor": factor, "arguments": ["run", *arguments, "--factor", factor]}
+
+
+@pytest.mark.parametrize(
+    ("entries", "expected"),
+    [
+        pytest.param([_entry("base_features", "--run-id", RUN_ID)], RUN_ID, id="one-entry"),
+        pytest.param(
+            [_entry("base_features", "--run-id", RUN_ID), _entry("l2_features", f"--run-id={RUN_ID}")],
+            RUN_ID,
+            id="both-flag-forms-one-id",
+        ),
+        pytest.param([_entry("a", "--run-id", 7), _entry("b", "--run-id", "7")], "7", id="non-string-arguments"),
+    ],
+)
+def test_planned_run_id(entries: list[dict[str, Any]], expected: str) -> None:
+    assert tasks.planned_run_id(entries) == expected
+
+
+@pytest.mark.parametrize(
+    ("entries", "named"),
+    [
+        pytest.param(
+            [_entry("base_features", "--run-id", "run-a"), _entry("l2_features", "--run-id", "run-b")],
+            "['run-a', 'run-b']",
+            id="two-runs",
+        ),
+        pytest.param(
+            [_entry("base_features", "--run-id", "run-a"), _entry("l2_features")],
+            "['None', 'run-a']",
+            id="one-entry-without-run-id",
+        ),
+        pytest.param([_entry("base_features")], "['None']", id="no-run-id"),
+        pytest.param([{"factor": "base_features"}], "['None']", id="no-arguments"),
+        pytest.param(
+            [{"factor": "base_features", "arguments": ["run", "--factor", "base_features", "--run-id"]}],
+            "['None']",
+            id="flag-last-without-value",
+        ),
+        pytest.param([], "[]", id="no-entries"),
+    ],
+)
+def test_planned_run_id_refuses_entries_of_no_single_run(entries: list[dict[str, Any]], named: str) -> None:
+    with pytest.raises(AirflowFailException) as raised:
+        tasks.planned_run_id(entries)
+
+    assert str(raised.value) == f"the plan's entries name no single run id ({named})"

@@ -272,16 +272,18 @@ def run_arguments(*, run_id: str, factor: str, run_args: Mapping[str, Any]) -> l
 
 def argument_value(arguments: Sequence[str], flag: str) -> str | None:
     """The value of ``flag`` in container args (``--run-id R`` or ``--run-id=R``), the inverse of
-    :func:`run_arguments`; None when absent.
+    :func:`run_arguments`; None when absent or without a value (as the pod's argparse reads them:
+    a flag followed by another flag, or ``--run-id=``, gives no value).
 
     :param arguments: the container's args.
     :param flag: e.g. ``--run-id``.
     """
     for index, argument in enumerate(arguments):
-        if argument == flag and index + 1 < len(arguments):
-            return arguments[index + 1]
+        if argument == flag:
+            value = arguments[index + 1] if index + 1 < len(arguments) else ""
+            return None if not value or value.startswith("--") else value
         if argument.startswith(flag + "="):
-            return argument.split("=", 1)[1]
+            return argument.split("=", 1)[1] or None
     return None
 
 

@@ -20,7 +20,8 @@ import pytest
 from kubernetes.client import models as k8s
 
 from finetune_sweep.local.memory import CGROUP_V1_MEMORY_ROOT, CGROUP_V2_ROOT, CgroupUnavailable, create_cgroup
-from finetune_sweep.local.pod_runner import LocalPodError, LocalPodRunner, run_pod_locally
+from finetune_sweep.local.pod_runner import LocalPodError, LocalPodResult, LocalPodRunner, run_pod_locally
+from finetune_sweep.pods.termination import PodTermination
 
 LOG = logging.getLogger("test.local_pod")
 LIMIT = "64Mi"
@@ -505,3 +506,113 @@ def test_the_pods_exit_2_line_reaches_the_task_log(migrated_db: str, lines: _Lin
     assert len(stderr) == 1, stderr
     assert "fold 0 of 24" in stderr[0] and "214584 bars" in stderr[0]
     assert result.log_tail[-1] == stderr[0].removeprefix("[stderr] ")
+
+
+# --------------------------------------------------------------------------- the result as a PodTermination
+
+DEADLINE_MESSAGE = "Pod was active on the node longer than the specified deadline"
+
+
+def _make_result(**overrides: Any) -> LocalPodResult:
+    fields: dict[str, Any] = {
+        "exit_code": 0,
+        "oom_killed": False,
+        "peak_memory_bytes": 20 * 2**20,
+        "memory_limit_bytes": LIMIT_BYTES,
+        "seconds": 3.25,
+        "reason": "Completed",
+        "enforcement": "watchdog",
+    }
+    fields.update(overrides)
+    return LocalPodResult(**fields)
+
+
+@pytest.mark.parametrize(
+    ("result", "expected"),
+    [
+        pytest.param(
+            _make_result(),
+            PodTermination("Completed", 0, False, LIMIT_BYTES, 20 * 2**20, seconds=3.25, detail=None),
+            id="succeeded",
+        ),
+        pytest.param(
+            _make_result(
+                exit_code=137,
+                oom_killed=True,
+                peak_memory_bytes=LIMIT_BYTES + 2**20,
+                reason="OOMKilled",
+                log_tail=("allocating", "still allocating"),
+            ),
+            PodTermination(
+                "OOMKilled", 137, True, LIMIT_BYTES, LIMIT_BYTES + 2**20, seconds=3.25, detail="still allocating"
+            ),
+            id="oom-killed",
+        ),
+        pytest.param(
+            # the pod's status message wins over what it printed last
+            _make_result(
+                exit_code=143,
+                peak_memory_bytes=None,
+                seconds=30.0,
+                reason="DeadlineExceeded",
+                message=DEADLINE_MESSAGE,
+                log_tail=("working on fold 3",),
+            ),
+            PodTermination("DeadlineExceeded", 143, False, LIMIT_BYTES, None, seconds=30.0, detail=DEADLINE_MESSAGE),
+            id="deadline-exceeded",
+        ),
+        pytest.param(
+            _make_result(
+                exit_code=1,
+                memory_limit_bytes=None,
+                reason="Error",
+                events={"run_error": {"event": "run_error", "error": "database unreachable"}},
+                log_tail=("Traceback ...", "psycopg.OperationalError: ..."),
+            ),
+            PodTermination("Error", 1, False, None, 20 * 2**20, seconds=3.25, detail="database unreachable"),
+            id="error-with-its-run-error-event",
+        ),
+        pytest.param(
+            _make_result(exit_code=2, reason="Error", log_tail=("finetune: error: unknown factor 'x'", "usage: ...")),
+            PodTermination(
+                "Error", 2, False, LIMIT_BYTES, 20 * 2**20, seconds=3.25, detail="finetune: error: unknown factor 'x'"
+            ),
+            id="refusal-of-bad-input",
+        ),
+    ],
+)
+def test_termination_maps_the_result(result: LocalPodResult, expected: PodTermination) -> None:
+    assert result.termination() == expected
+
+
+@pytest.mark.parametrize(
+    ("result", "exit_reason", "recorded_reason"),
+    [
+        pytest.param(
+            _make_result(exit_code=137, oom_killed=True, reason="OOMKilled", log_tail=("allocating",)),
+            "OOMKilled",
+            "OOMKilled",
+            id="oom-killed",
+        ),
+        pytest.param(
+            _make_result(exit_code=143, reason="DeadlineExceeded", message=DEADLINE_MESSAGE),
+            "DeadlineExceeded",
+            f"DeadlineExceeded: {DEADLINE_MESSAGE}",
+            id="deadline-exceeded",
+        ),
+        pytest.param(
+            _make_result(exit_code=3, reason="Error", log_tail=("boom",)),
+            "Error: exit 3",
+            "Error: exit 3: boom",
+            id="error",
+        ),
+    ],
+)
+def test_termination_reads_like_a_kubernetes_pod_end(
+    result: LocalPodResult, exit_reason: str, recorded_reason: str
+) -> None:
+    termination = result.termination()
+
+    assert (termination.exit_reason, termination.recorded_reason) == (exit_reason, recorded_reason)
+    # the local backend never reports a cluster disruption, nor the pod's labels
+    assert (termination.disrupted, termination.profile, termination.attempt) == (False, None, None)

@@ -23,9 +23,19 @@ from factor_pods import (
 )
 from fake_kube import FakeCoreV1Api, set_disrupted
 from finetune_sweep.operators.factor_pod import PodDisrupted, PodFailed, PodOOMKilled
-from finetune_sweep.operators.ladder import LADDER_STATE_KEY, attempt_profile, round_start
+from finetune_sweep.operators.ladder import (
+    LADDER_STATE_KEY,
+    LadderState,
+    LadderStep,
+    attempt_profile,
+    ladder_step,
+    round_start,
+)
 from finetune_sweep.pods import spec as pods
+from finetune_sweep.pods.termination import PodTermination
 from finetune_sweep.sizing.profiles import PROFILES
+
+GI = 2**30
 
 
 @pytest.mark.parametrize(
@@ -59,6 +69,192 @@ def test_round_start(max_tries: int | None, expected: int) -> None:
 def test_attempt_profile_unknown_profile_fails() -> None:
     with pytest.raises(AirflowFailException, match="unknown profile 'HUGE'; known profiles: STANDARD"):
         attempt_profile("HUGE", try_number=1, profiles=PROFILES)
+
+
+# --------------------------------------------------------------------------- one step of the ladder
+
+
+def _termination(**overrides: object) -> PodTermination:
+    fields = {
+        "reason": "Error",
+        "exit_code": 1,
+        "oom_killed": False,
+        "memory_limit_bytes": 8 * GI,
+        "peak_memory_bytes": None,
+    }
+    fields.update(overrides)
+    return PodTermination(**fields)
+
+
+def _step(termination: PodTermination, *, profile: str, state: LadderState, retries: int = 2) -> LadderStep:
+    ran_on = PROFILES[profile]
+    return ladder_step(
+        termination,
+        factor="base_features",
+        profile=ran_on,
+        higher={"STANDARD": PROFILES["MEDIUM"], "MEDIUM": PROFILES["HEAVY"]}.get(profile),
+        attempt=3,
+        limit=ran_on.memory_bytes,
+        state=state,
+        disruption_retries=retries,
+    )
+
+
+OOM = {"reason": "OOMKilled", "exit_code": 137, "oom_killed": True}
+PREEMPTED = {
+    "reason": "PreemptionByScheduler",
+    "exit_code": 137,
+    "disrupted": True,
+    "detail": "default-scheduler: preempting",
+}
+
+
+@pytest.mark.parametrize(
+    ("termination", "profile", "state", "retries", "expected"),
+    [
+        pytest.param(
+            _termination(**OOM, peak_memory_bytes=GI * 15 // 2),
+            "STANDARD",
+            LadderState(1, ooms=0, disruptions=1),
+            2,
+            LadderStep(
+                "oom",
+                "factor base_features OOMKilled on profile STANDARD (limit 8.00Gi, peak 7.50Gi); "
+                "retrying on MEDIUM (16.00Gi)",
+                LadderState(1, ooms=1, disruptions=1),
+            ),
+            id="oom-below-the-top",
+        ),
+        pytest.param(
+            _termination(**OOM),
+            "MEDIUM",
+            LadderState(4, ooms=1),
+            2,
+            LadderStep(
+                "oom",
+                "factor base_features OOMKilled on profile MEDIUM (limit 16.00Gi, peak -); retrying on HEAVY (24.00Gi)",
+                LadderState(4, ooms=2),
+            ),
+            id="oom-peak-unknown-keeps-the-round",
+        ),
+        pytest.param(
+            _termination(**OOM, peak_memory_bytes=24 * GI),
+            "HEAVY",
+            LadderState(1, ooms=2),
+            2,
+            LadderStep(
+                "failed",
+                "factor base_features OOMKilled on profile HEAVY (limit 24.00Gi, peak 24.00Gi); already at the "
+                "largest profile HEAVY: raise its memory (FINETUNE_PROFILES) or split the factor",
+            ),
+            id="oom-at-the-top",
+        ),
+        pytest.param(
+            # an OOM kill on a pod the cluster also marked: the OOM decides
+            _termination(**OOM, disrupted=True),
+            "STANDARD",
+            LadderState(1),
+            2,
+            LadderStep(
+                "oom",
+                "factor base_features OOMKilled on profile STANDARD (limit 8.00Gi, peak -); "
+                "retrying on MEDIUM (16.00Gi)",
+                LadderState(1, ooms=1),
+            ),
+            id="oom-wins-over-disruption",
+        ),
+        pytest.param(
+            _termination(**PREEMPTED),
+            "MEDIUM",
+            LadderState(1, ooms=1, disruptions=1),
+            2,
+            LadderStep(
+                "disrupted",
+                "factor base_features: the cluster disrupted its pod on profile MEDIUM: PreemptionByScheduler "
+                "(default-scheduler: preempting); retrying on the same profile (disruption 2 of 2 allowed)",
+                LadderState(1, ooms=1, disruptions=2),
+            ),
+            id="disruption-within-the-budget",
+        ),
+        pytest.param(
+            _termination(**PREEMPTED),
+            "MEDIUM",
+            LadderState(1, ooms=1, disruptions=2),
+            2,
+            LadderStep(
+                "failed",
+                "factor base_features: the cluster disrupted its pod on profile MEDIUM: PreemptionByScheduler "
+                "(default-scheduler: preempting); 2 disruption retries used up (FINETUNE_DISRUPTION_RETRIES)",
+            ),
+            id="disruption-beyond-the-budget",
+        ),
+        pytest.param(
+            _termination(reason="Evicted", exit_code=None, disrupted=True),
+            "STANDARD",
+            LadderState(1),
+            0,
+            LadderStep(
+                "failed",
+                "factor base_features: the cluster disrupted its pod on profile STANDARD: Evicted; "
+                "0 disruption retries used up (FINETUNE_DISRUPTION_RETRIES)",
+            ),
+            id="no-disruption-budget",
+        ),
+        pytest.param(
+            _termination(detail="finetune: error: unknown crypto 'XYZ'"),
+            "STANDARD",
+            LadderState(1),
+            2,
+            LadderStep(
+                "failed",
+                "factor base_features failed on profile STANDARD (attempt 3): Error: exit 1 "
+                "(finetune: error: unknown crypto 'XYZ'); not retried (only an OOM moves a factor up)",
+            ),
+            id="another-failure",
+        ),
+        pytest.param(
+            # SIGKILLed far below its limit: not an OOM, and not retried one profile up
+            _termination(exit_code=137, peak_memory_bytes=GI),
+            "STANDARD",
+            LadderState(1, ooms=0, disruptions=1),
+            2,
+            LadderStep(
+                "failed",
+                "factor base_features failed on profile STANDARD (attempt 3): Error: exit 137; "
+                "not retried (only an OOM moves a factor up)",
+            ),
+            id="sigkill-without-oom",
+        ),
+        pytest.param(
+            _termination(reason="DeadlineExceeded", exit_code=143, detail="Pod was active too long"),
+            "HEAVY",
+            LadderState(1),
+            2,
+            LadderStep(
+                "failed",
+                "factor base_features failed on profile HEAVY (attempt 3): DeadlineExceeded "
+                "(Pod was active too long); not retried (only an OOM moves a factor up)",
+            ),
+            id="deadline-exceeded",
+        ),
+    ],
+)
+def test_ladder_step(
+    termination: PodTermination, profile: str, state: LadderState, retries: int, expected: LadderStep
+) -> None:
+    assert _step(termination, profile=profile, state=state, retries=retries) == expected
+
+
+@pytest.mark.parametrize(
+    ("outcome", "factor_failed"),
+    [
+        pytest.param("oom", True, id="oom-fails-the-factor-for-now"),
+        pytest.param("disrupted", False, id="disruption-leaves-it-to-the-next-try"),
+        pytest.param("failed", True, id="failed"),
+    ],
+)
+def test_ladder_step_factor_failed(outcome: str, factor_failed: bool) -> None:
+    assert LadderStep(outcome, "m").factor_failed is factor_failed  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- the ladder as the operator applies it

@@ -304,3 +304,59 @@ def test_rendered_pod_carries_the_profiles_tolerations_and_the_startup_timeouts(
 
     assert manifest["spec"]["tolerations"] == [{"key": "highmem", "operator": "Exists", "effect": "NoSchedule"}]
     assert (kwargs["schedule_timeout_seconds"], kwargs["startup_timeout_seconds"]) == (900, 180)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        pytest.param(["run", "--run-id", "R", "--factor", "f"], "R", id="separate-value"),
+        pytest.param(["run", "--run-id=R", "--factor", "f"], "R", id="equals-form"),
+        pytest.param(["run", "--run-id=a=b"], "a=b", id="equals-in-the-value"),
+        pytest.param(["run", "--run-id="], None, id="equals-empty-value"),
+        pytest.param(["run", "--factor", "f"], None, id="absent"),
+        pytest.param(["run", "--factor", "f", "--run-id"], None, id="last-item-without-value"),
+        pytest.param(["run", "--run-idx", "R", "--run-id-extra=S"], None, id="longer-flags-are-other-flags"),
+        pytest.param(["run", "--run-id", "A", "--run-id=B"], "A", id="first-wins"),
+        # argparse (the pod's parser) refuses this: the next flag is never the value
+        pytest.param(["run", "--run-id", "--factor", "f"], None, id="next-item-is-a-flag"),
+        pytest.param([], None, id="no-arguments"),
+    ],
+)
+def test_argument_value(arguments: list[str], expected: str | None) -> None:
+    assert pods.argument_value(arguments, "--run-id") == expected
+
+
+def test_argument_value_is_the_inverse_of_run_arguments() -> None:
+    arguments = pods.run_arguments(run_id=RUN_ID, factor="l2_features", run_args={"as_of": AS_OF, "n_folds": 3})
+
+    assert pods.argument_value(arguments, "--run-id") == RUN_ID
+    assert pods.argument_value(arguments, "--factor") == "l2_features"
+    assert pods.argument_value(arguments, "--n-folds") == "3"
+    assert pods.argument_value(arguments, "--cryptos") is None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        pytest.param(
+            {"requests": {"memory": "8Gi", "cpu": 2}, "limits": {"memory": "8Gi"}},
+            k8s.V1ResourceRequirements(requests={"memory": "8Gi", "cpu": "2"}, limits={"memory": "8Gi"}),
+            id="int-cpu-becomes-a-string",
+        ),
+        pytest.param(
+            {"requests": {"cpu": 0.5, "memory": 1024}},
+            k8s.V1ResourceRequirements(requests={"cpu": "0.5", "memory": "1024"}, limits=None),
+            id="no-limits",
+        ),
+        pytest.param({}, k8s.V1ResourceRequirements(requests=None, limits=None), id="empty-dict"),
+        pytest.param(None, None, id="none-passes-through"),
+    ],
+)
+def test_as_resource_requirements(value: object, expected: k8s.V1ResourceRequirements | None) -> None:
+    assert pods.as_resource_requirements(value) == expected
+
+
+def test_as_resource_requirements_passes_a_model_through() -> None:
+    model = k8s.V1ResourceRequirements(requests={"cpu": 2}, limits={"memory": "8Gi"})
+
+    assert pods.as_resource_requirements(model) is model
