@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 
 from finetune_sweep.db.attempts import fetch_history
-from finetune_sweep.db.connect import CONNECT_TIMEOUT_SECONDS, NotMigrated
+from finetune_sweep.db.connect import NotMigrated
 from finetune_sweep.db.dsn import dsn_from_connection, redact
 from finetune_sweep.findings import COMBINE_METHODS, DEFAULT_COMBINE_METHOD, DEFAULT_FDR_Q, run_findings
 from finetune_sweep.pods.render import render_manifest
@@ -105,7 +105,6 @@ def recommend_profiles(args: argparse.Namespace) -> int:
     history window (the one ``register`` uses)."""
     import psycopg
     from airflow.exceptions import AirflowNotFoundException
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     try:
         profiles_json, sizing_json = sizing_overrides()
@@ -127,8 +126,7 @@ def recommend_profiles(args: argparse.Namespace) -> int:
             )
             return 2
     try:
-        if "connect_timeout" not in conninfo_to_dict(dsn):
-            dsn = make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_SECONDS)
+        # db.connect bounds the connection (10 s unless the DSN says otherwise): a down host fails fast
         history = fetch_history(dsn, history_runs=policy.history_runs, history_days=policy.history_days)
     except NotMigrated as err:
         print(f"error: {err}", file=sys.stderr)
