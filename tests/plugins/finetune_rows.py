@@ -52,6 +52,22 @@ def make_model_row(**overrides: Any) -> dict[str, Any]:
     return row
 
 
+def register_sweep(
+    dsn: str, params: dict[str, Any], entries: list[dict[str, Any]], *, run_id: str = RUN_ID, **overrides: Any
+) -> None:
+    """``register_run`` of the finetune_sweep DAG's run ``run_id`` as of :data:`AS_OF` (``overrides``: choices ...)."""
+    register_run(
+        dsn,
+        strategy=STRATEGY,
+        run_id=run_id,
+        dag_id="finetune_sweep",
+        as_of=AS_OF,
+        params=params,
+        entries=entries,
+        **overrides,
+    )
+
+
 def make_baseline_row(baseline_type: str, model: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     row = {
         key: model[key]
@@ -97,15 +113,7 @@ def seed_complete_run(
 ) -> None:
     """Register the plan and write every key it expects (except the skipped ones)."""
     params = validate_params({**PLAN, **plan})
-    register_run(
-        dsn,
-        strategy="ridge_long_flat",
-        run_id=run_id,
-        dag_id="finetune_sweep",
-        as_of=AS_OF,
-        params=params,
-        entries=plan_pods(params, run_id=run_id, as_of=AS_OF),
-    )
+    register_sweep(dsn, params, plan_pods(params, run_id=run_id, as_of=AS_OF), run_id=run_id)
     with psycopg.connect(dsn) as conn:
         for factor in params["factors"]:
             status = (statuses or {}).get(factor, "done")

@@ -8,9 +8,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from finetune_rows import AS_OF, PLAN, RUN_ID, record_attempt, seed_complete_run
+from finetune_rows import AS_OF, PLAN, RUN_ID, record_attempt, register_sweep, seed_complete_run
 from finetune_sweep import findings, report
-from finetune_sweep.db.runs import register_run
 from finetune_sweep.pods import spec as pods
 from finetune_sweep.settings import SizingPolicy
 from finetune_sweep.sizing.profiles import PROFILES
@@ -135,17 +134,7 @@ def test_the_run_sizing_shows_map_chosen_reason_and_this_registrations_attempts(
     ]
 
     def register(airflow_run_id: str) -> None:
-        register_run(
-            migrated_db,
-            strategy="ridge_long_flat",
-            run_id=RUN_ID,
-            dag_id="finetune_sweep",
-            as_of=AS_OF,
-            params=params,
-            entries=entries,
-            choices=choices,
-            airflow_run_id=airflow_run_id,
-        )
+        register_sweep(migrated_db, params, entries, choices=choices, airflow_run_id=airflow_run_id)
 
     def attempt(airflow_run_id: str, factor: str, attempt: int, profile: str, exit_reason: str) -> None:
         record_attempt(

@@ -6,8 +6,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from finetune_rows import AS_OF, RUN_ID, make_params
-from finetune_sweep.db.runs import register_run
+from finetune_rows import AS_OF, RUN_ID, make_params, register_sweep
 from finetune_sweep.sweep.params import validate_params
 from finetune_sweep.sweep.plan import plan_pods
 
@@ -26,15 +25,7 @@ def test_register_run_upserts_run_and_manifest(migrated_db: str) -> None:
     entries = plan_pods(params, run_id=RUN_ID, as_of=AS_OF)
 
     for _ in range(2):  # a retried or cleared register must not duplicate
-        register_run(
-            migrated_db,
-            strategy="ridge_long_flat",
-            run_id=RUN_ID,
-            dag_id="finetune_sweep",
-            as_of=AS_OF,
-            params=params,
-            entries=entries,
-        )
+        register_sweep(migrated_db, params, entries)
 
     runs, factors = _registered(migrated_db)
     assert len(runs) == 1
@@ -51,28 +42,12 @@ def test_register_run_upserts_run_and_manifest(migrated_db: str) -> None:
 def test_register_run_resets_a_previous_attempt(migrated_db: str) -> None:
     params = validate_params(make_params(factors=["base_features"]))
     entries = plan_pods(params, run_id=RUN_ID, as_of=AS_OF)
-    register_run(
-        migrated_db,
-        strategy="ridge_long_flat",
-        run_id=RUN_ID,
-        dag_id="finetune_sweep",
-        as_of=AS_OF,
-        params=params,
-        entries=entries,
-    )
+    register_sweep(migrated_db, params, entries)
     with psycopg.connect(migrated_db) as conn:
         conn.execute(
             "UPDATE finetune_run_factors SET status = 'failed', exit_reason = 'OOMKilled', attempt = 2, profile = 'MEDIUM'"
         )
 
-    register_run(
-        migrated_db,
-        strategy="ridge_long_flat",
-        run_id=RUN_ID,
-        dag_id="finetune_sweep",
-        as_of=AS_OF,
-        params=params,
-        entries=entries,
-    )
+    register_sweep(migrated_db, params, entries)
 
     assert _registered(migrated_db)[1] == [("base_features", "STANDARD", "planned", 8 * 2**30, 1)]
