@@ -4,7 +4,8 @@
 
 Per factor and per ``n_seeds`` (100, 1000), a fresh interpreter does what a pod does: loads the
 synthetic hourly history up to as-of for BTC, ETH and SOL, builds the three feature stores (held
-together, as the runner holds them), then per crypto fine-tunes and evaluates 4 walk-forward
+together, as the runner held them before it built one crypto's store at a time: see
+``bench_scale.py`` for the runner itself), then per crypto fine-tunes and evaluates 4 walk-forward
 folds and computes the baselines for 3 cost levels. It reports its peak RSS
 (``getrusage(RUSAGE_SELF).ru_maxrss``), the peak RSS right after its imports (what every pod pays
 before any work), and the feature bytes held. Goals: ``btc_features`` peak <= 1.3x

@@ -37,14 +37,15 @@ from finetune.runner import (
     EXIT_OK,
     EXIT_USAGE,
     InputError,
+    Plan,
     PodContext,
-    Prepared,
     RunConfig,
     Terminated,
     execute,
     prepare,
     sigterm_raises,
 )
+from finetune.workers import pod_workers
 
 DB_URL_ENV = "FINETUNE_DB_URL"
 
@@ -172,7 +173,8 @@ def _pod_context(environ: Mapping[str, str]) -> PodContext:
         raise InputError(f"FINETUNE_ATTEMPT must be an integer >= 1, got {attempt!r}")
     try:
         database = DatabaseSettings.from_env(environ)
-    except DatabaseSettingsError as exc:
+        workers = pod_workers(environ)
+    except (DatabaseSettingsError, ValueError) as exc:
         raise InputError(str(exc)) from exc
     return PodContext(
         attempt=int(attempt),
@@ -180,6 +182,7 @@ def _pod_context(environ: Mapping[str, str]) -> PodContext:
         environ=environ,
         airflow_run_id=environ.get("FINETUNE_AIRFLOW_RUN_ID", "").strip(),
         database=database,
+        workers=workers,
     )
 
 
@@ -208,17 +211,17 @@ def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
     with sigterm_raises():
         try:
             pod = _pod_context(environ)
-            prepared = prepare(config)
+            plan = prepare(config)
         except InputError as exc:
             return _refuse(str(exc), EXIT_USAGE)
         except Terminated as exc:
             return _refuse(f"stopped before the run started: {exc}", EXIT_FAILED)
-        return _execute(config, prepared, dsn, pod)
+        return _execute(config, plan, dsn, pod)
 
 
-def _execute(config: RunConfig, prepared: Mapping[str, Prepared], dsn: str, pod: PodContext) -> int:
+def _execute(config: RunConfig, plan: Plan, dsn: str, pod: PodContext) -> int:
     try:
-        return execute(config, prepared, dsn=dsn, pod=pod)
+        return execute(config, plan, dsn=dsn, pod=pod)
     except InputError as exc:  # the run's row says it holds other data: nothing was written
         return _refuse(str(exc), EXIT_USAGE)
     except DatabaseRefused as exc:

@@ -134,7 +134,7 @@ class MarketData:
     """OHLCV bars per symbol from ``data_uri`` (None or ``synthetic://...``, ``file:///dir``,
     ``s3://bucket/prefix``, ``gs://bucket/prefix``), made calendar-correct by ``bars``.
 
-    Each symbol is read once and cached; :meth:`ohlcv` returns the bars usable at ``as_of``.
+    Each symbol is read once and cached until :meth:`release`; :meth:`ohlcv` returns the bars usable at ``as_of``.
     """
 
     def __init__(self, data_uri: str | None = None, *, bars: BarOptions | None = None) -> None:
@@ -171,6 +171,13 @@ class MarketData:
                 self._history(symbol, key[1]), as_of=key[1], options=self.bars, where=f"symbol {symbol}"
             )
         return self._calendars[key]
+
+    def release(self, symbol: str) -> None:
+        """Forget ``symbol``'s cached history and bars (read again if asked again): the runner
+        holds one crypto's data at a time, so that memory does not grow with the crypto count."""
+        self._cache.pop(symbol, None)
+        for key in [key for key in self._calendars if key[0] == symbol]:
+            del self._calendars[key]
 
     def ohlcv(self, symbol: str, *, as_of: pd.Timestamp) -> pd.DataFrame:
         """Bars of ``symbol`` usable at ``as_of``: UTC index, float64 OHLCV columns and a bool

@@ -34,6 +34,8 @@ from finetune.data import DataError, MarketData, to_utc
 
 KNOWN_FACTORS = ("base_features", "n_features", "btc_features", "l2_features")
 BTC = "BTC"
+# Rows of the first prefix that :func:`warmup_rows` probes: above the longest look-back (336 bars).
+WARMUP_PROBE_ROWS = 2048
 N_FEATURE_WINDOWS = (2, 3, 4, 6, 8, 12, 16, 24, 36, 48, 72, 96, 120, 168, 240, 336)
 
 Column = tuple[str, Callable[[], np.ndarray]]
@@ -273,6 +275,39 @@ def feature_hash(factor: str, names: tuple[str, ...], features: np.ndarray) -> s
     return digest.hexdigest()
 
 
+def _no_rows_error(factor: str, symbol: str, n_bars: int, as_of: pd.Timestamp) -> DataError:
+    return DataError(
+        f"symbol {symbol}: {n_bars} bars up to as-of {as_of.isoformat()} leave no {factor} rows after the warm-up"
+    )
+
+
+def warmup_rows(factor: str, symbol: str, market: MarketData, *, as_of: pd.Timestamp) -> int:
+    """How many leading bars the ``factor`` features of ``symbol`` leave non-finite: the warm-up
+    that :func:`build_feature_store` drops, found without building the store.
+
+    Every column is a trailing computation (diffs, lags and rolling windows over past bars), so
+    row ``t`` reads rows ``<= t`` only: the warm-up seen on a prefix of the bars is the warm-up of
+    all of them, and a prefix of a few thousand rows (doubled until the warm-up ends inside it)
+    costs a few MiB instead of the whole store. The runner checks every crypto this way before
+    its first write, then builds one store at a time.
+
+    :raises DataError: the bars leave no row after the warm-up.
+    """
+    check_factor(factor)
+    as_of = to_utc(as_of)
+    frame = market.ohlcv(symbol, as_of=as_of)
+    n_rows = WARMUP_PROBE_ROWS
+    while True:
+        prefix = frame.iloc[:n_rows]
+        _, start = fill_matrix(columns_for(factor, symbol, prefix, market, as_of), len(prefix))
+        if start < len(prefix) or len(prefix) == len(frame):
+            break
+        n_rows *= 2
+    if start >= len(frame):
+        raise _no_rows_error(factor, symbol, len(frame), as_of)
+    return start
+
+
 def build_feature_store(factor: str, symbol: str, market: MarketData, *, as_of: pd.Timestamp) -> FeatureStore:
     """The ``factor`` features of ``symbol`` from its bars up to ``as_of``, warm-up dropped."""
     check_factor(factor)
@@ -281,10 +316,7 @@ def build_feature_store(factor: str, symbol: str, market: MarketData, *, as_of: 
     columns = columns_for(factor, symbol, frame, market, as_of)
     features, start = fill_matrix(columns, len(frame))
     if start >= len(frame):
-        raise DataError(
-            f"symbol {symbol}: {len(frame)} bars up to as-of {as_of.isoformat()} leave no {factor} rows "
-            "after the warm-up"
-        )
+        raise _no_rows_error(factor, symbol, len(frame), as_of)
     features = features[start:]
     names = tuple(name for name, _ in columns)
     return FeatureStore(

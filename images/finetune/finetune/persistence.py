@@ -341,6 +341,7 @@ class Store:
         exit_reason: str,
         duration_seconds: float,
         airflow_run_id: str = "",
+        workers: int = 1,
         within_seconds: float | None = None,
     ) -> None:
         """Record the outcome on the manifest and in the per-attempt history, in one transaction.
@@ -363,10 +364,11 @@ class Store:
             conn.execute(
                 """
                 INSERT INTO finetune_pod_attempts (run_id, factor, airflow_run_id, attempt, profile,
-                    memory_limit_bytes, peak_memory_bytes, exit_reason, duration_seconds, finished_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+                    memory_limit_bytes, peak_memory_bytes, exit_reason, duration_seconds, workers, finished_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
                 ON CONFLICT (run_id, factor, airflow_run_id, attempt) DO UPDATE SET
                     profile = EXCLUDED.profile,
+                    workers = EXCLUDED.workers,
                     memory_limit_bytes = EXCLUDED.memory_limit_bytes,
                     peak_memory_bytes = EXCLUDED.peak_memory_bytes,
                     exit_reason = EXCLUDED.exit_reason,
@@ -383,6 +385,7 @@ class Store:
                     peak_memory_bytes,
                     exit_reason,
                     duration_seconds,
+                    workers,
                 ),
             )
 

@@ -2,11 +2,14 @@
 
 Phases, in this order, so that a refused run writes nothing:
 
-1. :func:`prepare` loads the data, builds the feature store and the folds of every crypto. Any
-   problem (unknown factor, missing or malformed data, as-of before the data, too few bars for a
-   fold) raises :class:`InputError` before the database is touched.
-2. :func:`execute` registers the run, marks the factor ``running`` and loops crypto x fold:
-   :func:`evaluate_fold` fine-tunes once per (crypto, fold) and computes, on the fold's test
+1. :func:`prepare` checks every crypto's data and places its folds, without building feature
+   stores (the warm-up is found on a prefix of the bars). Any problem (unknown factor, missing
+   or malformed data, as-of before the data, too few bars for a fold) raises :class:`InputError`
+   before the database is touched.
+2. :func:`execute` registers the run, marks the factor ``running`` and runs crypto after crypto,
+   each one's feature store built and released in turn (memory flat in the crypto count), in up
+   to ``workers`` processes side by side (:mod:`finetune.workers`; only the pod's own process
+   writes). :func:`evaluate_fold` fine-tunes once per (crypto, fold) and computes, on the fold's test
    window, the random seeds and the shift test once for all cost bases (neither's trades depend
    on the cost; each is netted per cost basis), then per cost basis the model's metrics, its
    significance (random percentile, shift-test p-value, exposure, positions) and the three
@@ -26,7 +29,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
@@ -42,11 +45,12 @@ from finetune.connection import DatabaseSettings, DatabaseTimeout, DatabaseUnava
 from finetune.costs import round_trip_cost
 from finetune.data import DataError, MarketData
 from finetune.events import EventLog, print_error
-from finetune.factors import BTC, FeatureStore, build_feature_store, check_factor
+from finetune.factors import BTC, FeatureStore, build_feature_store, check_factor, warmup_rows
 from finetune.folds import Fold, walk_forward_folds
 from finetune.model import BARS_PER_YEAR, STRATEGY, evaluate, fine_tune
 from finetune.persistence import ModelRow, ResultKey, Store, Window, dsn_password, error_line, keys_as_dicts
 from finetune.usage import measure_usage
+from finetune.workers import map_items
 
 VARIANT = "default"
 
@@ -140,6 +144,8 @@ class PodContext:
     started: float = field(default_factory=time.monotonic)
     # Statement/lock timeouts and the retry budget of the pod's connections (FINETUNE_DB_*).
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    # Worker processes the pod may run (finetune.workers.pod_workers): at most one per crypto.
+    workers: int = 1
 
 
 @dataclass
@@ -162,6 +168,11 @@ class Prepared:
 def _feature_symbols(config: RunConfig, crypto: str) -> list[str]:
     """The symbols whose bars ``crypto``'s features read: its own, and BTC's for btc_features."""
     return [crypto] + ([BTC] if config.factor == "btc_features" and crypto != BTC else [])
+
+
+def _shared_symbols(config: RunConfig) -> set[str]:
+    """Symbols whose bars other cryptos' features read: kept for the whole run (one symbol's)."""
+    return {BTC} if config.factor == "btc_features" else set()
 
 
 def _unfilled_gap(market: MarketData, config: RunConfig, crypto: str) -> tuple[str, Gap] | None:
@@ -191,45 +202,123 @@ def _gap_message(crypto: str, symbol: str, gap: Gap, config: RunConfig, cause: s
     )
 
 
-def prepare(config: RunConfig) -> dict[str, Prepared]:
-    """Feature stores and folds of every crypto, or :class:`InputError` naming the problem."""
+@dataclass(frozen=True)
+class CryptoPlan:
+    """One crypto as the checks found it, before its features exist: its folds and their windows."""
+
+    crypto: str
+    folds: tuple[Fold, ...]
+    windows: Mapping[int, Window]  # each fold's test window, by fold_id
+    bars_per_year: float
+
+
+def _check_crypto(config: RunConfig, market: MarketData, crypto: str) -> CryptoPlan:
+    """The crypto's bars (calendar, gaps, staleness), warm-up and folds, or :class:`InputError`.
+
+    Only the bars and a short prefix of the features are computed (:func:`warmup_rows`), so every
+    crypto can be checked before the first write without holding any feature store.
+    """
+    try:
+        bars = market.ohlcv(crypto, as_of=config.as_of)
+        index = bars.index[warmup_rows(config.factor, crypto, market, as_of=config.as_of) :]
+        folds = walk_forward_folds(
+            index,
+            as_of=config.as_of,
+            n_folds=config.n_folds,
+            train_bars=config.train_bars,
+            test_bars=config.test_bars,
+            hold_bars=config.hold_bars,
+        )
+    except ValueError as exc:
+        # DataError, FoldError and pandas' parser errors are all ValueErrors: at this stage
+        # each one means the inputs cannot make a run. Fold messages do not know the symbol.
+        message = error_line(exc)
+        gap = _unfilled_gap(market, config, crypto)
+        if gap is not None:
+            raise InputError(_gap_message(crypto, *gap, config, message)) from exc
+        raise InputError(message if crypto in message else f"symbol {crypto}: {message}") from exc
+    return CryptoPlan(
+        crypto=crypto,
+        folds=tuple(folds),
+        windows={fold.fold_id: test_window(index, fold) for fold in folds},
+        bars_per_year=market.calendar(crypto, as_of=config.as_of).bars_per_year,
+    )
+
+
+class Plan:
+    r"""The checked inputs of one pod: every crypto's folds and windows, and the market that each
+    crypto's features are built from when its turn comes.
+
+    Memory stays flat in the number of cryptos: the checks keep only folds and windows, and
+    :meth:`load` builds one crypto's store, which the caller drops (and :meth:`release`\ s) before
+    the next. A symbol that other cryptos' features read (BTC for btc_features) keeps its bars
+    for the whole run: one symbol's, whatever the crypto count.
+    """
+
+    def __init__(self, config: RunConfig, market: MarketData, cryptos: Mapping[str, CryptoPlan]) -> None:
+        self.config = config
+        self.market = market
+        self.cryptos = dict(cryptos)
+        self.shared = _shared_symbols(config)
+
+    def planned_windows(self) -> dict[ResultKey, Window]:
+        """Every key of the pod's grid with the window its rows must sit on."""
+        return {
+            ResultKey(crypto, fold.fold_id, cost, slip): plan.windows[fold.fold_id]
+            for crypto, plan in self.cryptos.items()
+            for fold in plan.folds
+            for cost, slip in self.config.cost_bases
+        }
+
+    def load(self, crypto: str) -> Prepared:
+        """``crypto``'s feature store, folds and filled bars.
+
+        :raises RuntimeError: the store's folds are not the checked ones (a factor whose warm-up
+            on the whole history differs from the one its prefix showed: not a trailing one).
+        """
+        config, plan = self.config, self.cryptos[crypto]
+        store = build_feature_store(config.factor, crypto, self.market, as_of=config.as_of)
+        windows = {fold.fold_id: test_window(store.index, fold) for fold in plan.folds}
+        if windows != dict(plan.windows):
+            raise RuntimeError(
+                f"factor {config.factor} on {crypto}: the feature rows differ from the ones checked before the run "
+                "(a feature that is not a trailing computation of past bars?)"
+            )
+        # A bar counts as filled when any bar its features read was: BTC's too for btc_features.
+        filled = np.zeros(len(store.index), dtype=bool)
+        for symbol in _feature_symbols(config, crypto):
+            bars = self.market.ohlcv(symbol, as_of=config.as_of)
+            filled |= bars["filled"].reindex(store.index, fill_value=False).to_numpy(dtype=bool)
+        return Prepared(store=store, folds=list(plan.folds), filled=filled, bars_per_year=plan.bars_per_year)
+
+    def release(self, crypto: str) -> None:
+        """Drop ``crypto``'s bars from the market's cache (kept when other cryptos read them)."""
+        if crypto not in self.shared:
+            self.market.release(crypto)
+
+    def prepared(self) -> Iterator[tuple[str, Prepared]]:
+        """Each crypto's :class:`Prepared`, one at a time; each is released when the next is asked."""
+        for crypto in self.cryptos:
+            yield crypto, self.load(crypto)
+            self.release(crypto)
+
+
+def prepare(config: RunConfig) -> Plan:
+    """Every crypto's data checked and its folds placed, or :class:`InputError` naming the problem.
+
+    Nothing is written and no feature store is held: :meth:`Plan.load` builds them one by one.
+    """
     try:
         check_factor(config.factor)
         market = MarketData(config.data_uri, bars=config.bars)
     except ValueError as exc:
         raise InputError(error_line(exc)) from exc
-    prepared = {}
+    cryptos = {}
     for crypto in config.cryptos:
-        try:
-            store = build_feature_store(config.factor, crypto, market, as_of=config.as_of)
-            folds = walk_forward_folds(
-                store.index,
-                as_of=config.as_of,
-                n_folds=config.n_folds,
-                train_bars=config.train_bars,
-                test_bars=config.test_bars,
-                hold_bars=config.hold_bars,
-            )
-        except ValueError as exc:
-            # DataError, FoldError and pandas' parser errors are all ValueErrors: at this stage
-            # each one means the inputs cannot make a run. Fold messages do not know the symbol.
-            message = error_line(exc)
-            gap = _unfilled_gap(market, config, crypto)
-            if gap is not None:
-                raise InputError(_gap_message(crypto, *gap, config, message)) from exc
-            raise InputError(message if crypto in message else f"symbol {crypto}: {message}") from exc
-        # A bar counts as filled when any bar its features read was: BTC's too for btc_features.
-        filled = np.zeros(len(store.index), dtype=bool)
-        for symbol in _feature_symbols(config, crypto):
-            bars = market.ohlcv(symbol, as_of=config.as_of)
-            filled |= bars["filled"].reindex(store.index, fill_value=False).to_numpy(dtype=bool)
-        prepared[crypto] = Prepared(
-            store=store,
-            folds=folds,
-            filled=filled,
-            bars_per_year=market.calendar(crypto, as_of=config.as_of).bars_per_year,
-        )
-    return prepared
+        cryptos[crypto] = _check_crypto(config, market, crypto)
+        if crypto not in _shared_symbols(config):
+            market.release(crypto)
+    return Plan(config, market, cryptos)
 
 
 def _refuse_other_data(config: RunConfig, registered: Mapping[str, Any]) -> None:
@@ -250,24 +339,13 @@ def _refuse_other_data(config: RunConfig, registered: Mapping[str, Any]) -> None
     )
 
 
-def test_window(store: FeatureStore, fold: Fold) -> Window:
-    """The fold's test window: first and last test bar (inclusive) and the bar count."""
-    index = store.index
+def test_window(index: pd.DatetimeIndex, fold: Fold) -> Window:
+    """The fold's test window on the feature ``index``: first and last test bar (inclusive), bar count."""
     return Window(
         test_start=index[fold.test_start].to_pydatetime(),
         test_end=index[fold.test_end - 1].to_pydatetime(),
         n_bars=fold.test_end - fold.test_start,
     )
-
-
-def planned_windows(config: RunConfig, prepared: Mapping[str, Prepared]) -> dict[ResultKey, Window]:
-    """Every key of the pod's grid with the window its rows must sit on."""
-    return {
-        ResultKey(crypto, fold.fold_id, cost, slip): test_window(item.store, fold)
-        for crypto, item in prepared.items()
-        for fold in item.folds
-        for cost, slip in config.cost_bases
-    }
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -324,28 +402,38 @@ def evaluate_fold(
     return results
 
 
+def evaluate_crypto(plan: Plan, crypto: str) -> Iterator[tuple[str, Fold, list[KeyResult]]]:
+    """Build ``crypto``'s store, then (crypto, fold, key results) for each of its folds.
+
+    The store lives only while this generator runs (in the pod's process or a worker's), and the
+    crypto's bars are released when it ends, so one crypto's data is held at a time.
+    """
+    config = plan.config
+    try:
+        item = plan.load(crypto)
+        for fold in item.folds:
+            results = evaluate_fold(
+                crypto, item, fold, cost_bases=config.cost_bases, n_seeds=config.n_seeds, hold_bars=config.hold_bars
+            )
+            yield crypto, fold, results
+    finally:
+        plan.release(crypto)
+
+
 class _Run:
     """The state of one execution: the store, the events, the planned windows."""
 
-    def __init__(self, config: RunConfig, prepared: Mapping[str, Prepared], store: Store, events: EventLog) -> None:
+    def __init__(self, config: RunConfig, plan: Plan, store: Store, events: EventLog, *, workers: int) -> None:
         self.config = config
-        self.prepared = prepared
+        self.plan = plan
         self.store = store
         self.events = events
-        self.planned = planned_windows(config, prepared)
+        self.workers = workers
+        self.planned = plan.planned_windows()
 
-    def run_fold(self, crypto: str, fold: Fold) -> list[ResultKey]:
-        """Evaluate the fold, then persist every cost basis; returns the keys that failed to persist."""
-        item = self.prepared[crypto]
-        window = test_window(item.store, fold)
-        results = evaluate_fold(
-            crypto,
-            item,
-            fold,
-            cost_bases=self.config.cost_bases,
-            n_seeds=self.config.n_seeds,
-            hold_bars=self.config.hold_bars,
-        )
+    def persist_fold(self, crypto: str, fold: Fold, results: list[KeyResult]) -> list[ResultKey]:
+        """Persist every cost basis of the fold; returns the keys that failed to persist."""
+        window = self.plan.cryptos[crypto].windows[fold.fold_id]
         failed = []
         for result in results:
             try:
@@ -366,18 +454,25 @@ class _Run:
         return failed
 
     def loop(self) -> None:
-        pairs = [(crypto, fold) for crypto, item in self.prepared.items() for fold in item.folds]
-        for i, (crypto, fold) in enumerate(pairs, start=1):
-            failed = self.run_fold(crypto, fold)
-            self.events.emit(
-                "fold_done",
-                i=i,
-                n=len(pairs),
-                crypto=crypto,
-                fold_id=fold.fold_id,
-                keys=len(self.config.cost_bases),
-                failed=len(failed),
-            )
+        n_folds = {crypto: len(plan.folds) for crypto, plan in self.plan.cryptos.items()}
+        progress = Progress(n_pairs=sum(n_folds.values()), n_cryptos=len(n_folds))
+        evaluated = map_items(partial(evaluate_crypto, self.plan), list(self.plan.cryptos), workers=self.workers)
+        with closing(evaluated):
+            for crypto, fold, results in evaluated:
+                failed = self.persist_fold(crypto, fold, results)
+                last_of_crypto = fold.fold_id == n_folds[crypto] - 1
+                i = progress.fold_done(last_of_crypto=last_of_crypto)
+                self.events.emit(
+                    "fold_done",
+                    i=i,
+                    n=progress.n_pairs,
+                    crypto=crypto,
+                    fold_id=fold.fold_id,
+                    keys=len(self.config.cost_bases),
+                    failed=len(failed),
+                )
+                if last_of_crypto:  # from the first crypto on, the pace so far tells the time left
+                    self.events.emit("progress", **progress.report())
 
     def missing_keys(self) -> list[ResultKey]:
         return self.store.incomplete_keys(
@@ -385,9 +480,39 @@ class _Run:
         )
 
 
+class Progress:
+    """Folds and cryptos done, and the time left at the pace so far (estimated once a crypto is done)."""
+
+    def __init__(self, *, n_pairs: int, n_cryptos: int) -> None:
+        self.n_pairs = n_pairs
+        self.n_cryptos = n_cryptos
+        self.pairs_done = 0
+        self.cryptos_done = 0
+        self.started = time.monotonic()
+
+    def fold_done(self, *, last_of_crypto: bool) -> int:
+        """Count one (crypto, fold); returns how many are done."""
+        self.pairs_done += 1
+        self.cryptos_done += last_of_crypto
+        return self.pairs_done
+
+    def report(self) -> dict[str, Any]:
+        """The ``progress`` event's fields: what is done, the time so far and the estimated rest."""
+        elapsed = time.monotonic() - self.started
+        rest = elapsed / self.pairs_done * (self.n_pairs - self.pairs_done)
+        return {
+            "cryptos_done": self.cryptos_done,
+            "n_cryptos": self.n_cryptos,
+            "folds_done": self.pairs_done,
+            "n_folds": self.n_pairs,
+            "elapsed_seconds": round(elapsed, 1),
+            "eta_seconds": round(rest, 1),
+        }
+
+
 def execute(
     config: RunConfig,
-    prepared: Mapping[str, Prepared],
+    plan: Plan,
     *,
     dsn: str,
     pod: PodContext,
@@ -409,7 +534,8 @@ def execute(
         dsn, run_id=config.run_id, factor=config.factor, settings=pod.database, on_retry=_retry_reporter(events, dsn)
     )
     with store:
-        run = _Run(config, prepared, store, events)
+        workers = min(pod.workers, len(plan.cryptos))
+        run = _Run(config, plan, store, events, workers=workers)
         registered = store.register_run(
             strategy=STRATEGY, as_of=config.as_of.to_pydatetime(), params=config.params(), dag_id=None
         )
@@ -425,6 +551,7 @@ def execute(
                 attempt=pod.attempt,
                 profile=pod.profile,
                 memory_limit_bytes=limit,
+                workers=workers,
             )
             run.loop()
             missing = run.missing_keys()
@@ -435,13 +562,19 @@ def execute(
             unpersisted = sorted(set(run.planned) - store.persisted_keys)
             _report_incomplete(events, unpersisted, n_keys=len(run.planned), checked_by="run")
             return _finish(
-                store, events, pod, status="failed", exit_reason=exit_reason, terminated=isinstance(exc, Terminated)
+                store,
+                events,
+                pod,
+                status="failed",
+                exit_reason=exit_reason,
+                workers=workers,
+                terminated=isinstance(exc, Terminated),
             )
         if missing:
             _report_incomplete(events, missing, n_keys=len(run.planned), checked_by="database")
             exit_reason = f"baselines_incomplete: {len(missing)} of {len(run.planned)} keys missing"
-            return _finish(store, events, pod, status="failed", exit_reason=exit_reason)
-        return _finish(store, events, pod, status="done", exit_reason="completed")
+            return _finish(store, events, pod, status="failed", exit_reason=exit_reason, workers=workers)
+        return _finish(store, events, pod, status="done", exit_reason="completed", workers=workers)
 
 
 def failure_reason(exc: BaseException, dsn: str) -> str:
@@ -484,6 +617,7 @@ def _finish(
     *,
     status: str,
     exit_reason: str,
+    workers: int,
     terminated: bool = False,
 ) -> int:
     """Report usage, record the outcome, emit ``run_finished``; returns the exit code.
@@ -493,13 +627,14 @@ def _finish(
     record cannot be written, the pod still exits non-zero and the gate decides.
     """
     seconds = time.monotonic() - pod.started
-    usage = measure_usage(pod.environ)
+    usage = measure_usage(pod.environ, workers=workers)
     events.emit(
         "pod_usage",
         peak_memory_bytes=usage.peak_memory_bytes,
         memory_limit_bytes=usage.memory_limit_bytes,
         seconds=round(seconds, 3),
         source=usage.source,
+        workers=workers,
     )
     exit_code = EXIT_OK if status == "done" else EXIT_FAILED
     record = partial(
@@ -512,6 +647,7 @@ def _finish(
         peak_memory_bytes=usage.peak_memory_bytes,
         exit_reason=exit_reason,
         duration_seconds=seconds,
+        workers=workers,
     )
     record_error = None
     try:

@@ -20,6 +20,9 @@ from :data:`SYNTHETIC_START` to :data:`SYNTHETIC_END` (and on, block after block
 length, as far as a later as-of needs), the same bytes on every machine and at any time: each symbol's generator is seeded by ``zlib.crc32`` of its name (``hash()`` is salted per
 process), or by ``(seed, crc32(name))`` when the URI carries ``?seed=N``, which gives
 independent markets of the same kind for simulations (``synthetic://random-walk?seed=7``).
+``?symbols=N`` sizes the market: the first N of the eight named symbols, or all eight followed
+by ``SYN009`` ... ``SYN<N>`` (each with its own seeded price, vol and correlation) for sweeps over
+many cryptos (``synthetic://?symbols=50``); the named symbols' bars are the same at any N.
 The whole history is generated once and cut at ``as_of`` by the caller, so a bar never changes
 with the as-of that reads it.
 """
@@ -70,10 +73,15 @@ _PARAMS = {
     "DOGE": (0.0047, 0.0140, 0.50),
     "AVAX": (3.30, 0.0130, 0.60),
 }
+# ?symbols=N (up to MAX_SYMBOLS) adds symbols SYN009, SYN010, ... after the eight named ones, for
+# sweeps over many cryptos; each one's price, vol and correlation come from its own name's seed.
+MAX_SYMBOLS = 500
+EXTRA_SYMBOL_PREFIX = "SYN"
 _GARCH_ALPHA = 0.06
 _GARCH_BETA = 0.92
 _ALLOWED = (
-    "synthetic:// (planted lead-lag), synthetic://random-walk (no edge), optionally with ?seed=N (an integer >= 0)"
+    "synthetic:// (planted lead-lag), synthetic://random-walk (no edge), optionally with ?seed=N (an integer >= 0) "
+    f"and ?symbols=N (1 to {MAX_SYMBOLS}: the eight named symbols, then {EXTRA_SYMBOL_PREFIX}009, ...)"
 )
 
 
@@ -87,6 +95,13 @@ class SyntheticSpec:
 
     kind: str = LEAD_LAG
     seed: int | None = None
+    n_symbols: int = len(SYNTHETIC_SYMBOLS)
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        """The market's symbols: the first ``n_symbols`` of the named ones, then SYN009, ..."""
+        extra = (f"{EXTRA_SYMBOL_PREFIX}{i:03d}" for i in range(len(SYNTHETIC_SYMBOLS) + 1, self.n_symbols + 1))
+        return SYNTHETIC_SYMBOLS[: self.n_symbols] + tuple(extra)
 
 
 def is_synthetic_uri(data_uri: str) -> bool:
@@ -107,11 +122,36 @@ def parse_synthetic_uri(data_uri: str) -> SyntheticSpec:
         query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         query = {"": []}
-    unknown = sorted(set(query) - {"seed"})
-    seeds = query.get("seed", [])
-    if unknown or len(seeds) > 1 or (seeds and not (seeds[0].isascii() and seeds[0].isdigit())):
+    unknown = sorted(set(query) - {"seed", "symbols"})
+    seeds, counts = query.get("seed", []), query.get("symbols", [])
+    if unknown or any(
+        len(values) > 1 or not (values[0].isascii() and values[0].isdigit()) for values in query.values()
+    ):
         raise ValueError(f"unsupported synthetic data URI {data_uri!r}: use {_ALLOWED}")
-    return SyntheticSpec(kind=kind, seed=int(seeds[0]) if seeds else None)
+    n_symbols = int(counts[0]) if counts else len(SYNTHETIC_SYMBOLS)
+    if not 1 <= n_symbols <= MAX_SYMBOLS:
+        raise ValueError(f"unsupported synthetic data URI {data_uri!r}: use {_ALLOWED}")
+    return SyntheticSpec(kind=kind, seed=int(seeds[0]) if seeds else None, n_symbols=n_symbols)
+
+
+def symbol_params(symbol: str) -> tuple[float, float, float]:
+    """(first price, long-run hourly vol, correlation with BTC's shocks) of a synthetic symbol.
+
+    The named ones have fixed values; an extra one (SYN009, ...) draws them from its name's seed,
+    in the named ones' ranges, so the same symbol is the same market in every URI that has it.
+    """
+    if symbol in _PARAMS:
+        return _PARAMS[symbol]
+    rng = np.random.default_rng([symbol_seed(symbol), 1])
+    return (float(10 ** rng.uniform(-2.0, 3.0)), float(rng.uniform(0.009, 0.014)), float(rng.uniform(0.5, 0.8)))
+
+
+def describe(spec: SyntheticSpec) -> str:
+    """The market's symbols as an error message lists them (a range past the named ones)."""
+    symbols = spec.symbols
+    if len(symbols) <= len(SYNTHETIC_SYMBOLS):
+        return ", ".join(symbols)
+    return f"{', '.join(SYNTHETIC_SYMBOLS)}, {symbols[len(SYNTHETIC_SYMBOLS)]} to {symbols[-1]}"
 
 
 def symbol_seed(symbol: str) -> int:
@@ -152,7 +192,7 @@ def _log_returns(
     symbol: str, rng: np.random.Generator, n: int, spec: SyntheticSpec, block: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
     """(bar log returns, conditional vol) of ``symbol`` in the market of ``spec``, one block."""
-    _, hourly_vol, rho = _PARAMS[symbol]
+    _, hourly_vol, rho = symbol_params(symbol)
     shocks = rng.standard_normal(n)
     if symbol == LEADER:
         return garch_returns(shocks, hourly_vol)
@@ -179,12 +219,10 @@ def synthetic_ohlcv(
         this time (default: the first block alone). A block never changes once generated: the
         first is the same at any ``until``, and block k is drawn from its own generator.
     """
-    if symbol not in _PARAMS:
-        raise SyntheticDataError(
-            f"no synthetic data for symbol {symbol}: the synthetic market has {', '.join(SYNTHETIC_SYMBOLS)}"
-        )
     spec = spec or SyntheticSpec()
-    blocks = [_block(symbol, spec, 0, first_price=_PARAMS[symbol][0])]
+    if symbol not in spec.symbols:
+        raise SyntheticDataError(f"no synthetic data for symbol {symbol}: the synthetic market has {describe(spec)}")
+    blocks = [_block(symbol, spec, 0, first_price=symbol_params(symbol)[0])]
     while until is not None and blocks[-1].index[-1] < until:
         # the price goes on from the previous block's last close (the GARCH state restarts)
         blocks.append(_block(symbol, spec, len(blocks), first_price=float(blocks[-1]["close"].iloc[-1])))
@@ -206,5 +244,5 @@ def _block(symbol: str, spec: SyntheticSpec, block: int, *, first_price: float) 
     high = np.maximum(open_, close) * np.exp(np.abs(rng.standard_normal(n)) * vols * 0.6)
     low = np.minimum(open_, close) * np.exp(-np.abs(rng.standard_normal(n)) * vols * 0.6)
     # Volume rises with the size of the move (the volume-volatility relation).
-    volume = 1e6 / _PARAMS[symbol][0] * np.exp(rng.normal(0.0, 0.4, n) + 40.0 * np.abs(returns))
+    volume = 1e6 / symbol_params(symbol)[0] * np.exp(rng.normal(0.0, 0.4, n) + 40.0 * np.abs(returns))
     return pd.DataFrame({"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=index)

@@ -5,7 +5,8 @@ The kernel's own figure is preferred: the memory cgroup's peak (cgroup v1
 page cache it charged, which is what the OOM killer compares with the limit. It is trusted only
 for a group with a finite limit: a group without one is the host's or a login session's, whose
 peak counts processes that are not ours. Otherwise ``getrusage`` gives the peak resident set of
-this process plus that of its largest waited-for child.
+this process plus that of its largest waited-for child (times the worker processes that ran side
+by side: :mod:`finetune.workers`).
 """
 
 from __future__ import annotations
@@ -75,11 +76,14 @@ def _read_bytes(path: Path) -> int | None:
     return value if 0 < value < UNLIMITED_THRESHOLD else None
 
 
-def rusage_peak_bytes() -> int:
-    """Peak resident set of this process plus its largest child (Linux reports KiB)."""
+def rusage_peak_bytes(workers: int = 1) -> int:
+    """Peak resident set of this process plus ``workers`` times its largest waited-for child
+    (Linux reports KiB): worker processes run side by side, and the kernel keeps only the largest
+    child's peak, so their sum is bounded from above (pages they share with the parent counted
+    in each)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return (own + children) * 1024
+    return (own + max(workers, 1) * children) * 1024
 
 
 def measure_usage(
@@ -87,6 +91,7 @@ def measure_usage(
     *,
     proc_self_cgroup: Path = PROC_SELF_CGROUP,
     cgroup_root: Path = CGROUP_ROOT,
+    workers: int = 1,
 ) -> Usage:
     """The pod's peak and limit now (call at the end of the run for the run's peak).
 
@@ -101,7 +106,7 @@ def measure_usage(
     cgroup_peak = _read_bytes(files.peak) if files and cgroup_limit is not None else None
     if cgroup_peak is not None:
         return Usage(peak_memory_bytes=cgroup_peak, memory_limit_bytes=limit, source="cgroup")
-    return Usage(peak_memory_bytes=rusage_peak_bytes(), memory_limit_bytes=limit, source="rusage")
+    return Usage(peak_memory_bytes=rusage_peak_bytes(workers), memory_limit_bytes=limit, source="rusage")
 
 
 def memory_limit_bytes(environ: Mapping[str, str] | None = None) -> int | None:

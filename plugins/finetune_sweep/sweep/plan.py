@@ -22,6 +22,7 @@ from finetune_sweep.sizing.profiles import (
     SizingError,
     load_profiles,
     load_sizing,
+    pod_workers,
     profile_for,
     profiles_from_json,
 )
@@ -77,20 +78,20 @@ def check_fits_synthetic_market(valid: Mapping[str, Any], *, as_of: str, data_ur
         from finetune import synthetic
     except ImportError:
         return
+    spec = synthetic.SyntheticSpec()
     if data_uri is not None:
         if not synthetic.is_synthetic_uri(data_uri):
             return
         try:
-            synthetic.parse_synthetic_uri(data_uri)
+            spec = synthetic.parse_synthetic_uri(data_uri)
         except ValueError as err:
             raise PlanError(f"FINETUNE_DATA_URI: {err}") from None
     # the synthetic market extends block by block to any as-of: only its start bounds the folds
     start = synthetic.SYNTHETIC_START.to_pydatetime()
-    symbols = synthetic.SYNTHETIC_SYMBOLS
-    unknown = [crypto for crypto in valid["cryptos"] if crypto not in symbols]
+    unknown = [crypto for crypto in valid["cryptos"] if crypto not in spec.symbols]
     if unknown:
         raise PlanError(
-            f"param 'cryptos': {', '.join(unknown)} not in the synthetic market; allowed: {', '.join(symbols)}"
+            f"param 'cryptos': {', '.join(unknown)} not in the synthetic market; allowed: {synthetic.describe(spec)}"
         )
     cutoff = datetime.fromisoformat(as_of.replace("Z", "+00:00"))
     # hourly bars from the first one up to as-of (an upper bound: a bar is used once it closed)
@@ -154,17 +155,20 @@ def plan_pods(
         startup_seconds=settings.pod_deadline_startup_seconds,
         fixed=settings.pod_deadline_seconds,
     )
-    return [
-        factor_pod_kwargs(
+    entries = []
+    for factor in valid["factors"]:
+        profile = profile_for(factor, sizing=sizing_map, profiles=profiles)
+        entry = factor_pod_kwargs(
             factor=factor,
-            profile=profile_for(factor, sizing=sizing_map, profiles=profiles),
+            profile=profile,
             run_id=run_id,
             run_args=run_args,
             profiles=profiles,
             active_deadline_seconds=deadline,
+            workers=pod_workers(profile, len(valid["cryptos"])),
         )
-        for factor in valid["factors"]
-    ]
+        entries.append(entry)
+    return entries
 
 
 def _entry_profiles(entries: Sequence[Mapping[str, Any]], *, profiles_json: str | None) -> dict[str, PodProfile]:
@@ -196,7 +200,9 @@ def choose_profiles(
         history = fetch_history(
             dsn, history_runs=policy.history_runs, history_days=policy.history_days, factors=list(map_profiles)
         )
-    choices = choose_start_profiles(map_profiles, history, profiles=profiles, mode=policy.mode)
+    # the worker count is the map profile's, whatever profile the history starts a factor on
+    workers = {entry["factor"]: entry["workers"] for entry in entries if entry.get("workers")}
+    choices = choose_start_profiles(map_profiles, history, profiles=profiles, mode=policy.mode, workers=workers)
     resized = [
         with_profile(entry, profile=profiles[choices[entry["factor"]].profile])
         if choices[entry["factor"]].profile != entry["profile"]

@@ -18,6 +18,7 @@ from finetune.factors import (
     lag,
     rolling,
     safe_ratio,
+    warmup_rows,
 )
 
 AS_OF = pd.Timestamp("2021-03-01T00:00:00Z")  # two months of synthetic bars keep the tests fast
@@ -78,6 +79,30 @@ def test_warm_up_rows_are_dropped_exactly(market):
     # needs 169 bars): the first row with every column is bar 335.
     store = build_feature_store("base_features", "ETH", market, as_of=AS_OF)
     assert store.index[0] == market.ohlcv("ETH", as_of=AS_OF).index[335]
+
+
+@pytest.mark.parametrize(
+    ("factor", "symbol"),
+    [(factor, "ETH") for factor in KNOWN_FACTORS] + [("btc_features", "BTC")],
+)
+def test_the_warm_up_found_on_a_prefix_is_the_one_the_store_drops(market, factor, symbol):
+    store = build_feature_store(factor, symbol, market, as_of=AS_OF)
+    bars = market.ohlcv(symbol, as_of=AS_OF)
+    assert bars.index[warmup_rows(factor, symbol, market, as_of=AS_OF)] == store.index[0]
+
+
+def test_the_warm_up_of_a_late_starting_btc_is_found_past_the_first_probe(tmp_path):
+    # BTC's bars begin 3000 hours after the alt's: btc_features have no row before BTC's 169th
+    # bar, beyond the first prefix probed, so the probe has to look further.
+    alt = _hourly(np.linspace(10.0, 12.0, 4000))
+    btc = _hourly(np.linspace(100.0, 200.0, 1000), start="2024-05-05T08:00:00")
+    for symbol, frame in (("BTC", btc), ("ALT", alt)):
+        frame.rename_axis("timestamp").reset_index().to_csv(tmp_path / f"{symbol}.csv", index=False)
+    market = MarketData(tmp_path.as_uri())
+    as_of = _closed(4000)
+    store = build_feature_store("btc_features", "ALT", market, as_of=as_of)
+    start = warmup_rows("btc_features", "ALT", market, as_of=as_of)
+    assert start > 3000 and market.ohlcv("ALT", as_of=as_of).index[start] == store.index[0]
 
 
 def test_base_features_values(market):
@@ -190,6 +215,8 @@ def test_too_short_a_history_is_a_data_error(tmp_path):
     _hourly(np.linspace(1.0, 2.0, 100)).reset_index().to_csv(tmp_path / "BTC.csv", index=False)
     with pytest.raises(DataError, match="symbol BTC: 100 bars .* leave no base_features rows"):
         build_feature_store("base_features", "BTC", MarketData(tmp_path.as_uri()), as_of=_closed(100))
+    with pytest.raises(DataError, match="symbol BTC: 100 bars .* leave no base_features rows"):
+        warmup_rows("base_features", "BTC", MarketData(tmp_path.as_uri()), as_of=_closed(100))
 
 
 def test_flat_prices_give_zero_not_nan(tmp_path):

@@ -75,8 +75,8 @@ def test_target_stops_at_a_version(empty_db: str) -> None:
 
 
 def test_unknown_target_is_refused(empty_db: str) -> None:
-    with pytest.raises(MigrationError, match="unknown target version 'V009'"):
-        apply_migrations(empty_db, REPO_SQL, target="V009")
+    with pytest.raises(MigrationError, match="unknown target version 'V099'"):
+        apply_migrations(empty_db, REPO_SQL, target="V099")
     assert _tables(empty_db) == set()
 
 

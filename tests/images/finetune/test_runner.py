@@ -611,3 +611,100 @@ def test_sigterm_while_riding_out_an_outage_stops_within_the_termination_bound(
         "run_finished",
     ]
     assert events[-4]["missing"] == [key for key in _planned_keys() if key not in _stored_keys(migrated_db)]
+
+
+def _stored_rows(dsn: str, table: str, run_id: str) -> list[str]:
+    """Every row of the run in ``table`` as JSON, without what differs between two runs of it."""
+    rows = _query(
+        dsn,
+        f"SELECT (to_jsonb(t) - 'id' - 'run_id' - 'created_at' - 'updated_at')::text FROM {table} t "
+        f"WHERE run_id = '{run_id}' ORDER BY 1",
+    )
+    return [text for (text,) in rows]
+
+
+def test_two_workers_store_the_same_rows_as_one(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cryptos = "BTC,ETH,SOL,BNB"
+    for run_id, workers in (("one-worker", "1"), ("two-workers", "2")):
+        code = main(
+            _make_argv(**{"--run-id": run_id, "--cryptos": cryptos}),
+            environ={"FINETUNE_DB_URL": migrated_db, "FINETUNE_POD_WORKERS": workers},
+        )
+        events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert code == 0, events[-3:]
+        assert events[0]["workers"] == int(workers) and events[-2]["workers"] == int(workers)
+
+    for table in ("finetune_results", "finetune_baselines"):
+        sequential = _stored_rows(migrated_db, table, "one-worker")
+        assert len(sequential) == 4 * N_FOLDS * len(COSTS) * len(SLIPPAGES) * (1 if table == "finetune_results" else 3)
+        assert _stored_rows(migrated_db, table, "two-workers") == sequential  # same floats, bit for bit
+
+
+def test_progress_reports_the_time_left_after_each_crypto(completed_run: tuple[str, list[dict]]) -> None:
+    _, events = completed_run
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["cryptos_done"] for e in progress] == list(range(1, len(CRYPTOS) + 1))
+    assert [e["folds_done"] for e in progress] == [N_FOLDS * k for k in range(1, len(CRYPTOS) + 1)]
+    assert progress[0]["eta_seconds"] >= 0 and progress[-1]["eta_seconds"] == 0
+
+
+@pytest.mark.parametrize("workers", ["0", "two", "-1"])
+def test_a_bad_worker_count_is_refused_before_any_write(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], workers: str
+) -> None:
+    code = main(_make_argv(), environ={"FINETUNE_DB_URL": migrated_db, "FINETUNE_POD_WORKERS": workers})
+
+    assert code == 2
+    assert capsys.readouterr().err.strip().endswith(f"FINETUNE_POD_WORKERS must be an integer >= 1, got {workers!r}")
+    assert set(_counts(migrated_db).values()) == {0}
+
+
+def test_a_run_holds_one_cryptos_features_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks keep no bars (but the leader's that others read); stores are built one by one."""
+    config = runner.RunConfig(
+        run_id="r",
+        factor="btc_features",
+        cryptos=("ETH", "SOL", "BNB"),
+        cost_bps=(10,),
+        slippage_bps=(0,),
+        as_of=pd.Timestamp(AS_OF),
+        n_folds=N_FOLDS,
+        n_seeds=N_SEEDS,
+        hold_bars=HOLD_BARS,
+        train_bars=TRAIN_BARS,
+        test_bars=TEST_BARS,
+        data_uri=None,
+    )
+    plan = runner.prepare(config)
+    assert {symbol for symbol, _ in plan.market._calendars} == {"BTC"}  # read by every alt's features
+
+    built = []
+    real_build = runner.build_feature_store
+    monkeypatch.setattr(runner, "build_feature_store", lambda *a, **kw: built.append(a[1]) or real_build(*a, **kw))
+    held = []
+    for crypto, item in plan.prepared():
+        held.append({symbol for symbol, _ in plan.market._calendars})
+        assert item.store.symbol == crypto
+    assert built == ["ETH", "SOL", "BNB"]
+    assert held == [{"BTC", "ETH"}, {"BTC", "SOL"}, {"BTC", "BNB"}]
+    assert {symbol for symbol, _ in plan.market._calendars} == {"BTC"}
+
+
+def _pod_peak(dsn: str, cryptos: str, run_id: str) -> int:
+    """The peak a pod reports (pod_usage) for an n_features run over ``cryptos``, in its own process."""
+    env = {**os.environ, "FINETUNE_DB_URL": dsn, "FINETUNE_POD_WORKERS": "1"}
+    argv = _make_argv(**{"--run-id": run_id, "--factor": "n_features", "--cryptos": cryptos, "--n-folds": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune", *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    usage = [json.loads(line) for line in done.stdout.splitlines() if '"pod_usage"' in line]
+    return usage[-1]["peak_memory_bytes"]
+
+
+def test_the_pods_peak_does_not_grow_with_its_cryptos(migrated_db: str) -> None:
+    # n_features holds ~300 float32 columns per bar: before one store at a time, 8 cryptos
+    # peaked at 2.8x one crypto's; the issue's bound is 1.3x.
+    one = _pod_peak(migrated_db, "ETH", "one-crypto")
+    eight = _pod_peak(migrated_db, "BTC,ETH,SOL,BNB,XRP,ADA,DOGE,AVAX", "eight-cryptos")
+    assert eight <= 1.3 * one, (one, eight)

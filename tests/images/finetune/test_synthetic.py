@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from finetune import runner
-from finetune.data import MarketData
+from finetune.data import DataError, MarketData
 from finetune.folds import DEFAULT_TEST_BARS, DEFAULT_TRAIN_BARS
 from finetune.synthetic import (
     LEAD_LAG,
@@ -62,6 +62,8 @@ def _slope(y: np.ndarray, x: np.ndarray) -> float:
         pytest.param("synthetic://random-walk?seed=7", SyntheticSpec(RANDOM_WALK, 7), id="random-walk-seeded"),
         pytest.param("synthetic://?seed=0", SyntheticSpec(LEAD_LAG, 0), id="lead-lag-seeded"),
         pytest.param("synthetic:///", SyntheticSpec(LEAD_LAG, None), id="trailing-slash"),
+        pytest.param("synthetic://?symbols=50", SyntheticSpec(LEAD_LAG, None, 50), id="fifty-symbols"),
+        pytest.param("synthetic://random-walk?seed=2&symbols=3", SyntheticSpec(RANDOM_WALK, 2, 3), id="seed-and-size"),
     ],
 )
 def test_synthetic_uris(uri, spec):
@@ -79,6 +81,9 @@ def test_synthetic_uris(uri, spec):
         pytest.param("synthetic://?drift=1", id="unknown-option"),
         pytest.param("synthetic://random-walk/ETH", id="path"),
         pytest.param("synthetic://?seed", id="empty-seed"),
+        pytest.param("synthetic://?symbols=0", id="no-symbols"),
+        pytest.param("synthetic://?symbols=501", id="too-many-symbols"),
+        pytest.param("synthetic://?symbols=ten", id="word-symbols"),
     ],
 )
 def test_bad_synthetic_uris_name_the_uri_and_what_is_allowed(uri):
@@ -106,6 +111,22 @@ def test_synthetic_market_has_the_majors():
     assert len(SYNTHETIC_SYMBOLS) >= 5
 
 
+def test_a_sized_market_keeps_the_named_symbols_and_adds_seeded_ones():
+    assert SyntheticSpec(n_symbols=3).symbols == ("BTC", "ETH", "SOL")
+    fifty = parse_synthetic_uri("synthetic://?symbols=50").symbols
+    assert fifty[:8] == SYNTHETIC_SYMBOLS and fifty[8] == "SYN009" and fifty[-1] == "SYN050" and len(set(fifty)) == 50
+    sized, named = MarketData("synthetic://?symbols=50"), MarketData()
+    # the named symbols' bars do not depend on the market's size (ETH reads BTC's shocks too)
+    pd.testing.assert_frame_equal(sized.ohlcv("ETH", as_of=AS_OF), named.ohlcv("ETH", as_of=AS_OF))
+    extra = sized.ohlcv("SYN050", as_of=AS_OF)
+    pd.testing.assert_frame_equal(extra, MarketData("synthetic://?symbols=60").ohlcv("SYN050", as_of=AS_OF))
+    assert not extra["close"].equals(sized.ohlcv("SYN049", as_of=AS_OF)["close"])
+    with pytest.raises(DataError, match="synthetic market has BTC, ETH, .*AVAX, SYN009 to SYN050"):
+        sized.ohlcv("SYN051", as_of=AS_OF)
+    with pytest.raises(DataError, match="synthetic market has BTC, ETH$"):
+        MarketData("synthetic://?symbols=2").ohlcv("SOL", as_of=AS_OF)
+
+
 def test_synthetic_seed_is_crc32_of_the_name():
     assert symbol_seed("BTC") == zlib.crc32(b"BTC") == 3176990918
 
@@ -113,7 +134,7 @@ def test_synthetic_seed_is_crc32_of_the_name():
 def test_synthetic_bars_are_the_same_in_another_process():
     # a process with another hash seed: hash() would differ there, crc32 does not
     uri = "synthetic://?seed=3"
-    code = f"from finetune.data import MarketData; import pandas as pd; print(repr(float(MarketData({uri!r}).ohlcv('ETH', as_of=pd.Timestamp('2026-06-07T00:00:00Z'))['close'].iloc[-1])))"
+    code = f"from finetune.data import DataError, MarketData; import pandas as pd; print(repr(float(MarketData({uri!r}).ohlcv('ETH', as_of=pd.Timestamp('2026-06-07T00:00:00Z'))['close'].iloc[-1])))"
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(PACKAGE_DIR)}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert float(out) == float(MarketData(uri).ohlcv("ETH", as_of=AS_OF)["close"].iloc[-1])
@@ -215,7 +236,7 @@ def _sweep(data_uri: str) -> list[runner.KeyResult]:
     )
     return [
         result
-        for crypto, item in runner.prepare(config).items()
+        for crypto, item in runner.prepare(config).prepared()
         for fold in item.folds
         for result in runner.evaluate_fold(
             crypto, item, fold, cost_bases=config.cost_bases, n_seeds=config.n_seeds, hold_bars=config.hold_bars

@@ -103,6 +103,13 @@ def test_a_crypto_outside_the_synthetic_market_fails_in_plan() -> None:
         plan_pods(make_params(cryptos=["BTC", "PEPE"]), run_id=RUN_ID, as_of=AS_OF)
 
 
+def test_a_sized_synthetic_market_admits_its_extra_symbols() -> None:
+    uri = "synthetic://?symbols=50"
+    assert plan_pods(make_params(cryptos=["BTC", "SYN050"]), run_id=RUN_ID, as_of=AS_OF, data_uri=uri)
+    with pytest.raises(PlanError, match=r"SYN051 not in the synthetic market; allowed: BTC, .*, SYN009 to SYN050$"):
+        plan_pods(make_params(cryptos=["SYN051"]), run_id=RUN_ID, as_of=AS_OF, data_uri=uri)
+
+
 @pytest.mark.parametrize(
     "data_uri",
     [pytest.param("file:///data/ohlcv", id="file"), pytest.param("s3://bucket/ohlcv", id="s3")],
@@ -154,3 +161,14 @@ def test_a_bad_deadline_setting_is_refused_naming_it(value: str) -> None:
         match=rf"^FINETUNE_POD_DEADLINE_SECONDS='{re.escape(value)}' must be an integer from 1 to 2592000",
     ):
         Settings.from_env({"FINETUNE_POD_DEADLINE_SECONDS": value})
+
+
+def test_each_entry_runs_its_map_profiles_cpus_as_workers_capped_by_its_cryptos() -> None:
+    entries = plan_pods(
+        make_params(factors=["base_features", "n_features"], cryptos=["BTC", "ETH", "SOL"]), run_id=RUN_ID, as_of=AS_OF
+    )
+    # STANDARD requests 2 cpus, HEAVY 6 (3 cryptos: 3 workers)
+    assert {e["factor"]: (e["profile"], e["workers"]) for e in entries} == {
+        "base_features": ("STANDARD", 2),
+        "n_features": ("HEAVY", 3),
+    }
