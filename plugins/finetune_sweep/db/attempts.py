@@ -43,10 +43,11 @@ ON CONFLICT (run_id, factor) DO UPDATE SET
 UPSERT_ATTEMPT_SQL = """
 INSERT INTO finetune_pod_attempts AS a
     (run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, peak_memory_bytes, exit_reason,
-     duration_seconds, finished_at)
+     duration_seconds, workers, finished_at)
 VALUES (%(run_id)s, %(factor)s, %(airflow_run_id)s, %(attempt)s, %(profile)s, %(memory_limit_bytes)s, %(peak_memory_bytes)s,
-        %(exit_reason)s, %(duration_seconds)s, now())
+        %(exit_reason)s, %(duration_seconds)s, %(workers)s, now())
 ON CONFLICT (run_id, factor, airflow_run_id, attempt) DO UPDATE SET
+    workers = COALESCE(a.workers, EXCLUDED.workers),
     exit_reason = CASE WHEN EXCLUDED.exit_reason = %(oom_reason)s THEN EXCLUDED.exit_reason ELSE a.exit_reason END,
     peak_memory_bytes = GREATEST(a.peak_memory_bytes, EXCLUDED.peak_memory_bytes),
     memory_limit_bytes = COALESCE(a.memory_limit_bytes, EXCLUDED.memory_limit_bytes),
@@ -81,14 +82,18 @@ def record_attempt(dsn: str, attempt: Mapping[str, Any], *, factor_failed: bool)
     error); otherwise (a disrupted or killed attempt) only its exit reason and attempt are noted.
 
     :param dsn: the libpq URI (never logged).
-    :param attempt: the fields of :data:`_ATTEMPT_FIELDS`.
+    :param attempt: the fields of :data:`_ATTEMPT_FIELDS`, and optionally ``workers``.
     :param factor_failed: whether this attempt failed the factor (for now).
     :raises psycopg.Error: the database refused or could not be reached (the caller logs it).
     """
     missing = [name for name in _ATTEMPT_FIELDS if name not in attempt]
     if missing:
         raise ValueError(f"attempt record lacks {', '.join(missing)}")
-    row = {**{name: attempt[name] for name in _ATTEMPT_FIELDS}, "oom_reason": OOM_REASON}
+    row = {
+        **{name: attempt[name] for name in _ATTEMPT_FIELDS},
+        "workers": attempt.get("workers"),  # None: not known to the recorder
+        "oom_reason": OOM_REASON,
+    }
     with (
         connect(
             dsn,
@@ -141,17 +146,19 @@ def count_round_attempts(
 # Every pod attempt (V007 keys them by run, factor, Airflow run and attempt: reruns keep theirs).
 HISTORY_SQL = """
 SELECT run_id, factor, airflow_run_id, attempt, profile, memory_limit_bytes, peak_memory_bytes, exit_reason,
-       duration_seconds, finished_at
+       duration_seconds, workers, finished_at
 FROM finetune_pod_attempts
 """
 
+# Before V009 every pod ran one process: NULL workers, which the recommender reads as 1.
+PRE_V009_HISTORY_SQL = HISTORY_SQL.replace("workers,", "NULL::integer AS workers,")
 # V003 to V006: the attempts of an Airflow rerun of the same finetune run overwrote each other.
-PRE_V007_HISTORY_SQL = HISTORY_SQL.replace("airflow_run_id,", "''::text AS airflow_run_id,")
+PRE_V007_HISTORY_SQL = PRE_V009_HISTORY_SQL.replace("airflow_run_id,", "''::text AS airflow_run_id,")
 
 # Before V003 only the latest attempt of each (run, factor) was kept: better than nothing.
 FALLBACK_HISTORY_SQL = """
 SELECT run_id, factor, ''::text AS airflow_run_id, attempt, profile, memory_limit_bytes, peak_memory_bytes,
-       exit_reason, NULL::double precision AS duration_seconds, updated_at AS finished_at
+       exit_reason, NULL::double precision AS duration_seconds, NULL::integer AS workers, updated_at AS finished_at
 FROM finetune_run_factors
 WHERE peak_memory_bytes IS NOT NULL OR exit_reason IS NOT NULL
 """
@@ -206,7 +213,9 @@ def fetch_history(
             "SELECT to_regclass('finetune_pod_attempts') IS NOT NULL AS attempts, "
             "to_regclass('finetune_run_factors') IS NOT NULL AS factors, "
             "EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = 'finetune_pod_attempts' AND column_name = 'airflow_run_id') AS per_airflow_run"
+            "AND table_name = 'finetune_pod_attempts' AND column_name = 'airflow_run_id') AS per_airflow_run, "
+            "EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = 'finetune_pod_attempts' AND column_name = 'workers') AS with_workers"
         ).fetchone()
         if not (found["attempts"] or found["factors"]):
             raise NotMigrated(
@@ -215,6 +224,9 @@ def fetch_history(
         if not found["attempts"]:
             source = FALLBACK_HISTORY_SQL
         else:
-            source = HISTORY_SQL if found["per_airflow_run"] else PRE_V007_HISTORY_SQL
+            if not found["per_airflow_run"]:
+                source = PRE_V007_HISTORY_SQL
+            else:
+                source = HISTORY_SQL if found["with_workers"] else PRE_V009_HISTORY_SQL
         window = {"runs": history_runs, "days": history_days, "factors": list(factors) if factors is not None else None}
         return list(conn.execute(WINDOWED_HISTORY_SQL.format(source=source), window).fetchall())

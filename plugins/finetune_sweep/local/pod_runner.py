@@ -58,7 +58,7 @@ from finetune_sweep.local.memory import (
 )
 from finetune_sweep.outcomes import DEADLINE_EXCEEDED, OOM_REASON
 from finetune_sweep.pods.termination import PodTermination, parse_event_line, pod_failure_detail
-from finetune_sweep.sizing.quantities import format_bytes, parse_quantity
+from finetune_sweep.sizing.quantities import cpu_millis, format_bytes, parse_quantity
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -180,16 +180,10 @@ def _resource_field_value(container: k8s.V1Container, ref: k8s.V1ResourceFieldSe
     if resource == "cpu":
         raw = values.get("cpu")
         # cpu quantities are fractional ("500m"): compute in millicores
-        millis = _cpu_millis(str(raw)) if raw is not None else 1000 * (os.cpu_count() or 1)
-        divisor = _cpu_millis(str(ref.divisor)) if ref.divisor else 1000
+        millis = cpu_millis(str(raw)) if raw is not None else 1000 * (os.cpu_count() or 1)
+        divisor = cpu_millis(str(ref.divisor)) if ref.divisor else 1000
         return str(-(-millis // divisor))
     raise LocalPodError(f"resourceFieldRef {ref.resource!r} is not supported by the local pod backend")
-
-
-def _cpu_millis(quantity: str) -> int:
-    if quantity.endswith("m"):
-        return int(quantity[:-1])
-    return int(float(quantity) * 1000)
 
 
 def _field_value(pod: k8s.V1Pod, path: str) -> str:

@@ -85,6 +85,7 @@ from finetune_sweep.pods.spec import (
     ATTEMPT_ENV,
     LABEL_PROFILE,
     PROFILE_ENV,
+    WORKERS_ENV,
     argument_value,
     as_resource_requirements,
     pod_labels,
@@ -108,6 +109,7 @@ from finetune_sweep.sizing.profiles import (
     SizingError,
     load_profiles,
     next_profile,
+    pod_workers,
     profiles_from_json,
 )
 
@@ -149,6 +151,8 @@ class FactorPodOperator(KubernetesPodOperator):
     :param profile: the planned profile name (``STANDARD`` ...); the ladder starts there.
     :param profiles: the run's resolved profile ladder (``sizing.profiles_to_json``, the plan
         entry's ``profiles``); None: ``FINETUNE_PROFILES`` is read on the worker.
+    :param workers: the pod's worker processes (the plan entry's ``workers``: the map profile's
+        cpus, capped by the cryptos), the same on every try; None: the planned profile's.
     :param ladder: apply the OOM ladder and the fail-fast policy; False (``migrate``): no profile
         logic, failures propagate as the KubernetesPodOperator raises them.
     """
@@ -161,6 +165,7 @@ class FactorPodOperator(KubernetesPodOperator):
         factor: str | None = None,
         profile: str | None = None,
         profiles: Mapping[str, Any] | None = None,
+        workers: int | None = None,
         ladder: bool = True,
         container_resources: Any = None,
         **kwargs: Any,
@@ -169,8 +174,10 @@ class FactorPodOperator(KubernetesPodOperator):
         self.factor = factor
         self.profile = profile
         self.profiles = dict(profiles) if profiles else None
+        self.planned_workers = workers
         self.ladder = ladder
         self.attempt_profile: PodProfile | None = None
+        self.workers: int | None = None  # this try's worker processes (set with its profile)
         self._profiles: dict[str, PodProfile] = {}
         self._ladder_state: LadderState | None = None
         self._local_runner: LocalPodRunner | None = None
@@ -385,8 +392,15 @@ class FactorPodOperator(KubernetesPodOperator):
             self._base_affinity = self.affinity
         self.tolerations = [*self._base_tolerations, *profile_tolerations(profile)]
         self.affinity = profile_affinity(profile) or self._base_affinity
+        # Fixed for every try: a try one profile up after an OOM gains memory per worker.
+        self.workers = self.planned_workers or pod_workers(planned or profile, len(self._cryptos()))
         self._set_env(
-            {PROFILE_ENV: profile.name, ATTEMPT_ENV: str(try_number), AIRFLOW_RUN_ENV: str(context["run_id"])}
+            {
+                PROFILE_ENV: profile.name,
+                ATTEMPT_ENV: str(try_number),
+                AIRFLOW_RUN_ENV: str(context["run_id"]),
+                WORKERS_ENV: str(self.workers),
+            }
         )
         if announce:
             self.log.info(
@@ -430,6 +444,11 @@ class FactorPodOperator(KubernetesPodOperator):
         env = [var for var in env if var.name not in values]
         env.extend(k8s.V1EnvVar(name=name, value=value) for name, value in values.items())
         self.env_vars = env
+
+    def _cryptos(self) -> list[str]:
+        """The pod's ``--cryptos`` (its worker count never exceeds them)."""
+        value = argument_value([str(a) for a in self.arguments or []], "--cryptos") or ""
+        return [crypto for crypto in value.split(",") if crypto]
 
     def _record_run_id(self, context: Context) -> str:
         """The finetune run id: the pod's ``--run-id``, else the Airflow run id."""
@@ -680,6 +699,7 @@ class FactorPodOperator(KubernetesPodOperator):
             attempt=attempt,
             profile=profile,
             limit=limit,
+            workers=self.workers,
         )
 
     def _best_effort(self, what: str, action: Callable[[], Any]) -> Any:

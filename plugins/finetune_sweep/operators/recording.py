@@ -31,6 +31,7 @@ def attempt_row(
     attempt: int,
     profile: PodProfile,
     limit: int,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """The ``finetune_pod_attempts`` row of an ended attempt (:func:`finetune_sweep.db.attempts.record_attempt`).
 
@@ -41,6 +42,7 @@ def attempt_row(
     :param attempt: the try number the attempt is recorded under.
     :param profile: the profile it ran on.
     :param limit: its memory limit in bytes.
+    :param workers: the worker processes it was told to run (None: not known).
     """
     return {
         "run_id": run_id,
@@ -52,6 +54,7 @@ def attempt_row(
         "peak_memory_bytes": termination.peak_memory_bytes,
         "exit_reason": termination.recorded_reason,
         "duration_seconds": termination.seconds,
+        "workers": workers,
     }
 
 

@@ -7,11 +7,13 @@ The spec's names stay importable from the package, as they were from the former 
 """
 
 from finetune_sweep.pods.spec import (
+    CPU_REQUEST_ENV,
     DB_URL_ENV,
     LABEL_FACTOR,
     LABEL_PROFILE,
     LABEL_RUN_ID,
     MEMORY_LIMIT_ENV,
+    WORKERS_ENV,
     common_pod_kwargs,
     db_secret,
     factor_pod_kwargs,
@@ -27,7 +29,9 @@ __all__ = [
     "LABEL_FACTOR",
     "LABEL_PROFILE",
     "LABEL_RUN_ID",
+    "CPU_REQUEST_ENV",
     "MEMORY_LIMIT_ENV",
+    "WORKERS_ENV",
     "common_pod_kwargs",
     "db_secret",
     "factor_pod_kwargs",

@@ -12,7 +12,13 @@ import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from finetune_sweep.pods.spec import common_pod_kwargs, profile_affinity, profile_tolerations, to_resource_requirements
+from finetune_sweep.pods.spec import (
+    WORKERS_ENV,
+    common_pod_kwargs,
+    profile_affinity,
+    profile_tolerations,
+    to_resource_requirements,
+)
 from finetune_sweep.sizing.profiles import profiles_from_json
 
 if TYPE_CHECKING:
@@ -28,11 +34,15 @@ def render_manifest(*, factor_kwargs: Mapping[str, Any], image: str, settings: S
     """
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import ApiClient
+    from kubernetes.client import models as k8s
 
     kwargs = {**common_pod_kwargs(image=image, settings=settings), **factor_kwargs}
     kwargs.pop("factor", None)
     profile_name = kwargs.pop("profile", None)
     ladder = kwargs.pop("profiles", None)
+    workers = kwargs.pop("workers", None)
+    if workers is not None:  # as the operator sets it on every try
+        kwargs["env_vars"] = [*kwargs.get("env_vars", []), k8s.V1EnvVar(name=WORKERS_ENV, value=str(workers))]
     if ladder and profile_name in ladder:
         start = profiles_from_json(ladder)[profile_name]
         kwargs["tolerations"] = [*kwargs.get("tolerations", []), *profile_tolerations(start)]

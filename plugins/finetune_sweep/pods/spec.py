@@ -25,11 +25,16 @@ if TYPE_CHECKING:
 
 CONTAINER_UID = 10001
 MEMORY_LIMIT_ENV = "FINETUNE_MEMORY_LIMIT_BYTES"
+# The container's cpu request in whole cpus (rounded up): the pod runs that many worker processes
+# (finetune.workers), unless FINETUNE_POD_WORKERS says otherwise.
+CPU_REQUEST_ENV = "FINETUNE_CPU_REQUEST"
 DB_URL_ENV = "FINETUNE_DB_URL"
 # Set per try by the operator: the profile and try number the pod runs on, and the Airflow run
 # (with the try number it keys the attempt history, V007).
 PROFILE_ENV = "FINETUNE_PROFILE"
 ATTEMPT_ENV = "FINETUNE_ATTEMPT"
+# Worker processes of the pod (sizing.profiles.pod_workers of the planned profile, every try).
+WORKERS_ENV = "FINETUNE_POD_WORKERS"
 AIRFLOW_RUN_ENV = "FINETUNE_AIRFLOW_RUN_ID"
 # Label keys: the recommended app.kubernetes.io set plus the sweep's own dimensions.
 LABEL_FACTOR = "finetune/factor"
@@ -206,14 +211,16 @@ def common_pod_kwargs(*, image: str, settings: Settings) -> dict[str, Any]:
             # Statement/lock timeouts and retry budget of the pod's database connections.
             *(k8s.V1EnvVar(name=name, value=value) for name, value in settings.pod_database_env),
         ],
-        # The pod reports its peak against the limit it really got (the downward API, not the plan).
+        # The pod reports its peak against the limit it really got, and sizes its workers by the
+        # cpu it really requested (the downward API, not the plan).
         "pod_runtime_info_envs": [
             k8s.V1EnvVar(
-                name=MEMORY_LIMIT_ENV,
+                name=name,
                 value_from=k8s.V1EnvVarSource(
-                    resource_field_ref=k8s.V1ResourceFieldSelector(resource="limits.memory", divisor="1")
+                    resource_field_ref=k8s.V1ResourceFieldSelector(resource=resource, divisor="1")
                 ),
             )
+            for name, resource in ((MEMORY_LIMIT_ENV, "limits.memory"), (CPU_REQUEST_ENV, "requests.cpu"))
         ],
         "security_context": k8s.V1PodSecurityContext(
             run_as_non_root=True,
@@ -323,6 +330,7 @@ def factor_pod_kwargs(
     run_args: Mapping[str, Any],
     profiles: Mapping[str, PodProfile] | None = None,
     active_deadline_seconds: int | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """One ``expand_kwargs`` entry: the pod of one factor (JSON values only, it goes via XCom).
 
@@ -335,6 +343,8 @@ def factor_pod_kwargs(
         key out (the operator then reads the overrides itself).
     :param active_deadline_seconds: the bound on the pod (:func:`pod_deadline_seconds`); None:
         unbounded (the key is then left out).
+    :param workers: the pod's worker processes on every try (``sizing.profiles.pod_workers`` of
+        the map profile); None leaves the key out (the operator then sizes them per try).
     """
     entry = {
         "factor": factor,
@@ -349,6 +359,8 @@ def factor_pod_kwargs(
         entry["profiles"] = profiles_to_json(profiles)
     if active_deadline_seconds is not None:
         entry["active_deadline_seconds"] = active_deadline_seconds
+    if workers is not None:
+        entry["workers"] = workers
     return entry
 
 

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from finetune_sweep.sizing.quantities import parse_quantity
+from finetune_sweep.sizing.quantities import cpu_millis, parse_quantity
 
 PROFILE_ORDER: tuple[str, ...] = ("STANDARD", "MEDIUM", "HEAVY")
 
@@ -274,6 +274,16 @@ def profile_for(
     if factor not in sizing:
         raise SizingError(f"unknown factor {factor!r}; known factors: {', '.join(sizing)}")
     return profiles[sizing[factor]]
+
+
+def pod_workers(profile: PodProfile, n_cryptos: int) -> int:
+    """Worker processes a factor pod on ``profile`` runs (``FINETUNE_POD_WORKERS``): one per
+    requested cpu, rounded up as the downward API rounds it, never more than its cryptos.
+
+    The operator fixes this count from the planned profile for every try of the OOM ladder: the
+    peak grows with the workers, so a try one profile up keeps them and gains memory per worker.
+    """
+    return max(1, min(-(-cpu_millis(profile.cpu) // 1000), n_cryptos))
 
 
 def next_profile(name: str, profiles: Mapping[str, PodProfile] | None = None) -> PodProfile | None:

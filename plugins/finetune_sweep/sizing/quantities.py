@@ -43,6 +43,13 @@ def parse_quantity(quantity: str | int) -> int:
         raise ValueError(f"not a memory quantity: {quantity!r}") from err
 
 
+def cpu_millis(quantity: str) -> int:
+    """Millicores of a cpu quantity (``"2"``, ``"0.5"``, ``"500m"``)."""
+    if quantity.endswith("m"):
+        return int(quantity[:-1])
+    return int(float(quantity) * 1000)
+
+
 def format_bytes(n_bytes: float | None) -> str:
     """Human-readable binary size (``7.68Gi``) for tables and messages.
 

@@ -66,10 +66,25 @@ def _oom_floor(row: Mapping[str, Any], profiles: Mapping[str, PodProfile]) -> in
     return profile.memory_bytes + 1 if profile else 0
 
 
+def _worker_scale(row: Mapping[str, Any], workers: Mapping[str, int] | None) -> float:
+    """How much larger ``row``'s peak would be at the worker count the factor runs with now.
+
+    A pod's peak is about its own process plus one crypto's store per worker, so a peak recorded
+    with fewer workers is scaled up in proportion (an upper bound: the shared part is counted
+    again); a peak recorded with more workers is kept as it is, never scaled down on a guess. A
+    peak recorded before workers existed (NULL) is kept too: that pod held every crypto's store
+    at once, more than a worker's one.
+    """
+    target = (workers or {}).get(row["factor"])
+    recorded = row.get("workers")
+    return max(1.0, target / recorded) if target and recorded else 1.0
+
+
 def recommend(
     rows: Iterable[Mapping[str, Any]],
     sizing: Mapping[str, str] | None = None,
     profiles: Mapping[str, PodProfile] | None = None,
+    workers: Mapping[str, int] | None = None,
 ) -> list[Recommendation]:
     """Recommend a profile per factor from recorded pod attempts (VPA-style, design section 6).
 
@@ -85,6 +100,9 @@ def recommend(
         peak_memory_bytes, exit_reason`` (extra keys ignored), e.g. ``finetune_pod_attempts`` rows.
     :param sizing: factor -> current profile name (default :data:`SIZING_MAP`).
     :param profiles: profile name -> profile (default :data:`PROFILES`).
+    :param workers: factor -> the worker processes its pods run now; a row recorded with fewer
+        (its ``workers``, NULL = 1) counts as its peak and OOM floor scaled up in proportion, so
+        that history compares like with like. None: peaks as recorded.
     """
     sizing = SIZING_MAP if sizing is None else sizing
     profiles = PROFILES if profiles is None else profiles
@@ -102,11 +120,13 @@ def recommend(
         oom_floor = 0
         oom_evidence = None
         for row in factor_rows:
+            scale = _worker_scale(row, workers)
             limit = row.get("memory_limit_bytes")
             peak = row.get("peak_memory_bytes")
+            peak = peak * scale if peak is not None and scale != 1.0 else peak
             if row.get("exit_reason") == OOM_REASON:
                 ooms += 1
-                floor = _oom_floor(row, profiles)
+                floor = int(_oom_floor(row, profiles) * scale)
                 if floor:
                     samples.append(floor)
                     # rows come oldest first: ">=" keeps the latest of equal floors
@@ -238,6 +258,7 @@ def choose_start_profiles(
     *,
     profiles: Mapping[str, PodProfile],
     mode: str = "history",
+    workers: Mapping[str, int] | None = None,
 ) -> dict[str, StartChoice]:
     """The starting profile of each planned factor (``register``; design 4.5 ``FINETUNE_SIZING_MODE``).
 
@@ -246,6 +267,7 @@ def choose_start_profiles(
     :param history: the recorded attempts to learn from (:func:`fetch_history` with the window).
     :param profiles: profile name -> profile (``FINETUNE_PROFILES`` applied).
     :param mode: ``history`` or ``static`` (the map, history ignored).
+    :param workers: factor -> the worker processes its pods will run (see :func:`recommend`).
     """
     if mode == "static":
         return {
@@ -253,7 +275,7 @@ def choose_start_profiles(
             for factor, name in map_profiles.items()
         }
     wanted = [row for row in history if row["factor"] in map_profiles]
-    recommendations = {rec.factor: rec for rec in recommend(wanted, map_profiles, profiles)}
+    recommendations = {rec.factor: rec for rec in recommend(wanted, map_profiles, profiles, workers)}
     return {
         factor: choose_start_profile(recommendations[factor], map_profile=name, profiles=profiles)
         for factor, name in map_profiles.items()

@@ -269,6 +269,7 @@ def test_a_deferred_pods_trigger_records_a_users_kill_of_this_attempt(kube: Fake
         "peak_memory_bytes": None,
         "exit_reason": "Killed",
         "duration_seconds": None,
+        "workers": 1,  # one crypto: one worker
     }
     assert trigger.finetune_conn_id == "finetune_db" and trigger.config_error_grace_seconds == 30
 

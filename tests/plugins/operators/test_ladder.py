@@ -326,6 +326,22 @@ def test_pod_is_sized_for_the_attempt(
     assert "FINETUNE_MEMORY_LIMIT_BYTES" in env
 
 
+@pytest.mark.parametrize("planned_workers", [pytest.param(None, id="from-planned-profile"), pytest.param(2, id="plan")])
+def test_a_try_one_profile_up_keeps_its_workers_and_gains_memory_per_worker(planned_workers: int | None) -> None:
+    # STANDARD requests 2 cpus, MEDIUM 4: more workers would each hold a store, and the OOM that
+    # moved the factor up would come back with them.
+    arguments = ["run", "--run-id", "r", "--factor", "base_features", "--cryptos", "BTC,ETH,SOL,BNB"]
+    op = make_operator(arguments=arguments, workers=planned_workers)
+    workers = []
+    for try_number in (1, 2):
+        context = make_context(try_number=try_number, store=store_with_ooms(try_number - 1))
+        profile = op._apply_attempt_profile(context)
+        env = container_env(op.build_pod_request_obj(context, dry_run=True))
+        workers.append((profile.name, env[pods.WORKERS_ENV]))
+    assert workers == [("STANDARD", "2"), ("MEDIUM", "2")]
+    assert op.workers == 2
+
+
 def test_resized_pod_is_a_valid_kubernetes_pod() -> None:
     import kubernetes_validate
     from kubernetes.client import ApiClient

@@ -40,6 +40,7 @@ def _row(termination: PodTermination, **overrides: Any) -> dict[str, Any]:
         "attempt": 2,
         "profile": PROFILES["MEDIUM"],
         "limit": 16 * GI,
+        "workers": 2,
     }
     fields.update(overrides)
     return attempt_row(termination, **fields)
@@ -79,6 +80,7 @@ def test_attempt_row(termination: PodTermination, exit_reason: str) -> None:
         "peak_memory_bytes": 7 * GI,
         "exit_reason": exit_reason,
         "duration_seconds": 42.5,
+        "workers": 2,
     }
 
 

@@ -67,6 +67,20 @@ def test_the_memory_limit_reaches_the_pod_through_the_downward_api() -> None:
     assert env[pods.MEMORY_LIMIT_ENV]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.memory"
 
 
+def test_the_cpu_request_reaches_the_pod_which_sizes_its_workers_by_it() -> None:
+    from finetune import workers
+
+    manifest = build_manifest(make_entry("base_features"))
+
+    container = manifest["spec"]["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert pods.CPU_REQUEST_ENV == workers.CPU_REQUEST_ENV
+    assert env[pods.CPU_REQUEST_ENV]["valueFrom"]["resourceFieldRef"] == {"resource": "requests.cpu", "divisor": "1"}
+    # the downward API gives whole cpus rounded up: the STANDARD profile's "2" runs 2 workers
+    assert container["resources"]["requests"]["cpu"] == "2"
+    assert workers.pod_workers({pods.CPU_REQUEST_ENV: "2"}) == 2
+
+
 def test_the_database_bounds_set_on_the_airflow_side_reach_the_pod() -> None:
     settings = Settings.from_env({"FINETUNE_DB_LOCK_TIMEOUT_SECONDS": "20", "FINETUNE_DB_RETRY_SECONDS": "300"})
     manifest = build_manifest(make_entry("base_features"), settings=settings)
@@ -142,7 +156,9 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
         "node_selector",
         "arguments",
         "active_deadline_seconds",
+        "workers",
     }
+    assert entry["workers"] == 1  # HEAVY requests 6 cpus, but the pod has one crypto
     with_ladder = pods.factor_pod_kwargs(
         factor="btc_features", profile=PROFILES["HEAVY"], run_id=RUN_ID, run_args={"as_of": AS_OF}, profiles=PROFILES
     )
@@ -195,7 +211,8 @@ def test_with_profile_moves_the_entry_and_passes_other_keys_through() -> None:
     assert moved["node_selector"] == {"pool": "m"}
     assert moved["labels"] == {**entry["labels"], "finetune/profile": "medium"}
     unchanged = set(entry) - {"profile", "container_resources", "node_selector", "labels"}
-    assert unchanged == {"factor", "name", "arguments", "profiles", "active_deadline_seconds"}
+    # the workers stay the map profile's: a larger start profile gains memory per worker
+    assert unchanged == {"factor", "name", "arguments", "profiles", "active_deadline_seconds", "workers"}
     assert all(moved[key] == entry[key] for key in unchanged)
     assert entry["profile"] == "HEAVY", "the input entry is not mutated"
     assert json.loads(json.dumps(moved)) == moved

@@ -171,3 +171,15 @@ def test_profiles_from_json_refuses_an_incomplete_ladder(carried: dict[str, Any]
 
     with pytest.raises(SizingError, match="profiles"):
         profiles_from_json(carried)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "n_cryptos", "expected"),
+    [("2", 8, 2), ("2", 1, 1), ("500m", 8, 1), ("1.5", 8, 2), ("6", 50, 6)],
+)
+def test_a_pod_runs_one_worker_per_requested_cpu_rounded_up_at_most_one_per_crypto(
+    cpu: str, n_cryptos: int, expected: int
+) -> None:
+    from finetune_sweep.sizing.profiles import PodProfile, pod_workers
+
+    assert pod_workers(PodProfile("P", "1Gi", cpu), n_cryptos) == expected

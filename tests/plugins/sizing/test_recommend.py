@@ -390,3 +390,39 @@ def test_history_older_than_the_window_is_left_out(migrated_db: str) -> None:
     assert [row[1] for row in _windowed(migrated_db)] == ["spring", "autumn"], "no bound: all history, oldest first"
     history = fetch_history(migrated_db, history_days=90)
     assert _start(history, "btc_features").reason == "map", "the old OOM no longer holds the factor up"
+
+
+def test_peaks_recorded_with_fewer_workers_are_scaled_to_the_workers_a_run_will_use() -> None:
+    # 3 GiB with one worker; the factor now runs 4: about four crypto stores at once.
+    rows = [_make_attempt(factor="base_features", peak_memory_bytes=3 * GI, workers=1)]
+
+    (as_recorded,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES)
+    (scaled,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES, workers={"base_features": 4})
+
+    assert as_recorded.p95_peak == 3 * GI and as_recorded.recommended == "STANDARD"
+    assert scaled.p95_peak == 12 * GI and scaled.recommended == "MEDIUM"
+
+
+def test_peaks_recorded_before_workers_are_kept_as_they_are() -> None:
+    # NULL workers: a pod that held every crypto's store at once, more than any worker holds
+    rows = [_make_attempt(factor="base_features", peak_memory_bytes=3 * GI, workers=None)]
+
+    (rec,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES, workers={"base_features": 4})
+
+    assert rec.p95_peak == 3 * GI and rec.recommended == "STANDARD"
+
+
+def test_peaks_recorded_with_more_workers_are_never_scaled_down() -> None:
+    rows = [_make_attempt(factor="base_features", peak_memory_bytes=7 * GI, workers=6)]
+
+    (rec,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES, workers={"base_features": 2})
+
+    assert rec.p95_peak == 7 * GI and rec.recommended == "MEDIUM"
+
+
+def test_an_oom_with_one_worker_asks_for_proportionally_more_with_two() -> None:
+    rows = [_make_attempt(factor="base_features", exit_reason="OOMKilled", peak_memory_bytes=None, workers=1)]
+
+    (rec,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES, workers={"base_features": 2})
+
+    assert rec.oom_floor_bytes == 2 * (8 * GI + 1) and rec.recommended == "HEAVY"
