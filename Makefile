@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_baselines.py
 	$(PY) benchmarks/bench_significance.py
 	$(PY) benchmarks/bench_memory.py
+	$(PY) benchmarks/bench_scale.py
 	$(PY) benchmarks/bench_bars.py
 	$(PY) benchmarks/bench_findings.py
 	$(PY) benchmarks/bench_dag.py

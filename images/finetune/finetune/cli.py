@@ -45,7 +45,7 @@ from finetune.runner import (
     prepare,
     sigterm_raises,
 )
-from finetune.workers import pod_workers
+from finetune.workers import limit_blas_threads, pod_workers
 
 DB_URL_ENV = "FINETUNE_DB_URL"
 
@@ -208,10 +208,11 @@ def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
             bar_interval=args.bar_interval,
         ),
     )
+    limit_blas_threads()
     with sigterm_raises():
         try:
             pod = _pod_context(environ)
-            plan = prepare(config)
+            plan = prepare(config, workers=min(pod.workers, len(config.cryptos)))
         except InputError as exc:
             return _refuse(str(exc), EXIT_USAGE)
         except Terminated as exc:

@@ -303,22 +303,36 @@ class Plan:
             self.release(crypto)
 
 
-def prepare(config: RunConfig) -> Plan:
-    """Every crypto's data checked and its folds placed, or :class:`InputError` naming the problem.
+def _checked(config: RunConfig, market: MarketData, crypto: str) -> Iterator[tuple[str, CryptoPlan | InputError]]:
+    """(crypto, its :class:`CryptoPlan` or the :class:`InputError` refusing it); the crypto's bars
+    are released after the check (unless other cryptos read them)."""
+    try:
+        result: CryptoPlan | InputError = _check_crypto(config, market, crypto)
+    except InputError as exc:
+        result = exc
+    finally:
+        if crypto not in _shared_symbols(config):
+            market.release(crypto)
+    yield crypto, result
+
+
+def prepare(config: RunConfig, *, workers: int = 1) -> Plan:
+    """Every crypto's data checked and its folds placed, or :class:`InputError` naming the problem
+    (the first refused crypto in the order given, whichever worker checked it first).
 
     Nothing is written and no feature store is held: :meth:`Plan.load` builds them one by one.
+    The checks run in up to ``workers`` processes, as the run itself does.
     """
     try:
         check_factor(config.factor)
         market = MarketData(config.data_uri, bars=config.bars)
     except ValueError as exc:
         raise InputError(error_line(exc)) from exc
-    cryptos = {}
+    checked = dict(map_items(partial(_checked, config, market), config.cryptos, workers=workers))
     for crypto in config.cryptos:
-        cryptos[crypto] = _check_crypto(config, market, crypto)
-        if crypto not in _shared_symbols(config):
-            market.release(crypto)
-    return Plan(config, market, cryptos)
+        if isinstance(checked[crypto], InputError):
+            raise checked[crypto]
+    return Plan(config, market, {crypto: checked[crypto] for crypto in config.cryptos})
 
 
 def _refuse_other_data(config: RunConfig, registered: Mapping[str, Any]) -> None:

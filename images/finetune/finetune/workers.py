@@ -23,6 +23,11 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 WORKERS_ENV = "FINETUNE_POD_WORKERS"
+# BLAS threads per process of the pod. OpenBLAS starts one thread per cpu of the *node* (64 on a
+# large one, whatever the pod requested), and its threads spin while they wait: on the 2-core
+# test machine, under load, 2 BLAS threads made a 1-worker n_features run 1.8x slower than 1
+# (benchmarks/bench_scale.py, README). The pod's parallelism is its worker processes.
+BLAS_THREADS = 1
 CPU_REQUEST_ENV = "FINETUNE_CPU_REQUEST"
 
 
@@ -50,9 +55,22 @@ def pod_workers(environ: Mapping[str, str]) -> int:
 _work: Callable[[str], Iterator[Any]] | None = None
 
 
+def limit_blas_threads() -> None:
+    """One BLAS thread in this process (and the workers it forks): see :data:`BLAS_THREADS`.
+
+    threadpoolctl (from scikit-learn's authors) finds the BLAS that numpy loaded and sets its
+    thread count through that library's own API, which an environment variable set after the
+    import could no longer do.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+
+
 def _start_worker(work: Callable[[str], Iterator[Any]]) -> None:
     global _work
     _work = work
+    limit_blas_threads()
     # The parent handles SIGTERM (it records the factor as failed); a worker reached by it (a
     # process-group signal) just ends. Ctrl-C is the parent's to handle, too.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

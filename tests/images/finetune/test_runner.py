@@ -708,3 +708,16 @@ def test_the_pods_peak_does_not_grow_with_its_cryptos(migrated_db: str) -> None:
     one = _pod_peak(migrated_db, "ETH", "one-crypto")
     eight = _pod_peak(migrated_db, "BTC,ETH,SOL,BNB,XRP,ADA,DOGE,AVAX", "eight-cryptos")
     assert eight <= 1.3 * one, (one, eight)
+
+
+def test_checks_in_workers_refuse_the_first_bad_crypto_in_order_before_any_write(
+    migrated_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        _make_argv(**{"--cryptos": "BTC,QQQ,ZZZ,ETH"}),
+        environ={"FINETUNE_DB_URL": migrated_db, "FINETUNE_POD_WORKERS": "2"},
+    )
+
+    assert code == 2
+    assert "no synthetic data for symbol QQQ" in capsys.readouterr().err
+    assert set(_counts(migrated_db).values()) == {0}

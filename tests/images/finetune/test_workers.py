@@ -74,3 +74,14 @@ def test_a_consumer_that_stops_leaves_no_worker_behind() -> None:
     with closing(results):
         assert next(results) == "fast"
     assert multiprocessing.active_children() == []
+
+
+def test_the_pod_runs_one_blas_thread_per_process() -> None:
+    import numpy  # noqa: F401 - loads the BLAS whose threads are counted
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from finetune.workers import BLAS_THREADS, limit_blas_threads
+
+    with threadpool_limits(limits=2, user_api="blas"):  # restored after the test
+        limit_blas_threads()
+        assert {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"} == {BLAS_THREADS}
