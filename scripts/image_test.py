@@ -69,6 +69,7 @@ print(json.dumps({
     "writable": {path: writable(path) for path in ("/", "/app", "/opt/venv", "/etc", os.environ["HOME"])},
     "caps": {key: int(status[key], 16) for key in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
     "no_new_privs": int(status["NoNewPrivs"]),
+    "seccomp": int(status["Seccomp"]),
     "memory_limit": os.environ.get("FINETUNE_MEMORY_LIMIT_BYTES"),
 }))
 """
@@ -409,6 +410,8 @@ def run(engine: Engine, steps: Steps, *, base_choice: str) -> None:
             check(seen["writable"] == expected, f"writable paths {seen['writable']}, expected {expected}")
             check(not any(seen["caps"].values()), f"capabilities left: {seen['caps']}")
             check(seen["no_new_privs"] == 1, "privilege escalation is possible (NoNewPrivs 0)")
+            # 2: a seccomp filter; podman's own default profile, not the spec's (see the README)
+            check(seen["seccomp"] == 2, f"no seccomp filter (Seccomp {seen['seccomp']})")
 
         with steps.step(f"kube play: run {FACTOR} at {OOM_LIMIT}; OOMKilled, classified"):
             oomed = pods.play(with_container(oom_manifest, name=f"finetune-oom-{token}"))
