@@ -32,6 +32,7 @@ import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import uuid
@@ -50,6 +51,8 @@ FACTOR = "base_features"
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
 AS_OF = "2026-06-07T00:00:00Z"
 OOM_LIMIT = "64Mi"
+MAX_IMAGE_BYTES = 450 * 10**6  # the engine's MB, as `podman images` shows them
+IMAGE_USER = "10001:10001"
 ADMIN_URL = os.environ.get("FINETUNE_TEST_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 POD_TIMEOUT_SECONDS = 300
 # What the probe reports from inside the container, as one JSON line.
@@ -344,14 +347,24 @@ def run(engine: Engine, steps: Steps, *, base_choice: str) -> None:
 
     image = get_settings().image
     build_image(engine, steps, choice=base_choice, tag=image)
-    size = int(engine.run(["image", "inspect", "--format", "{{.Size}}", image]).stdout.strip())
-    print(f"image-test: {image} is {size / 1e6:.0f} MB")
+    with steps.step("the image: size, default user, --help with no writable home"):
+        size = int(engine.run(["image", "inspect", "--format", "{{.Size}}", image]).stdout.strip())
+        user = engine.run(["image", "inspect", "--format", "{{.Config.User}}", image]).stdout.strip()
+        print(f"image-test: {image} is {size / 1e6:.0f} MB, user {user}")
+        check(size <= MAX_IMAGE_BYTES, f"the image is {size / 1e6:.0f} MB, over {MAX_IMAGE_BYTES / 1e6:.0f} MB")
+        check(user == IMAGE_USER, f"the image's default user is {user!r}, not {IMAGE_USER}")
+        # no spec, no volume: the image's own user and HOME (/nonexistent), a read-only root
+        helped = engine.run(["run", "--rm", "--read-only", "--network", "none", image, "--help"], check=False)
+        check(
+            helped.returncode == 0 and helped.stdout.startswith("usage: finetune"),
+            f"--help exited {helped.returncode}: {(helped.stderr or helped.stdout)[-300:]}",
+        )
 
     token = uuid.uuid4().hex[:8]
     database = f"finetune_image_test_{token}"
     secret = f"finetune-db-image-test-{token}"
     dsn = database_url(ADMIN_URL, database)
-    folder = CACHE_DIR / "pods" / token
+    folder = CACHE_DIR / "pods" / token  # the manifests played
     folder.mkdir(parents=True, exist_ok=True)
     pods = Pods(engine, folder)
     volume_existed = engine.run(["volume", "exists", "tmp"], check=False).returncode == 0
@@ -429,6 +442,8 @@ def run(engine: Engine, steps: Steps, *, base_choice: str) -> None:
         engine.run(["secret", "rm", secret], check=False)
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+    # the played manifests stay for a failed run only (to replay one by hand)
+    shutil.rmtree(folder)
 
 
 def main() -> int:
