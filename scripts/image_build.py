@@ -190,7 +190,7 @@ def choose_base(engine: Engine, choice: str, steps: Steps) -> str:
     reference = registry_base()
     if engine.run(["image", "inspect", reference], check=False).returncode == 0:
         return reference
-    with steps.step(f"pull {reference}"):
+    with steps.step(f"try to pull {reference}"):
         pulled = engine.run(["pull", "--quiet", reference], check=False, timeout=PULL_TIMEOUT_SECONDS)
     if pulled.returncode == 0:
         return reference
