@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo ui test lint bench clean
+.PHONY: venv demo ui test lint bench clean image image-test
 
 $(STAMP): requirements.txt images/finetune/pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or: make PYTHON=python3 ...)"; exit 2; }
@@ -48,5 +48,19 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ui.py
 	$(PY) benchmarks/bench_gate.py
 
+# The pod image (images/finetune/Dockerfile) with podman (docker where that is the engine), tagged
+# as the DAG pins it (FINETUNE_IMAGE). FINETUNE_BASE_IMAGE=local builds the base with debootstrap
+# (auto: when the registry is unreachable); its rootfs tarball is cached in .image/.
+# Only the settings module of plugins/ is needed: no venv.
+image:
+	$(PYTHON) scripts/image_build.py
+
+# The image built, then the rendered pod spec played by podman kube play against the machine's
+# PostgreSQL: migrate, one factor's rows and the gate, a probe of the container's security, an OOM
+# kill at 64Mi classified by the project's own code. Each step's time is printed; SKIPPED (exit 0)
+# when no engine can run here.
+image-test: $(STAMP)
+	$(PY) scripts/image_test.py
+
 clean:
-	rm -rf $(VENV) .demo
+	rm -rf $(VENV) .demo .image

@@ -70,7 +70,8 @@ def render(args: argparse.Namespace) -> int:
     """Print the manifest of ``--factor``: the DAG's default params, ``FINETUNE_PROFILES`` /
     ``FINETUNE_SIZING`` and the settings, exactly as ``plan`` and the operator would build it."""
     settings = get_settings()
-    params = default_params()
+    # The DAG's default tag is FINETUNE_IMAGE's own (build_params(image_tag=...)): the same here.
+    params = default_params(image_tag=settings.image_tag)
     params["factors"] = [args.factor]
     if args.image_tag:
         params["image"] = args.image_tag

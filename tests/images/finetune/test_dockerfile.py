@@ -34,9 +34,15 @@ def test_hadolint_reports_nothing() -> None:
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout + proc.stderr
 
 
-def test_base_image_is_a_pinned_slim_python() -> None:
-    (base,) = [arg for op, arg in _instructions() if op == "FROM"]
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", base), base
+def test_base_image_is_a_build_arg_defaulting_to_a_pinned_slim_python() -> None:
+    instructions = _instructions()
+    (base,) = [arg for op, arg in instructions if op == "FROM"]
+    assert base == "${BASE_IMAGE}"
+    (default,) = [arg.split("=", 1)[1] for op, arg in instructions if op == "ARG" and arg.startswith("BASE_IMAGE=")]
+    # fully qualified: podman resolves no short names without a registries.conf alias
+    assert re.fullmatch(r"docker\.io/library/python:3\.11\.\d+-slim-bookworm(@sha256:[0-9a-f]{64})?", default), default
+    # the ARG comes before the FROM that uses it (an ARG after FROM is scoped to that stage)
+    assert [op for op, _ in instructions].index("ARG") < [op for op, _ in instructions].index("FROM")
 
 
 def test_runs_as_a_numeric_non_root_user() -> None:
@@ -51,8 +57,19 @@ def test_entrypoint_and_migrations() -> None:
     assert ("ENTRYPOINT", '["python", "-m", "finetune"]') in instructions
     assert ("COPY", "sql/ /app/sql/") in instructions
     env = " ".join(arg for op, arg in instructions if op == "ENV")
-    for setting in ("FINETUNE_MIGRATIONS_DIR=/app/sql", "PYTHONDONTWRITEBYTECODE=1", "PIP_NO_CACHE_DIR=1"):
+    for setting in (
+        "FINETUNE_MIGRATIONS_DIR=/app/sql",
+        "PYTHONDONTWRITEBYTECODE=1",
+        "PIP_NO_CACHE_DIR=1",
+        "PATH=/opt/venv/bin:$PATH",
+    ):
         assert setting in env
+
+
+def test_the_ca_bundle_reaches_pip_as_a_secret_never_a_layer() -> None:
+    runs = [arg for op, arg in _instructions() if op == "RUN" and "pip install" in arg]
+    assert len(runs) == 1 and runs[0].startswith("--mount=type=secret,id=pip-ca,"), runs
+    assert not [arg for op, arg in _instructions() if op in ("COPY", "ADD") and "cert" in arg.lower()]
 
 
 def test_requirements_are_pinned_and_cover_the_package() -> None:

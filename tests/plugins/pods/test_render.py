@@ -5,14 +5,35 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import kubernetes_validate
 import pytest
+from airflow.dag_processing.dagbag import DagBag
 
 from finetune_sweep import cli
+from finetune_sweep.settings import get_settings
 
 K8S_VERSION = kubernetes_validate.latest_version()
 RUN_ID = "manual__2026-06-07T00:00:00+00:00"
+DAGS = Path(__file__).resolve().parents[3] / "dags"
+# A registry with a port and a tag other than the package default: both must reach the pod.
+PINNED_IMAGE = "registry.local:5000/team/finetune:2.3.4"
+
+
+@pytest.fixture
+def pinned_image(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """FINETUNE_IMAGE set to :data:`PINNED_IMAGE`, the settings re-read (and again afterwards)."""
+    monkeypatch.setenv("FINETUNE_IMAGE", PINNED_IMAGE)
+    get_settings.cache_clear()
+    yield PINNED_IMAGE
+    get_settings.cache_clear()
+
+
+def _rendered_image(capsys: pytest.CaptureFixture[str], *extra: str) -> str:
+    assert cli.main(["render", "--factor", "base_features", "--output", "json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)["spec"]["containers"][0]["image"]
 
 
 def test_render_cli_prints_the_camelcase_manifest(
@@ -83,3 +104,20 @@ def test_render_refuses_a_widening_pod_template(
         "(a template may add tolerations, imagePullSecrets, priorityClassName, affinity, nodeSelector, "
         "annotations, labels, the base container's env and envFrom (not FINETUNE_DB_URL))"
     )
+
+
+def test_render_prints_the_image_the_dag_runs(pinned_image: str, capsys: pytest.CaptureFixture[str]) -> None:
+    rendered = _rendered_image(capsys)  # first: the DagBag below logs to stdout
+    # The DAG's own operator, parsed under the same FINETUNE_IMAGE, its templates rendered with
+    # the DAG's default params (what a trigger without conf runs), builds the pod's image.
+    dag = DagBag(dag_folder=str(DAGS)).dags["finetune_sweep"]
+    migrate = dag.get_task("migrate")
+    migrate.render_template_fields({"params": dag.params.dump()})
+    built = migrate.build_pod_request_obj(None, dry_run=True).spec.containers[0].image
+
+    assert built == pinned_image
+    assert rendered == built
+
+
+def test_render_image_tag_overrides_the_pinned_tag(pinned_image: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert _rendered_image(capsys, "--image-tag", "2.4.0-rc1") == "registry.local:5000/team/finetune:2.4.0-rc1"
