@@ -721,3 +721,49 @@ def test_checks_in_workers_refuse_the_first_bad_crypto_in_order_before_any_write
     assert code == 2
     assert "no synthetic data for symbol QQQ" in capsys.readouterr().err
     assert set(_counts(migrated_db).values()) == {0}
+
+
+def _processes_running(marker: str) -> list[int]:
+    """Pids whose command line holds ``marker`` (forked workers share their parent's)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    if marker.encode() in cmdline.read():
+                        found.append(int(entry))
+            except OSError:
+                continue  # ended meanwhile
+    return found
+
+
+def test_sigterm_stops_a_pod_and_its_workers_and_records_the_failure(migrated_db: str) -> None:
+    run_id = f"sigterm-workers-{os.getpid()}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "finetune",
+            # n_features: building a crypto's ~300 columns takes long enough to be stopped midway
+            *_make_argv(
+                **{"--run-id": run_id, "--factor": "n_features", "--cryptos": "BTC,ETH,SOL,BNB,XRP,ADA,DOGE,AVAX"}
+            ),
+        ],
+        env={**os.environ, "FINETUNE_DB_URL": migrated_db, "FINETUNE_POD_WORKERS": "2"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _read_until(proc, "run_started")
+    deadline = time.monotonic() + 30
+    while len(_processes_running(run_id)) < 3 and time.monotonic() < deadline:  # the pod and 2 workers
+        time.sleep(0.05)
+    assert len(_processes_running(run_id)) == 3
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+
+    assert proc.returncode == 1, err
+    finished = json.loads(out.splitlines()[-1])
+    assert finished["event"] == "run_finished" and finished["exit_reason"] == "terminated: received SIGTERM"
+    assert _query(migrated_db, f"SELECT status FROM finetune_run_factors WHERE run_id = '{run_id}'") == [("failed",)]
+    assert _processes_running(run_id) == []  # no worker left computing for a run that has ended
