@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,10 @@ def test_requirements_are_pinned_and_cover_the_package() -> None:
     ]
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.\-]+(\[[a-z,]+\])?==[0-9][0-9A-Za-z.]*", pin) for pin in pins), pins
     names = {re.split(r"[\[=]", pin)[0].lower() for pin in pins}
-    assert names == {"numpy", "pandas", "pyarrow", "psycopg"}
+    # every runtime dependency the package declares is pinned for the image, and nothing else
+    declared = tomllib.loads((IMAGE_DIR / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert names == {re.split(r"[\[<>=]", dep)[0].lower() for dep in declared}
+    assert {"numpy", "pandas", "pyarrow", "psycopg", "threadpoolctl"} <= names
 
 
 def test_copied_paths_exist_in_the_repository() -> None:
