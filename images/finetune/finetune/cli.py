@@ -133,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--as-of", required=True, type=_as_of, help="UTC timestamp anchoring the folds")
     run.add_argument("--n-folds", required=True, type=_positive)
     run.add_argument("--n-seeds", required=True, type=_positive)
+    run.add_argument(
+        "--n-shifts",
+        type=_positive,
+        default=None,
+        help="shifted copies of the model's positions per test window (default: --n-seeds, DESIGN 5); "
+        "a fold's shift-test p-value is never below 1/(n_shifts + 1)",
+    )
     run.add_argument("--hold-bars", required=True, type=_positive)
     run.add_argument("--train-bars", type=_positive, default=DEFAULT_TRAIN_BARS)
     run.add_argument("--test-bars", type=_positive, default=DEFAULT_TEST_BARS)
@@ -196,6 +203,7 @@ def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
         as_of=args.as_of,
         n_folds=args.n_folds,
         n_seeds=args.n_seeds,
+        n_shifts=args.n_shifts if args.n_shifts is not None else args.n_seeds,
         hold_bars=args.hold_bars,
         train_bars=args.train_bars,
         test_bars=args.test_bars,

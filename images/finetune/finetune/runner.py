@@ -114,6 +114,13 @@ class RunConfig:
     test_bars: int
     data_uri: str | None
     bars: BarOptions = BarOptions()  # how the data's rows become calendar bars (--gaps & co.)
+    # Shifted copies per window in the shift test (--n-shifts; None: n_seeds, as DESIGN 5 has it).
+    n_shifts: int | None = None
+
+    @property
+    def shifts(self) -> int:
+        """The shift test's number of shifted copies: ``n_shifts``, else ``n_seeds``."""
+        return self.n_shifts if self.n_shifts is not None else self.n_seeds
 
     @property
     def cost_bases(self) -> list[tuple[int, int]]:
@@ -377,7 +384,14 @@ class KeyResult:
 
 
 def evaluate_fold(
-    crypto: str, item: Prepared, fold: Fold, *, cost_bases: list[tuple[int, int]], n_seeds: int, hold_bars: int
+    crypto: str,
+    item: Prepared,
+    fold: Fold,
+    *,
+    cost_bases: list[tuple[int, int]],
+    n_seeds: int,
+    hold_bars: int,
+    n_shifts: int | None = None,
 ) -> list[KeyResult]:
     """Fine-tune once on the fold, then the model row and baselines of every cost basis.
 
@@ -391,7 +405,8 @@ def evaluate_fold(
     costs = {basis: round_trip_cost(*basis) for basis in cost_bases}
     distinct = list(dict.fromkeys(costs.values()))  # 10+0 and 5+5 bps are one round-trip cost
     window = baselines.compute_window_baselines(close, distinct, n_seeds=n_seeds, hold_bars=hold_bars)
-    shifts = dict(zip(distinct, significance.shift_tests(positions, close, distinct, n_shifts=n_seeds), strict=True))
+    n_shifts = n_seeds if n_shifts is None else n_shifts
+    shifts = dict(zip(distinct, significance.shift_tests(positions, close, distinct, n_shifts=n_shifts), strict=True))
     exposure = significance.exposure(positions)
     stored_positions = significance.position_list(positions)
     results = []
@@ -427,7 +442,13 @@ def evaluate_crypto(plan: Plan, crypto: str) -> Iterator[tuple[str, Fold, list[K
         item = plan.load(crypto)
         for fold in item.folds:
             results = evaluate_fold(
-                crypto, item, fold, cost_bases=config.cost_bases, n_seeds=config.n_seeds, hold_bars=config.hold_bars
+                crypto,
+                item,
+                fold,
+                cost_bases=config.cost_bases,
+                n_seeds=config.n_seeds,
+                hold_bars=config.hold_bars,
+                n_shifts=config.shifts,
             )
             yield crypto, fold, results
     finally:

@@ -767,3 +767,21 @@ def test_sigterm_stops_a_pod_and_its_workers_and_records_the_failure(migrated_db
     assert finished["event"] == "run_finished" and finished["exit_reason"] == "terminated: received SIGTERM"
     assert _query(migrated_db, f"SELECT status FROM finetune_run_factors WHERE run_id = '{run_id}'") == [("failed",)]
     assert _processes_running(run_id) == []  # no worker left computing for a run that has ended
+
+
+@pytest.mark.parametrize(("flag", "expected"), [pytest.param(None, N_SEEDS, id="default-n-seeds"), ("250", 250)])
+def test_the_shift_test_runs_n_shifts_copies_independent_of_the_seeds(
+    migrated_db: str, capsys: pytest.CaptureFixture[str], flag: str | None, expected: int
+) -> None:
+    argv = _make_argv(**({"--n-shifts": flag} if flag else {}))
+    code = main(argv, environ={"FINETUNE_DB_URL": migrated_db})
+    capsys.readouterr()
+
+    assert code == 0
+    rows = _query(migrated_db, "SELECT DISTINCT perm_n_shifts, min(perm_p_value) FROM finetune_results GROUP BY 1")
+    (n_shifts, smallest_p), *others = rows
+    assert not others and n_shifts == expected
+    assert smallest_p >= 1 / (expected + 1)  # the floor a fold's p-value can reach
+    assert _query(migrated_db, "SELECT DISTINCT n_seeds FROM finetune_baselines WHERE n_seeds IS NOT NULL") == [
+        (N_SEEDS,)
+    ]
