@@ -20,8 +20,7 @@ Environment:
 ``FINETUNE_RETRY_DELAY_SECONDS``  delay before an OOM retry of ``run_factor`` (default 10)
 ``FINETUNE_POD_TEMPLATE_FILE``    optional pod template (YAML) for what the cluster needs beyond
                               the spec built here (tolerations, imagePullSecrets, priority class);
-                              the operator's own fields (image, resources, env, security) win;
-                              a template that would widen the pod is refused (``pod_template``)
+                              an allow-list: any other field is refused (``pods.template``)
 ``FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS``, ``FINETUNE_DB_LOCK_TIMEOUT_SECONDS``,
 ``FINETUNE_DB_RETRY_SECONDS``, ``FINETUNE_DB_CONNECT_TIMEOUT_SECONDS``
                               when set here, passed to every pod's env (the pod validates them:

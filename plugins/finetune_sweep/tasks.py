@@ -64,7 +64,7 @@ def plan(context: Context) -> list[dict[str, Any]]:
     except SettingsError as err:
         raise AirflowFailException(f"invalid sweep: {err}") from None
     try:
-        check_pod_template(settings.pod_template_file, db_secret=(settings.db_secret_name, settings.db_secret_key))
+        check_pod_template(settings.pod_template_file)
         as_of = as_of_from_context(context)
         run_id = sweep_run_id(context, data_uri=settings.data_uri)
         entries = plan_pods(
