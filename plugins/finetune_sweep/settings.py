@@ -52,6 +52,11 @@ applies it; see :func:`sizing_policy`):
 ``FINETUNE_POD_DEADLINE_PER_KEY_SECONDS``  allowance per key (crypto x fold x cost basis) of a
                               pod (default 60)
 ``FINETUNE_POD_DEADLINE_STARTUP_SECONDS``  allowance for loading data and connecting (default 600)
+``FINETUNE_POD_DEADLINE_MAX_SECONDS``  the ceiling of that deadline, sized or fixed (default 86400:
+                              one trigger must not hold a node for weeks)
+``FINETUNE_MAX_RUN_WORK``     the largest run ``plan`` admits, in units of keys x (n_seeds +
+                              n_shifts) over all factors (default 50,000,000: four times the
+                              README's production example of 60,000 keys at 100 seeds)
 """
 
 from __future__ import annotations
@@ -62,6 +67,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_IMAGE = "ghcr.io/finetune-sweep/finetune:0.1.0"
+# The README's production example (4 factors x 50 cryptos x 15 folds x 10 costs x 2 slippages =
+# 60,000 keys, 100 seeds and 100 shifts: 12,000,000) four times over; the abuse it stops (a run
+# holding the cluster for weeks) is two orders larger.
+DEFAULT_MAX_RUN_WORK = 50_000_000
 BACKENDS = ("kubernetes", "local")
 # The pod's database bounds (finetune.connection): set on the Airflow side, they reach every pod.
 POD_DATABASE_ENV = (
@@ -100,6 +109,8 @@ class Settings:
     pod_deadline_seconds: int | None = None
     pod_deadline_per_key_seconds: int = 60
     pod_deadline_startup_seconds: int = 600
+    pod_deadline_max_seconds: int = 86400
+    max_run_work: int = DEFAULT_MAX_RUN_WORK
 
     @property
     def image_repository(self) -> str:
@@ -151,6 +162,14 @@ class Settings:
                 raise SettingsError(f"{name}={text!r} must be an integer from {low} to {high}")
             return int(text)
 
+        deadline_max = integer("FINETUNE_POD_DEADLINE_MAX_SECONDS", cls.pod_deadline_max_seconds, 60, 30 * 86400)
+        # 0 (unset; a set value is at least 1): the deadline is sized from the pod's keys
+        fixed_deadline = integer("FINETUNE_POD_DEADLINE_SECONDS", 0, 1, 30 * 86400) or None
+        if fixed_deadline is not None and fixed_deadline > deadline_max:
+            raise SettingsError(
+                f"FINETUNE_POD_DEADLINE_SECONDS={fixed_deadline} is above "
+                f"FINETUNE_POD_DEADLINE_MAX_SECONDS={deadline_max}; lower it or raise the ceiling"
+            )
         keep_text = (get("FINETUNE_KEEP_FAILED_PODS", "false") or "false").lower()
         if keep_text not in ("true", "false", "1", "0", "yes", "no"):
             raise SettingsError(f"FINETUNE_KEEP_FAILED_PODS={keep_text!r} must be true or false")
@@ -175,14 +194,15 @@ class Settings:
             ),
             keep_failed_pods=keep_text in ("true", "1", "yes"),
             disruption_retries=integer("FINETUNE_DISRUPTION_RETRIES", cls.disruption_retries, 0, 10),
-            # 0 (unset; a set value is at least 1): the deadline is sized from the pod's keys
-            pod_deadline_seconds=integer("FINETUNE_POD_DEADLINE_SECONDS", 0, 1, 30 * 86400) or None,
+            pod_deadline_seconds=fixed_deadline,
             pod_deadline_per_key_seconds=integer(
                 "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS", cls.pod_deadline_per_key_seconds, 1, 86400
             ),
             pod_deadline_startup_seconds=integer(
                 "FINETUNE_POD_DEADLINE_STARTUP_SECONDS", cls.pod_deadline_startup_seconds, 1, 86400
             ),
+            pod_deadline_max_seconds=deadline_max,
+            max_run_work=integer("FINETUNE_MAX_RUN_WORK", cls.max_run_work, 1, 10**12),
         )
 
 

@@ -82,6 +82,14 @@ def test_environment_overrides() -> None:
         ),
         pytest.param({"FINETUNE_DISRUPTION_RETRIES": "11"}, "from 0 to 10", id="too-many-disruption-retries"),
         pytest.param(
+            {"FINETUNE_MAX_RUN_WORK": "1e9"}, r"FINETUNE_MAX_RUN_WORK='1e9' must be an integer", id="bad-max-work"
+        ),
+        pytest.param(
+            {"FINETUNE_POD_DEADLINE_MAX_SECONDS": "59"},
+            r"FINETUNE_POD_DEADLINE_MAX_SECONDS='59' must be an integer from 60",
+            id="deadline-ceiling-too-low",
+        ),
+        pytest.param(
             {"FINETUNE_KEEP_FAILED_PODS": "maybe"}, "KEEP_FAILED_PODS='maybe' must be true or false", id="bad-keep"
         ),
     ],
