@@ -12,6 +12,9 @@ Environment:
 ``FINETUNE_IMAGE``            the image, ``repository[:tag]`` (default below); the DAG param
                               ``image`` gives the tag of each run (its default: this tag, else
                               ``0.1.0``), so every pod runs a pinned tag, never ``latest``
+``FINETUNE_IMAGE_TAG_PATTERN``  optional regular expression (whole tag) of the tags a trigger may
+                              run; default: the pinned tag's release pattern (``0.1.0`` gives
+                              ``[0-9]+\\.[0-9]+\\.[0-9]+``); ``latest`` is refused whatever it says
 ``FINETUNE_DB_SECRET``        Kubernetes Secret holding the libpq URI (default ``finetune-db``)
 ``FINETUNE_DB_SECRET_KEY``    key inside that Secret (default ``dsn``)
 ``FINETUNE_CONN_ID``          Airflow connection of the gate and the local backend (``finetune_db``)
@@ -63,6 +66,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -111,6 +115,8 @@ class Settings:
     pod_deadline_startup_seconds: int = 600
     pod_deadline_max_seconds: int = 86400
     max_run_work: int = DEFAULT_MAX_RUN_WORK
+    # FINETUNE_IMAGE_TAG_PATTERN as set (None: the pinned tag's release pattern)
+    tag_pattern: str | None = None
 
     @property
     def image_repository(self) -> str:
@@ -121,6 +127,11 @@ class Settings:
     def image_tag(self) -> str:
         """The tag of the pinned image (the default of the DAG param ``image``)."""
         return split_image(self.image)[1]
+
+    @property
+    def image_tag_pattern(self) -> str:
+        """The tags a trigger may run: ``FINETUNE_IMAGE_TAG_PATTERN``, else the pinned tag's shape."""
+        return self.tag_pattern or release_pattern(self.image_tag)
 
     def image_with_tag(self, tag: str) -> str:
         """The pinned repository with another tag.
@@ -170,6 +181,14 @@ class Settings:
                 f"FINETUNE_POD_DEADLINE_SECONDS={fixed_deadline} is above "
                 f"FINETUNE_POD_DEADLINE_MAX_SECONDS={deadline_max}; lower it or raise the ceiling"
             )
+        tag_pattern = get("FINETUNE_IMAGE_TAG_PATTERN", None)
+        if tag_pattern is not None:
+            try:
+                re.compile(tag_pattern)
+            except re.error as err:
+                raise SettingsError(
+                    f"FINETUNE_IMAGE_TAG_PATTERN={tag_pattern!r} is not a regular expression ({err})"
+                ) from None
         keep_text = (get("FINETUNE_KEEP_FAILED_PODS", "false") or "false").lower()
         if keep_text not in ("true", "false", "1", "0", "yes", "no"):
             raise SettingsError(f"FINETUNE_KEEP_FAILED_PODS={keep_text!r} must be true or false")
@@ -203,6 +222,7 @@ class Settings:
             ),
             pod_deadline_max_seconds=deadline_max,
             max_run_work=integer("FINETUNE_MAX_RUN_WORK", cls.max_run_work, 1, 10**12),
+            tag_pattern=tag_pattern,
         )
 
 
@@ -221,6 +241,18 @@ def split_image(image: str) -> tuple[str, str]:
     if not repository or not tag:
         raise SettingsError(f"FINETUNE_IMAGE={image!r} must be repository[:tag]")
     return repository, tag
+
+
+def release_pattern(tag: str) -> str:
+    """The release pattern of a tag: its digit runs as ``[0-9]+``, the rest literal.
+
+    ``0.1.0`` gives ``[0-9]+\\.[0-9]+\\.[0-9]+`` (the next releases, not ``dev`` or a branch
+    tag); ``v2.3-rc1`` gives ``v[0-9]+\\.[0-9]+-rc[0-9]+``. A tag holds only ``[A-Za-z0-9_.-]``,
+    of which only ``.`` means something in a pattern.
+
+    :param tag: the pinned tag.
+    """
+    return re.sub("[0-9]+", "[0-9]+", tag).replace(".", "\\.")
 
 
 @functools.cache

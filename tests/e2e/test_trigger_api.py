@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from finetune_sweep.sizing.profiles import SIZING_MAP
+from finetune_sweep.sweep.params import SYMBOL_PATTERN
 from local_airflow import free_port as _free_port
 from local_airflow import local_airflow_env
 from local_airflow import stop_process_group as _stop
@@ -191,6 +192,10 @@ def test_a_valid_conf_creates_a_queued_run_on_the_paused_dag(api: httpx.Client) 
         pytest.param({"cryptos": ["BTC'; DROP TABLE x;--"]}, "cryptos", "DROP TABLE x", id="injection"),
         pytest.param({"n_folds": 0}, "n_folds", "0", id="folds-below-minimum"),
         pytest.param({"factors": []}, "factors", "[]", id="no-factor"),
+        pytest.param({"cryptos": ["BTC\n"]}, "cryptos", "'BTC\\n'", id="symbol-trailing-newline"),
+        pytest.param({"image": "0.1.0\n"}, "image", "'0.1.0\\n'", id="tag-trailing-newline"),
+        pytest.param({"image": "latest"}, "image", "latest", id="moving-tag"),
+        pytest.param({"image": "dev-branch"}, "image", "dev-branch", id="tag-outside-the-release-pattern"),
     ],
 )
 def test_invalid_params_are_refused_at_trigger_time(
@@ -223,7 +228,7 @@ def test_the_dag_details_expose_the_factors_pick_list(api: httpx.Client) -> None
     assert schema["type"] == "array"
     assert schema["examples"] == schema["items"]["enum"] == factors["value"]
     assert schema["minItems"] == 1 and schema["uniqueItems"] is True
-    assert params["cryptos"]["schema"]["items"]["pattern"] == "^[A-Z0-9]{2,10}$"
+    assert params["cryptos"]["schema"]["items"]["pattern"] == SYMBOL_PATTERN
     assert schema["examples"] == list(SIZING_MAP)
 
 

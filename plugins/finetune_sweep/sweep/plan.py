@@ -174,7 +174,7 @@ def plan_pods(
         sizing_map = load_sizing(sizing_json)
     except SizingError as err:
         raise PlanError(str(err)) from None
-    valid = validate_params(params, known_factors=tuple(sizing_map))
+    valid = validate_params(params, known_factors=tuple(sizing_map), tag_pattern=settings.image_tag_pattern)
     check_run_size(valid, max_run_work=settings.max_run_work)
     check_data_uri(data_uri)
     check_fits_synthetic_market(valid, as_of=as_of, data_uri=data_uri)

@@ -8,6 +8,10 @@ cookie, so the same checks apply to the browser.
 
 Links are relative (``../../../static/...``): the app works under any mount prefix and any
 ``[api] base_url``.
+
+Every response carries a Content-Security-Policy that allows only this app's own scripts (the
+pages have no inline script: chart data travels as ``application/json``), ``nosniff``, and, but for
+the static assets, ``Cache-Control: no-store``: results are not left in shared or disk caches.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from collections.abc import Mapping, Sequence
 from datetime import date, datetime
@@ -41,6 +46,19 @@ from finetune_sweep.ui.airflow_runs import AirflowRun, expected_finetune_run_id,
 
 HERE = Path(__file__).resolve().parent
 READ_RUN = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
+LOG = logging.getLogger(__name__)
+
+# plotly draws with inline styles (hence 'unsafe-inline' for styles only) and data: images for its
+# toolbar icons; the tab is an iframe of Airflow's own origin.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "frame-ancestors 'self'"
+)
+# What a viewer reads when the finetune database cannot be reached; host, port, database and the
+# driver's message go to the api-server's log only.
+UNAVAILABLE = "the results database is unavailable"
+# A spreadsheet evaluates a text cell starting with one of these as a formula (CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 # Columns of the downloads, in order (the tables show the same rows).
 GROUP_COLUMNS = (
@@ -178,12 +196,17 @@ def _csv_cell(value: Any) -> Any:
     value = _clean(value)
     if value is None:
         return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        # OWASP's neutralisation: a leading quote makes the cell text. Only text cells: a negative
+        # number is written by Python as a number, which no spreadsheet evaluates.
+        return "'" + value
     return _json_default(value) if isinstance(value, (datetime, date, Decimal)) else value
 
 
 def _to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # RFC 4180 line ends; with CR in the terminator the writer also quotes a cell holding a bare CR
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(columns)
     writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in rows)
     return out.getvalue()
@@ -205,9 +228,8 @@ def _dsn() -> str:
     try:
         return dsn_from_connection(conn_id)
     except Exception as err:  # noqa: BLE001 - Airflow raises its own "not defined" types across versions
-        raise PageError(
-            503, "No finetune database", f"the Airflow connection {conn_id!r} is not available ({type(err).__name__})"
-        ) from None
+        LOG.warning("finetune results: the Airflow connection %r is not available (%s)", conn_id, type(err).__name__)
+        raise PageError(503, "Finetune database unavailable", UNAVAILABLE) from None
 
 
 class _Database:
@@ -239,7 +261,8 @@ class _Database:
 
     def _unavailable(self, err: Exception) -> None:
         first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise PageError(503, "Finetune database unavailable", redact(first_line, [self.dsn])) from None
+        LOG.warning("finetune results: %s", redact(first_line, [self.dsn]))
+        raise PageError(503, "Finetune database unavailable", UNAVAILABLE) from None
 
 
 class _Resolved:
@@ -323,9 +346,40 @@ def _text_or_none(value: str | None, name: str) -> str | None:
 # --------------------------------------------------------------------------- app
 
 
+class SecurityHeaders:
+    """ASGI middleware: the policy headers on every response (see the module docstring).
+
+    Plain ASGI rather than ``BaseHTTPMiddleware``: a streamed download passes through unbuffered.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"content-security-policy"]
+                headers += [
+                    (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                ]
+                # the static assets set their own (private) caching; everything else holds results
+                if not any(k.lower() == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
 def create_app() -> FastAPI:
     """The plugin's FastAPI app (mounted at ``/finetune`` by the plugin)."""
     app = FastAPI(title="finetune sweep results", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(SecurityHeaders)
     env = _environment()
     static = _static_files()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -161,6 +162,20 @@ def test_a_viewer_is_served_everywhere(airflow_app: dict[str, Any], seeded: str,
 
     assert response.status_code == 200, response.text[:2000]
     assert response.content
+
+
+@pytest.mark.parametrize("path", [*ROUTES, *STATIC, pytest.param(_url("no-such-run"), id="error-page")])
+def test_every_response_carries_the_policy_headers(airflow_app: dict[str, Any], seeded: str, path: str) -> None:
+    headers = _get(airflow_app, path).headers
+
+    assert headers["content-security-policy"] == (
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'self'"
+    )
+    assert headers["x-content-type-options"] == "nosniff"
+    # results are never cached; the assets (no data) may be, privately
+    expected = "private, max-age=86400" if path in STATIC else "no-store"
+    assert headers["cache-control"] == expected
 
 
 def test_the_plugin_is_listed_with_its_app_and_both_tabs(airflow_app: dict[str, Any]) -> None:
@@ -354,7 +369,7 @@ def test_a_run_that_failed_before_register_shows_its_verdict_and_no_traceback(
 
 
 def test_an_unreachable_database_is_a_503_without_its_password(
-    airflow_app: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    airflow_app: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_FINETUNE_DB",
@@ -371,11 +386,16 @@ def test_an_unreachable_database_is_a_503_without_its_password(
         ),
     )
 
-    response = _get(airflow_app, _url(AIRFLOW_RUN))
+    with caplog.at_level(logging.WARNING, logger="finetune_sweep.ui.app"):
+        response = _get(airflow_app, _url(AIRFLOW_RUN))
 
     assert response.status_code == 503
-    assert "Finetune database unavailable" in response.text
+    assert "the results database is unavailable" in response.text
+    # host, port and the driver's message are for the server's log, not for viewers
+    assert "127.0.0.1" not in response.text and "port 1" not in response.text
     assert "s3cret-pw" not in response.text
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "127.0.0.1" in logged and "s3cret-pw" not in logged
 
 
 def test_a_bad_cost_filter_names_the_value(airflow_app: dict[str, Any], seeded: str) -> None:
@@ -401,8 +421,9 @@ def test_downloads_carry_the_tables_rows(airflow_app: dict[str, Any], seeded: st
     rows_json = _get(airflow_app, _url(AIRFLOW_RUN, "/rows.json")).json()
     folds_json = _get(airflow_app, _url(AIRFLOW_RUN, "/folds.json")).json()
 
-    parsed = list(csv.DictReader(io.StringIO(rows_csv.text)))
+    parsed = list(csv.DictReader(io.StringIO(rows_csv.text, newline="")))
     assert rows_csv.headers["content-type"].startswith("text/csv")
+    assert rows_csv.text.count("\r\n") == len(parsed) + 1 and "\n" not in rows_csv.text.replace("\r\n", "")
     assert "attachment" in rows_csv.headers["content-disposition"]
     assert len(parsed) == len(rows_json) == 8 and len(folds_json) == 16
     first = rows_json[0]
@@ -486,3 +507,16 @@ def test_a_dag_id_with_a_nul_gets_a_page_not_a_server_error(airflow_app: dict[st
 
     assert response.status_code in (400, 403, 404), response.text[:500]
     assert "Traceback" not in response.text
+
+
+def test_csv_cells_that_a_spreadsheet_would_evaluate_are_neutralised() -> None:
+    from finetune_sweep.ui.app import _to_csv
+
+    values = ["=1+1", "+SUM(A1)", "-2+3", "@cmd", "\tx", "\rx", "a\rb", "BTC", -0.5, 3]
+    text = _to_csv([{str(i): v for i, v in enumerate(values)}], [str(i) for i in range(len(values))])
+
+    assert text.endswith("\r\n")
+    (header, row) = list(csv.reader(io.StringIO(text, newline="")))
+    assert row == ["'=1+1", "'+SUM(A1)", "'-2+3", "'@cmd", "'\tx", "'\rx", "a\rb", "BTC", "-0.5", "3"]
+    # a bare CR inside a cell is quoted, so no reader takes it for a line end
+    assert '"a\rb"' in text and '"\'\rx"' in text
