@@ -167,6 +167,7 @@ in_window AS (
     SELECT * FROM history
     WHERE (%(days)s::integer IS NULL OR finished_at >= now() - make_interval(days => %(days)s::integer))
       AND (%(factors)s::text[] IS NULL OR factor = ANY(%(factors)s::text[]))
+      AND (%(dag_id)s::text IS NULL OR run_id IN (SELECT run_id FROM finetune_runs WHERE dag_id = %(dag_id)s::text))
 ),
 recent_runs AS (
     SELECT factor, run_id,
@@ -188,33 +189,56 @@ def fetch_history(
     history_runs: int | None = None,
     history_days: int | None = None,
     factors: Sequence[str] | None = None,
+    dag_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Recorded pod attempts, oldest first per factor, from ``finetune_pod_attempts``.
-
-    (From ``finetune_run_factors`` on a database before V003: the latest attempt of each run.)
+    """Recorded pod attempts, oldest first per factor (see :func:`read_history`), on a connection of its own.
 
     :param dsn: libpq URI of the finetune database.
-    :param history_runs: keep each factor's attempts in its last N finetune runs (None: all runs).
-    :param history_days: keep attempts that finished within the last N days (None: any age).
-    :param factors: only these factors (None: every factor).
     :raises NotMigrated: the database has neither table.
     """
     from psycopg.rows import dict_row
 
     with connect(dsn, row_factory=dict_row) as conn:
-        found = conn.execute(
-            "SELECT to_regclass('finetune_pod_attempts') IS NOT NULL AS attempts, "
-            "to_regclass('finetune_run_factors') IS NOT NULL AS factors, "
-            "EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = 'finetune_pod_attempts' AND column_name = 'airflow_run_id') AS per_airflow_run"
-        ).fetchone()
-        if not (found["attempts"] or found["factors"]):
-            raise NotMigrated(
-                "no finetune tables in this database (wrong database, or not migrated yet: python -m finetune migrate)"
-            )
-        if not found["attempts"]:
-            source = FALLBACK_HISTORY_SQL
-        else:
-            source = HISTORY_SQL if found["per_airflow_run"] else PRE_V007_HISTORY_SQL
-        window = {"runs": history_runs, "days": history_days, "factors": list(factors) if factors is not None else None}
-        return list(conn.execute(WINDOWED_HISTORY_SQL.format(source=source), window).fetchall())
+        return read_history(conn, history_runs=history_runs, history_days=history_days, factors=factors, dag_id=dag_id)
+
+
+def read_history(
+    conn: Any,
+    *,
+    history_runs: int | None = None,
+    history_days: int | None = None,
+    factors: Sequence[str] | None = None,
+    dag_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Recorded pod attempts, oldest first per factor, from ``finetune_pod_attempts``.
+
+    (From ``finetune_run_factors`` on a database before V003: the latest attempt of each run.)
+
+    :param conn: a psycopg connection with ``dict_row`` rows.
+    :param history_runs: keep each factor's attempts in its last N finetune runs (None: all runs).
+    :param history_days: keep attempts that finished within the last N days (None: any age).
+    :param factors: only these factors (None: every factor).
+    :param dag_id: only the runs of this DAG (None: every run, by-hand ones too).
+    :raises NotMigrated: the database has neither table.
+    """
+    found = conn.execute(
+        "SELECT to_regclass('finetune_pod_attempts') IS NOT NULL AS attempts, "
+        "to_regclass('finetune_run_factors') IS NOT NULL AS factors, "
+        "EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'finetune_pod_attempts' AND column_name = 'airflow_run_id') AS per_airflow_run"
+    ).fetchone()
+    if not (found["attempts"] or found["factors"]):
+        raise NotMigrated(
+            "no finetune tables in this database (wrong database, or not migrated yet: python -m finetune migrate)"
+        )
+    if not found["attempts"]:
+        source = FALLBACK_HISTORY_SQL
+    else:
+        source = HISTORY_SQL if found["per_airflow_run"] else PRE_V007_HISTORY_SQL
+    window = {
+        "runs": history_runs,
+        "days": history_days,
+        "factors": list(factors) if factors is not None else None,
+        "dag_id": dag_id,
+    }
+    return list(conn.execute(WINDOWED_HISTORY_SQL.format(source=source), window).fetchall())

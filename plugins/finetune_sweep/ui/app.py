@@ -2,7 +2,9 @@
 
 Airflow does not protect plugin apps: every page and data route depends on
 ``requires_access_dag("GET", DagAccessEntity.RUN)``, which reads the DAG id from the path
-(anonymous: 401, a user without access to that DAG: 403). The static assets hold no data and
+(anonymous: 401, a user without access to that DAG: 403), and then on the DAG being one of this
+Airflow's (``~``, Airflow's "every DAG", is not): each DAG's pages show its own runs only, never a
+run registered by hand (``dag_id`` NULL) nor another DAG's attempts. The static assets hold no data and
 need an authenticated user only. The tab is a same-origin iframe that carries Airflow's session
 cookie, so the same checks apply to the browser.
 
@@ -34,7 +36,7 @@ from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 
-from finetune_sweep.db.attempts import fetch_history
+from finetune_sweep.db.attempts import read_history
 from finetune_sweep.db.connect import NotMigrated
 from finetune_sweep.db.dsn import dsn_from_connection, redact
 from finetune_sweep.settings import get_settings, sizing_overrides, sizing_policy
@@ -42,10 +44,24 @@ from finetune_sweep.sizing.profiles import SizingError, load_profiles, load_sizi
 from finetune_sweep.sizing.quantities import format_bytes
 from finetune_sweep.sizing.recommend import describe_window, recommend
 from finetune_sweep.ui import charts, queries
-from finetune_sweep.ui.airflow_runs import AirflowRun, expected_finetune_run_id, find_airflow_run
+from finetune_sweep.ui.airflow_runs import AirflowRun, dag_exists, expected_finetune_run_id, find_airflow_run
 
 HERE = Path(__file__).resolve().parent
-READ_RUN = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
+
+
+def _known_dag(dag_id: str) -> None:
+    """Refuse a path DAG id that names no DAG of this Airflow, before anything is read.
+
+    ``requires_access_dag`` takes ``~`` for "every DAG" (and a user who may read them all passes),
+    and a finetune run is shown only under the DAG that made it: a run registered by hand
+    (``dag_id`` NULL) is shown under no DAG at all (the CLI and the report still read it).
+    """
+    if "\x00" in dag_id or not dag_exists(dag_id):
+        raise PageError(404, "Unknown DAG", f"no DAG {dag_id!r} in this Airflow")
+
+
+# Authentication first: an anonymous request learns nothing, not even which DAGs exist.
+READ_RUN = [Depends(requires_access_dag("GET", DagAccessEntity.RUN)), Depends(_known_dag)]
 LOG = logging.getLogger(__name__)
 
 # plotly draws with inline styles (hence 'unsafe-inline' for styles only) and data: images for its
@@ -493,7 +509,10 @@ def create_app() -> FastAPI:
             policy = sizing_policy()
             window = describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
             try:
-                attempts = fetch_history(db.dsn, history_runs=policy.history_runs, history_days=policy.history_days)
+                # this DAG's runs only: another DAG's attempts are not its viewers' to see
+                attempts = read_history(
+                    db.conn, history_runs=policy.history_runs, history_days=policy.history_days, dag_id=dag_id
+                )
                 recommendations = recommend(attempts, load_sizing(sizing_json), load_profiles(profiles_json))
             except (SizingError, NotMigrated) as err:
                 recommendations, advice_error = [], str(err)

@@ -55,16 +55,19 @@ SELECT run_id, dag_id, strategy, as_of, params, created_at
 FROM finetune_runs WHERE run_id = %(run_id)s
 """
 
+# A run is shown only under the DAG that made it: the link and the run must both name the DAG.
 LINKED_RUN_SQL = """
-SELECT run_id FROM finetune_airflow_runs
-WHERE dag_id = %(dag_id)s AND airflow_run_id = %(airflow_run_id)s
+SELECT l.run_id FROM finetune_airflow_runs AS l
+JOIN finetune_runs AS r ON r.run_id = l.run_id AND r.dag_id = l.dag_id
+WHERE l.dag_id = %(dag_id)s AND l.airflow_run_id = %(airflow_run_id)s
 """
 
 # The finetune run itself may be named in the URL (a notebook link, or a run registered before
-# the Airflow-run link existed); it must belong to the DAG of the path.
+# the Airflow-run link existed); it must belong to the DAG of the path. A run registered by hand
+# (dag_id NULL) belongs to no DAG and is shown under none.
 RUN_OF_DAG_SQL = """
 SELECT run_id FROM finetune_runs
-WHERE run_id = ANY(%(candidates)s) AND (dag_id = %(dag_id)s OR dag_id IS NULL)
+WHERE run_id = ANY(%(candidates)s) AND dag_id = %(dag_id)s
 ORDER BY array_position(%(candidates)s, run_id)
 LIMIT 1
 """

@@ -456,6 +456,73 @@ def test_the_dag_tab_shows_each_factor_across_runs(airflow_app: dict[str, Any], 
     assert '"history-edge"' in html and '"history-memory"' in html
 
 
+def test_the_dag_tabs_sizing_advice_counts_only_that_dags_runs(airflow_app: dict[str, Any], seeded: str) -> None:
+    with psycopg.connect(seeded) as conn:
+        # another DAG's run (and a by-hand one) with n_features near its limit: not this DAG's advice
+        for other, dag_id in (("other-run", "other_dag"), ("by-hand", None)):
+            conn.execute(
+                "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+                "VALUES (%s, %s, 'ridge_long_flat', '2026-06-07T00:00:00Z', '{}')",
+                (other, dag_id),
+            )
+            conn.execute(
+                "INSERT INTO finetune_run_factors (run_id, factor, profile, status) VALUES (%s, 'n_features', 'HEAVY', 'done')",
+                (other,),
+            )
+            conn.execute(
+                "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,"
+                " peak_memory_bytes) VALUES (%s, 'n_features', 1, 'HEAVY', 25769803776, 25000000000)",
+                (other,),
+            )
+        conn.execute(
+            "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,"
+            " peak_memory_bytes) VALUES (%s, 'l2_features', 1, 'STANDARD', 8589934592, 7516192768)",
+            (RUN_ID,),
+        )
+
+    html = _get(airflow_app, f"/finetune/dags/{DAG_ID}").text
+
+    assert _table_row(html, "sizing", ["l2_features"])[1] == "1"
+    # every factor of the map has its row; n_features has no attempt of this DAG
+    n_features = _table_row(html, "sizing", ["n_features"])
+    assert n_features[1:4] == ["0", "0", "0"] and "25" not in " ".join(n_features)
+
+
+@pytest.mark.parametrize("dag_id", ["~", "no_such_dag", "other_dag"])
+@pytest.mark.parametrize("suffix", ["", "/runs/{run}", "/runs/{run}/folds", "/runs/{run}/rows.csv"])
+def test_a_path_that_names_no_dag_of_this_airflow_is_a_404(
+    airflow_app: dict[str, Any], seeded: str, dag_id: str, suffix: str
+) -> None:
+    with psycopg.connect(seeded) as conn:
+        # a finetune run claiming a DAG this Airflow does not have
+        conn.execute("UPDATE finetune_runs SET dag_id = 'other_dag'")
+    path = f"/finetune/dags/{quote(dag_id, safe='')}" + suffix.format(run=quote(RUN_ID, safe=""))
+
+    response = _get(airflow_app, path)
+
+    assert response.status_code == 404, response.text
+    assert "base_features" not in response.text
+    assert f"no DAG {dag_id!r} in this Airflow".replace("'", "&#39;") in response.text
+
+
+def test_an_anonymous_request_for_an_unknown_dag_learns_nothing(airflow_app: dict[str, Any], seeded: str) -> None:
+    assert _get(airflow_app, "/finetune/dags/no_such_dag", who=None).status_code == 401
+
+
+def test_a_run_registered_by_hand_is_shown_under_no_dag(airflow_app: dict[str, Any], seeded: str) -> None:
+    with psycopg.connect(seeded) as conn:
+        # `python -m finetune run` without Airflow: the run has no DAG
+        conn.execute("UPDATE finetune_runs SET dag_id = NULL")
+
+    for suffix in ("", "/folds?factor=base_features&crypto=BTC", "/rows.csv", "/folds.json"):
+        by_run_id = _get(airflow_app, _url(RUN_ID, suffix))
+        assert by_run_id.status_code == 404, (suffix, by_run_id.text)
+        assert "base_features" not in by_run_id.text
+    # nor through a link row that names this DAG
+    linked = _get(airflow_app, _url(AIRFLOW_RUN, "/rows.json"))
+    assert linked.status_code == 404, linked.text
+
+
 def test_the_dag_tab_of_a_dag_without_runs_is_a_404(airflow_app: dict[str, Any], finetune_db: str) -> None:
     response = _get(airflow_app, "/finetune/dags/finetune_sweep")
 
