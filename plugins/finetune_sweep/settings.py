@@ -27,7 +27,10 @@ Environment:
 ``FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS``, ``FINETUNE_DB_LOCK_TIMEOUT_SECONDS``,
 ``FINETUNE_DB_RETRY_SECONDS``, ``FINETUNE_DB_CONNECT_TIMEOUT_SECONDS``
                               when set here, passed to every pod's env (the pod validates them:
-                              exit 2 naming a bad one); unset, the pod's defaults apply
+                              exit 2 naming a bad one); unset, the pod's defaults apply. The
+                              statement, lock and connect timeouts (defaults 60, 45 and 10 s, the
+                              pod's) also bound every Airflow-side connection: the tasks, the CLI
+                              and the UI (:class:`DatabaseBounds`, ``db.connect``)
 ``FINETUNE_SCHEDULE_TIMEOUT_SECONDS``  how long a pod may wait to be scheduled (default 900: a
                               high-memory node may have to be scaled up first)
 ``FINETUNE_STARTUP_TIMEOUT_SECONDS``   how long a scheduled pod may take to start (default 180:
@@ -65,6 +68,7 @@ applies it; see :func:`sizing_policy`):
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -87,6 +91,53 @@ POD_DATABASE_ENV = (
 
 class SettingsError(ValueError):
     """A setting has a value the project cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class DatabaseBounds:
+    """The bounds of every Airflow-side connection to the finetune database (``db.connect``).
+
+    The pod's defaults and variables, so that one setting bounds both sides. The lock timeout
+    stays below the statement timeout: PostgreSQL counts a lock wait in the statement's time, and
+    a lock held by someone else is worth naming as such.
+
+    :param connect_timeout_seconds: reaching the server (libpq's ``connect_timeout``; > 0).
+    :param statement_timeout_seconds: ``statement_timeout`` of the session (0: off).
+    :param lock_timeout_seconds: ``lock_timeout`` of the session (0: off).
+    """
+
+    connect_timeout_seconds: float = 10.0
+    statement_timeout_seconds: float = 60.0
+    lock_timeout_seconds: float = 45.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DatabaseBounds:
+        """The bounds from ``FINETUNE_DB_*_TIMEOUT_SECONDS`` in ``env``, checked as the pod checks them.
+
+        The check repeats ``finetune.connection``'s on purpose: a worker image need not hold the
+        pod package.
+        """
+
+        def seconds(name: str, default: float, *, positive: bool = False) -> float:
+            text = env.get(name, "").strip()
+            if not text:
+                return default
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                allowed = "a number of seconds > 0" if positive else "a number of seconds >= 0 (0 turns it off)"
+                raise SettingsError(f"{name}={text!r} must be {allowed}")
+            return value
+
+        return cls(
+            connect_timeout_seconds=seconds(
+                "FINETUNE_DB_CONNECT_TIMEOUT_SECONDS", cls.connect_timeout_seconds, positive=True
+            ),
+            statement_timeout_seconds=seconds("FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS", cls.statement_timeout_seconds),
+            lock_timeout_seconds=seconds("FINETUNE_DB_LOCK_TIMEOUT_SECONDS", cls.lock_timeout_seconds),
+        )
 
 
 @dataclass(frozen=True)
@@ -117,6 +168,7 @@ class Settings:
     max_run_work: int = DEFAULT_MAX_RUN_WORK
     # FINETUNE_IMAGE_TAG_PATTERN as set (None: the pinned tag's release pattern)
     tag_pattern: str | None = None
+    database: DatabaseBounds = DatabaseBounds()
 
     @property
     def image_repository(self) -> str:
@@ -223,6 +275,7 @@ class Settings:
             pod_deadline_max_seconds=deadline_max,
             max_run_work=integer("FINETUNE_MAX_RUN_WORK", cls.max_run_work, 1, 10**12),
             tag_pattern=tag_pattern,
+            database=DatabaseBounds.from_env(env),
         )
 
 

@@ -14,11 +14,6 @@ from typing import Any
 from finetune_sweep.db.connect import NotMigrated, connect
 from finetune_sweep.outcomes import DISRUPTED_PREFIX, OOM_REASON
 
-# Bounds for the worker's own writes: a locked manifest row or a stuck server must not hold the
-# task (and its classification) for longer than this.
-RECORD_CONNECT_TIMEOUT_SECONDS = 10
-RECORD_STATEMENT_TIMEOUT_MS = 30_000
-
 # The pod's own record of the same attempt wins (more precise), except against an OOM kill.
 UPSERT_FAILED_FACTOR_SQL = """
 INSERT INTO finetune_run_factors AS f
@@ -89,15 +84,9 @@ def record_attempt(dsn: str, attempt: Mapping[str, Any], *, factor_failed: bool)
     if missing:
         raise ValueError(f"attempt record lacks {', '.join(missing)}")
     row = {**{name: attempt[name] for name in _ATTEMPT_FIELDS}, "oom_reason": OOM_REASON}
-    with (
-        connect(
-            dsn,
-            connect_timeout=RECORD_CONNECT_TIMEOUT_SECONDS,
-            statement_timeout_ms=RECORD_STATEMENT_TIMEOUT_MS,
-            lock_timeout_ms=RECORD_STATEMENT_TIMEOUT_MS,
-        ) as conn,
-        conn.transaction(),
-    ):
+    # db.connect's bounds: a locked manifest row or a stuck server must not hold the task (and its
+    # classification) beyond the settings' lock and statement timeouts
+    with connect(dsn) as conn, conn.transaction():
         conn.execute(UPSERT_FAILED_FACTOR_SQL if factor_failed else NOTE_INTERRUPTED_FACTOR_SQL, row)
         conn.execute(UPSERT_ATTEMPT_SQL, row)
 
@@ -133,7 +122,7 @@ def count_round_attempts(
         "oom_reason": OOM_REASON,
         "disrupted": DISRUPTED_PREFIX + "%",
     }
-    with connect(dsn, connect_timeout=RECORD_CONNECT_TIMEOUT_SECONDS) as conn:
+    with connect(dsn) as conn:
         ooms, disruptions = conn.execute(COUNT_ROUND_ATTEMPTS_SQL, params).fetchone()
     return int(ooms), int(disruptions)
 

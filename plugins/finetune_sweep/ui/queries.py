@@ -22,10 +22,6 @@ from finetune_sweep.db.connect import connect as db_connect
 from finetune_sweep.gate import GATE_SQL, RECORDED_VERDICT_SQL, same_basis_join
 from finetune_sweep.report import MODEL_WON, SAME_BASIS_JOINS, SUMMARY_SQL
 
-# Statements of a page share one connection; a database that hangs must not hang the api-server.
-STATEMENT_TIMEOUT_MS = 10_000
-CONNECT_TIMEOUT_S = 5
-
 # Every (factor, crypto, cost basis): means over the folds; the report's table reads the same.
 GROUPS_SQL = SUMMARY_SQL
 
@@ -146,14 +142,13 @@ class RunPage:
 
 
 def connect(dsn: str) -> psycopg.Connection:
-    """A read-only connection with bounded statements (the page never writes).
+    """A read-only connection with the settings' bounds (the page never writes; a database that
+    hangs must not hang the api-server).
 
     :param dsn: libpq URI of the finetune database.
     """
     conn = db_connect(
         dsn,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
         # UTC: the pages print times as UTC.
         session={"default_transaction_read_only": "on", "TimeZone": "UTC"},
         row_factory=dict_row,
