@@ -23,18 +23,18 @@ import io
 import json
 import logging
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote, quote_plus, urlencode
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.core_api.security import get_user, requires_access_dag
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 
 from finetune_sweep.db.attempts import read_history
 from finetune_sweep.db.connect import NotMigrated
@@ -73,6 +73,11 @@ CONTENT_SECURITY_POLICY = (
 # What a viewer reads when the finetune database cannot be reached; host, port, database and the
 # driver's message go to the api-server's log only.
 UNAVAILABLE = "the results database is unavailable"
+# The fold page shows this many rows at a time (about 0.4 KB of HTML each: well under 1 MB).
+FOLD_PAGE_ROWS = 1000
+# A download holds at most this many rows (a 60,000-key run's folds fit); the response says so.
+DOWNLOAD_ROW_CAP = 250_000
+STREAM_BATCH_ROWS = 2000
 # A spreadsheet evaluates a text cell starting with one of these as a formula (CSV injection).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -198,8 +203,8 @@ def _clean(value: Any) -> Any:
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _to_json(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
-    return json.dumps([{c: _clean(row.get(c)) for c in columns} for row in rows], default=_json_default)
+def _row_json(row: Mapping[str, Any], columns: Sequence[str]) -> str:
+    return json.dumps({c: _clean(row.get(c)) for c in columns}, default=_json_default)
 
 
 def _json_for_script(value: Any) -> str:
@@ -219,13 +224,39 @@ def _csv_cell(value: Any) -> Any:
     return _json_default(value) if isinstance(value, (datetime, date, Decimal)) else value
 
 
-def _to_csv(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+def _csv_chunks(rows: Iterator[Mapping[str, Any]], columns: Sequence[str]) -> Iterator[str]:
+    """A CSV of ``rows``, :data:`STREAM_BATCH_ROWS` lines a chunk."""
     out = io.StringIO()
     # RFC 4180 line ends; with CR in the terminator the writer also quotes a cell holding a bare CR
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(columns)
-    writer.writerows([_csv_cell(row.get(c)) for c in columns] for row in rows)
-    return out.getvalue()
+    for n, row in enumerate(rows, 1):
+        writer.writerow([_csv_cell(row.get(c)) for c in columns])
+        if n % STREAM_BATCH_ROWS == 0:
+            yield out.getvalue()
+            out.seek(0)
+            out.truncate()
+    yield out.getvalue()
+
+
+def _json_chunks(rows: Iterator[Mapping[str, Any]], columns: Sequence[str]) -> Iterator[str]:
+    """A JSON array of ``rows`` (one object each), :data:`STREAM_BATCH_ROWS` rows a chunk."""
+    chunk = ["["]
+    for n, row in enumerate(rows):
+        chunk.append(("," if n else "") + _row_json(row, columns))
+        if len(chunk) >= STREAM_BATCH_ROWS:
+            yield "".join(chunk)
+            chunk = []
+    chunk.append("]")
+    yield "".join(chunk)
+
+
+def _stream(dsn: str, table: str, run_id: str, columns: Sequence[str], fmt: str) -> Iterator[bytes]:
+    """The download's body, a batch of rows at a time from a server-side cursor (memory: one batch)."""
+    with queries.connect(dsn) as conn:
+        rows = queries.stream_rows(conn, table, run_id, cap=DOWNLOAD_ROW_CAP, batch=STREAM_BATCH_ROWS)
+        for chunk in (_csv_chunks if fmt == "csv" else _json_chunks)(rows, columns):
+            yield chunk.encode()
 
 
 def _for_chart(value: Any) -> Any:
@@ -249,17 +280,19 @@ def _dsn() -> str:
 
 
 class _Database:
-    """The finetune database of one request: its DSN and a connection; a failure is a 503 page."""
+    """The finetune database of one request: its DSN and a pooled connection; a failure is a 503 page."""
 
     def __init__(self) -> None:
         self.dsn = _dsn()
         self.conn: Any = None
+        self._lease: Any = None
 
     def __enter__(self) -> _Database:
         import psycopg
 
         try:
-            self.conn = queries.connect(self.dsn)
+            self._lease = queries.connect(self.dsn)
+            self.conn = self._lease.__enter__()
         except psycopg.Error as err:
             self._unavailable(err)
         return self
@@ -267,7 +300,7 @@ class _Database:
     def __exit__(self, kind: Any, err: Any, trace: Any) -> bool:
         import psycopg
 
-        self.conn.close()
+        self._lease.__exit__(None, None, None)  # back to the pool (reset) whatever happened
         if isinstance(err, psycopg.OperationalError):
             self._unavailable(err)
         if isinstance(err, psycopg.DataError):
@@ -399,13 +432,13 @@ def create_app() -> FastAPI:
     env = _environment()
     static = _static_files()
 
-    def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    def page_response(template: str, status: int = 200, **context: Any) -> HTMLResponse:
         return HTMLResponse(env.get_template(template).render(**context), status_code=status)
 
     @app.exception_handler(PageError)
     async def _page_error(request: Request, err: PageError) -> Response:  # noqa: ARG001
         depth = request.url.path.rstrip("/").count("/") - request.scope.get("root_path", "").rstrip("/").count("/")
-        return page(
+        return page_response(
             "message.html",
             status=err.status,
             title=err.title,
@@ -427,20 +460,20 @@ def create_app() -> FastAPI:
             resolved = _resolve(db.conn, dag_id, airflow_run_id)
             linked = queries.airflow_runs_of(db.conn, resolved.run_id) if resolved.run_id else []
             data = (
-                queries.fetch_run_page(db.dsn, resolved.run_id, airflow_run_id=airflow_run_id)
+                queries.fetch_run_page(db.dsn, resolved.run_id, airflow_run_id=airflow_run_id, conn=db.conn)
                 if resolved.run_id
                 else None
             )
         base = "./" + quote(airflow_run_id, safe="") + "/"
         if data is None:
-            return page(
+            return page_response(
                 "not_registered.html",
                 dag_id=dag_id,
                 airflow_run_id=airflow_run_id,
                 airflow_run=resolved.airflow_run,
                 static="../../../static/",
             )
-        return page(
+        return page_response(
             "run.html",
             dag_id=dag_id,
             airflow_run_id=airflow_run_id,
@@ -464,19 +497,45 @@ def create_app() -> FastAPI:
         crypto: str | None = None,
         cost_bps: str | None = None,
         slippage_bps: str | None = None,
+        page: str | None = None,
     ) -> Response:
         cost, slip = _int_or_none(cost_bps, "cost_bps"), _int_or_none(slippage_bps, "slippage_bps")
         factor, crypto = _text_or_none(factor, "factor"), _text_or_none(crypto, "crypto")
+        if not factor or not crypto:
+            # a whole run's folds were a 40 MB page; the downloads carry them all
+            raise PageError(
+                400,
+                "Bad request",
+                "the fold detail needs factor and crypto (a group's link from the run tab); "
+                "the whole run's folds are in folds.csv / folds.json",
+            )
+        number = _int_or_none(page, "page") or 1
         with _Database() as db:
             run_id = _require_run(_resolve(db.conn, dag_id, airflow_run_id))
-            rows = queries.fetch_folds(db.conn, run_id, factor=factor, crypto=crypto, cost_bps=cost, slippage_bps=slip)
-        return page(
+            # one row more than a page tells whether a next page exists
+            rows = queries.fetch_folds(
+                db.conn,
+                run_id,
+                factor=factor,
+                crypto=crypto,
+                cost_bps=cost,
+                slippage_bps=slip,
+                limit=FOLD_PAGE_ROWS + 1,
+                offset=(number - 1) * FOLD_PAGE_ROWS,
+            )
+        selection = {"factor": factor, "crypto": crypto, "cost_bps": cost, "slippage_bps": slip}
+        query = "folds?" + urlencode({k: v for k, v in selection.items() if v is not None})
+        return page_response(
             "folds.html",
             dag_id=dag_id,
             airflow_run_id=airflow_run_id,
             run_id=run_id,
-            rows=rows,
-            selection={"factor": factor, "crypto": crypto, "cost_bps": cost, "slippage_bps": slip},
+            rows=rows[:FOLD_PAGE_ROWS],
+            selection=selection,
+            page_number=number,
+            previous_page=f"{query}&page={number - 1}" if number > 1 else None,
+            next_page=f"{query}&page={number + 1}" if len(rows) > FOLD_PAGE_ROWS else None,
+            page_rows=FOLD_PAGE_ROWS,
             back="../" + quote(airflow_run_id, safe=""),
             static="../../../../static/",
         )
@@ -485,17 +544,25 @@ def create_app() -> FastAPI:
     def download(
         dag_id: str, airflow_run_id: str, table: Literal["rows", "folds"], fmt: Literal["csv", "json"]
     ) -> Response:
+        # Resolved and counted on a connection of its own, so that a missing run or a database
+        # that is down is still a page; the rows then stream on another (see _stream).
         with _Database() as db:
             run_id = _require_run(_resolve(db.conn, dag_id, airflow_run_id))
-            rows = queries.fetch_groups(db.conn, run_id) if table == "rows" else queries.fetch_folds(db.conn, run_id)
+            total = queries.count_rows(db.conn, table, run_id)
         columns = GROUP_COLUMNS if table == "rows" else FOLD_COLUMNS
-        body = _to_csv(rows, columns) if fmt == "csv" else _to_json(rows, columns)
         # The file is named by the finetune run (what a notebook joins on); ':' is not portable.
         filename = f"{run_id.replace(':', '-')}_{table}.{fmt}"
-        return Response(
-            body,
+        return StreamingResponse(
+            _stream(db.dsn, table, run_id, columns, fmt),
             media_type="text/csv; charset=utf-8" if fmt == "csv" else "application/json",
-            headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"},
+            headers={
+                "Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}",
+                # the cap and whether it cut this download: a reader can tell a partial file
+                "X-Finetune-Row-Cap": str(DOWNLOAD_ROW_CAP),
+                "X-Finetune-Rows": str(min(total, DOWNLOAD_ROW_CAP)),
+                "X-Finetune-Rows-Total": str(total),
+                "X-Finetune-Truncated": "true" if total > DOWNLOAD_ROW_CAP else "false",
+            },
         )
 
     @app.get("/dags/{dag_id}", dependencies=READ_RUN, response_class=HTMLResponse)
@@ -519,7 +586,7 @@ def create_app() -> FastAPI:
             else:
                 advice_error = None
         runs = sorted({(row["as_of"], row["run_id"]) for row in history}, reverse=True)
-        return page(
+        return page_response(
             "dag.html",
             dag_id=dag_id,
             history=history,

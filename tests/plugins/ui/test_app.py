@@ -559,7 +559,7 @@ def test_hostile_fold_filters_get_a_page_never_a_server_error(
     assert "Traceback" not in response.text
 
 
-@pytest.mark.parametrize("suffix", ["", "/folds", "/rows.csv"])
+@pytest.mark.parametrize("suffix", ["", "/folds?factor=base_features&crypto=BTC", "/rows.csv"])
 def test_a_run_id_with_a_nul_is_unknown_not_a_server_error(
     airflow_app: dict[str, Any], seeded: str, suffix: str
 ) -> None:
@@ -577,13 +577,59 @@ def test_a_dag_id_with_a_nul_gets_a_page_not_a_server_error(airflow_app: dict[st
 
 
 def test_csv_cells_that_a_spreadsheet_would_evaluate_are_neutralised() -> None:
-    from finetune_sweep.ui.app import _to_csv
+    from finetune_sweep.ui.app import _csv_chunks
 
     values = ["=1+1", "+SUM(A1)", "-2+3", "@cmd", "\tx", "\rx", "a\rb", "BTC", -0.5, 3]
-    text = _to_csv([{str(i): v for i, v in enumerate(values)}], [str(i) for i in range(len(values))])
+    text = "".join(_csv_chunks(iter([{str(i): v for i, v in enumerate(values)}]), [str(i) for i in range(len(values))]))
 
     assert text.endswith("\r\n")
     (header, row) = list(csv.reader(io.StringIO(text, newline="")))
     assert row == ["'=1+1", "'+SUM(A1)", "'-2+3", "'@cmd", "'\tx", "'\rx", "a\rb", "BTC", "-0.5", "3"]
     # a bare CR inside a cell is quoted, so no reader takes it for a line end
     assert '"a\rb"' in text and '"\'\rx"' in text
+
+
+@pytest.mark.parametrize("query", ["", "?factor=base_features", "?crypto=BTC", "?factor=&crypto=BTC"])
+def test_the_fold_detail_needs_a_factor_and_a_crypto(airflow_app: dict[str, Any], seeded: str, query: str) -> None:
+    response = _get(airflow_app, _url(AIRFLOW_RUN, "/folds" + query))
+
+    assert response.status_code == 400
+    assert "the fold detail needs factor and crypto" in response.text
+    assert 'id="folds"' not in response.text
+
+
+def test_the_fold_detail_is_paged(airflow_app: dict[str, Any], seeded: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_sweep.ui import app as ui_app
+
+    monkeypatch.setattr(ui_app, "FOLD_PAGE_ROWS", 3)  # base_features BTC: 2 costs x 2 folds = 4 rows
+    base = "/folds?factor=base_features&crypto=BTC"
+
+    first = _get(airflow_app, _url(AIRFLOW_RUN, base)).text
+    second = _get(airflow_app, _url(AIRFLOW_RUN, base + "&page=2")).text
+
+    def fold_rows(html: str) -> int:
+        return html.split('id="folds"')[1].split("</table>")[0].count("<tr>") - 1  # less the header
+
+    assert fold_rows(first) == 3 and fold_rows(second) == 1
+    assert 'href="folds?factor=base_features&amp;crypto=BTC&amp;page=2" rel="next"' in first
+    assert 'rel="prev"' in second and 'rel="next"' not in second
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_downloads_state_their_row_cap(
+    airflow_app: dict[str, Any], seeded: str, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    from finetune_sweep.ui import app as ui_app
+
+    full = _get(airflow_app, _url(AIRFLOW_RUN, f"/folds.{fmt}"))
+    monkeypatch.setattr(ui_app, "DOWNLOAD_ROW_CAP", 5)
+    capped = _get(airflow_app, _url(AIRFLOW_RUN, f"/folds.{fmt}"))
+
+    assert (full.headers["x-finetune-rows"], full.headers["x-finetune-truncated"]) == ("16", "false")
+    assert capped.headers["x-finetune-row-cap"] == "5"
+    assert (capped.headers["x-finetune-rows"], capped.headers["x-finetune-rows-total"]) == ("5", "16")
+    assert capped.headers["x-finetune-truncated"] == "true"
+    if fmt == "json":
+        assert full.json()[:5] == capped.json()
+    else:
+        assert full.text.split("\r\n")[:6] == capped.text.split("\r\n")[:6] and capped.text.count("\r\n") == 6
