@@ -61,7 +61,7 @@ MIGRATE_PROFILE = PodProfile("MIGRATE", "512Mi", "250m")
     max_active_runs=1,
     doc_md=__doc__,
     tags=["finetune", "kubernetes", "ml"],
-    params=build_params(image_tag=SETTINGS.image_tag),
+    params=build_params(image_tag=SETTINGS.image_tag, tag_pattern=SETTINGS.image_tag_pattern),
     default_args={"owner": "quant-ml", "retries": 0},
 )
 def finetune_sweep():

@@ -20,6 +20,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # Airflow reads its configuration at import time: isolate it before any test imports airflow.
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="finetune-airflow-home-"))
+# pytest-xdist workers inherit the controller's environment: a home this file made there would be
+# one SQLite metadata database for every worker, whose concurrent `initdb`s collide. Each worker
+# takes its own (a home the user set before pytest is kept).
+_MADE_HOME = "_FINETUNE_TESTS_AIRFLOW_HOME"
+if os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("AIRFLOW_HOME") == os.environ.get(_MADE_HOME):
+    for _name in ("AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
+        os.environ.pop(_name, None)
+if "AIRFLOW_HOME" not in os.environ:
+    os.environ[_MADE_HOME] = str(_AIRFLOW_HOME)
 os.environ.setdefault("AIRFLOW_HOME", str(_AIRFLOW_HOME))
 os.environ.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(REPO_ROOT / "dags"))
 os.environ.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(REPO_ROOT / "plugins"))

@@ -77,7 +77,7 @@ def render(args: argparse.Namespace) -> int:
         params["image"] = args.image_tag
     profiles_json, sizing_json = sizing_overrides()
     try:
-        check_pod_template(settings.pod_template_file, db_secret=(settings.db_secret_name, settings.db_secret_key))
+        check_pod_template(settings.pod_template_file)
         (entry,) = plan_pods(
             params,
             run_id=args.run_id,

@@ -46,7 +46,6 @@ DEFAULT_FDR_Q = 0.10
 DEFAULT_COMBINE_METHOD = "fisher"
 # scipy.stats.combine_pvalues' methods; the name is stored in finetune_findings.combine_method.
 COMBINE_METHODS = ("fisher", "pearson", "tippett", "stouffer", "mudholkar_george")
-DEFAULT_STATEMENT_TIMEOUT_MS = 60_000
 MAX_LISTED_UNTESTED = 10
 
 
@@ -399,7 +398,6 @@ def run_findings(
     run_id: str,
     fdr_q: float = DEFAULT_FDR_Q,
     method: str = DEFAULT_COMBINE_METHOD,
-    statement_timeout_ms: int = DEFAULT_STATEMENT_TIMEOUT_MS,
 ) -> FindingsResult:
     """Compute and store the findings of one run, replacing its previous ones, in one transaction.
 
@@ -409,12 +407,11 @@ def run_findings(
     :param run_id: the finetune run id.
     :param fdr_q: the false discovery rate, ``0 < fdr_q < 1``.
     :param method: the fold combination method (:data:`COMBINE_METHODS`).
-    :param statement_timeout_ms: bound of every statement (a database that hangs fails the task).
     """
     fdr_q = validate_fdr_q(fdr_q)
     method = validate_combine_method(method)
+    # db.connect bounds every statement and lock wait (the settings'): a database that hangs fails the task
     with connect(dsn) as conn, conn.transaction():
-        conn.execute(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
         # Two findings steps of one run (a cleared task beside a running one) take turns, so
         # the delete + copy of one never interleaves with the other's.
         conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))", {"key": f"findings:{run_id}"})

@@ -12,6 +12,9 @@ Environment:
 ``FINETUNE_IMAGE``            the image, ``repository[:tag]`` (default below); the DAG param
                               ``image`` gives the tag of each run (its default: this tag, else
                               ``0.1.0``), so every pod runs a pinned tag, never ``latest``
+``FINETUNE_IMAGE_TAG_PATTERN``  optional regular expression (whole tag) of the tags a trigger may
+                              run; default: the pinned tag's release pattern (``0.1.0`` gives
+                              ``[0-9]+\\.[0-9]+\\.[0-9]+``); ``latest`` is refused whatever it says
 ``FINETUNE_DB_SECRET``        Kubernetes Secret holding the libpq URI (default ``finetune-db``)
 ``FINETUNE_DB_SECRET_KEY``    key inside that Secret (default ``dsn``)
 ``FINETUNE_CONN_ID``          Airflow connection of the gate and the local backend (``finetune_db``)
@@ -20,12 +23,14 @@ Environment:
 ``FINETUNE_RETRY_DELAY_SECONDS``  delay before an OOM retry of ``run_factor`` (default 10)
 ``FINETUNE_POD_TEMPLATE_FILE``    optional pod template (YAML) for what the cluster needs beyond
                               the spec built here (tolerations, imagePullSecrets, priority class);
-                              the operator's own fields (image, resources, env, security) win;
-                              a template that would widen the pod is refused (``pod_template``)
+                              an allow-list: any other field is refused (``pods.template``)
 ``FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS``, ``FINETUNE_DB_LOCK_TIMEOUT_SECONDS``,
 ``FINETUNE_DB_RETRY_SECONDS``, ``FINETUNE_DB_CONNECT_TIMEOUT_SECONDS``
                               when set here, passed to every pod's env (the pod validates them:
-                              exit 2 naming a bad one); unset, the pod's defaults apply
+                              exit 2 naming a bad one); unset, the pod's defaults apply. The
+                              statement, lock and connect timeouts (defaults 60, 45 and 10 s, the
+                              pod's) also bound every Airflow-side connection: the tasks, the CLI
+                              and the UI (:class:`DatabaseBounds`, ``db.connect``)
 ``FINETUNE_SCHEDULE_TIMEOUT_SECONDS``  how long a pod may wait to be scheduled (default 900: a
                               high-memory node may have to be scaled up first)
 ``FINETUNE_STARTUP_TIMEOUT_SECONDS``   how long a scheduled pod may take to start (default 180:
@@ -53,16 +58,27 @@ applies it; see :func:`sizing_policy`):
 ``FINETUNE_POD_DEADLINE_PER_KEY_SECONDS``  allowance per key (crypto x fold x cost basis) of a
                               pod (default 60)
 ``FINETUNE_POD_DEADLINE_STARTUP_SECONDS``  allowance for loading data and connecting (default 600)
+``FINETUNE_POD_DEADLINE_MAX_SECONDS``  the ceiling of that deadline, sized or fixed (default 86400:
+                              one trigger must not hold a node for weeks)
+``FINETUNE_MAX_RUN_WORK``     the largest run ``plan`` admits, in units of keys x (n_seeds +
+                              n_shifts) over all factors (default 50,000,000: four times the
+                              README's production example of 60,000 keys at 100 seeds)
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 DEFAULT_IMAGE = "ghcr.io/finetune-sweep/finetune:0.1.0"
+# The README's production example (4 factors x 50 cryptos x 15 folds x 10 costs x 2 slippages =
+# 60,000 keys, 100 seeds and 100 shifts: 12,000,000) four times over; the abuse it stops (a run
+# holding the cluster for weeks) is two orders larger.
+DEFAULT_MAX_RUN_WORK = 50_000_000
 BACKENDS = ("kubernetes", "local")
 # The pod's database bounds (finetune.connection): set on the Airflow side, they reach every pod.
 POD_DATABASE_ENV = (
@@ -75,6 +91,53 @@ POD_DATABASE_ENV = (
 
 class SettingsError(ValueError):
     """A setting has a value the project cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class DatabaseBounds:
+    """The bounds of every Airflow-side connection to the finetune database (``db.connect``).
+
+    The pod's defaults and variables, so that one setting bounds both sides. The lock timeout
+    stays below the statement timeout: PostgreSQL counts a lock wait in the statement's time, and
+    a lock held by someone else is worth naming as such.
+
+    :param connect_timeout_seconds: reaching the server (libpq's ``connect_timeout``; > 0).
+    :param statement_timeout_seconds: ``statement_timeout`` of the session (0: off).
+    :param lock_timeout_seconds: ``lock_timeout`` of the session (0: off).
+    """
+
+    connect_timeout_seconds: float = 10.0
+    statement_timeout_seconds: float = 60.0
+    lock_timeout_seconds: float = 45.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> DatabaseBounds:
+        """The bounds from ``FINETUNE_DB_*_TIMEOUT_SECONDS`` in ``env``, checked as the pod checks them.
+
+        The check repeats ``finetune.connection``'s on purpose: a worker image need not hold the
+        pod package.
+        """
+
+        def seconds(name: str, default: float, *, positive: bool = False) -> float:
+            text = env.get(name, "").strip()
+            if not text:
+                return default
+            try:
+                value = float(text)
+            except ValueError:
+                value = math.nan
+            if not math.isfinite(value) or value < 0 or (positive and value == 0):
+                allowed = "a number of seconds > 0" if positive else "a number of seconds >= 0 (0 turns it off)"
+                raise SettingsError(f"{name}={text!r} must be {allowed}")
+            return value
+
+        return cls(
+            connect_timeout_seconds=seconds(
+                "FINETUNE_DB_CONNECT_TIMEOUT_SECONDS", cls.connect_timeout_seconds, positive=True
+            ),
+            statement_timeout_seconds=seconds("FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS", cls.statement_timeout_seconds),
+            lock_timeout_seconds=seconds("FINETUNE_DB_LOCK_TIMEOUT_SECONDS", cls.lock_timeout_seconds),
+        )
 
 
 @dataclass(frozen=True)
@@ -101,6 +164,11 @@ class Settings:
     pod_deadline_seconds: int | None = None
     pod_deadline_per_key_seconds: int = 60
     pod_deadline_startup_seconds: int = 600
+    pod_deadline_max_seconds: int = 86400
+    max_run_work: int = DEFAULT_MAX_RUN_WORK
+    # FINETUNE_IMAGE_TAG_PATTERN as set (None: the pinned tag's release pattern)
+    tag_pattern: str | None = None
+    database: DatabaseBounds = DatabaseBounds()
 
     @property
     def image_repository(self) -> str:
@@ -111,6 +179,11 @@ class Settings:
     def image_tag(self) -> str:
         """The tag of the pinned image (the default of the DAG param ``image``)."""
         return split_image(self.image)[1]
+
+    @property
+    def image_tag_pattern(self) -> str:
+        """The tags a trigger may run: ``FINETUNE_IMAGE_TAG_PATTERN``, else the pinned tag's shape."""
+        return self.tag_pattern or release_pattern(self.image_tag)
 
     def image_with_tag(self, tag: str) -> str:
         """The pinned repository with another tag.
@@ -152,6 +225,22 @@ class Settings:
                 raise SettingsError(f"{name}={text!r} must be an integer from {low} to {high}")
             return int(text)
 
+        deadline_max = integer("FINETUNE_POD_DEADLINE_MAX_SECONDS", cls.pod_deadline_max_seconds, 60, 30 * 86400)
+        # 0 (unset; a set value is at least 1): the deadline is sized from the pod's keys
+        fixed_deadline = integer("FINETUNE_POD_DEADLINE_SECONDS", 0, 1, 30 * 86400) or None
+        if fixed_deadline is not None and fixed_deadline > deadline_max:
+            raise SettingsError(
+                f"FINETUNE_POD_DEADLINE_SECONDS={fixed_deadline} is above "
+                f"FINETUNE_POD_DEADLINE_MAX_SECONDS={deadline_max}; lower it or raise the ceiling"
+            )
+        tag_pattern = get("FINETUNE_IMAGE_TAG_PATTERN", None)
+        if tag_pattern is not None:
+            try:
+                re.compile(tag_pattern)
+            except re.error as err:
+                raise SettingsError(
+                    f"FINETUNE_IMAGE_TAG_PATTERN={tag_pattern!r} is not a regular expression ({err})"
+                ) from None
         keep_text = (get("FINETUNE_KEEP_FAILED_PODS", "false") or "false").lower()
         if keep_text not in ("true", "false", "1", "0", "yes", "no"):
             raise SettingsError(f"FINETUNE_KEEP_FAILED_PODS={keep_text!r} must be true or false")
@@ -176,14 +265,17 @@ class Settings:
             ),
             keep_failed_pods=keep_text in ("true", "1", "yes"),
             disruption_retries=integer("FINETUNE_DISRUPTION_RETRIES", cls.disruption_retries, 0, 10),
-            # 0 (unset; a set value is at least 1): the deadline is sized from the pod's keys
-            pod_deadline_seconds=integer("FINETUNE_POD_DEADLINE_SECONDS", 0, 1, 30 * 86400) or None,
+            pod_deadline_seconds=fixed_deadline,
             pod_deadline_per_key_seconds=integer(
                 "FINETUNE_POD_DEADLINE_PER_KEY_SECONDS", cls.pod_deadline_per_key_seconds, 1, 86400
             ),
             pod_deadline_startup_seconds=integer(
                 "FINETUNE_POD_DEADLINE_STARTUP_SECONDS", cls.pod_deadline_startup_seconds, 1, 86400
             ),
+            pod_deadline_max_seconds=deadline_max,
+            max_run_work=integer("FINETUNE_MAX_RUN_WORK", cls.max_run_work, 1, 10**12),
+            tag_pattern=tag_pattern,
+            database=DatabaseBounds.from_env(env),
         )
 
 
@@ -202,6 +294,18 @@ def split_image(image: str) -> tuple[str, str]:
     if not repository or not tag:
         raise SettingsError(f"FINETUNE_IMAGE={image!r} must be repository[:tag]")
     return repository, tag
+
+
+def release_pattern(tag: str) -> str:
+    """The release pattern of a tag: its digit runs as ``[0-9]+``, the rest literal.
+
+    ``0.1.0`` gives ``[0-9]+\\.[0-9]+\\.[0-9]+`` (the next releases, not ``dev`` or a branch
+    tag); ``v2.3-rc1`` gives ``v[0-9]+\\.[0-9]+-rc[0-9]+``. A tag holds only ``[A-Za-z0-9_.-]``,
+    of which only ``.`` means something in a pattern.
+
+    :param tag: the pinned tag.
+    """
+    return re.sub("[0-9]+", "[0-9]+", tag).replace(".", "\\.")
 
 
 @functools.cache

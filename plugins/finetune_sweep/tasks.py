@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-from finetune_sweep.db.connect import NotMigrated
+from finetune_sweep.db.connect import NotMigrated, database_error_line
 from finetune_sweep.db.dsn import dsn_from_connection
 from finetune_sweep.db.runs import register_run
 from finetune_sweep.findings import run_findings
@@ -31,6 +31,13 @@ from finetune_sweep.sweep.plan import choose_profiles, plan_pods
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+
+def _fail_on_a_bound(exc: Exception, task: str) -> None:
+    """Fail the task in one line when ``exc`` is a database bound that fired (or no connection)."""
+    line = database_error_line(exc)
+    if line is not None:
+        raise AirflowException(f"{task}: {line}") from None
 
 
 def sweep_run_id(context: Mapping[str, Any], *, data_uri: str | None) -> str:
@@ -64,7 +71,7 @@ def plan(context: Context) -> list[dict[str, Any]]:
     except SettingsError as err:
         raise AirflowFailException(f"invalid sweep: {err}") from None
     try:
-        check_pod_template(settings.pod_template_file, db_secret=(settings.db_secret_name, settings.db_secret_key))
+        check_pod_template(settings.pod_template_file)
         as_of = as_of_from_context(context)
         run_id = sweep_run_id(context, data_uri=settings.data_uri)
         entries = plan_pods(
@@ -109,7 +116,10 @@ def register(entries: Sequence[Mapping[str, Any]], context: Context) -> list[dic
     :param context: the task context.
     :returns: the plan's entries on their starting profiles (what ``run_factor`` expands over).
     :raises AirflowFailException: a bad sizing setting (no retry can fix it).
+    :raises AirflowException: the database hung or could not be reached (one line naming the bound).
     """
+    import psycopg  # not at the top: the DAG file imports this module at parse time
+
     settings = get_settings()
     try:
         policy = sizing_policy()
@@ -119,19 +129,23 @@ def register(entries: Sequence[Mapping[str, Any]], context: Context) -> list[dic
     params = validate_params(dict(context["params"]))
     as_of = as_of_from_context(context)
     dsn = dsn_from_connection(settings.conn_id)
-    started, choices = choose_profiles(dsn, entries, policy=policy, profiles_json=sizing_overrides()[0])
-    register_run(
-        dsn,
-        run_id=run_id,
-        dag_id=context["dag"].dag_id,
-        as_of=as_of,
-        # which data the rows come from (None: the built-in synthetic market), as the pod records it
-        params={**params, "data_uri": settings.data_uri},
-        strategy=STRATEGY,
-        entries=started,
-        choices=choices,
-        airflow_run_id=str(context["run_id"]),
-    )
+    try:
+        started, choices = choose_profiles(dsn, entries, policy=policy, profiles_json=sizing_overrides()[0])
+        register_run(
+            dsn,
+            run_id=run_id,
+            dag_id=context["dag"].dag_id,
+            as_of=as_of,
+            # which data the rows come from (None: the built-in synthetic market), as the pod records it
+            params={**params, "data_uri": settings.data_uri},
+            strategy=STRATEGY,
+            entries=started,
+            choices=choices,
+            airflow_run_id=str(context["run_id"]),
+        )
+    except psycopg.Error as exc:
+        _fail_on_a_bound(exc, "register")
+        raise
     window = describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
     print(
         f"registered run {run_id} (Airflow run {context['run_id']}, as of {as_of}); sizing mode {policy.mode}"
@@ -190,8 +204,9 @@ def report(context: Context) -> None:
     succeeded (a failed task that is not a leaf would not fail the run by itself).
 
     :param context: the task context.
+    :raises AirflowException: the database hung or could not be reached (one line naming the bound).
     """
-    import psycopg
+    import psycopg  # not at the top: the DAG file imports this module at parse time
 
     ti = context["ti"]
     states = ti.get_task_states(dag_id=ti.dag_id, run_ids=[ti.run_id], task_ids=list(VERDICT_TASKS))
@@ -212,7 +227,9 @@ def report(context: Context) -> None:
                 findings_state=run_states.get("findings") or "none",
             )
     except psycopg.Error as exc:
-        # A run that failed before `migrate` has no tables to report on; the verdict still stands.
+        # A hung or unreachable database fails the report at the bound, in one line ...
+        _fail_on_a_bound(exc, "report")
+        # ... while a run that failed before `migrate` has no tables to report on; the verdict still stands.
         text = f"no report: the finetune database could not be read ({type(exc).__name__})"
     except (NotMigrated, SettingsError, SizingError) as exc:
         # A bad sizing setting already failed `plan`; say it again here instead of a traceback.

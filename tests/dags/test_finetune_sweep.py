@@ -143,7 +143,7 @@ def test_good_conf_is_accepted(dag: Any) -> None:
         "cryptos": ["BTC", "DOGE"],
         "cost_bps": [0, 25],
         "n_folds": 2,
-        "image": "0.2.0-rc1",
+        "image": "0.2.0",
         "fdr_q": 0.05,
     }
 
@@ -162,6 +162,13 @@ def test_good_conf_is_accepted(dag: Any) -> None:
         pytest.param({"cryptos": [INJECTION]}, id="injection-crypto"),
         pytest.param({"factors": [INJECTION]}, id="injection-factor"),
         pytest.param({"image": "latest; rm -rf /"}, id="injection-image"),
+        # Python's `$` matched before a trailing newline: the trigger let these through
+        pytest.param({"cryptos": ["BTC\n"]}, id="symbol-trailing-newline"),
+        pytest.param({"image": "0.1.0\n"}, id="tag-trailing-newline"),
+        pytest.param({"image": "latest"}, id="moving-tag"),
+        # the default FINETUNE_IMAGE_TAG_PATTERN: the pinned tag's release shape only
+        pytest.param({"image": "0.2.0-rc1"}, id="pre-release-tag"),
+        pytest.param({"image": "dev-branch"}, id="branch-tag"),
         pytest.param({"n_folds": 0}, id="too-few-folds"),
         pytest.param({"n_seeds": "100"}, id="wrong-type"),
         pytest.param({"fdr_q": 0}, id="fdr-zero"),

@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 from finetune_sweep.sizing.profiles import SIZING_MAP
+from finetune_sweep.sweep.params import SYMBOL_PATTERN
 from local_airflow import free_port as _free_port
 from local_airflow import local_airflow_env
 from local_airflow import stop_process_group as _stop
@@ -71,10 +72,16 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of this module's Airflow (its own AIRFLOW_HOME), for the server and the CLI."""
+    return _base_env(tmp_path_factory.mktemp("airflow-api"))
+
+
+@pytest.fixture(scope="module")
+def api(airflow_env: dict[str, str]) -> Iterator[httpx.Client]:
     """An authenticated client of a real api-server serving the serialised `finetune_sweep`."""
-    home = tmp_path_factory.mktemp("airflow-api")
-    env = _base_env(home)
+    env = airflow_env
+    home = Path(env["AIRFLOW_HOME"])
     marker = home / "migrated"
     prepare_log, server_log = home / "prepare.log", home / "api-server.log"
     port = _free_port()
@@ -185,6 +192,10 @@ def test_a_valid_conf_creates_a_queued_run_on_the_paused_dag(api: httpx.Client) 
         pytest.param({"cryptos": ["BTC'; DROP TABLE x;--"]}, "cryptos", "DROP TABLE x", id="injection"),
         pytest.param({"n_folds": 0}, "n_folds", "0", id="folds-below-minimum"),
         pytest.param({"factors": []}, "factors", "[]", id="no-factor"),
+        pytest.param({"cryptos": ["BTC\n"]}, "cryptos", "'BTC\\n'", id="symbol-trailing-newline"),
+        pytest.param({"image": "0.1.0\n"}, "image", "'0.1.0\\n'", id="tag-trailing-newline"),
+        pytest.param({"image": "latest"}, "image", "latest", id="moving-tag"),
+        pytest.param({"image": "dev-branch"}, "image", "dev-branch", id="tag-outside-the-release-pattern"),
     ],
 )
 def test_invalid_params_are_refused_at_trigger_time(
@@ -217,5 +228,69 @@ def test_the_dag_details_expose_the_factors_pick_list(api: httpx.Client) -> None
     assert schema["type"] == "array"
     assert schema["examples"] == schema["items"]["enum"] == factors["value"]
     assert schema["minItems"] == 1 and schema["uniqueItems"] is True
-    assert params["cryptos"]["schema"]["items"]["pattern"] == "^[A-Z0-9]{2,10}$"
+    assert params["cryptos"]["schema"]["items"]["pattern"] == SYMBOL_PATTERN
     assert schema["examples"] == list(SIZING_MAP)
+
+
+def _plan_the_triggered_run(airflow_env: dict[str, str], run_id: str) -> subprocess.CompletedProcess[str]:
+    """The run's ``plan`` task, as a worker would run it (``airflow tasks test``: no scheduler here)."""
+    return subprocess.run(
+        [AIRFLOW, "tasks", "test", DAG_ID, "plan", run_id],
+        env=airflow_env,
+        capture_output=True,
+        text=True,
+        timeout=PREPARE_TIMEOUT,
+        check=False,
+    )
+
+
+# Every param within its own cap, their product is not: the trigger's schema cannot see it, so
+# the run is created and its first task refuses it, before any pod.
+OVERSIZED_CONF = {
+    "factors": list(SIZING_MAP),
+    "cryptos": [f"C{i:02d}" for i in range(50)],
+    "cost_bps": list(range(10)),
+    "slippage_bps": list(range(10)),
+    "n_folds": 24,
+    "n_seeds": 10_000,
+}
+
+
+def test_an_oversized_run_triggered_over_rest_is_refused_by_plan(
+    api: httpx.Client, airflow_env: dict[str, str]
+) -> None:
+    response = _trigger(api, OVERSIZED_CONF, "2027-03-01T00:00:00Z")
+    assert response.status_code == 200, response.text
+
+    done = _plan_the_triggered_run(airflow_env, response.json()["dag_run_id"])
+
+    # `airflow tasks test` exits 0 whatever the task did: the task's state is in its log
+    assert "new_state=failed" in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+    assert (
+        "invalid sweep: the run is too large: 4 factors x 50 cryptos x 24 folds x 10 costs x 10 slippages = "
+        "480,000 keys x (10000 seeds + 10000 shifts) = 9,600,000,000, over FINETUNE_MAX_RUN_WORK=50,000,000;"
+    ) in done.stdout + done.stderr
+
+
+def test_a_long_run_triggered_over_rest_gets_the_deadline_ceiling(
+    api: httpx.Client, airflow_env: dict[str, str]
+) -> None:
+    # 3 cryptos x 24 folds x 10 costs x 10 slippages = 7,200 keys per pod: sized at 60 s a key that
+    # is 5 days; within the work limit (7,200 x 2 seeds+shifts), so it plans, capped at 24 h
+    conf = {
+        "factors": ["base_features"],
+        "cryptos": ["BTC", "ETH", "SOL"],
+        "cost_bps": list(range(10)),
+        "slippage_bps": list(range(10)),
+        "n_folds": 24,
+        "test_bars": 24,
+        "n_seeds": 1,
+    }
+    response = _trigger(api, conf, "2027-03-02T00:00:00Z")
+    assert response.status_code == 200, response.text
+
+    done = _plan_the_triggered_run(airflow_env, response.json()["dag_run_id"])
+
+    assert "new_state=success" in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
+    assert "planned base_features: profile STANDARD" in done.stdout + done.stderr
+    assert "activeDeadlineSeconds 86400," in done.stdout + done.stderr

@@ -144,6 +144,19 @@ def test_the_run_tab_shows_the_sweep_in_the_airflow_ui(ui_after_sweep: dict[str,
             # What the login page does: Airflow's session cookie holds the JWT.
             context.add_cookies([{"name": "_token", "value": ui_after_sweep["jwt"], "url": base_url}])
             page = context.new_page()
+            # The plugin's Content-Security-Policy must not block what draws the charts: any
+            # violation is reported on the console ("Refused to ...").
+            refused = []
+            page.on("console", lambda msg: refused.append(msg.text) if "Content Security Policy" in msg.text else None)
+            policies = {}
+            page.on(
+                "response",
+                lambda resp: (
+                    policies.__setitem__(resp.url, resp.headers.get("content-security-policy"))
+                    if "/finetune/dags/" in resp.url
+                    else None
+                ),
+            )
             page.set_default_timeout(90_000)
             page.goto(url, wait_until="domcontentloaded", timeout=120_000)
             frame = page.frame_locator("iframe")
@@ -166,6 +179,8 @@ def test_the_run_tab_shows_the_sweep_in_the_airflow_ui(ui_after_sweep: dict[str,
     if os.environ.get("FINETUNE_UI_SCREENSHOT"):
         shutil.copy(shot, os.environ["FINETUNE_UI_SCREENSHOT"])
     assert shot.stat().st_size > 10_000
+    assert policies and all(policy and "script-src 'self'" in policy for policy in policies.values()), policies
+    assert refused == [], refused
     assert "Verdict: complete" in verdict, verdict
     assert "Recorded by check_baselines of Airflow run" in verdict, verdict  # the gate's own verdict, kept
     assert [h.strip() for h in headers[:11]] == [

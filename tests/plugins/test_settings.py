@@ -82,6 +82,19 @@ def test_environment_overrides() -> None:
         ),
         pytest.param({"FINETUNE_DISRUPTION_RETRIES": "11"}, "from 0 to 10", id="too-many-disruption-retries"),
         pytest.param(
+            {"FINETUNE_IMAGE_TAG_PATTERN": "[0-9"},
+            r"FINETUNE_IMAGE_TAG_PATTERN='\[0-9' is not a regular expression",
+            id="bad-tag-pattern",
+        ),
+        pytest.param(
+            {"FINETUNE_MAX_RUN_WORK": "1e9"}, r"FINETUNE_MAX_RUN_WORK='1e9' must be an integer", id="bad-max-work"
+        ),
+        pytest.param(
+            {"FINETUNE_POD_DEADLINE_MAX_SECONDS": "59"},
+            r"FINETUNE_POD_DEADLINE_MAX_SECONDS='59' must be an integer from 60",
+            id="deadline-ceiling-too-low",
+        ),
+        pytest.param(
             {"FINETUNE_KEEP_FAILED_PODS": "maybe"}, "KEEP_FAILED_PODS='maybe' must be true or false", id="bad-keep"
         ),
     ],
@@ -163,3 +176,15 @@ def test_sizing_policy_reads_the_environment_each_time(monkeypatch: pytest.Monke
 def test_sizing_policy_refuses_bad_values(env: dict[str, str], match: str) -> None:
     with pytest.raises(SettingsError, match=match):
         sizing_policy(env)
+
+
+@pytest.mark.parametrize(
+    ("env", "pattern"),
+    [
+        pytest.param({}, r"[0-9]+\.[0-9]+\.[0-9]+", id="pinned-release-shape"),
+        pytest.param({"FINETUNE_IMAGE": "r/f:v2.3-rc1"}, r"v[0-9]+\.[0-9]+-rc[0-9]+", id="other-shape"),
+        pytest.param({"FINETUNE_IMAGE_TAG_PATTERN": "[0-9]+\\.[0-9]+"}, r"[0-9]+\.[0-9]+", id="set"),
+    ],
+)
+def test_the_image_tag_pattern_defaults_to_the_pinned_tags_release_shape(env: dict[str, str], pattern: str) -> None:
+    assert Settings.from_env(env).image_tag_pattern == pattern

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 from finetune_rows import (
     GI,
@@ -457,3 +458,75 @@ def test_planned_run_id_refuses_entries_of_no_single_run(entries: list[dict[str,
         tasks.planned_run_id(entries)
 
     assert str(raised.value) == f"the plan's entries name no single run id ({named})"
+
+
+# --------------------------------------------------------------------------- a database that hangs
+
+
+class _ReportTaskInstance(_RecordingTaskInstance):
+    """What ``report`` asks of its TaskInstance beyond XComs: the states of the verdict tasks."""
+
+    dag_id = "finetune_sweep"
+    run_id = "scheduled__2026-06-07T00:00:00+00:00"
+
+    def get_task_states(self, *, dag_id: str, run_ids: list[str], task_ids: list[str]) -> dict[str, dict[str, str]]:
+        return {self.run_id: dict.fromkeys(task_ids, "success")}
+
+
+@pytest.fixture
+def held_lock(finetune_db: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Lock a table of the finetune database for the test's length, with a 1 s lock timeout in force."""
+    monkeypatch.setenv("FINETUNE_DB_LOCK_TIMEOUT_SECONDS", "1")
+    get_settings.cache_clear()
+
+    def hold(table: str) -> psycopg.Connection:
+        holder = psycopg.connect(finetune_db)
+        holder.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")  # until the holder closes
+        holders.append(holder)
+        return holder
+
+    holders: list[psycopg.Connection] = []
+    yield hold
+    for holder in holders:
+        holder.close()
+
+
+def test_register_fails_in_one_line_at_the_lock_timeout_when_the_database_hangs(held_lock: Any) -> None:
+    ti = _RecordingTaskInstance()
+    context = make_context(params=make_params(factors=["base_features"]), ti=ti)
+    entries = tasks.plan(context)
+    held_lock("finetune_runs")
+    started = time.monotonic()
+
+    with pytest.raises(AirflowException) as failed:
+        tasks.register(entries, context)
+
+    assert time.monotonic() - started < 10
+    assert str(failed.value) == (
+        "register: the finetune database did not answer: lock_timeout of 1 s exceeded "
+        "(FINETUNE_DB_LOCK_TIMEOUT_SECONDS): canceling statement due to lock timeout"
+    )
+    assert failed.value.__cause__ is None and failed.value.__suppress_context__
+    assert ti.pushed == {}, "nothing registered"
+
+
+def test_report_fails_in_one_line_at_the_lock_timeout_when_the_database_hangs(
+    finetune_db: str, held_lock: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from finetune_rows import seed_complete_run
+    from finetune_sweep.gate import RUN_ID_XCOM
+
+    seed_complete_run(finetune_db)
+    ti = _ReportTaskInstance({RUN_ID_XCOM: RUN_ID})
+    held_lock("finetune_results")
+    started = time.monotonic()
+
+    with pytest.raises(AirflowException) as failed:
+        tasks.report(make_context(ti=ti))
+
+    assert time.monotonic() - started < 10
+    assert str(failed.value) == (
+        "report: the finetune database did not answer: lock_timeout of 1 s exceeded "
+        "(FINETUNE_DB_LOCK_TIMEOUT_SECONDS): canceling statement due to lock timeout"
+    )
+    assert "no report" not in capsys.readouterr().out, "a hung database is no empty report"

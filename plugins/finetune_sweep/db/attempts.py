@@ -14,11 +14,6 @@ from typing import Any
 from finetune_sweep.db.connect import NotMigrated, connect
 from finetune_sweep.outcomes import DISRUPTED_PREFIX, OOM_REASON
 
-# Bounds for the worker's own writes: a locked manifest row or a stuck server must not hold the
-# task (and its classification) for longer than this.
-RECORD_CONNECT_TIMEOUT_SECONDS = 10
-RECORD_STATEMENT_TIMEOUT_MS = 30_000
-
 # The pod's own record of the same attempt wins (more precise), except against an OOM kill.
 UPSERT_FAILED_FACTOR_SQL = """
 INSERT INTO finetune_run_factors AS f
@@ -94,15 +89,9 @@ def record_attempt(dsn: str, attempt: Mapping[str, Any], *, factor_failed: bool)
         "workers": attempt.get("workers"),  # None: not known to the recorder
         "oom_reason": OOM_REASON,
     }
-    with (
-        connect(
-            dsn,
-            connect_timeout=RECORD_CONNECT_TIMEOUT_SECONDS,
-            statement_timeout_ms=RECORD_STATEMENT_TIMEOUT_MS,
-            lock_timeout_ms=RECORD_STATEMENT_TIMEOUT_MS,
-        ) as conn,
-        conn.transaction(),
-    ):
+    # db.connect's bounds: a locked manifest row or a stuck server must not hold the task (and its
+    # classification) beyond the settings' lock and statement timeouts
+    with connect(dsn) as conn, conn.transaction():
         conn.execute(UPSERT_FAILED_FACTOR_SQL if factor_failed else NOTE_INTERRUPTED_FACTOR_SQL, row)
         conn.execute(UPSERT_ATTEMPT_SQL, row)
 
@@ -138,7 +127,7 @@ def count_round_attempts(
         "oom_reason": OOM_REASON,
         "disrupted": DISRUPTED_PREFIX + "%",
     }
-    with connect(dsn, connect_timeout=RECORD_CONNECT_TIMEOUT_SECONDS) as conn:
+    with connect(dsn) as conn:
         ooms, disruptions = conn.execute(COUNT_ROUND_ATTEMPTS_SQL, params).fetchone()
     return int(ooms), int(disruptions)
 
@@ -174,6 +163,7 @@ in_window AS (
     SELECT * FROM history
     WHERE (%(days)s::integer IS NULL OR finished_at >= now() - make_interval(days => %(days)s::integer))
       AND (%(factors)s::text[] IS NULL OR factor = ANY(%(factors)s::text[]))
+      AND (%(dag_id)s::text IS NULL OR run_id IN (SELECT run_id FROM finetune_runs WHERE dag_id = %(dag_id)s::text))
 ),
 recent_runs AS (
     SELECT factor, run_id,
@@ -195,38 +185,61 @@ def fetch_history(
     history_runs: int | None = None,
     history_days: int | None = None,
     factors: Sequence[str] | None = None,
+    dag_id: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Recorded pod attempts, oldest first per factor, from ``finetune_pod_attempts``.
-
-    (From ``finetune_run_factors`` on a database before V003: the latest attempt of each run.)
+    """Recorded pod attempts, oldest first per factor (see :func:`read_history`), on a connection of its own.
 
     :param dsn: libpq URI of the finetune database.
-    :param history_runs: keep each factor's attempts in its last N finetune runs (None: all runs).
-    :param history_days: keep attempts that finished within the last N days (None: any age).
-    :param factors: only these factors (None: every factor).
     :raises NotMigrated: the database has neither table.
     """
     from psycopg.rows import dict_row
 
     with connect(dsn, row_factory=dict_row) as conn:
-        found = conn.execute(
-            "SELECT to_regclass('finetune_pod_attempts') IS NOT NULL AS attempts, "
-            "to_regclass('finetune_run_factors') IS NOT NULL AS factors, "
-            "EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = 'finetune_pod_attempts' AND column_name = 'airflow_run_id') AS per_airflow_run, "
-            "EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-            "AND table_name = 'finetune_pod_attempts' AND column_name = 'workers') AS with_workers"
-        ).fetchone()
-        if not (found["attempts"] or found["factors"]):
-            raise NotMigrated(
-                "no finetune tables in this database (wrong database, or not migrated yet: python -m finetune migrate)"
-            )
-        if not found["attempts"]:
-            source = FALLBACK_HISTORY_SQL
+        return read_history(conn, history_runs=history_runs, history_days=history_days, factors=factors, dag_id=dag_id)
+
+
+def read_history(
+    conn: Any,
+    *,
+    history_runs: int | None = None,
+    history_days: int | None = None,
+    factors: Sequence[str] | None = None,
+    dag_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """Recorded pod attempts, oldest first per factor, from ``finetune_pod_attempts``.
+
+    (From ``finetune_run_factors`` on a database before V003: the latest attempt of each run.)
+
+    :param conn: a psycopg connection with ``dict_row`` rows.
+    :param history_runs: keep each factor's attempts in its last N finetune runs (None: all runs).
+    :param history_days: keep attempts that finished within the last N days (None: any age).
+    :param factors: only these factors (None: every factor).
+    :param dag_id: only the runs of this DAG (None: every run, by-hand ones too).
+    :raises NotMigrated: the database has neither table.
+    """
+    found = conn.execute(
+        "SELECT to_regclass('finetune_pod_attempts') IS NOT NULL AS attempts, "
+        "to_regclass('finetune_run_factors') IS NOT NULL AS factors, "
+        "EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'finetune_pod_attempts' AND column_name = 'airflow_run_id') AS per_airflow_run, "
+        "EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'finetune_pod_attempts' AND column_name = 'workers') AS with_workers"
+    ).fetchone()
+    if not (found["attempts"] or found["factors"]):
+        raise NotMigrated(
+            "no finetune tables in this database (wrong database, or not migrated yet: python -m finetune migrate)"
+        )
+    if not found["attempts"]:
+        source = FALLBACK_HISTORY_SQL
+    else:
+        if not found["per_airflow_run"]:
+            source = PRE_V007_HISTORY_SQL
         else:
-            if not found["per_airflow_run"]:
-                source = PRE_V007_HISTORY_SQL
-            else:
-                source = HISTORY_SQL if found["with_workers"] else PRE_V009_HISTORY_SQL
-        window = {"runs": history_runs, "days": history_days, "factors": list(factors) if factors is not None else None}
-        return list(conn.execute(WINDOWED_HISTORY_SQL.format(source=source), window).fetchall())
+            source = HISTORY_SQL if found["with_workers"] else PRE_V009_HISTORY_SQL
+    window = {
+        "runs": history_runs,
+        "days": history_days,
+        "factors": list(factors) if factors is not None else None,
+        "dag_id": dag_id,
+    }
+    return list(conn.execute(WINDOWED_HISTORY_SQL.format(source=source), window).fetchall())

@@ -198,7 +198,7 @@ class FactorPodOperator(KubernetesPodOperator):
         self._context = context
         self.container_resources = as_resource_requirements(self.container_resources)
         settings = self._read_settings()
-        self._check_pod_template(settings)
+        self._check_pod_template()
         local = settings.pod_backend == "local"
         if not self._uses_ladder:
             if not local:
@@ -327,11 +327,11 @@ class FactorPodOperator(KubernetesPodOperator):
             raise AirflowFailException(str(exc)) from exc
         return self._settings
 
-    def _check_pod_template(self, settings: Settings) -> None:
+    def _check_pod_template(self) -> None:
         """Refuse, again where the pod is built, a template that would widen it: ``plan`` checked
         the file when the run started, and it may have changed since."""
         try:
-            check_pod_template(self.pod_template_file, db_secret=(settings.db_secret_name, settings.db_secret_key))
+            check_pod_template(self.pod_template_file)
         except PodTemplateError as exc:
             raise AirflowFailException(str(exc)) from exc
 

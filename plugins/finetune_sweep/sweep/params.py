@@ -20,9 +20,24 @@ if TYPE_CHECKING:
     from airflow.sdk import Param
 
 STRATEGY = "ridge_long_flat"
-SYMBOL_PATTERN = r"^[A-Z0-9]{2,10}$"
+
+
+def whole(pattern: str) -> str:
+    """``pattern`` anchored at both ends of the whole value, for a JSON Schema ``pattern``.
+
+    JSON Schema patterns are searched, not matched, so they need anchors; but Python's ``$``
+    also matches before a trailing newline (``"BTC\\n"`` passed ``^[A-Z0-9]{2,10}$``), and ``\\Z``
+    is Python's alone (ECMA 262, the dialect JSON Schema names, reads it as a literal ``Z``). A
+    negative look-ahead for any character is the end of the value in both dialects.
+    """
+    return rf"^(?:{pattern})(?![\s\S])"
+
+
+SYMBOL_PATTERN = whole("[A-Z0-9]{2,10}")
 # Docker tag grammar: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}.
-IMAGE_TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+IMAGE_TAG_PATTERN = whole("[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+# A moving tag: what a run ran could not be told afterwards, whatever the deployment's pattern.
+MOVING_TAG = "latest"
 DEFAULT_IMAGE_TAG = "0.1.0"
 # Pod-side defaults of finetune.folds (DEFAULT_TRAIN_BARS / DEFAULT_TEST_BARS): hourly bars.
 DEFAULT_TRAIN_BARS = 24 * 180
@@ -55,7 +70,23 @@ def _integer(default: int, minimum: int, maximum: int, title: str, description: 
     }
 
 
-def _param_specs(known_factors: Sequence[str]) -> dict[str, dict[str, Any]]:
+def _image_spec(tag_pattern: str | None) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "string", "pattern": IMAGE_TAG_PATTERN, "not": {"const": MOVING_TAG}}
+    allowed = "an image tag (letters, digits, _ . -; not latest)"
+    if tag_pattern is not None:
+        # the deployment's restriction (FINETUNE_IMAGE_TAG_PATTERN, default: the pinned tag's shape)
+        schema["allOf"] = [{"pattern": whole(tag_pattern)}]
+        allowed += f" matching the whole of {tag_pattern} (FINETUNE_IMAGE_TAG_PATTERN)"
+    return {
+        "default": DEFAULT_IMAGE_TAG,
+        "title": "Image tag",
+        "description": "Tag of the pinned finetune image (the repository is fixed by the deployment).",
+        "schema": schema,
+        "allowed": allowed,
+    }
+
+
+def _param_specs(known_factors: Sequence[str], *, tag_pattern: str | None = None) -> dict[str, dict[str, Any]]:
     """Name -> default, title, description, JSON schema and an "allowed" text for error messages."""
     factors = list(known_factors)
     return {
@@ -84,7 +115,7 @@ def _param_specs(known_factors: Sequence[str]) -> dict[str, dict[str, Any]]:
                 "maxItems": 50,
                 "uniqueItems": True,
             },
-            "allowed": "a non-empty list of distinct symbols matching ^[A-Z0-9]{2,10}$",
+            "allowed": "a non-empty list of distinct symbols of 2 to 10 upper-case letters or digits",
         },
         "cost_bps": _bps_list([10, 15, 30], "Cost (bps)", "Trading cost levels per side, in basis points."),
         "slippage_bps": _bps_list([0], "Slippage (bps)", "Slippage levels per side, in basis points."),
@@ -93,13 +124,7 @@ def _param_specs(known_factors: Sequence[str]) -> dict[str, dict[str, Any]]:
         "hold_bars": _integer(24, 1, 24 * 30, "Hold bars", "Holding period of the random baseline and label horizon."),
         "train_bars": _integer(DEFAULT_TRAIN_BARS, 48, 24 * 365 * 5, "Train bars", "Training window per fold (bars)."),
         "test_bars": _integer(DEFAULT_TEST_BARS, 24, 24 * 365, "Test bars", "Test window per fold (bars)."),
-        "image": {
-            "default": DEFAULT_IMAGE_TAG,
-            "title": "Image tag",
-            "description": "Tag of the pinned finetune image (the repository is fixed by the deployment).",
-            "schema": {"type": "string", "pattern": IMAGE_TAG_PATTERN},
-            "allowed": "an image tag matching " + IMAGE_TAG_PATTERN,
-        },
+        "image": _image_spec(tag_pattern),
         "fdr_q": {
             "default": DEFAULT_FDR_Q,
             "title": "Findings FDR (q)",
@@ -128,15 +153,17 @@ def default_params(*, image_tag: str | None = None) -> dict[str, Any]:
     return params
 
 
-def build_params(*, image_tag: str | None = None) -> dict[str, Param]:
+def build_params(*, image_tag: str | None = None, tag_pattern: str | None = None) -> dict[str, Param]:
     """The DAG's ``Param`` objects (trigger form + trigger-time validation).
 
     :param image_tag: the default image tag, e.g. ``Settings.image_tag``.
+    :param tag_pattern: the tags a trigger may run, ``Settings.image_tag_pattern`` (None: any tag
+        but ``latest``).
     """
     from airflow.sdk import Param
 
     params = {}
-    for name, spec in _param_specs(tuple(SIZING_MAP)).items():
+    for name, spec in _param_specs(tuple(SIZING_MAP), tag_pattern=tag_pattern).items():
         default = copy.deepcopy(spec["default"])
         if name == "image" and image_tag:
             default = image_tag
@@ -150,17 +177,20 @@ def build_params(*, image_tag: str | None = None) -> dict[str, Param]:
     return params
 
 
-def validate_params(params: Mapping[str, Any], *, known_factors: Sequence[str] | None = None) -> dict[str, Any]:
+def validate_params(
+    params: Mapping[str, Any], *, known_factors: Sequence[str] | None = None, tag_pattern: str | None = None
+) -> dict[str, Any]:
     """Validate run params at run time and return them normalised (defaults filled, ints as int).
 
     :param params: the run's params (declared params plus any conf keys).
     :param known_factors: factors that may be planned (default: the sizing map's).
+    :param tag_pattern: the tags a run may use (see :func:`build_params`).
     :raises PlanError: naming the first bad param and what is allowed.
     """
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    specs = _param_specs(tuple(known_factors or SIZING_MAP))
+    specs = _param_specs(tuple(known_factors or SIZING_MAP), tag_pattern=tag_pattern)
     unknown = sorted(str(key) for key in params if key not in specs)
     if unknown:
         raise PlanError(f"unknown param(s) {', '.join(map(repr, unknown))}; allowed params: {', '.join(specs)}")

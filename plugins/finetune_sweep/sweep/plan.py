@@ -9,6 +9,7 @@ upward only; ``FINETUNE_SIZING_MODE=static`` pins the map).
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -106,6 +107,45 @@ def check_fits_synthetic_market(valid: Mapping[str, Any], *, as_of: str, data_ur
         )
 
 
+def run_work(valid: Mapping[str, Any]) -> tuple[int, str]:
+    """The run's work, keys x (n_seeds + n_shifts) over all factors, and the product spelt out.
+
+    A key is (factor, crypto, fold, cost, slippage); per key the pod draws ``n_seeds`` random
+    baseline seeds and ``n_shifts`` shifted copies of the model's positions, which dominate its time.
+    Today the pod shifts ``n_seeds`` times (``finetune.runner`` passes ``n_shifts=n_seeds``); a
+    separate ``n_shifts`` param, once it exists, is used instead.
+
+    :param valid: validated params.
+    """
+    n_shifts = int(valid.get("n_shifts", valid["n_seeds"]))
+    sizes = {
+        "factors": len(valid["factors"]),
+        "cryptos": len(valid["cryptos"]),
+        "folds": int(valid["n_folds"]),
+        "costs": len(valid["cost_bps"]),
+        "slippages": len(valid["slippage_bps"]),
+    }
+    keys = math.prod(sizes.values())
+    work = keys * (int(valid["n_seeds"]) + n_shifts)
+    product = " x ".join(f"{n} {name}" for name, n in sizes.items())
+    return work, f"{product} = {keys:,} keys x ({valid['n_seeds']} seeds + {n_shifts} shifts) = {work:,}"
+
+
+def check_run_size(valid: Mapping[str, Any], *, max_run_work: int) -> None:
+    """Refuse a run larger than ``FINETUNE_MAX_RUN_WORK``: each param is capped, their product is not.
+
+    :param valid: validated params.
+    :param max_run_work: the setting.
+    :raises PlanError: one line with the product and the setting.
+    """
+    work, spelt = run_work(valid)
+    if work > max_run_work:
+        raise PlanError(
+            f"the run is too large: {spelt}, over FINETUNE_MAX_RUN_WORK={max_run_work:,}; "
+            "lower cryptos, folds, costs, slippages or seeds, or split the sweep into several runs"
+        )
+
+
 def plan_pods(
     params: Mapping[str, Any],
     *,
@@ -124,9 +164,10 @@ def plan_pods(
     :param profiles_json: ``FINETUNE_PROFILES`` (read at run time by the caller).
     :param sizing_json: ``FINETUNE_SIZING`` (read at run time by the caller).
     :param data_uri: ``--data-uri`` for every pod, or None for the pod's default.
-    :param settings: the deadline allowances (default: their defaults, ``Settings()``).
-    :raises PlanError: bad params, params that cannot fit the synthetic market, bad overrides, a
-        data URI no pod could read.
+    :param settings: the deadline allowances and ceiling, the run size limit (default: their
+        defaults, ``Settings()``).
+    :raises PlanError: bad params, a run over ``FINETUNE_MAX_RUN_WORK``, params that cannot fit the
+        synthetic market, bad overrides, a data URI no pod could read.
     """
     settings = settings or Settings()
     try:
@@ -134,7 +175,8 @@ def plan_pods(
         sizing_map = load_sizing(sizing_json)
     except SizingError as err:
         raise PlanError(str(err)) from None
-    valid = validate_params(params, known_factors=tuple(sizing_map))
+    valid = validate_params(params, known_factors=tuple(sizing_map), tag_pattern=settings.image_tag_pattern)
+    check_run_size(valid, max_run_work=settings.max_run_work)
     check_data_uri(data_uri)
     check_fits_synthetic_market(valid, as_of=as_of, data_uri=data_uri)
     run_args = {
@@ -149,11 +191,16 @@ def plan_pods(
         "test_bars": valid["test_bars"],
         "data_uri": data_uri,
     }
-    deadline = pod_deadline_seconds(
-        n_keys=n_pod_keys(run_args),
-        per_key_seconds=settings.pod_deadline_per_key_seconds,
-        startup_seconds=settings.pod_deadline_startup_seconds,
-        fixed=settings.pod_deadline_seconds,
+    # The ceiling bounds how long one trigger can hold a node; the per-key allowance is generous
+    # (a key takes seconds), so a large admitted run still fits under it.
+    deadline = min(
+        pod_deadline_seconds(
+            n_keys=n_pod_keys(run_args),
+            per_key_seconds=settings.pod_deadline_per_key_seconds,
+            startup_seconds=settings.pod_deadline_startup_seconds,
+            fixed=settings.pod_deadline_seconds,
+        ),
+        settings.pod_deadline_max_seconds,
     )
     entries = []
     for factor in valid["factors"]:

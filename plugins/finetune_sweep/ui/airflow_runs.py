@@ -28,6 +28,19 @@ class AirflowRun:
     task_states: tuple[tuple[str, str | None], ...]
 
 
+def dag_exists(dag_id: str) -> bool:
+    """Whether Airflow's metadata database knows the DAG ``dag_id`` (``~`` is no DAG).
+
+    :param dag_id: the DAG id of a plugin path.
+    """
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(select(DagModel.dag_id).where(DagModel.dag_id == dag_id)) is not None
+
+
 def find_airflow_run(dag_id: str, run_id: str) -> AirflowRun | None:
     """The DAG run ``run_id`` of ``dag_id`` from Airflow's metadata database, or None.
 

@@ -10,6 +10,8 @@ gate and the report do, so a baseline computed on another window never lands bes
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,14 +19,11 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
 
-from finetune_sweep.db.connect import connect as db_connect
+from finetune_sweep.db.connect import connect_kwargs
 from finetune_sweep.gate import GATE_SQL, RECORDED_VERDICT_SQL, same_basis_join
 from finetune_sweep.report import MODEL_WON, SAME_BASIS_JOINS, SUMMARY_SQL
-
-# Statements of a page share one connection; a database that hangs must not hang the api-server.
-STATEMENT_TIMEOUT_MS = 10_000
-CONNECT_TIMEOUT_S = 5
 
 # Every (factor, crypto, cost basis): means over the folds; the report's table reads the same.
 GROUPS_SQL = SUMMARY_SQL
@@ -49,22 +48,27 @@ WHERE m.run_id = %(run_id)s
   AND (CAST(%(slippage_bps)s AS integer) IS NULL OR m.slippage_bps = %(slippage_bps)s)
 ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps, m.fold_id, m.variant
 """
+# The fold page: one page of one (factor, crypto)'s folds (the page is bounded, see app.FOLD_PAGE_ROWS).
+FOLDS_PAGE_SQL = FOLDS_SQL + "LIMIT %(limit)s OFFSET %(offset)s\n"
 
 RUN_SQL = """
 SELECT run_id, dag_id, strategy, as_of, params, created_at
 FROM finetune_runs WHERE run_id = %(run_id)s
 """
 
+# A run is shown only under the DAG that made it: the link and the run must both name the DAG.
 LINKED_RUN_SQL = """
-SELECT run_id FROM finetune_airflow_runs
-WHERE dag_id = %(dag_id)s AND airflow_run_id = %(airflow_run_id)s
+SELECT l.run_id FROM finetune_airflow_runs AS l
+JOIN finetune_runs AS r ON r.run_id = l.run_id AND r.dag_id = l.dag_id
+WHERE l.dag_id = %(dag_id)s AND l.airflow_run_id = %(airflow_run_id)s
 """
 
 # The finetune run itself may be named in the URL (a notebook link, or a run registered before
-# the Airflow-run link existed); it must belong to the DAG of the path.
+# the Airflow-run link existed); it must belong to the DAG of the path. A run registered by hand
+# (dag_id NULL) belongs to no DAG and is shown under none.
 RUN_OF_DAG_SQL = """
 SELECT run_id FROM finetune_runs
-WHERE run_id = ANY(%(candidates)s) AND (dag_id = %(dag_id)s OR dag_id IS NULL)
+WHERE run_id = ANY(%(candidates)s) AND dag_id = %(dag_id)s
 ORDER BY array_position(%(candidates)s, run_id)
 LIMIT 1
 """
@@ -142,24 +146,59 @@ class RunPage:
     findings: list[dict[str, Any]] = field(default_factory=list)
 
 
-def connect(dsn: str) -> psycopg.Connection:
-    """A read-only connection with bounded statements (the page never writes).
+# A small pool per DSN in the api-server: a run tab needs two connections at once (the gate's
+# query beside the table's); more would only queue on the database's two cores anyway.
+POOL_MAX_SIZE = 4
+_POOLS: dict[str, ConnectionPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+# UTC: the pages print times as UTC. jit off: the joins below estimate badly on large runs, and JIT
+# compilation then costs more than the query itself (~0.6 s of fixed cost, DESIGN 8).
+PAGE_SESSION = {"default_transaction_read_only": "on", "TimeZone": "UTC", "jit": "off"}
+
+
+def _reset(conn: psycopg.Connection) -> None:
+    # back to the session the pool opened (a page's SET must not follow the connection)
+    conn.execute("RESET ALL")
+
+
+def pool_for(dsn: str) -> ConnectionPool:
+    """The pool of ``dsn``: read-only sessions with the settings' bounds (``db.connect_kwargs``).
+
+    A new DSN (the ``finetune_db`` connection changed) gets its own pool.
 
     :param dsn: libpq URI of the finetune database.
     """
-    conn = db_connect(
-        dsn,
-        connect_timeout=CONNECT_TIMEOUT_S,
-        statement_timeout_ms=STATEMENT_TIMEOUT_MS,
-        # UTC: the pages print times as UTC.
-        session={"default_transaction_read_only": "on", "TimeZone": "UTC"},
-        row_factory=dict_row,
-        autocommit=True,
-    )
-    # The joins below estimate badly on large runs; JIT compilation then costs more than the
-    # query itself (~0.6 s of fixed cost, DESIGN 8).
-    conn.execute("SET jit = off")
-    return conn
+    with _POOLS_LOCK:
+        pool = _POOLS.get(dsn)
+        if pool is None:
+            kwargs = connect_kwargs(dsn, session=PAGE_SESSION)
+            pool = ConnectionPool(
+                dsn,
+                kwargs={**kwargs, "row_factory": dict_row, "autocommit": True},
+                min_size=0,
+                max_size=POOL_MAX_SIZE,
+                # waiting for a connection is bounded like making one; a pool of a server that is
+                # down stops trying in the background after as long
+                timeout=float(kwargs.get("connect_timeout", 10)) + 1,
+                reconnect_timeout=float(kwargs.get("connect_timeout", 10)) + 1,
+                reset=_reset,
+                open=True,
+                name="finetune-ui",
+            )
+            _POOLS[dsn] = pool
+        return pool
+
+
+@contextmanager
+def connect(dsn: str) -> Iterator[psycopg.Connection]:
+    """A read-only pooled connection with the settings' bounds (the page never writes).
+
+    :param dsn: libpq URI of the finetune database.
+    :raises psycopg.OperationalError: none could be had in time (``PoolTimeout`` is one).
+    """
+    with pool_for(dsn).connection() as conn:
+        yield conn
 
 
 def has_finetune_tables(conn: psycopg.Connection) -> bool:
@@ -237,20 +276,67 @@ def fetch_folds(
     conn: psycopg.Connection,
     run_id: str,
     *,
-    factor: str | None = None,
-    crypto: str | None = None,
+    factor: str,
+    crypto: str,
     cost_bps: int | None = None,
     slippage_bps: int | None = None,
+    limit: int,
+    offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row per fold with its three baselines; the filters narrow it to one group."""
-    params = {"run_id": run_id, "factor": factor, "crypto": crypto, "cost_bps": cost_bps, "slippage_bps": slippage_bps}
-    if factor is not None and crypto is not None:
-        return conn.execute(FOLDS_SQL, params).fetchall()  # one group: a few index probes are best
-    with _hash_joins(conn):
-        return conn.execute(FOLDS_SQL, params).fetchall()
+    """One page of one factor and crypto's folds with their three baselines (index probes: a
+    few rows); the cost filters narrow it to one group.
+
+    :param limit: rows of the page.
+    :param offset: rows before it.
+    """
+    params = {
+        "run_id": run_id,
+        "factor": factor,
+        "crypto": crypto,
+        "cost_bps": cost_bps,
+        "slippage_bps": slippage_bps,
+        "limit": limit,
+        "offset": offset,
+    }
+    return conn.execute(FOLDS_PAGE_SQL, params).fetchall()
 
 
-def fetch_run_page(dsn: str, run_id: str, *, airflow_run_id: str | None = None) -> RunPage | None:
+def stream_rows(conn: psycopg.Connection, table: str, run_id: str, *, cap: int, batch: int = 2000) -> Iterator[dict]:
+    """The rows of a download, at most ``cap``, from a server-side cursor ``batch`` rows at a time.
+
+    Memory stays one batch whatever the run's size (a 60,000-key run's folds were 36 MB of JSON
+    built in memory). The whole-run joins hash (:func:`_hash_joins`), in the cursor's transaction.
+
+    :param conn: from :func:`connect` (autocommit: the transaction here holds the cursor).
+    :param table: ``rows`` (groups) or ``folds``.
+    :param run_id: the finetune run id.
+    :param cap: the row cap the response states.
+    """
+    sql = GROUPS_SQL if table == "rows" else FOLDS_SQL
+    params = {"run_id": run_id, "factor": None, "crypto": None, "cost_bps": None, "slippage_bps": None}
+    with _hash_joins(conn), conn.cursor(name=f"finetune_download_{table}") as cursor:
+        cursor.itersize = batch
+        # the SQL ends with its ORDER BY: the cap keeps the first rows of the table's own order
+        cursor.execute(sql.rstrip().rstrip(";") + "\nLIMIT %(cap)s", {**params, "cap": cap})
+        yield from cursor
+
+
+def count_rows(conn: psycopg.Connection, table: str, run_id: str) -> int:
+    """How many rows a download of the run has in all (the response states it beside the cap)."""
+    if table == "folds":
+        row = conn.execute("SELECT count(*) AS n FROM finetune_results WHERE run_id = %(run_id)s", {"run_id": run_id})
+    else:
+        row = conn.execute(
+            "SELECT count(*) AS n FROM (SELECT DISTINCT factor, crypto, cost_bps, slippage_bps "
+            "FROM finetune_results WHERE run_id = %(run_id)s) AS g",
+            {"run_id": run_id},
+        )
+    return int(row.fetchone()["n"])
+
+
+def fetch_run_page(
+    dsn: str, run_id: str, *, airflow_run_id: str | None = None, conn: psycopg.Connection | None = None
+) -> RunPage | None:
     """The run tab's data, or None when the finetune run is not registered.
 
     The verdict is the one ``check_baselines`` recorded while it still holds (no row of the run
@@ -263,6 +349,7 @@ def fetch_run_page(dsn: str, run_id: str, *, airflow_run_id: str | None = None) 
     :param dsn: libpq URI of the finetune database.
     :param run_id: the finetune run id.
     :param airflow_run_id: count the pod attempts of this Airflow run only (None: every run).
+    :param conn: the request's connection, for the table's part (None: one from the pool).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -271,7 +358,7 @@ def fetch_run_page(dsn: str, run_id: str, *, airflow_run_id: str | None = None) 
             verdict_conn.execute(NO_PARALLEL_WORKERS)
             return fetch_verdict(verdict_conn, run_id)
 
-    with connect(dsn) as conn:
+    with contextlib.nullcontext(conn) if conn is not None else connect(dsn) as conn:
         run = conn.execute(RUN_SQL, {"run_id": run_id}).fetchone()
         if run is None:
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -83,13 +84,29 @@ def test_python_m_pods_render_still_works_and_pods_does_not_import_planning() ->
     assert probe.stdout.strip() == "False", probe.stderr
 
 
+@pytest.mark.parametrize(
+    ("spec_yaml", "named"),
+    [
+        pytest.param("hostNetwork: true\n  containers: [{name: base}]", "spec.hostNetwork", id="hostNetwork"),
+        pytest.param(
+            "shareProcessNamespace: true\n  containers: [{name: base}, {name: sidecar, image: busybox}]",
+            "spec.shareProcessNamespace; spec.containers[1] (sidecar)",
+            id="sidecar",
+        ),
+        pytest.param(
+            "containers: [{name: base, lifecycle: {postStart: {exec: {command: [env]}}}}]",
+            "spec.containers[0] (base).lifecycle",
+            id="lifecycle",
+        ),
+    ],
+)
 def test_render_refuses_a_widening_pod_template(
-    tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, spec_yaml: str, named: str
 ) -> None:
     from finetune_sweep.settings import get_settings
 
     template = tmp_path / "pod.yaml"
-    template.write_text("apiVersion: v1\nkind: Pod\nspec:\n  hostNetwork: true\n  containers: [{name: base}]\n")
+    template.write_text(f"apiVersion: v1\nkind: Pod\nspec:\n  {spec_yaml}\n")
     monkeypatch.setenv("FINETUNE_POD_TEMPLATE_FILE", str(template))
     get_settings.cache_clear()
     try:
@@ -100,9 +117,10 @@ def test_render_refuses_a_widening_pod_template(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.strip() == (
-        f"error: FINETUNE_POD_TEMPLATE_FILE={template} is refused, it would widen the pod: spec.hostNetwork "
-        "(a template may add tolerations, imagePullSecrets, priorityClassName, affinity, nodeSelector, "
-        "annotations, labels, the base container's env and envFrom (not FINETUNE_DB_URL))"
+        f"error: FINETUNE_POD_TEMPLATE_FILE={template} is refused, it sets fields a template may not: {named} "
+        "(a template may set only metadata.annotations, metadata.labels, spec.tolerations, spec.affinity, "
+        "spec.nodeSelector, spec.imagePullSecrets, spec.priorityClassName, and spec.containers with the base "
+        "container alone (name, env, envFrom; no FINETUNE_* or PG* names))"
     )
 
 
@@ -120,4 +138,52 @@ def test_render_prints_the_image_the_dag_runs(pinned_image: str, capsys: pytest.
 
 
 def test_render_image_tag_overrides_the_pinned_tag(pinned_image: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _rendered_image(capsys, "--image-tag", "2.4.0-rc1") == "registry.local:5000/team/finetune:2.4.0-rc1"
+    assert _rendered_image(capsys, "--image-tag", "2.4.0") == "registry.local:5000/team/finetune:2.4.0"
+
+
+def test_render_of_a_template_without_containers_is_one_line_without_a_traceback(tmp_path) -> None:
+    template = tmp_path / "pod.yaml"
+    template.write_text("apiVersion: v1\nkind: Pod\nspec:\n  tolerations: []\n")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "finetune_sweep", "render", "--factor", "base_features"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "FINETUNE_POD_TEMPLATE_FILE": str(template)},
+    )
+
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"error: FINETUNE_POD_TEMPLATE_FILE={template} has no spec.containers; "
+        "a template needs spec.containers: [{name: base}]\n"
+    )
+
+
+def test_render_merges_a_benign_template(
+    tmp_path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from finetune_sweep.settings import get_settings
+
+    template = tmp_path / "pod.yaml"
+    template.write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {annotations: {team: quant}}\nspec:\n"
+        "  tolerations: [{key: dedicated, operator: Exists, effect: NoSchedule}]\n"
+        "  imagePullSecrets: [{name: registry-creds}]\n  nodeSelector: {pool: batch}\n"
+        "  containers: [{name: base}]\n"
+    )
+    monkeypatch.setenv("FINETUNE_POD_TEMPLATE_FILE", str(template))
+    get_settings.cache_clear()
+    try:
+        assert cli.main(["render", "--factor", "base_features", "--output", "json"]) == 0
+    finally:
+        get_settings.cache_clear()
+
+    manifest = json.loads(capsys.readouterr().out)
+    kubernetes_validate.validate(manifest, K8S_VERSION, strict=True)
+    assert manifest["metadata"]["annotations"]["team"] == "quant"
+    assert {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"} in manifest["spec"]["tolerations"]
+    assert manifest["spec"]["imagePullSecrets"] == [{"name": "registry-creds"}]
+    # the profile's node selector is the operator's own field: it wins over the template's
+    assert manifest["spec"]["nodeSelector"] == {"finetune/pool": "standard"}

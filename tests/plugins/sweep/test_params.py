@@ -33,7 +33,12 @@ def test_defaults_validate_and_are_normalised() -> None:
         pytest.param({"factors": ["base_features", "base_features"]}, r"param 'factors'", id="duplicate-factor"),
         pytest.param({"cost_bps": [10, -5]}, r"param 'cost_bps'\[1\].*-5.*0 to 1000", id="negative-cost"),
         pytest.param({"slippage_bps": []}, r"param 'slippage_bps'", id="empty-slippage"),
-        pytest.param({"cryptos": ["btc"]}, r"param 'cryptos'\[0\].*\^\[A-Z0-9\]\{2,10\}\$", id="lowercase-symbol"),
+        pytest.param(
+            {"cryptos": ["btc"]}, r"param 'cryptos'\[0\].*2 to 10 upper-case letters or digits", id="lowercase-symbol"
+        ),
+        pytest.param({"cryptos": ["BTC\n"]}, r"param 'cryptos'\[0\]: 'BTC\\n' does not match", id="symbol-newline"),
+        pytest.param({"image": "0.1.0\n"}, r"param 'image': '0.1.0\\n' does not match", id="tag-newline"),
+        pytest.param({"image": "latest"}, r"param 'image'.*not latest", id="latest"),
         pytest.param({"cryptos": [INJECTION]}, r"param 'cryptos'\[0\]", id="injection-crypto"),
         pytest.param({"factors": [INJECTION]}, r"param 'factors'\[0\]", id="injection-factor"),
         pytest.param({"image": "0.1.0; rm -rf /"}, r"param 'image'", id="injection-image"),
@@ -88,3 +93,26 @@ def test_fdr_q_is_validated_and_left_out_of_the_run_id() -> None:
     # (these two were computed by main before the param was added).
     assert run_id(fdr_q=0.01) == run_id() == "finetune_sweep__2026-06-07T00:00:00Z__06710d57"
     assert run_id(factors=["btc_features"], cost_bps=[0], fdr_q=0.2).endswith("__3b270b54")
+
+
+@pytest.mark.parametrize(
+    ("tag_pattern", "tag", "admitted"),
+    [
+        pytest.param(r"[0-9]+\.[0-9]+\.[0-9]+", "0.2.0", True, id="release"),
+        pytest.param(r"[0-9]+\.[0-9]+\.[0-9]+", "0.2.0-rc1", False, id="pre-release"),
+        pytest.param(r"[0-9]+\.[0-9]+\.[0-9]+", "x0.2.0", False, id="anchored-at-the-start"),
+        pytest.param(r"[0-9]+\.[0-9]+\.[0-9]+(-rc[0-9]+)?", "0.2.0-rc1", True, id="widened-by-the-setting"),
+        pytest.param(r".*", "latest", False, id="latest-whatever-the-pattern"),
+        pytest.param(None, "dev-branch", True, id="no-restriction"),
+    ],
+)
+def test_the_image_tag_pattern_restricts_the_tags_a_run_may_use(
+    tag_pattern: str | None, tag: str, admitted: bool
+) -> None:
+    params = make_params(image=tag)
+
+    if admitted:
+        assert validate_params(params, tag_pattern=tag_pattern)["image"] == tag
+    else:
+        with pytest.raises(PlanError, match=r"^param 'image': .*; allowed: an image tag"):
+            validate_params(params, tag_pattern=tag_pattern)

@@ -172,3 +172,84 @@ def test_each_entry_runs_its_map_profiles_cpus_as_workers_capped_by_its_cryptos(
         "base_features": ("STANDARD", 2),
         "n_features": ("HEAVY", 3),
     }
+
+
+def test_a_run_over_the_work_limit_is_refused_naming_the_product_and_the_setting() -> None:
+    from finetune_sweep.settings import Settings
+
+    # the review's run: 4 pods of 120,000 keys with 10,000 seeds, each param within its own cap
+    params = make_params(
+        factors=["base_features", "n_features", "btc_features", "l2_features"],
+        cryptos=[f"C{i:02d}" for i in range(50)],
+        cost_bps=list(range(10)),
+        slippage_bps=list(range(10)),
+        n_folds=24,
+        n_seeds=10_000,
+    )
+
+    with pytest.raises(PlanError) as refused:
+        plan_pods(params, run_id=RUN_ID, as_of=AS_OF, data_uri="file:///d", settings=Settings.from_env({}))
+
+    assert str(refused.value) == (
+        "the run is too large: 4 factors x 50 cryptos x 24 folds x 10 costs x 10 slippages = 480,000 keys "
+        "x (10000 seeds + 10000 shifts) = 9,600,000,000, over FINETUNE_MAX_RUN_WORK=50,000,000; "
+        "lower cryptos, folds, costs, slippages or seeds, or split the sweep into several runs"
+    )
+
+
+@pytest.mark.parametrize(
+    ("max_run_work", "admitted"),
+    # the README's production example: 4 x 50 x 15 x 10 x 2 = 60,000 keys x (100 + 100) = 12,000,000
+    [pytest.param(None, True, id="default-admits-it"), pytest.param("11999999", False, id="one-below-refuses")],
+)
+def test_the_default_limit_admits_the_production_example(max_run_work: str | None, admitted: bool) -> None:
+    from finetune_sweep.settings import Settings
+
+    params = make_params(
+        factors=["base_features", "n_features", "btc_features", "l2_features"],
+        cryptos=[f"C{i:02d}" for i in range(50)],
+        cost_bps=[0, 5, 10, 15, 20, 25, 30, 40, 50, 100],
+        slippage_bps=[0, 5],
+        n_folds=15,
+        n_seeds=100,
+    )
+    settings = Settings.from_env({"FINETUNE_MAX_RUN_WORK": max_run_work} if max_run_work else {})
+
+    if admitted:
+        entries = plan_pods(params, run_id=RUN_ID, as_of=AS_OF, data_uri="file:///d", settings=settings)
+        assert len(entries) == 4
+    else:
+        with pytest.raises(PlanError, match=r"= 12,000,000, over FINETUNE_MAX_RUN_WORK=11,999,999;"):
+            plan_pods(params, run_id=RUN_ID, as_of=AS_OF, data_uri="file:///d", settings=settings)
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        # 3 cryptos x 4 folds x 3 costs = 36 keys x 3,000 s = 108,600 s sized: the 24 h ceiling holds
+        pytest.param({"FINETUNE_POD_DEADLINE_PER_KEY_SECONDS": "3000"}, 86400, id="default-ceiling"),
+        pytest.param(
+            {"FINETUNE_POD_DEADLINE_PER_KEY_SECONDS": "3000", "FINETUNE_POD_DEADLINE_MAX_SECONDS": "3600"},
+            3600,
+            id="lower-ceiling",
+        ),
+        pytest.param({"FINETUNE_POD_DEADLINE_MAX_SECONDS": "100000"}, 600 + 36 * 60, id="under-the-ceiling"),
+    ],
+)
+def test_the_pod_deadline_has_a_ceiling(environ: dict[str, str], expected: int) -> None:
+    from finetune_sweep.settings import Settings
+
+    entries = plan_pods(make_params(), run_id=RUN_ID, as_of=AS_OF, settings=Settings.from_env(environ))
+
+    assert {entry["active_deadline_seconds"] for entry in entries} == {expected}
+
+
+def test_a_fixed_deadline_above_the_ceiling_is_refused_naming_both() -> None:
+    from finetune_sweep.settings import Settings, SettingsError
+
+    with pytest.raises(
+        SettingsError,
+        match=r"^FINETUNE_POD_DEADLINE_SECONDS=7200 is above FINETUNE_POD_DEADLINE_MAX_SECONDS=3600; "
+        r"lower it or raise the ceiling$",
+    ):
+        Settings.from_env({"FINETUNE_POD_DEADLINE_SECONDS": "7200", "FINETUNE_POD_DEADLINE_MAX_SECONDS": "3600"})

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -161,6 +162,20 @@ def test_a_viewer_is_served_everywhere(airflow_app: dict[str, Any], seeded: str,
 
     assert response.status_code == 200, response.text[:2000]
     assert response.content
+
+
+@pytest.mark.parametrize("path", [*ROUTES, *STATIC, pytest.param(_url("no-such-run"), id="error-page")])
+def test_every_response_carries_the_policy_headers(airflow_app: dict[str, Any], seeded: str, path: str) -> None:
+    headers = _get(airflow_app, path).headers
+
+    assert headers["content-security-policy"] == (
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "frame-ancestors 'self'"
+    )
+    assert headers["x-content-type-options"] == "nosniff"
+    # results are never cached; the assets (no data) may be, privately
+    expected = "private, max-age=86400" if path in STATIC else "no-store"
+    assert headers["cache-control"] == expected
 
 
 def test_the_plugin_is_listed_with_its_app_and_both_tabs(airflow_app: dict[str, Any]) -> None:
@@ -354,7 +369,7 @@ def test_a_run_that_failed_before_register_shows_its_verdict_and_no_traceback(
 
 
 def test_an_unreachable_database_is_a_503_without_its_password(
-    airflow_app: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+    airflow_app: dict[str, Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv(
         "AIRFLOW_CONN_FINETUNE_DB",
@@ -371,11 +386,16 @@ def test_an_unreachable_database_is_a_503_without_its_password(
         ),
     )
 
-    response = _get(airflow_app, _url(AIRFLOW_RUN))
+    with caplog.at_level(logging.WARNING, logger="finetune_sweep.ui.app"):
+        response = _get(airflow_app, _url(AIRFLOW_RUN))
 
     assert response.status_code == 503
-    assert "Finetune database unavailable" in response.text
+    assert "the results database is unavailable" in response.text
+    # host, port and the driver's message are for the server's log, not for viewers
+    assert "127.0.0.1" not in response.text and "port 1" not in response.text
     assert "s3cret-pw" not in response.text
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert "127.0.0.1" in logged and "s3cret-pw" not in logged
 
 
 def test_a_bad_cost_filter_names_the_value(airflow_app: dict[str, Any], seeded: str) -> None:
@@ -401,8 +421,9 @@ def test_downloads_carry_the_tables_rows(airflow_app: dict[str, Any], seeded: st
     rows_json = _get(airflow_app, _url(AIRFLOW_RUN, "/rows.json")).json()
     folds_json = _get(airflow_app, _url(AIRFLOW_RUN, "/folds.json")).json()
 
-    parsed = list(csv.DictReader(io.StringIO(rows_csv.text)))
+    parsed = list(csv.DictReader(io.StringIO(rows_csv.text, newline="")))
     assert rows_csv.headers["content-type"].startswith("text/csv")
+    assert rows_csv.text.count("\r\n") == len(parsed) + 1 and "\n" not in rows_csv.text.replace("\r\n", "")
     assert "attachment" in rows_csv.headers["content-disposition"]
     assert len(parsed) == len(rows_json) == 8 and len(folds_json) == 16
     first = rows_json[0]
@@ -433,6 +454,73 @@ def test_the_dag_tab_shows_each_factor_across_runs(airflow_app: dict[str, Any], 
     advice = _table_row(html, "sizing", ["l2_features"])
     assert advice[-2] == "MEDIUM" and "88%" in advice[-1]
     assert '"history-edge"' in html and '"history-memory"' in html
+
+
+def test_the_dag_tabs_sizing_advice_counts_only_that_dags_runs(airflow_app: dict[str, Any], seeded: str) -> None:
+    with psycopg.connect(seeded) as conn:
+        # another DAG's run (and a by-hand one) with n_features near its limit: not this DAG's advice
+        for other, dag_id in (("other-run", "other_dag"), ("by-hand", None)):
+            conn.execute(
+                "INSERT INTO finetune_runs (run_id, dag_id, strategy, as_of, params) "
+                "VALUES (%s, %s, 'ridge_long_flat', '2026-06-07T00:00:00Z', '{}')",
+                (other, dag_id),
+            )
+            conn.execute(
+                "INSERT INTO finetune_run_factors (run_id, factor, profile, status) VALUES (%s, 'n_features', 'HEAVY', 'done')",
+                (other,),
+            )
+            conn.execute(
+                "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,"
+                " peak_memory_bytes) VALUES (%s, 'n_features', 1, 'HEAVY', 25769803776, 25000000000)",
+                (other,),
+            )
+        conn.execute(
+            "INSERT INTO finetune_pod_attempts (run_id, factor, attempt, profile, memory_limit_bytes,"
+            " peak_memory_bytes) VALUES (%s, 'l2_features', 1, 'STANDARD', 8589934592, 7516192768)",
+            (RUN_ID,),
+        )
+
+    html = _get(airflow_app, f"/finetune/dags/{DAG_ID}").text
+
+    assert _table_row(html, "sizing", ["l2_features"])[1] == "1"
+    # every factor of the map has its row; n_features has no attempt of this DAG
+    n_features = _table_row(html, "sizing", ["n_features"])
+    assert n_features[1:4] == ["0", "0", "0"] and "25" not in " ".join(n_features)
+
+
+@pytest.mark.parametrize("dag_id", ["~", "no_such_dag", "other_dag"])
+@pytest.mark.parametrize("suffix", ["", "/runs/{run}", "/runs/{run}/folds", "/runs/{run}/rows.csv"])
+def test_a_path_that_names_no_dag_of_this_airflow_is_a_404(
+    airflow_app: dict[str, Any], seeded: str, dag_id: str, suffix: str
+) -> None:
+    with psycopg.connect(seeded) as conn:
+        # a finetune run claiming a DAG this Airflow does not have
+        conn.execute("UPDATE finetune_runs SET dag_id = 'other_dag'")
+    path = f"/finetune/dags/{quote(dag_id, safe='')}" + suffix.format(run=quote(RUN_ID, safe=""))
+
+    response = _get(airflow_app, path)
+
+    assert response.status_code == 404, response.text
+    assert "base_features" not in response.text
+    assert f"no DAG {dag_id!r} in this Airflow".replace("'", "&#39;") in response.text
+
+
+def test_an_anonymous_request_for_an_unknown_dag_learns_nothing(airflow_app: dict[str, Any], seeded: str) -> None:
+    assert _get(airflow_app, "/finetune/dags/no_such_dag", who=None).status_code == 401
+
+
+def test_a_run_registered_by_hand_is_shown_under_no_dag(airflow_app: dict[str, Any], seeded: str) -> None:
+    with psycopg.connect(seeded) as conn:
+        # `python -m finetune run` without Airflow: the run has no DAG
+        conn.execute("UPDATE finetune_runs SET dag_id = NULL")
+
+    for suffix in ("", "/folds?factor=base_features&crypto=BTC", "/rows.csv", "/folds.json"):
+        by_run_id = _get(airflow_app, _url(RUN_ID, suffix))
+        assert by_run_id.status_code == 404, (suffix, by_run_id.text)
+        assert "base_features" not in by_run_id.text
+    # nor through a link row that names this DAG
+    linked = _get(airflow_app, _url(AIRFLOW_RUN, "/rows.json"))
+    assert linked.status_code == 404, linked.text
 
 
 def test_the_dag_tab_of_a_dag_without_runs_is_a_404(airflow_app: dict[str, Any], finetune_db: str) -> None:
@@ -471,7 +559,7 @@ def test_hostile_fold_filters_get_a_page_never_a_server_error(
     assert "Traceback" not in response.text
 
 
-@pytest.mark.parametrize("suffix", ["", "/folds", "/rows.csv"])
+@pytest.mark.parametrize("suffix", ["", "/folds?factor=base_features&crypto=BTC", "/rows.csv"])
 def test_a_run_id_with_a_nul_is_unknown_not_a_server_error(
     airflow_app: dict[str, Any], seeded: str, suffix: str
 ) -> None:
@@ -486,3 +574,62 @@ def test_a_dag_id_with_a_nul_gets_a_page_not_a_server_error(airflow_app: dict[st
 
     assert response.status_code in (400, 403, 404), response.text[:500]
     assert "Traceback" not in response.text
+
+
+def test_csv_cells_that_a_spreadsheet_would_evaluate_are_neutralised() -> None:
+    from finetune_sweep.ui.app import _csv_chunks
+
+    values = ["=1+1", "+SUM(A1)", "-2+3", "@cmd", "\tx", "\rx", "a\rb", "BTC", -0.5, 3]
+    text = "".join(_csv_chunks(iter([{str(i): v for i, v in enumerate(values)}]), [str(i) for i in range(len(values))]))
+
+    assert text.endswith("\r\n")
+    (header, row) = list(csv.reader(io.StringIO(text, newline="")))
+    assert row == ["'=1+1", "'+SUM(A1)", "'-2+3", "'@cmd", "'\tx", "'\rx", "a\rb", "BTC", "-0.5", "3"]
+    # a bare CR inside a cell is quoted, so no reader takes it for a line end
+    assert '"a\rb"' in text and '"\'\rx"' in text
+
+
+@pytest.mark.parametrize("query", ["", "?factor=base_features", "?crypto=BTC", "?factor=&crypto=BTC"])
+def test_the_fold_detail_needs_a_factor_and_a_crypto(airflow_app: dict[str, Any], seeded: str, query: str) -> None:
+    response = _get(airflow_app, _url(AIRFLOW_RUN, "/folds" + query))
+
+    assert response.status_code == 400
+    assert "the fold detail needs factor and crypto" in response.text
+    assert 'id="folds"' not in response.text
+
+
+def test_the_fold_detail_is_paged(airflow_app: dict[str, Any], seeded: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from finetune_sweep.ui import app as ui_app
+
+    monkeypatch.setattr(ui_app, "FOLD_PAGE_ROWS", 3)  # base_features BTC: 2 costs x 2 folds = 4 rows
+    base = "/folds?factor=base_features&crypto=BTC"
+
+    first = _get(airflow_app, _url(AIRFLOW_RUN, base)).text
+    second = _get(airflow_app, _url(AIRFLOW_RUN, base + "&page=2")).text
+
+    def fold_rows(html: str) -> int:
+        return html.split('id="folds"')[1].split("</table>")[0].count("<tr>") - 1  # less the header
+
+    assert fold_rows(first) == 3 and fold_rows(second) == 1
+    assert 'href="folds?factor=base_features&amp;crypto=BTC&amp;page=2" rel="next"' in first
+    assert 'rel="prev"' in second and 'rel="next"' not in second
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_downloads_state_their_row_cap(
+    airflow_app: dict[str, Any], seeded: str, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    from finetune_sweep.ui import app as ui_app
+
+    full = _get(airflow_app, _url(AIRFLOW_RUN, f"/folds.{fmt}"))
+    monkeypatch.setattr(ui_app, "DOWNLOAD_ROW_CAP", 5)
+    capped = _get(airflow_app, _url(AIRFLOW_RUN, f"/folds.{fmt}"))
+
+    assert (full.headers["x-finetune-rows"], full.headers["x-finetune-truncated"]) == ("16", "false")
+    assert capped.headers["x-finetune-row-cap"] == "5"
+    assert (capped.headers["x-finetune-rows"], capped.headers["x-finetune-rows-total"]) == ("5", "16")
+    assert capped.headers["x-finetune-truncated"] == "true"
+    if fmt == "json":
+        assert full.json()[:5] == capped.json()
+    else:
+        assert full.text.split("\r\n")[:6] == capped.text.split("\r\n")[:6] and capped.text.count("\r\n") == 6

@@ -62,7 +62,7 @@ def test_a_baseline_on_another_window_is_not_joined(migrated_db: str) -> None:
             for g in queries.fetch_groups(conn, RUN_ID)
             if (g["factor"], g["crypto"], g["cost_bps"]) == ("base_features", "BTC", 10)
         )
-        folds = queries.fetch_folds(conn, RUN_ID, factor="base_features", crypto="BTC", cost_bps=10)
+        folds = queries.fetch_folds(conn, RUN_ID, factor="base_features", crypto="BTC", cost_bps=10, limit=100)
 
     assert group["missing_baselines"] == 1 and group["folds"] == 2
     assert group["random"] == pytest.approx(0.005)  # fold 0 only: the off-window 0.9 is not averaged in
@@ -149,12 +149,35 @@ def test_the_run_page_computes_the_verdict_on_a_database_from_before_verdicts_we
     assert (verdict["ok"], verdict["checked_at"]) == (True, None)
 
 
-def test_fold_reads_of_a_run_or_a_group_leave_the_session_settings_alone(migrated_db: str) -> None:
+def test_downloads_stream_and_fold_pages_leave_the_session_settings_alone(migrated_db: str) -> None:
     seed_complete_run(migrated_db)
     with queries.connect(migrated_db) as conn:
-        all_folds = queries.fetch_folds(conn, RUN_ID)
-        one_group = queries.fetch_folds(conn, RUN_ID, factor="base_features", crypto="BTC", cost_bps=10, slippage_bps=0)
+        all_folds = list(queries.stream_rows(conn, "folds", RUN_ID, cap=1000, batch=3))
+        capped = list(queries.stream_rows(conn, "folds", RUN_ID, cap=5))
+        groups = list(queries.stream_rows(conn, "rows", RUN_ID, cap=1000))
+        one_group = queries.fetch_folds(
+            conn, RUN_ID, factor="base_features", crypto="BTC", cost_bps=10, slippage_bps=0, limit=100
+        )
+        second_page = queries.fetch_folds(conn, RUN_ID, factor="base_features", crypto="BTC", limit=3, offset=3)
         # The hash-join preference is local to the statement's transaction, never the session's.
         assert conn.execute("SHOW enable_nestloop").fetchone()["enable_nestloop"] == "on"
+        assert queries.count_rows(conn, "folds", RUN_ID) == 16 and queries.count_rows(conn, "rows", RUN_ID) == 8
 
-    assert len(all_folds) == 16 and [row["fold_id"] for row in one_group] == [0, 1]
+    assert len(all_folds) == 16 and len(groups) == 8
+    assert capped == all_folds[:5], "the cap keeps the first rows in the table's order"
+    assert [row["fold_id"] for row in one_group] == [0, 1]
+    # base_features BTC: 2 costs x 2 folds; the second page of 3 holds the fourth
+    assert [(row["cost_bps"], row["fold_id"]) for row in second_page] == [(all_folds[3]["cost_bps"], 1)]
+
+
+def test_a_pooled_connection_comes_back_with_the_sessions_settings(migrated_db: str) -> None:
+    with queries.connect(migrated_db) as conn:
+        conn.execute("SET max_parallel_workers_per_gather = 0")
+        first = conn.info.backend_pid
+    with queries.connect(migrated_db) as conn:
+        assert conn.info.backend_pid == first, "the pool reuses its connection"
+        assert conn.execute("SHOW max_parallel_workers_per_gather").fetchone()["max_parallel_workers_per_gather"] != "0"
+        # the session the pool opened: read-only, UTC, no JIT, the settings' bounds
+        shown = {name: conn.execute(f"SHOW {name}").fetchone()[name] for name in ("jit", "TimeZone", "lock_timeout")}
+        assert shown == {"jit": "off", "TimeZone": "UTC", "lock_timeout": "45s"}
+        assert conn.execute("SHOW default_transaction_read_only").fetchone()["default_transaction_read_only"] == "on"
