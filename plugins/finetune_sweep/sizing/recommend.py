@@ -10,13 +10,12 @@ stays advice.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from finetune_sweep.outcomes import OOM_REASON
-from finetune_sweep.sizing.profiles import FLAG_RATIO, PROFILE_ORDER, PROFILES, SIZING_MAP, PodProfile, pod_workers
+from finetune_sweep.sizing.profiles import FLAG_RATIO, PROFILE_ORDER, PROFILES, SIZING_MAP, PodProfile
 from finetune_sweep.sizing.quantities import format_bytes
 
 
@@ -81,12 +80,6 @@ def _worker_scale(row: Mapping[str, Any], workers: Mapping[str, int] | None) -> 
     return max(1.0, target / recorded) if target and recorded else 1.0
 
 
-def map_workers(sizing: Mapping[str, str], profiles: Mapping[str, PodProfile]) -> dict[str, int]:
-    """Each factor's worker count on its map profile when its cryptos are not known: the profile's
-    cpus (a run with fewer cryptos than cpus runs fewer, so this is the larger count)."""
-    return {factor: pod_workers(profiles[name], n_cryptos=sys.maxsize) for factor, name in sizing.items()}
-
-
 def recommend(
     rows: Iterable[Mapping[str, Any]],
     sizing: Mapping[str, str] | None = None,
@@ -108,13 +101,11 @@ def recommend(
     :param sizing: factor -> current profile name (default :data:`SIZING_MAP`).
     :param profiles: profile name -> profile (default :data:`PROFILES`).
     :param workers: factor -> the worker processes its pods run now; a row recorded with fewer
-        counts as its peak and OOM floor scaled up in proportion, so that history compares like
-        with like. None: each factor's map profile's cpus (:func:`map_workers`; the advice of
-        ``recommend``, the report and the UI).
+        (its ``workers``, NULL = 1) counts as its peak and OOM floor scaled up in proportion, so
+        that history compares like with like. None: peaks as recorded.
     """
     sizing = SIZING_MAP if sizing is None else sizing
     profiles = PROFILES if profiles is None else profiles
-    workers = map_workers(sizing, profiles) if workers is None else workers
     by_factor: dict[str, list[Mapping[str, Any]]] = {factor: [] for factor in sizing}
     for row in rows:
         by_factor.setdefault(row["factor"], []).append(row)

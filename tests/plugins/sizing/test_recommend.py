@@ -396,7 +396,7 @@ def test_peaks_recorded_with_fewer_workers_are_scaled_to_the_workers_a_run_will_
     # 3 GiB with one worker; the factor now runs 4: about four crypto stores at once.
     rows = [_make_attempt(factor="base_features", peak_memory_bytes=3 * GI, workers=1)]
 
-    (as_recorded,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES, workers={})
+    (as_recorded,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES)
     (scaled,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES, workers={"base_features": 4})
 
     assert as_recorded.p95_peak == 3 * GI and as_recorded.recommended == "STANDARD"
@@ -426,12 +426,3 @@ def test_an_oom_with_one_worker_asks_for_proportionally_more_with_two() -> None:
     (rec,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES, workers={"base_features": 2})
 
     assert rec.oom_floor_bytes == 2 * (8 * GI + 1) and rec.recommended == "HEAVY"
-
-
-def test_the_advice_scales_a_one_worker_peak_to_the_map_profiles_cpus() -> None:
-    # recommend without a run's worker counts (the CLI, the report, the UI): STANDARD's 2 cpus
-    rows = [_make_attempt(factor="base_features", peak_memory_bytes=4 * GI, workers=1)]
-
-    (rec,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES)
-
-    assert rec.p95_peak == 8 * GI and rec.recommended == "MEDIUM"  # 8 GiB / 0.8 > STANDARD's 8Gi
