@@ -18,7 +18,9 @@ from typing import Any
 
 from airflow.providers.common.sql.sensors.sql import SqlSensor
 
+from finetune_sweep.db.connect import session_options
 from finetune_sweep.gate import RECORD_VERDICT_SQL, GateVerdict
+from finetune_sweep.settings import get_settings
 
 # Bound on waiting for a lock on finetune_gate_verdicts (milliseconds; statements get twice that).
 RECORD_TIMEOUT_MS = 5_000
@@ -26,6 +28,15 @@ RECORD_TIMEOUT_MS = 5_000
 
 class BaselineGateSensor(SqlSensor):
     """``SqlSensor`` over ``GATE_SQL`` that records each verdict it decides on."""
+
+    def _get_hook(self) -> Any:
+        hook = super()._get_hook()
+        # The provider's hook opens its own connection: give its session the statement and lock
+        # timeouts of db.connect's policy (FINETUNE_DB_*_TIMEOUT_SECONDS), so a locked table or a
+        # hung server fails the gate in one line after the bound instead of holding the task.
+        if getattr(hook, "options", "") is None:  # PostgresHook without options of its own
+            hook.options = session_options(get_settings().database)
+        return hook
 
     def poke(self, context: Any) -> bool:
         # Rows written from here on are newer than the verdict (RECORDED_VERDICT_SQL compares

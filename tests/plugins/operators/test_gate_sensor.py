@@ -160,3 +160,32 @@ def test_a_locked_verdicts_table_delays_the_gate_by_the_lock_timeout_only(
     assert RECORD_TIMEOUT_MS / 1000 <= waited < RECORD_TIMEOUT_MS / 1000 + 20
     assert "could not record the verdict (LockNotAvailable" in "".join(capfd.readouterr())
     assert _recorded(dsn) == []
+
+
+def test_a_locked_table_fails_the_gate_after_the_lock_timeout(dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from finetune_sweep.settings import get_settings
+
+    seed_complete_run(dsn)
+    monkeypatch.setenv("FINETUNE_DB_LOCK_TIMEOUT_SECONDS", "1")
+    get_settings.cache_clear()
+
+    def cancel_waiting_queries() -> None:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'"
+            )
+
+    # Without the bound the poke would wait forever: cancel it after 30 s so the test fails, not hangs.
+    cancel = threading.Timer(30, cancel_waiting_queries)
+    try:
+        with psycopg.connect(dsn) as holder:
+            holder.execute("LOCK TABLE finetune_baselines IN ACCESS EXCLUSIVE MODE")  # held until the block ends
+            cancel.start()
+            with pytest.raises(Exception, match="lock timeout"):
+                _sensor().poke(_context())
+    finally:
+        cancel.cancel()
+        get_settings.cache_clear()
