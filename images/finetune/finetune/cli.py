@@ -203,7 +203,7 @@ def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
         as_of=args.as_of,
         n_folds=args.n_folds,
         n_seeds=args.n_seeds,
-        n_shifts=args.n_shifts if args.n_shifts is not None else args.n_seeds,
+        n_shifts=args.n_shifts,
         hold_bars=args.hold_bars,
         train_bars=args.train_bars,
         test_bars=args.test_bars,
@@ -220,7 +220,7 @@ def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
     with sigterm_raises():
         try:
             pod = _pod_context(environ)
-            plan = prepare(config, workers=min(pod.workers, len(config.cryptos)))
+            plan = prepare(config, workers=pod.workers)  # never more processes than cryptos
         except InputError as exc:
             return _refuse(str(exc), EXIT_USAGE)
         except Terminated as exc:

@@ -117,10 +117,9 @@ class RunConfig:
     # Shifted copies per window in the shift test (--n-shifts; None: n_seeds, as DESIGN 5 has it).
     n_shifts: int | None = None
 
-    @property
-    def shifts(self) -> int:
-        """The shift test's number of shifted copies: ``n_shifts``, else ``n_seeds``."""
-        return self.n_shifts if self.n_shifts is not None else self.n_seeds
+    def __post_init__(self) -> None:
+        if self.n_shifts is None:  # stored in params as the count the run used
+            object.__setattr__(self, "n_shifts", self.n_seeds)
 
     @property
     def cost_bases(self) -> list[tuple[int, int]]:
@@ -177,9 +176,11 @@ def _feature_symbols(config: RunConfig, crypto: str) -> list[str]:
     return [crypto] + ([BTC] if config.factor == "btc_features" and crypto != BTC else [])
 
 
-def _shared_symbols(config: RunConfig) -> set[str]:
-    """Symbols whose bars other cryptos' features read: kept for the whole run (one symbol's)."""
-    return {BTC} if config.factor == "btc_features" else set()
+def _release_bars(config: RunConfig, market: MarketData, crypto: str) -> None:
+    """Drop ``crypto``'s bars from the market's cache, unless other cryptos' features read them
+    (BTC for btc_features: one symbol's bars kept for the whole run, whatever the crypto count)."""
+    if not (config.factor == "btc_features" and crypto == BTC):
+        market.release(crypto)
 
 
 def _unfilled_gap(market: MarketData, config: RunConfig, crypto: str) -> tuple[str, Gap] | None:
@@ -266,7 +267,6 @@ class Plan:
         self.config = config
         self.market = market
         self.cryptos = dict(cryptos)
-        self.shared = _shared_symbols(config)
 
     def planned_windows(self) -> dict[ResultKey, Window]:
         """Every key of the pod's grid with the window its rows must sit on."""
@@ -300,8 +300,7 @@ class Plan:
 
     def release(self, crypto: str) -> None:
         """Drop ``crypto``'s bars from the market's cache (kept when other cryptos read them)."""
-        if crypto not in self.shared:
-            self.market.release(crypto)
+        _release_bars(self.config, self.market, crypto)
 
     def prepared(self) -> Iterator[tuple[str, Prepared]]:
         """Each crypto's :class:`Prepared`, one at a time; each is released when the next is asked."""
@@ -318,8 +317,7 @@ def _checked(config: RunConfig, market: MarketData, crypto: str) -> Iterator[tup
     except InputError as exc:
         result = exc
     finally:
-        if crypto not in _shared_symbols(config):
-            market.release(crypto)
+        _release_bars(config, market, crypto)
     yield crypto, result
 
 
@@ -448,7 +446,7 @@ def evaluate_crypto(plan: Plan, crypto: str) -> Iterator[tuple[str, Fold, list[K
                 cost_bases=config.cost_bases,
                 n_seeds=config.n_seeds,
                 hold_bars=config.hold_bars,
-                n_shifts=config.shifts,
+                n_shifts=config.n_shifts,
             )
             yield crypto, fold, results
     finally:
