@@ -445,14 +445,17 @@ class FactorPodOperator(KubernetesPodOperator):
         env.extend(k8s.V1EnvVar(name=name, value=value) for name, value in values.items())
         self.env_vars = env
 
+    def _argument(self, flag: str) -> str | None:
+        """The value of the pod's ``flag`` argument, if it has one."""
+        return argument_value([str(a) for a in self.arguments or []], flag)
+
     def _cryptos(self) -> list[str]:
         """The pod's ``--cryptos`` (its worker count never exceeds them)."""
-        value = argument_value([str(a) for a in self.arguments or []], "--cryptos") or ""
-        return [crypto for crypto in value.split(",") if crypto]
+        return [crypto for crypto in (self._argument("--cryptos") or "").split(",") if crypto]
 
     def _record_run_id(self, context: Context) -> str:
         """The finetune run id: the pod's ``--run-id``, else the Airflow run id."""
-        return argument_value([str(a) for a in self.arguments or []], "--run-id") or str(context["run_id"])
+        return self._argument("--run-id") or str(context["run_id"])
 
     @property
     def _conn_id(self) -> str:

@@ -101,8 +101,8 @@ def recommend(
     :param sizing: factor -> current profile name (default :data:`SIZING_MAP`).
     :param profiles: profile name -> profile (default :data:`PROFILES`).
     :param workers: factor -> the worker processes its pods run now; a row recorded with fewer
-        (its ``workers``, NULL = 1) counts as its peak and OOM floor scaled up in proportion, so
-        that history compares like with like. None: peaks as recorded.
+        (its ``workers``) counts as its peak and OOM floor scaled up in proportion, so that history
+        compares like with like (:func:`_worker_scale`; a NULL row as recorded). None: peaks as recorded.
     """
     sizing = SIZING_MAP if sizing is None else sizing
     profiles = PROFILES if profiles is None else profiles

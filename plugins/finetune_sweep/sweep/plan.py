@@ -205,16 +205,17 @@ def plan_pods(
     entries = []
     for factor in valid["factors"]:
         profile = profile_for(factor, sizing=sizing_map, profiles=profiles)
-        entry = factor_pod_kwargs(
-            factor=factor,
-            profile=profile,
-            run_id=run_id,
-            run_args=run_args,
-            profiles=profiles,
-            active_deadline_seconds=deadline,
-            workers=pod_workers(profile, len(valid["cryptos"])),
+        entries.append(
+            factor_pod_kwargs(
+                factor=factor,
+                profile=profile,
+                run_id=run_id,
+                run_args=run_args,
+                profiles=profiles,
+                active_deadline_seconds=deadline,
+                workers=pod_workers(profile, len(valid["cryptos"])),
+            )
         )
-        entries.append(entry)
     return entries
 
 
