@@ -21,12 +21,12 @@ import itertools
 import os
 import sys
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import psycopg
+from scratch_database import scratch_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT / "plugins"), str(REPO_ROOT / "images" / "finetune")]
@@ -50,12 +50,6 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=15)
     parser.add_argument("--costs", type=int, default=100, help="cost bases: 10 costs x (costs / 10) slippages")
     return parser.parse_args()
-
-
-def _database_url(admin_url: str, name: str) -> str:
-    base, _, query = admin_url.partition("?")
-    base = base.rsplit("/", 1)[0] + "/" + name
-    return f"{base}?{query}" if query else base
 
 
 def seed(dsn: str, *, factors: int, cryptos: int, folds: int, costs: int) -> int:
@@ -137,11 +131,7 @@ def seed(dsn: str, *, factors: int, cryptos: int, folds: int, costs: int) -> int
 
 def main() -> int:
     args = _arguments()
-    name = f"ft_bench_findings_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    dsn = _database_url(args.admin_url, name)
-    try:
+    with scratch_database("ft_bench_findings", admin_url=args.admin_url) as dsn:
         apply_migrations(dsn)
         started = time.perf_counter()
         n_keys = seed(dsn, factors=args.factors, cryptos=args.cryptos, folds=args.folds, costs=args.costs)
@@ -158,9 +148,6 @@ def main() -> int:
                 f"findings step ({label}): {result.n_groups:,} groups, {result.n_discovered} findings, "
                 f"{seconds:.2f} s (goal <= 2 s: {'ok' if seconds <= 2 else 'SLOW'})"
             )
-    finally:
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return 0
 
 

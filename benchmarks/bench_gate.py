@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
+
+from scratch_database import scratch_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "plugins"))
 
-ADMIN_URL = os.environ.get("FINETUNE_BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/test")
 FACTORS = ("base_features", "n_features", "btc_features", "l2_features")
 STRATEGY = "ridge_long_flat"
 SYMBOLS = tuple(f"C{i:02d}" for i in range(50))
@@ -155,12 +154,7 @@ def main() -> int:
     if args.before:
         queries["gate_before"] = gate_sql_at(args.before)
 
-    name = f"ft_bench_gate_{uuid.uuid4().hex[:8]}"
-    base, _, query = ADMIN_URL.partition("?")
-    dsn = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
-    with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database("ft_bench_gate", keep=args.keep) as dsn:
         apply_migrations(dsn)
         started = time.perf_counter()
         stored = 0
@@ -182,10 +176,6 @@ def main() -> int:
         print(json.dumps(figures, indent=2))
         if args.keep:
             print(f"kept: {dsn}")
-    finally:
-        if not args.keep:
-            with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     return 0
 
 

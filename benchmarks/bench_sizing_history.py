@@ -20,14 +20,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
 
 import psycopg
+from scratch_database import scratch_database
 
 from finetune_sweep.db.attempts import fetch_history
-from finetune_sweep.recommend import choose_start_profiles, recommend
 from finetune_sweep.settings import SizingPolicy
 from finetune_sweep.sizing.profiles import PROFILES, SIZING_MAP
+from finetune_sweep.sizing.recommend import choose_start_profiles, recommend
 
 FACTORS = tuple(SIZING_MAP)
 GI = 2**30
@@ -77,12 +77,7 @@ def main() -> None:
 
     from finetune.migrate import apply_migrations
 
-    name = f"ft_bench_{uuid.uuid4().hex[:10]}"
-    base, _, query = args.admin_url.partition("?")
-    dsn = base.rsplit("/", 1)[0] + "/" + name + (f"?{query}" if query else "")
-    with psycopg.connect(args.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
+    with scratch_database("ft_bench_sizing", admin_url=args.admin_url) as dsn:
         apply_migrations(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
             fill = {"runs": args.runs, "factors": list(FACTORS), "gi": GI}
@@ -118,9 +113,6 @@ def main() -> None:
         print(f"ratio all / windowed (median): {all_median / reg_median:.1f}")
         for choice in choices.values():
             print(f"  {choice.factor}: {choice.profile} ({choice.reason})")
-    finally:
-        with psycopg.connect(args.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 if __name__ == "__main__":
