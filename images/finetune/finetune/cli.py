@@ -45,6 +45,7 @@ from finetune.runner import (
     prepare,
     sigterm_raises,
 )
+from finetune.significance import DEFAULT_N_SHIFTS
 from finetune.workers import limit_blas_threads, pod_workers
 
 DB_URL_ENV = "FINETUNE_DB_URL"
@@ -136,9 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--n-shifts",
         type=_positive,
-        default=None,
-        help="shifted copies of the model's positions per test window (default: --n-seeds, DESIGN 5); "
-        "a fold's shift-test p-value is never below 1/(n_shifts + 1)",
+        default=DEFAULT_N_SHIFTS,
+        help=f"shifted copies per model in the timing test and bootstrap resamples per cost in the profit "
+        f"test (default {DEFAULT_N_SHIFTS}, independent of --n-seeds); a fold's p-values are never below "
+        "1/(n_shifts + 1), nor below 1/(offsets + 1) when the test window allows fewer distinct offsets",
     )
     run.add_argument("--hold-bars", required=True, type=_positive)
     run.add_argument("--train-bars", type=_positive, default=DEFAULT_TRAIN_BARS)

@@ -184,20 +184,20 @@ def equity_curve(prices: np.ndarray, entries: np.ndarray, exits: np.ndarray, net
     return equity
 
 
-def evaluate(
-    positions: np.ndarray, close: np.ndarray, round_trip_cost: float, *, bars_per_year: float = BARS_PER_YEAR
-) -> ModelMetrics:
-    """Metrics of long/flat ``positions`` over ``close`` (DESIGN 5 cost convention).
+@dataclass(frozen=True)
+class _Book:
+    """The trades of long/flat positions over a window, and the equity marked at each close."""
 
-    ``position[t]`` is held from ``close[t]`` to ``close[t+1]``; the book is flat after the last
-    bar whatever its position says. Each trade nets ``c[exit]/c[entry] - 1 - rt`` (half of ``rt``
-    at the entry, half at the exit), trades compound. ``sharpe`` is the mean over the population
-    std (ddof=0) of the per-bar returns of the equity curve times ``sqrt(bars_per_year)``, 0 when
-    the std is 0; ``max_drawdown`` is the largest fall from an equity peak as a positive fraction.
+    entries: np.ndarray
+    net: np.ndarray  # each trade's net return
+    equity: np.ndarray
 
-    :param bars_per_year: bars of the data's interval in a year (:func:`finetune.bars.bars_per_year`,
-        8760 for hourly bars, the default): the Sharpe ratio is annualised by its square root.
-    """
+    @property
+    def bar_returns(self) -> np.ndarray:
+        return np.diff(self.equity, prepend=1.0) / np.concatenate(([1.0], self.equity[:-1]))
+
+
+def _book(positions: np.ndarray, close: np.ndarray, round_trip_cost: float) -> _Book:
     prices = validate_close(close)
     if not math.isfinite(round_trip_cost) or round_trip_cost < 0:
         raise ValueError(f"round_trip_cost must be a finite fraction >= 0, got {round_trip_cost!r}")
@@ -206,16 +206,43 @@ def evaluate(
     change = np.diff(held, prepend=0.0)
     entries, exits = np.flatnonzero(change > 0), np.flatnonzero(change < 0)
     net = trade_returns(prices[entries], prices[exits], round_trip_cost)
-    equity = equity_curve(prices, entries, exits, net, round_trip_cost)
-    bar_returns = np.diff(equity, prepend=1.0) / np.concatenate(([1.0], equity[:-1]))
+    return _Book(entries, net, equity_curve(prices, entries, exits, net, round_trip_cost))
+
+
+def net_bar_returns(positions: np.ndarray, close: np.ndarray, round_trip_cost: float) -> np.ndarray:
+    """Per-bar returns of the equity curve of long/flat ``positions`` (see :func:`evaluate`).
+
+    ``r[t] = equity[t] / equity[t-1] - 1`` with ``equity[-1] = 1``: bar 0 carries the entry half
+    of the cost when the book starts long; ``prod(1 + r) - 1`` is the net return.
+    """
+    return _book(positions, close, round_trip_cost).bar_returns
+
+
+def evaluate(
+    positions: np.ndarray, close: np.ndarray, round_trip_cost: float, *, bars_per_year: float = BARS_PER_YEAR
+) -> ModelMetrics:
+    """Metrics of long/flat ``positions`` over ``close`` (DESIGN 5 cost convention).
+
+    ``position[t]`` is held from ``close[t]`` to ``close[t+1]``; the book is flat after the last
+    bar whatever its position says. Each trade nets ``c[exit]/c[entry] - 1 - rt`` (half of ``rt``
+    at the entry, half at the exit), trades compound. ``sharpe`` is the mean over the population
+    std (ddof=0) of the per-bar returns of the equity curve (:func:`net_bar_returns`) times
+    ``sqrt(bars_per_year)``, 0 when the std is 0; ``max_drawdown`` is the largest fall from an
+    equity peak as a positive fraction.
+
+    :param bars_per_year: bars of the data's interval in a year (:func:`finetune.bars.bars_per_year`,
+        8760 for hourly bars, the default): the Sharpe ratio is annualised by its square root.
+    """
+    book = _book(positions, close, round_trip_cost)
+    bar_returns = book.bar_returns
     std = float(bar_returns.std())
     if not math.isfinite(bars_per_year) or bars_per_year <= 0:
         raise ValueError(f"bars_per_year must be a finite number > 0, got {bars_per_year!r}")
     sharpe = float(bar_returns.mean()) / std * math.sqrt(bars_per_year) if std > 0 else 0.0
-    peaks = np.maximum.accumulate(np.maximum(equity, 1.0))
+    peaks = np.maximum.accumulate(np.maximum(book.equity, 1.0))
     return ModelMetrics(
-        net_return=compound(net),
+        net_return=compound(book.net),
         sharpe=sharpe,
-        max_drawdown=float(np.max(1.0 - equity / peaks)),
-        n_trades=int(entries.size),
+        max_drawdown=float(np.max(1.0 - book.equity / peaks)),
+        n_trades=int(book.entries.size),
     )

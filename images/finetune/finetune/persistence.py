@@ -95,7 +95,8 @@ class ModelRow:
     ``positions`` are the model's 0/1 positions per test bar in bar order (``smallint[]``);
     ``exposure`` the share of the window's holding periods spent long; ``random_percentile`` the
     share of the random seeds below the row's net return (ties half); ``perm_p_value`` and
-    ``perm_n_shifts`` the shift test's p-value and number of shifts.
+    ``perm_n_shifts`` the timing test's p-value and number of shifts (once per model: the same on
+    every cost row); the V010 fields the matched percentile and profit after costs at the row's cost.
     """
 
     variant: str
@@ -111,19 +112,42 @@ class ModelRow:
     perm_p_value: float | None = None
     perm_n_shifts: int | None = None
     n_filled_bars: int | None = None  # test-window bars filled by --gaps fill (None: not counted)
+    # V010: the matched percentile and profit after costs (DESIGN 5 "Shift test"), None: not tested
+    matched_percentile: float | None = None
+    profit_p_value: float | None = None
+    profit_vs_buy_and_hold_p_value: float | None = None
+    profit_n_resamples: int | None = None
+    bar_sharpe: float | None = None
+    bar_skewness: float | None = None
+    bar_kurtosis: float | None = None
 
+
+# The V010 columns of a model row, written as the ModelRow fields of the same names.
+PROFIT_COLUMNS = (
+    "matched_percentile",
+    "profit_p_value",
+    "profit_vs_buy_and_hold_p_value",
+    "profit_n_resamples",
+    "bar_sharpe",
+    "bar_skewness",
+    "bar_kurtosis",
+)
 
 _UPSERT_RESULT = """
 INSERT INTO finetune_results (
     run_id, factor, strategy, variant, crypto, fold_id, cost_bps, slippage_bps,
     test_start, test_end, n_bars, model_hyperparams, feature_hash,
     net_return, sharpe, max_drawdown, n_trades, n_filled_bars,
-    exposure, positions, random_percentile, perm_p_value, perm_n_shifts
+    exposure, positions, random_percentile, perm_p_value, perm_n_shifts,
+    matched_percentile, profit_p_value, profit_vs_buy_and_hold_p_value, profit_n_resamples,
+    bar_sharpe, bar_skewness, bar_kurtosis
 ) VALUES (
     %(run_id)s, %(factor)s, %(strategy)s, %(variant)s, %(crypto)s, %(fold_id)s, %(cost_bps)s,
     %(slippage_bps)s, %(test_start)s, %(test_end)s, %(n_bars)s, %(model_hyperparams)s,
     %(feature_hash)s, %(net_return)s, %(sharpe)s, %(max_drawdown)s, %(n_trades)s, %(n_filled_bars)s,
-    %(exposure)s, %(positions)s::smallint[], %(random_percentile)s, %(perm_p_value)s, %(perm_n_shifts)s
+    %(exposure)s, %(positions)s::smallint[], %(random_percentile)s, %(perm_p_value)s, %(perm_n_shifts)s,
+    %(matched_percentile)s, %(profit_p_value)s, %(profit_vs_buy_and_hold_p_value)s, %(profit_n_resamples)s,
+    %(bar_sharpe)s, %(bar_skewness)s, %(bar_kurtosis)s
 )
 ON CONFLICT ON CONSTRAINT uq_finetune_result DO UPDATE SET
     strategy = EXCLUDED.strategy,
@@ -142,6 +166,13 @@ ON CONFLICT ON CONSTRAINT uq_finetune_result DO UPDATE SET
     random_percentile = EXCLUDED.random_percentile,
     perm_p_value = EXCLUDED.perm_p_value,
     perm_n_shifts = EXCLUDED.perm_n_shifts,
+    matched_percentile = EXCLUDED.matched_percentile,
+    profit_p_value = EXCLUDED.profit_p_value,
+    profit_vs_buy_and_hold_p_value = EXCLUDED.profit_vs_buy_and_hold_p_value,
+    profit_n_resamples = EXCLUDED.profit_n_resamples,
+    bar_sharpe = EXCLUDED.bar_sharpe,
+    bar_skewness = EXCLUDED.bar_skewness,
+    bar_kurtosis = EXCLUDED.bar_kurtosis,
     updated_at = now()
 """
 
@@ -429,6 +460,7 @@ class Store:
             "random_percentile": model.random_percentile,
             "perm_p_value": model.perm_p_value,
             "perm_n_shifts": model.perm_n_shifts,
+            **{name: getattr(model, name) for name in PROFIT_COLUMNS},
         }
         baseline_params = [
             {

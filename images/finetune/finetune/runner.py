@@ -114,12 +114,9 @@ class RunConfig:
     test_bars: int
     data_uri: str | None
     bars: BarOptions = BarOptions()  # how the data's rows become calendar bars (--gaps & co.)
-    # Shifted copies per window in the shift test (--n-shifts; None: n_seeds, as DESIGN 5 has it).
-    n_shifts: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.n_shifts is None:  # stored in params as the count the run used
-            object.__setattr__(self, "n_shifts", self.n_seeds)
+    # Shifted copies per model in the timing test, and bootstrap resamples per cost basis in the
+    # profit test (--n-shifts): independent of n_seeds, so that the p-value floor is the user's.
+    n_shifts: int = significance.DEFAULT_N_SHIFTS
 
     @property
     def cost_bases(self) -> list[tuple[int, int]]:
@@ -165,6 +162,11 @@ class Prepared:
     filled: np.ndarray | None = None
     # Bars of the data's interval in a year: the Sharpe ratio's annualisation.
     bars_per_year: float = BARS_PER_YEAR
+    # The features' look-back in bars (their warm-up): the timing test's offsets keep clear of it.
+    lookback: int = 0
+    # sigma[t] per feature row, the EWMA volatility known at the row's bar (over the whole history,
+    # so that a test window's first bars have one): the timing test's scale.
+    volatility: np.ndarray | None = None
 
     def n_filled_bars(self, fold: Fold) -> int | None:
         """How many bars of the fold's test window were filled."""
@@ -218,6 +220,7 @@ class CryptoPlan:
     folds: tuple[Fold, ...]
     windows: Mapping[int, Window]  # each fold's test window, by fold_id
     bars_per_year: float
+    lookback: int = 0  # leading bars the features leave non-finite (factors.warmup_rows)
 
 
 def _check_crypto(config: RunConfig, market: MarketData, crypto: str) -> CryptoPlan:
@@ -228,7 +231,8 @@ def _check_crypto(config: RunConfig, market: MarketData, crypto: str) -> CryptoP
     """
     try:
         bars = market.ohlcv(crypto, as_of=config.as_of)
-        index = bars.index[warmup_rows(config.factor, crypto, market, as_of=config.as_of) :]
+        warmup = warmup_rows(config.factor, crypto, market, as_of=config.as_of)
+        index = bars.index[warmup:]
         folds = walk_forward_folds(
             index,
             as_of=config.as_of,
@@ -250,6 +254,7 @@ def _check_crypto(config: RunConfig, market: MarketData, crypto: str) -> CryptoP
         folds=tuple(folds),
         windows={fold.fold_id: test_window(index, fold) for fold in folds},
         bars_per_year=market.calendar(crypto, as_of=config.as_of).bars_per_year,
+        lookback=warmup,
     )
 
 
@@ -296,7 +301,18 @@ class Plan:
         for symbol in _feature_symbols(config, crypto):
             bars = self.market.ohlcv(symbol, as_of=config.as_of)
             filled |= bars["filled"].reindex(store.index, fill_value=False).to_numpy(dtype=bool)
-        return Prepared(store=store, folds=list(plan.folds), filled=filled, bars_per_year=plan.bars_per_year)
+        # The volatility over every bar of the crypto, then cut to the feature rows: past-only.
+        bars = self.market.ohlcv(crypto, as_of=config.as_of)
+        volatility = significance.ewma_volatility(bars["close"].to_numpy(dtype=np.float64))
+        volatility = volatility[bars.index.get_indexer(store.index)]
+        return Prepared(
+            store=store,
+            folds=list(plan.folds),
+            filled=filled,
+            bars_per_year=plan.bars_per_year,
+            lookback=plan.lookback,
+            volatility=volatility,
+        )
 
     def release(self, crypto: str) -> None:
         """Drop ``crypto``'s bars from the market's cache (kept when other cryptos read them)."""
@@ -389,22 +405,30 @@ def evaluate_fold(
     cost_bases: list[tuple[int, int]],
     n_seeds: int,
     hold_bars: int,
-    n_shifts: int | None = None,
+    n_shifts: int = significance.DEFAULT_N_SHIFTS,
 ) -> list[KeyResult]:
     """Fine-tune once on the fold, then the model row and baselines of every cost basis.
 
-    No I/O: the power tests of the synthetic market call it directly. The random seeds' entries
-    and the shift test's shifted trades are computed once for the window and netted per cost
-    basis (one pass per window; a key-level memo would never be hit: each key is visited once).
+    No I/O: the power tests of the synthetic market call it directly. The timing test runs once
+    for the model (it does not depend on the cost); the random seeds' entries, the shifted copies'
+    trades and the bootstrap's resamples are drawn once for the window and netted per cost basis
+    (one pass per window; a key-level memo would never be hit: each key is visited once).
     """
-    close = item.store.close[fold.test_start : fold.test_end]
+    window_bars = slice(fold.test_start, fold.test_end)
+    close = item.store.close[window_bars]
     model = fine_tune(item.store, fold, hold_bars=hold_bars)
-    positions = model.positions(item.store.features[fold.test_start : fold.test_end])
+    positions = model.positions(item.store.features[window_bars])
     costs = {basis: round_trip_cost(*basis) for basis in cost_bases}
     distinct = list(dict.fromkeys(costs.values()))  # 10+0 and 5+5 bps are one round-trip cost
     window = baselines.compute_window_baselines(close, distinct, n_seeds=n_seeds, hold_bars=hold_bars)
-    n_shifts = n_seeds if n_shifts is None else n_shifts
-    shifts = dict(zip(distinct, significance.shift_tests(positions, close, distinct, n_shifts=n_shifts), strict=True))
+    volatility = None if item.volatility is None else item.volatility[window_bars]
+    timing = significance.shift_test(
+        positions, close, n_shifts=n_shifts, hold_bars=hold_bars, lookback=item.lookback, volatility=volatility
+    )
+    offsets = significance.timing_offsets(close.size, n_shifts, hold_bars=hold_bars, lookback=item.lookback)
+    matched = dict(zip(distinct, significance.matched_percentiles(positions, close, distinct, offsets), strict=True))
+    profit = significance.profit_tests(positions, close, distinct, n_resamples=n_shifts, block_bars=hold_bars)
+    profits = dict(zip(distinct, profit, strict=True))
     exposure = significance.exposure(positions)
     stored_positions = significance.position_list(positions)
     results = []
@@ -422,8 +446,15 @@ def evaluate_fold(
             exposure=exposure,
             positions=stored_positions,
             random_percentile=significance.random_percentile(float(metrics.net_return), window.seed_returns(rt)),
-            perm_p_value=shifts[rt].p_value,
-            perm_n_shifts=shifts[rt].n_shifts,
+            perm_p_value=timing.p_value,
+            perm_n_shifts=timing.n_shifts,
+            matched_percentile=matched[rt],
+            profit_p_value=profits[rt].p_value,
+            profit_vs_buy_and_hold_p_value=profits[rt].p_value_vs_buy_and_hold,
+            profit_n_resamples=profits[rt].n_resamples,
+            bar_sharpe=profits[rt].bar_sharpe,
+            bar_skewness=profits[rt].bar_skewness,
+            bar_kurtosis=profits[rt].bar_kurtosis,
         )
         results.append(KeyResult(ResultKey(crypto, fold.fold_id, cost, slip), row, window.by_cost[rt]))
     return results

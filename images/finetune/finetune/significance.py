@@ -1,51 +1,92 @@
-"""Significance of a model row in the pod: the exposure-matched shift test, and the rank among the
-random baseline's seeds (DESIGN 4.2 "Significance", DESIGN 5 "Shift test").
+"""Significance of a model in the pod: two questions, two tests (DESIGN 5 "Shift test"), plus the
+model's rank among its own shifted copies and among the random baseline's seeds.
 
 The model's test-window positions follow :func:`finetune.model.evaluate`'s convention:
 ``position[t]`` (0 flat, 1 long) is held from ``close[t]`` to ``close[t+1]``; the book is flat
 after the last bar whatever its position says; a trade opens where the position rises and closes
 where it falls; each nets ``c[exit] / c[entry] - 1 - rt``; trades compound.
 
-- **Exposure** (:func:`exposure`): the share of the window's ``n - 1`` bar-to-bar holding periods
-  spent long, ``#{t < n - 1 : position[t] = 1} / (n - 1)``; the last bar's position is never
-  held. Buy-and-hold is 1, a flat book 0, a one-bar window 0.
-- **Shift test** (:func:`shift_test`): the positions circularly shifted by seeded random offsets,
-  ``offsets = default_rng(0).integers(1, n, size=n_shifts)`` (none when ``n < 2``), each
-  evaluated exactly as the model's own; ``p = (1 + #(shifted >= model)) / (1 + len(offsets))``.
-  A shift keeps the exposure and, up to the wrap, the trade count, so only the timing is tested
-  (a permutation test in the sense of Phipson & Smyth 2010: the +1s make p exact, never 0).
+- **Timing** (:func:`shift_test`, once per model, whatever the cost): does the model's timing
+  beat its own circularly shifted copies? The statistic is ``S = sum_t pos[t] * z[t]`` with
+  ``z[t] = log(c[t+1] / c[t]) / sigma[t]``, each bar's next return scaled by a volatility known at
+  bar ``t`` (:func:`ewma_volatility`, RiskMetrics' EWMA of squared log returns, lambda 0.94), and
+  ``z[n-1] = 0`` (the last position is never held). A book that is long only in volatile
+  stretches, with no directional skill, wins nothing on ``S``: every term has unit scale, so its
+  shifted copies, sitting in calmer bars, are no easier to beat than any other. The offsets
+  (:func:`timing_offsets`) are drawn without replacement from ``[hold_bars, n - lookback - 1]``:
+  a copy shifted by fewer than ``hold_bars`` bars still holds the forecast it was made for, and
+  one shifted back across the wrap by ``lookback`` bars or fewer would pair a position with a
+  return its own features had already seen. When the window allows fewer offsets than asked, all
+  of them are used. ``p = (1 + #(S_k >= S)) / (1 + len(offsets))`` (Phipson & Smyth 2010: exact,
+  never 0); a shift keeps the exposure and, up to the wrap, the trade count.
+- **Profit after costs** (:func:`profit_tests`, per cost basis): is the model's per-bar net log
+  P&L (its equity curve, :func:`finetune.model.net_bar_returns`) above zero, and above
+  buy-and-hold's on the same bars, beyond what a circular block bootstrap
+  (``arch.bootstrap.CircularBlockBootstrap``, blocks of ``hold_bars`` bars, Politis & Romano
+  1992) of that series gives by chance? ``p = (1 + #(mean_b - mean >= mean)) / (1 + B)``. The sum of
+  the log P&L is ``log(1 + net_return)``, so a mean above zero is a net return above zero.
+  The same pass gives the per-bar Sharpe ratio, skewness and kurtosis (scipy) that the findings'
+  deflated Sharpe ratio needs.
+- **Matched percentile** (:func:`matched_percentiles`, per cost): the share of the model's
+  shifted copies (the timing offsets) whose net return at the cost is below the model's, ties
+  counting half: same exposure and, up to the wrap, the same trades, so 0.5 is "no better than
+  its own timing shuffled", at any cost.
+- **Exposure** (:func:`exposure`): the share of the window's ``n - 1`` bar-to-bar holding
+  periods spent long; buy-and-hold is 1, a flat book 0, a one-bar window 0.
 - **Random percentile** (:func:`random_percentile`): the share of the random seeds whose net
   return is below the model's, ties counting half (``scipy.stats.percentileofscore(kind="mean")``
-  / 100; the pod image carries no scipy, the tests compare against it).
+  / 100). At a non-zero cost it mostly measures how much the model trades next to the random
+  baseline; the matched percentile is the one to read.
 
-The shifted sequences are evaluated in chunks of rows, each a boolean ``(rows, n)`` matrix cut
-from a sliding view of the positions repeated twice, so memory stays flat in ``n_shifts``; the
-trades of a chunk are found once and netted for every cost basis of the window
-(:func:`shift_tests`), because the entries and exits of a shift do not depend on the cost.
+Shifted sequences are evaluated in chunks of rows cut from a sliding view of the positions
+repeated twice, so memory stays flat in ``n_shifts``; bootstrap indices come in chunks too, and
+one set of indices serves every cost basis and both profit questions of a window.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from finetune.baselines import validate_close
+from finetune.model import net_bar_returns
 
 SHIFT_SEED = 0
-# Cells of a chunk's (rows, n) position matrix: about 1 MiB of booleans whatever n_shifts is.
+BOOTSTRAP_SEED = 0
+DEFAULT_N_SHIFTS = 999
+# RiskMetrics' decay for the volatility that scales each bar's return (Morgan/Reuters 1996):
+# a half-life of about 11 bars, quick enough to follow a volatility cluster as it forms.
+EWMA_LAMBDA = 0.94
+# Squared returns the EWMA needs before its volatility is used; earlier bars weigh nothing.
+EWMA_MIN_RETURNS = 24
+# Cells of a chunk's (rows, n) matrix: about 1 MiB of booleans (8 MiB of indices) whatever n_shifts is.
 CHUNK_CELLS = 1 << 20
 
 
 @dataclass(frozen=True)
 class ShiftTest:
-    """The shift test of one model row: its p-value, how many shifts made it, the model's return."""
+    """The timing test of one model: its p-value, how many shifts made it, the model's return."""
 
     p_value: float
     n_shifts: int
-    model_return: float
+    model_return: float  # net of the cost asked for (the timing test itself does not depend on it)
+    statistic: float = 0.0  # the model's sum of volatility-scaled returns while long
+
+
+@dataclass(frozen=True)
+class ProfitTest:
+    """Profit after costs of one model at one cost basis (block bootstrap), and its bar moments."""
+
+    p_value: float  # H0: mean per-bar net log P&L <= 0
+    p_value_vs_buy_and_hold: float  # H0: mean per-bar (model - buy-and-hold) log P&L <= 0
+    n_resamples: int
+    bar_sharpe: float | None  # mean / std (ddof=0) of the per-bar net returns; None when flat
+    bar_skewness: float | None
+    bar_kurtosis: float | None  # Pearson's (3 for a normal), as the deflated Sharpe ratio uses it
 
 
 def validate_positions(positions: np.ndarray, n: int) -> np.ndarray:
@@ -119,6 +160,58 @@ def compounded_returns(held: np.ndarray, prices: np.ndarray, round_trip_costs: S
     return result
 
 
+def ewma_volatility(close: np.ndarray) -> np.ndarray:
+    """``sigma[t]``: the EWMA volatility of the log returns up to bar ``t`` (known at its close).
+
+    ``sigma[t]^2`` weighs ``r[t], r[t-1], ...`` (``r[t] = log(c[t] / c[t-1])``) by
+    ``lambda^0, lambda^1, ...`` (pandas' ``ewm(alpha=1 - lambda)``); NaN until
+    :data:`EWMA_MIN_RETURNS` returns are in. Pass the whole history before a window, and slice,
+    to have a volatility from the window's first bar on.
+    """
+    prices = validate_close(close)
+    squared = np.square(np.diff(np.log(prices), prepend=np.nan))
+    variance = pd.Series(squared).ewm(alpha=1.0 - EWMA_LAMBDA, min_periods=EWMA_MIN_RETURNS, ignore_na=True).mean()
+    return np.sqrt(variance.to_numpy())
+
+
+def scaled_returns(close: np.ndarray, volatility: np.ndarray | None = None) -> np.ndarray:
+    """``z[t] = log(c[t+1] / c[t]) / sigma[t]``, 0 at the last bar and where ``sigma`` is unknown or 0.
+
+    :param volatility: ``sigma`` per bar of ``close`` (default: :func:`ewma_volatility` of
+        ``close`` itself, so the window's first :data:`EWMA_MIN_RETURNS` bars weigh nothing).
+    """
+    prices = validate_close(close)
+    sigma = ewma_volatility(prices) if volatility is None else np.asarray(volatility, dtype=np.float64)
+    if sigma.shape != prices.shape:
+        raise ValueError(f"volatility must have one value per close ({prices.size}), got shape {sigma.shape}")
+    z = np.zeros(prices.size)
+    ahead = np.diff(np.log(prices))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = ahead / sigma[:-1]
+    usable = np.isfinite(scaled) & (sigma[:-1] > 0)
+    z[:-1][usable] = scaled[usable]
+    return z
+
+
+def timing_offsets(n: int, n_shifts: int, *, hold_bars: int = 1, lookback: int = 0) -> np.ndarray:
+    """The shift test's offsets: distinct, from ``[max(1, hold_bars), n - lookback - 1]``.
+
+    ``n_shifts`` of them drawn without replacement by ``default_rng(0)`` (sorted), or all of the
+    range when it holds no more than that; none when it is empty.
+    """
+    n_shifts = _count("n_shifts", n_shifts)
+    low, high = max(1, _count("hold_bars", hold_bars)), n - 1 - _count("lookback", lookback)
+    candidates = np.arange(low, high + 1, dtype=np.int64)
+    if candidates.size <= n_shifts:
+        return candidates
+    return np.sort(np.random.default_rng(SHIFT_SEED).choice(candidates, size=n_shifts, replace=False))
+
+
+def available_offsets(n: int, *, hold_bars: int = 1, lookback: int = 0) -> int:
+    """How many distinct offsets a window of ``n`` bars allows (the cap on ``perm_n_shifts``)."""
+    return max(0, n - 1 - lookback - max(1, hold_bars) + 1)
+
+
 def _shift_rows(doubled: np.ndarray, n: int, offsets: np.ndarray) -> np.ndarray:
     """``np.roll(pos, k)`` for each ``k`` in ``offsets``, as rows cut from ``pos`` repeated twice.
 
@@ -128,54 +221,146 @@ def _shift_rows(doubled: np.ndarray, n: int, offsets: np.ndarray) -> np.ndarray:
     return windows[n - offsets]  # fancy indexing: a (rows, n) copy of this chunk only
 
 
-def shift_offsets(n: int, n_shifts: int) -> np.ndarray:
-    """The DESIGN 5 offsets: ``default_rng(0).integers(1, n, size=n_shifts)``, none when ``n < 2``."""
-    if n < 2:
-        return np.empty(0, dtype=np.int64)
-    return np.random.default_rng(SHIFT_SEED).integers(1, n, size=n_shifts)
+def _shifted_chunks(held: np.ndarray, offsets: np.ndarray, chunk_cells: int) -> Iterator[np.ndarray]:
+    """``np.roll(held, k)`` for the offsets, as (rows, n) boolean chunks of about ``chunk_cells``."""
+    n = held.size
+    doubled = np.concatenate((held, held))
+    rows_per_chunk = max(1, int(chunk_cells) // n)
+    for start in range(0, offsets.size, rows_per_chunk):
+        yield _shift_rows(doubled, n, offsets[start : start + rows_per_chunk])
 
 
-def shift_tests(
+def shift_test(
+    positions: np.ndarray,
+    close: np.ndarray,
+    round_trip_cost: float = 0.0,
+    *,
+    n_shifts: int = DEFAULT_N_SHIFTS,
+    hold_bars: int = 1,
+    lookback: int = 0,
+    volatility: np.ndarray | None = None,
+    chunk_cells: int = CHUNK_CELLS,
+) -> ShiftTest:
+    """The timing test of long/flat ``positions`` over ``close`` (see the module docstring).
+
+    :param positions: the model's 0/1 position per test bar.
+    :param close: the test window's close prices.
+    :param round_trip_cost: only for the returned ``model_return``; the test ignores costs (a
+        shift keeps the trades, so the cost would cancel).
+    :param n_shifts: offsets asked for (DAG param and CLI ``n_shifts``, default 999).
+    :param hold_bars: the label horizon: smaller offsets are not used.
+    :param lookback: the features' look-back in bars: offsets within it of the wrap are not used.
+    :param volatility: ``sigma`` per bar of ``close``, known at each bar (the runner passes the
+        EWMA over the whole history, sliced to the window); default: :func:`ewma_volatility` of
+        ``close`` alone.
+    """
+    prices = validate_close(close)
+    n = prices.size
+    held = validate_positions(positions, n)
+    rt = _check_costs((round_trip_cost,))[0]
+    offsets = timing_offsets(n, n_shifts, hold_bars=hold_bars, lookback=lookback)
+    z = scaled_returns(prices, volatility)
+    statistic = float(held.astype(np.float64) @ z)
+    # Identical sequences must tie however BLAS sums them: compare within a rounding margin.
+    margin = 1e-9 * (float(np.abs(z).sum()) + 1.0)
+    at_least = 0
+    for shifted in _shifted_chunks(held, offsets, chunk_cells):
+        at_least += int(np.count_nonzero(shifted.astype(np.float64) @ z >= statistic - margin))
+    model_return = float(compounded_returns(held[None, :].copy(), prices, (rt,))[0, 0])
+    return ShiftTest(
+        p_value=float((1 + at_least) / (1 + offsets.size)),
+        n_shifts=int(offsets.size),
+        model_return=model_return,
+        statistic=statistic,
+    )
+
+
+def matched_percentiles(
+    positions: np.ndarray,
+    close: np.ndarray,
+    round_trip_costs: Sequence[float],
+    offsets: np.ndarray,
+    *,
+    chunk_cells: int = CHUNK_CELLS,
+) -> list[float | None]:
+    """Per cost basis, the share of the shifted copies whose net return is below the model's,
+    ties counting half; None when there is no offset. Their trades are found once for all costs.
+    """
+    prices = validate_close(close)
+    held = validate_positions(positions, prices.size)
+    costs = _check_costs(round_trip_costs)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    model = compounded_returns(held[None, :].copy(), prices, costs)[:, 0]
+    below = np.zeros(len(costs))
+    for shifted in _shifted_chunks(held, offsets, chunk_cells):
+        returns = compounded_returns(shifted, prices, costs)
+        below += np.count_nonzero(returns < model[:, None], axis=1)
+        below += 0.5 * np.count_nonzero(returns == model[:, None], axis=1)
+    return [float(b / offsets.size) if offsets.size else None for b in below.tolist()]
+
+
+def _bootstrap_indices(n: int, *, n_resamples: int, block_bars: int, chunk_cells: int) -> Iterator[np.ndarray]:
+    """Chunks of circular block bootstrap index rows (arch), seeded: the same for every series of n bars."""
+    from arch.bootstrap import CircularBlockBootstrap  # imported on first use: arch loads in ~2 s
+
+    bootstrap = CircularBlockBootstrap(
+        min(max(1, block_bars), n), np.empty(n), seed=np.random.default_rng(BOOTSTRAP_SEED)
+    )
+    rows_per_chunk = max(1, int(chunk_cells) // n)
+    for start in range(0, n_resamples, rows_per_chunk):
+        rows = min(rows_per_chunk, n_resamples - start)
+        yield np.stack([bootstrap.update_indices() for _ in range(rows)])
+
+
+def _moments(bar_returns: np.ndarray) -> tuple[float | None, float | None, float | None]:
+    """Per-bar Sharpe ratio (ddof=0, as :func:`finetune.model.evaluate`), skewness and Pearson
+    kurtosis (scipy); None for a series without variation."""
+    from scipy import stats
+
+    std = float(bar_returns.std())
+    if not std > 0:
+        return None, None, None
+    sharpe = float(bar_returns.mean()) / std
+    skewness = float(stats.skew(bar_returns))
+    kurtosis = float(stats.kurtosis(bar_returns, fisher=False))
+    finite = [v if math.isfinite(v) else None for v in (sharpe, skewness, kurtosis)]
+    return finite[0], finite[1], finite[2]
+
+
+def profit_tests(
     positions: np.ndarray,
     close: np.ndarray,
     round_trip_costs: Sequence[float],
     *,
-    n_shifts: int,
+    n_resamples: int = DEFAULT_N_SHIFTS,
+    block_bars: int = 24,
     chunk_cells: int = CHUNK_CELLS,
-) -> list[ShiftTest]:
-    """:func:`shift_test` for every cost basis of one window, its shifts' trades found once.
+) -> list[ProfitTest]:
+    """Profit after costs of ``positions`` at each cost basis (see the module docstring).
 
-    :param chunk_cells: cells of the (rows, n) matrix evaluated at a time; bounds the memory.
+    :param n_resamples: bootstrap resamples (the run's ``n_shifts``).
+    :param block_bars: the bootstrap's block length (the run's ``hold_bars``: a trade's P&L is
+        autocorrelated over about that many bars).
     """
     prices = validate_close(close)
     n = prices.size
     held = validate_positions(positions, n)
     costs = _check_costs(round_trip_costs)
-    offsets = shift_offsets(n, _count("n_shifts", n_shifts))
-    model = compounded_returns(held[None, :].copy(), prices, costs)[:, 0]
-    at_least = np.zeros(len(costs), dtype=np.int64)
-    doubled = np.concatenate((held, held))
-    rows_per_chunk = max(1, int(chunk_cells) // n)
-    for start in range(0, offsets.size, rows_per_chunk):
-        shifted = _shift_rows(doubled, n, offsets[start : start + rows_per_chunk])
-        returns = compounded_returns(shifted, prices, costs)
-        at_least += np.count_nonzero(returns >= model[:, None], axis=1)
-    return [
-        ShiftTest(p_value=float((1 + count) / (1 + offsets.size)), n_shifts=int(offsets.size), model_return=float(ret))
-        for count, ret in zip(at_least.tolist(), model.tolist(), strict=True)
-    ]
-
-
-def shift_test(positions: np.ndarray, close: np.ndarray, round_trip_cost: float, *, n_shifts: int) -> ShiftTest:
-    """Exposure-matched significance of long/flat ``positions`` over ``close`` (DESIGN 5).
-
-    :param positions: the model's 0/1 position per test bar.
-    :param close: the test window's close prices.
-    :param round_trip_cost: the key's round-trip cost (see :func:`finetune.costs.round_trip_cost`).
-    :param n_shifts: how many shifted sequences (the run's ``n_seeds``).
-    """
-    (result,) = shift_tests(positions, close, (round_trip_cost,), n_shifts=n_shifts)
-    return result
+    n_resamples = _count("n_resamples", n_resamples)
+    always_long = np.ones(n)
+    model = [net_bar_returns(held, prices, rt) for rt in costs]
+    series = [np.log1p(r) for r in model]
+    series += [x - np.log1p(net_bar_returns(always_long, prices, rt)) for x, rt in zip(series, costs, strict=True)]
+    observed = np.array([float(x.mean()) for x in series])
+    matrix = np.stack(series)
+    at_least = np.zeros(len(series), dtype=np.int64)
+    margin = 1e-12 * (np.abs(matrix).max(axis=1) + 1e-300)
+    for indices in _bootstrap_indices(n, n_resamples=n_resamples, block_bars=block_bars, chunk_cells=chunk_cells):
+        means = matrix[:, indices].mean(axis=2)  # (series, rows)
+        at_least += np.count_nonzero(means - observed[:, None] >= observed[:, None] - margin[:, None], axis=1)
+    p_values = (1 + at_least) / (1 + n_resamples)
+    k = len(costs)
+    return [ProfitTest(float(p_values[j]), float(p_values[k + j]), n_resamples, *_moments(model[j])) for j in range(k)]
 
 
 def random_percentile(model_return: float, seed_returns: np.ndarray) -> float:

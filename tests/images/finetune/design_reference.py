@@ -69,9 +69,87 @@ def held_share(positions) -> float:
 
 
 def shift_test(positions, close, rt: float, *, n_shifts: int) -> tuple[float, float]:
-    """(p-value, model return): DESIGN 5 verbatim, one shift at a time."""
+    """(p-value, model return): the first DESIGN 5 shift test (on compounded returns, offsets drawn
+    with replacement), one shift at a time: what rows written before V010 hold."""
     n = len(close)
     model = positions_return(list(positions), close, rt)
     offsets = np.random.default_rng(0).integers(1, n, size=n_shifts) if n >= 2 else []
     shifted = [positions_return(list(np.roll(np.asarray(positions), int(k))), close, rt) for k in offsets]
     return (1 + sum(r >= model for r in shifted)) / (1 + len(offsets)), model
+
+
+def ewma_volatility(close, *, lam: float = 0.94, min_returns: int = 24) -> list[float]:
+    """sigma[t]: the EWMA of squared log returns up to bar t, the weights lam^0, lam^1, ... over
+    the returns seen, normalised by their sum (pandas' adjust=True); NaN before min_returns returns."""
+    sigma = [math.nan]
+    num = den = 0.0
+    for t in range(1, len(close)):
+        r = math.log(close[t] / close[t - 1])
+        num = lam * num + r * r
+        den = lam * den + 1.0
+        sigma.append(math.sqrt(num / den) if t >= min_returns else math.nan)
+    return sigma
+
+
+def timing_test(positions, close, *, n_shifts: int, hold_bars: int, lookback: int, sigma=None) -> tuple[float, int]:
+    """(p-value, offsets used): the timing test of DESIGN 5, one shift at a time.
+
+    S = sum_t pos[t] * log(c[t+1]/c[t]) / sigma[t] over t < n - 1 (bars without a volatility
+    weigh nothing); offsets: all of [max(1, hold), n - lookback - 1], or n_shifts of them drawn
+    by default_rng(0).choice without replacement.
+    """
+    n = len(close)
+    sigma = ewma_volatility(close) if sigma is None else list(sigma)
+    z = [0.0] * n
+    for t in range(n - 1):
+        if math.isfinite(sigma[t]) and sigma[t] > 0:
+            z[t] = math.log(close[t + 1] / close[t]) / sigma[t]
+
+    def statistic(pos) -> float:
+        return sum(int(p) * zt for p, zt in zip(pos, z, strict=True))
+
+    candidates = list(range(max(1, hold_bars), n - lookback))
+    if len(candidates) > n_shifts:
+        candidates = sorted(np.random.default_rng(0).choice(candidates, size=n_shifts, replace=False).tolist())
+    model = statistic(positions)
+    shifted = [statistic(np.roll(np.asarray(positions), k)) for k in candidates]
+    return (1 + sum(s >= model - 1e-9 * (sum(map(abs, z)) + 1) for s in shifted)) / (1 + len(candidates)), len(
+        candidates
+    )
+
+
+def equity_bar_returns(positions, close, rt: float) -> list[float]:
+    """Per-bar returns of the model's equity, marked at each close: inside a trade entered at e,
+    bar t is G * (c[t]/c[e] - rt/2); after its exit G * (1 + r); G the growth of earlier trades."""
+    held = [int(p) for p in positions[:-1]] + [0]
+    equity, growth, entry = [], 1.0, None
+    for t, position in enumerate(held):
+        if position and entry is None:
+            entry = t
+        if entry is not None and position:
+            equity.append(growth * (close[t] / close[entry] - rt / 2))
+        elif entry is not None:
+            growth *= 1.0 + (close[t] / close[entry] - 1.0 - rt)
+            entry = None
+            equity.append(growth)
+        else:
+            equity.append(growth)
+    previous = [1.0] + equity[:-1]
+    return [e / p - 1.0 for e, p in zip(equity, previous, strict=True)]
+
+
+def block_bootstrap_p(series, *, n_resamples: int, block: int, seed: int = 0) -> float:
+    """p of H0 mean <= 0 by the circular block bootstrap: blocks of `block` bars starting at
+    default_rng(seed).integers(0, n, size=blocks) per resample (arch's CircularBlockBootstrap),
+    wrapped, cut to n; p = (1 + #(mean_b - mean >= mean)) / (1 + n_resamples)."""
+    n = len(series)
+    rng = np.random.default_rng(seed)
+    mean = sum(series) / n
+    n_blocks = -(-n // block)
+    count = 0
+    for _ in range(n_resamples):
+        starts = rng.integers(0, n, size=n_blocks)
+        picks = [(int(s) + j) % n for s in starts for j in range(block)][:n]
+        if sum(series[i] for i in picks) / n - mean >= mean - 1e-12 * (max(map(abs, series)) + 1e-300):
+            count += 1
+    return (1 + count) / (1 + n_resamples)

@@ -11,6 +11,7 @@ SIGTERM inside an INSERT blocked on a held lock, a lock never released, and a fa
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -199,16 +200,16 @@ def test_baselines_equal_an_independent_recomputation(completed_run: tuple[str, 
     assert max(row[6] for row in rows) == pd.Timestamp(AS_OF) - pd.Timedelta(hours=1)
 
 
-def test_model_rows_equal_a_recomputation_from_their_stored_positions(completed_run: tuple[str, list[dict]]) -> None:
-    # What anyone can do with a stored row: recompute its return, exposure, percentile, shift test.
-    dsn, _ = completed_run
+def _stored_rows_agree_with_a_recomputation(dsn: str, *, n_shifts: int) -> list[tuple]:
+    """Recompute every stored model row from its positions and the market's closes (design_reference)."""
     market = MarketData()
     rows = _query(
         dsn,
-        "SELECT crypto, fold_id, cost_bps, slippage_bps, test_start, test_end, n_bars, net_return, n_trades, "
-        "positions, exposure, random_percentile, perm_p_value, perm_n_shifts FROM finetune_results",
+        "SELECT crypto, fold_id, cost_bps, slippage_bps, test_start, test_end, n_bars, net_return, "
+        "positions, exposure, random_percentile, perm_p_value, perm_n_shifts, matched_percentile, "
+        "profit_p_value, profit_vs_buy_and_hold_p_value, profit_n_resamples FROM finetune_results",
     )
-    assert len(rows) == N_KEYS
+    lookback = 335  # base_features' warm-up: its longest window (sma_gap_336) leaves 335 rows NaN
     for (
         crypto,
         fold_id,
@@ -218,25 +219,50 @@ def test_model_rows_equal_a_recomputation_from_their_stored_positions(completed_
         end,
         n_bars,
         net,
-        _n_trades,
         positions,
         held,
         pct,
-        p_value,
-        n_shifts,
+        p,
+        shifts,
+        matched,
+        profit,
+        vs_bh,
+        n_boot,
     ) in rows:
         where = (crypto, fold_id, cost, slip)
-        close = _window_close(market, crypto, start, end)
+        history = market.ohlcv(crypto, as_of=pd.Timestamp(AS_OF))["close"]
+        close = history.loc[start:end].to_numpy()
+        sigma = reference.ewma_volatility(history.loc[:end].to_numpy())[-n_bars:]
         rt = 2 * (cost + slip) / 10_000
         assert len(positions) == n_bars and set(positions) <= {0, 1}, where
         assert np.isclose(net, reference.positions_return(positions, close, rt), rtol=0, atol=1e-12), where
         assert held == reference.held_share(positions), where
         seeds = [r for r, _ in reference.seed_runs(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS)]
         assert pct == stats.percentileofscore(seeds, net, kind="mean") / 100, where
-        ref_p, _ = reference.shift_test(positions, close, rt, n_shifts=N_SEEDS)
-        assert (p_value, n_shifts) == (ref_p, N_SEEDS), where
+        timing = reference.timing_test(
+            positions, close, n_shifts=n_shifts, hold_bars=HOLD_BARS, lookback=lookback, sigma=sigma
+        )
+        assert (p, shifts) == (pytest.approx(timing[0], abs=1e-12), timing[1]), where
+        pnl = [math.log1p(r) for r in reference.equity_bar_returns(positions, close, rt)]
+        bh = [math.log1p(r) for r in reference.equity_bar_returns([1] * n_bars, close, rt)]
+        assert (profit, n_boot) == (reference.block_bootstrap_p(pnl, n_resamples=n_shifts, block=HOLD_BARS), n_shifts)
+        excess = [a - b for a, b in zip(pnl, bh, strict=True)]
+        assert vs_bh == reference.block_bootstrap_p(excess, n_resamples=n_shifts, block=HOLD_BARS), where
+        if shifts == 0:
+            assert matched is None
+    return rows
+
+
+def test_model_rows_equal_a_recomputation_from_their_stored_positions(completed_run: tuple[str, list[dict]]) -> None:
+    # What anyone can do with a stored row: recompute its return, exposure, percentiles and tests.
+    dsn, _ = completed_run
+    rows = _stored_rows_agree_with_a_recomputation(dsn, n_shifts=999)
+    assert len(rows) == N_KEYS
     # the grid holds models that trade, so the checks above are not all on flat books
-    assert any(0 < row[10] < 1 for row in rows)
+    assert any(0 < row[9] < 1 for row in rows)
+    # a 60-bar window is shorter than base_features' look-back: no shift is clear of it, and the
+    # row says so (0 shifts, p = 1: nothing can be found), instead of testing on leaking shifts
+    assert {(row[11], row[12]) for row in rows} == {(1.0, 0)}
 
 
 def test_events_trace_the_run(completed_run: tuple[str, list[dict]]) -> None:
@@ -769,19 +795,21 @@ def test_sigterm_stops_a_pod_and_its_workers_and_records_the_failure(migrated_db
     assert _processes_running(run_id) == []  # no worker left computing for a run that has ended
 
 
-@pytest.mark.parametrize(("flag", "expected"), [pytest.param(None, N_SEEDS, id="default-n-seeds"), ("250", 250)])
-def test_the_shift_test_runs_n_shifts_copies_independent_of_the_seeds(
+@pytest.mark.parametrize(("flag", "expected"), [pytest.param(None, 141, id="default-all-141"), ("100", 100)])
+def test_the_timing_test_runs_n_shifts_offsets_clear_of_the_look_back(
     migrated_db: str, capsys: pytest.CaptureFixture[str], flag: str | None, expected: int
 ) -> None:
-    argv = _make_argv(**({"--n-shifts": flag} if flag else {}))
+    # 480 test bars, base_features' look-back 335, hold 4: offsets 4..144, 141 of them; the
+    # default 999 asks for more and gets all of them, --n-shifts 100 draws 100 without replacement
+    overrides = {"--test-bars": "480", "--cryptos": "ETH", "--cost-bps": "10", "--slippage-bps": "0"}
+    argv = _make_argv(**overrides, **({"--n-shifts": flag} if flag else {}))
     code = main(argv, environ={"FINETUNE_DB_URL": migrated_db})
     capsys.readouterr()
 
     assert code == 0
-    rows = _query(migrated_db, "SELECT DISTINCT perm_n_shifts, min(perm_p_value) FROM finetune_results GROUP BY 1")
-    (n_shifts, smallest_p), *others = rows
-    assert not others and n_shifts == expected
-    assert smallest_p >= 1 / (expected + 1)  # the floor a fold's p-value can reach
+    rows = _stored_rows_agree_with_a_recomputation(migrated_db, n_shifts=int(flag or 999))
+    assert {row[12] for row in rows} == {expected}
+    assert min(row[11] for row in rows) >= 1 / (expected + 1)  # the floor a fold's p-value can reach
     assert _query(migrated_db, "SELECT DISTINCT n_seeds FROM finetune_baselines WHERE n_seeds IS NOT NULL") == [
         (N_SEEDS,)
     ]

@@ -7,18 +7,22 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import design_reference as reference
 from design_reference import held_share
-from design_reference import shift_test as reference_shift_test
 from finetune.baselines import buy_and_hold
-from finetune.model import evaluate
+from finetune.model import evaluate, net_bar_returns
 from finetune.significance import (
     ShiftTest,
+    available_offsets,
+    ewma_volatility,
     exposure,
+    matched_percentiles,
     position_list,
+    profit_tests,
     random_percentile,
-    shift_offsets,
+    scaled_returns,
     shift_test,
-    shift_tests,
+    timing_offsets,
 )
 
 # A 5-bar window worked on paper (rt = 0): positions [1, 0, 1, 1, 0] trade 0 -> 1 (110/100) and
@@ -32,110 +36,162 @@ def _close(n: int, seed: int, vol: float = 0.01) -> np.ndarray:
     return 100.0 * np.exp(np.cumsum(rng.normal(0.0, vol, n)))
 
 
-# --- shift test -----------------------------------------------------------------------------
+# --- timing test (shift_test) ----------------------------------------------------------------
+
+# A 6-bar window worked on paper with sigma = 1 (z = the next bar's log return, 0 at the last bar):
+# z = [ln 1.1, ln 0.9, ln 11/9, 0, ln 1.1, 0]; positions [1, 0, 1, 1, 0, 0]: S = ln(1.1 * 11/9).
+CLOSE_6 = np.array([100.0, 110.0, 99.0, 121.0, 121.0, 133.1])
+POSITIONS_6 = np.array([1, 0, 1, 1, 0, 0])
+UNIT_SIGMA_6 = np.ones(6)
 
 
-def test_shift_test_hand_worked_five_bars():
-    # offsets: default_rng(0).integers(1, 5, size=6) = [4, 3, 3, 2, 2, 1]
-    #   k=4: [1,1,0,1,0] trades 0->2 (0.99), 3->4 (1.0)       -> -0.01
-    #   k=3: [0,1,1,0,1] -> last flat: 1->3 (1.1)             ->  0.10
-    #   k=2: [1,0,1,0,1] -> last flat: 0->1, 2->3 (1.1, 11/9) ->  0.3444... = the model (a tie)
-    #   k=1: [0,1,0,1,1] -> last flat: 1->2 (0.9), 3->4 (1.0) -> -0.10
-    # two shifts (k=2 twice) are >= the model: p = (1 + 2) / (1 + 6) = 3/7
-    np.testing.assert_array_equal(shift_offsets(5, 6), [4, 3, 3, 2, 2, 1])
-    result = shift_test(POSITIONS_5, CLOSE_5, 0.0, n_shifts=6)
-    assert result.p_value == pytest.approx(3 / 7, abs=1e-15)
-    assert result.n_shifts == 6
+def test_timing_test_hand_worked_six_bars():
+    # offsets 1..5 (all of them: fewer than asked):
+    #   k=1 [0,1,0,1,1,0] ln(0.9 * 1.1)   k=2 [0,0,1,0,1,1] ln(11/9 * 1.1) = S (a tie)
+    #   k=3 [1,0,0,1,0,1] ln 1.1          k=4 [1,1,0,0,1,0] ln(1.1 * 0.9 * 1.1)   k=5 [0,1,1,0,0,1] ln 1.1
+    # one shift (k=2) is >= S: p = (1 + 1) / (1 + 5)
+    result = shift_test(POSITIONS_6, CLOSE_6, n_shifts=999, volatility=UNIT_SIGMA_6)
+    assert result.p_value == pytest.approx(1 / 3, abs=1e-15)
+    assert result.n_shifts == 5
+    assert result.statistic == pytest.approx(math.log(1.1 * 11 / 9), abs=1e-12)
     assert result.model_return == pytest.approx(1.1 * 121 / 99 - 1, abs=1e-15)
 
 
-def test_shift_test_hand_worked_with_a_cost():
-    # rt = 0.02: model (1.1 - 0.02) * (121/99 - 0.02) - 1 = 0.298; k=3: 1.1 - 0.02 - 1 = 0.08 < model,
-    # the k=2 ties stay ties: p = 3/7 again; with 1 shift (k=4: 0.97 * 0.98 - 1 < model) p = 1/2
-    result = shift_test(POSITIONS_5, CLOSE_5, 0.02, n_shifts=6)
-    assert result.model_return == pytest.approx((1.1 - 0.02) * (121 / 99 - 0.02) - 1, abs=1e-15)
-    assert result.p_value == pytest.approx(3 / 7, abs=1e-15)
-    assert shift_test(POSITIONS_5, CLOSE_5, 0.02, n_shifts=1) == ShiftTest(0.5, 1, result.model_return)
+@pytest.mark.parametrize(
+    ("kwargs", "offsets", "p_value"),
+    [
+        pytest.param({"hold_bars": 2}, [2, 3, 4, 5], 2 / 5, id="hold-2-drops-k1"),
+        pytest.param({"lookback": 1}, [1, 2, 3, 4], 2 / 5, id="lookback-1-drops-k5"),
+        pytest.param({"hold_bars": 3, "lookback": 2}, [3], 1 / 2, id="one-offset-left"),
+        pytest.param({"hold_bars": 3, "lookback": 3}, [], 1.0, id="none-left"),
+    ],
+)
+def test_offsets_keep_clear_of_the_hold_and_the_wrap(kwargs, offsets, p_value):
+    np.testing.assert_array_equal(timing_offsets(6, 999, **kwargs), offsets)
+    assert available_offsets(6, **kwargs) == len(offsets)
+    result = shift_test(POSITIONS_6, CLOSE_6, n_shifts=999, volatility=UNIT_SIGMA_6, **kwargs)
+    assert (result.p_value, result.n_shifts) == (pytest.approx(p_value, abs=1e-15), len(offsets))
+
+
+def test_offsets_are_distinct_and_drawn_without_replacement():
+    offsets = timing_offsets(720, 300, hold_bars=24, lookback=336)
+    assert offsets.size == 300 == np.unique(offsets).size
+    assert offsets.min() >= 24 and offsets.max() <= 720 - 336 - 1
+    assert (
+        timing_offsets(720, 999, hold_bars=24, lookback=336).size
+        == available_offsets(720, hold_bars=24, lookback=336)
+        == 360
+    )
 
 
 @pytest.mark.parametrize(
-    ("n", "n_shifts", "rt", "p_long"),
+    ("n", "n_shifts", "hold_bars", "lookback", "p_long"),
     [
-        pytest.param(2, 10, 0.0, 0.5, id="two-bars"),
-        pytest.param(7, 30, 0.002, 0.5, id="seven-bars"),
-        pytest.param(60, 100, 0.003, 0.3, id="sparse"),
-        pytest.param(300, 200, 0.0, 0.7, id="dense"),
-        pytest.param(720, 100, 0.006, 0.5, id="month"),
+        pytest.param(40, 10, 1, 0, 0.5, id="forty-bars"),
+        pytest.param(60, 100, 4, 10, 0.3, id="sparse-all-offsets"),
+        pytest.param(300, 100, 24, 50, 0.7, id="dense-drawn"),
+        pytest.param(720, 200, 24, 336, 0.5, id="month"),
     ],
 )
-def test_shift_test_agrees_with_an_independent_loop(n, n_shifts, rt, p_long):
+def test_timing_test_agrees_with_an_independent_loop(n, n_shifts, hold_bars, lookback, p_long):
     for seed in range(3):
         close = _close(n, seed)
         positions = (np.random.default_rng(100 + seed).random(n) < p_long).astype(int)
-        p_value, model = reference_shift_test(positions, close, rt, n_shifts=n_shifts)
-        result = shift_test(positions, close, rt, n_shifts=n_shifts)
-        assert result.p_value == pytest.approx(p_value, abs=1e-15), seed
-        assert result.model_return == pytest.approx(model, abs=1e-12)
-        assert result.n_shifts == n_shifts
+        expected = reference.timing_test(positions, close, n_shifts=n_shifts, hold_bars=hold_bars, lookback=lookback)
+        result = shift_test(positions, close, n_shifts=n_shifts, hold_bars=hold_bars, lookback=lookback)
+        assert (result.p_value, result.n_shifts) == (pytest.approx(expected[0], abs=1e-15), expected[1]), seed
 
 
-def test_the_model_return_is_model_evaluate():
+def test_the_volatility_is_an_ewma_known_at_each_bar():
+    close = _close(200, 3)
+    np.testing.assert_allclose(ewma_volatility(close), reference.ewma_volatility(close), rtol=1e-12, equal_nan=True)
+    # past-only: changing a later price leaves every earlier sigma as it was
+    later = close.copy()
+    later[150:] *= 1.3
+    np.testing.assert_array_equal(ewma_volatility(later)[:150], ewma_volatility(close)[:150])
+    # scaled returns: the next bar's log return over sigma known now; 0 where sigma is unknown and at the end
+    z = scaled_returns(close)
+    sigma = ewma_volatility(close)
+    assert np.all(z[:24] == 0) and z[-1] == 0
+    np.testing.assert_allclose(z[24:-1], np.diff(np.log(close))[24:] / sigma[24:-1], rtol=1e-12)
+
+
+def test_the_timing_test_does_not_depend_on_the_cost():
     close = _close(500, 4)
     positions = (np.random.default_rng(5).random(500) < 0.4).astype(np.float64)
-    for rt in (0.0, 0.002, 0.006):
-        assert shift_test(positions, close, rt, n_shifts=5).model_return == pytest.approx(
-            evaluate(positions, close, rt).net_return, abs=1e-12
-        )
+    tests = [shift_test(positions, close, rt, n_shifts=50, hold_bars=4, lookback=20) for rt in (0.0, 0.002, 0.006)]
+    assert len({(t.p_value, t.n_shifts, t.statistic) for t in tests}) == 1
+    for rt, result in zip((0.0, 0.002, 0.006), tests, strict=True):
+        assert result.model_return == pytest.approx(evaluate(positions, close, rt).net_return, abs=1e-12)
 
 
-def test_a_planted_timing_edge_is_significant_and_its_shifts_are_not():
+def test_a_planted_timing_edge_is_significant():
     # long exactly before each rise: no shift can match that timing
     close = _close(400, 8, vol=0.02)
     knows_the_future = (np.diff(close, append=close[-1]) > 0).astype(int)
-    assert shift_test(knows_the_future, close, 0.0, n_shifts=199).p_value == pytest.approx(1 / 200)
+    assert shift_test(knows_the_future, close, n_shifts=199, hold_bars=2, lookback=10).p_value == pytest.approx(1 / 200)
 
 
 def test_one_bar_has_no_shift():
-    assert shift_test(np.array([1]), np.array([100.0]), 0.002, n_shifts=100) == ShiftTest(1.0, 0, 0.0)
+    assert shift_test(np.array([1]), np.array([100.0]), 0.002, n_shifts=100) == ShiftTest(1.0, 0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize(
-    ("positions", "expected_return"),
-    [
-        pytest.param(np.zeros(48, dtype=int), 0.0, id="always-flat"),
-        pytest.param(np.ones(48, dtype=int), None, id="always-long"),
-    ],
-)
-def test_a_constant_book_ties_with_every_shift(positions, expected_return):
-    close = _close(48, 9)
-    result = shift_test(positions, close, 0.002, n_shifts=100)
-    assert result == ShiftTest(1.0, 100, result.model_return)  # every shift is the same book
-    if expected_return is None:  # always long is buy-and-hold
-        expected_return = buy_and_hold(close, 0.002).net_return
-    assert result.model_return == pytest.approx(expected_return, abs=1e-15)
+@pytest.mark.parametrize("positions", [np.zeros(96, dtype=int), np.ones(96, dtype=int)], ids=["flat", "long"])
+def test_a_constant_book_ties_with_every_shift(positions):
+    close = _close(96, 9)
+    result = shift_test(positions, close, 0.002, n_shifts=100, hold_bars=2, lookback=10)
+    assert (result.p_value, result.n_shifts) == (1.0, 84)  # every shift is the same book
+    if positions[0]:  # always long is buy-and-hold
+        assert result.model_return == pytest.approx(buy_and_hold(close, 0.002).net_return, abs=1e-15)
 
 
-def test_every_cost_basis_of_a_window_in_one_pass():
-    close = _close(720, 10)
-    positions = (np.random.default_rng(11).random(720) < 0.5).astype(int)
-    costs = (0.0, 0.002, 0.006)
-    assert shift_tests(positions, close, costs, n_shifts=100) == [
-        shift_test(positions, close, rt, n_shifts=100) for rt in costs
-    ]
+def _garch_close(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A driftless GARCH(1,1) market (Bollerslev 1986): volatility clusters, direction never predictable."""
+    omega, alpha, beta = 1e-6, 0.1, 0.85
+    h, shocks, r = omega / (1 - alpha - beta), rng.standard_normal(n), np.empty(n)
+    for t in range(n):
+        r[t] = shocks[t] * math.sqrt(h)
+        h = omega + alpha * r[t] ** 2 + beta * h
+    return 100.0 * np.exp(np.cumsum(r))
+
+
+def test_books_that_time_only_volatility_keep_the_level_on_a_garch_market():
+    # Long whenever the volatility known at the bar is high: no directional skill at all. On raw
+    # returns such a book got p <= 0.05 in about 8 % of markets; scaled by the volatility it is
+    # as likely as any book to beat its shifts.
+    p_values = []
+    for market in range(300):
+        close = _garch_close(1_400, np.random.default_rng(7_000 + market))
+        sigma = ewma_volatility(close)
+        window, vol = close[680:], sigma[680:]
+        book = (vol > np.quantile(vol, (0.5, 0.7, 0.3)[market % 3])).astype(int)
+        p_values.append(shift_test(book, window, n_shifts=999, hold_bars=24, lookback=100, volatility=vol).p_value)
+    p_values = np.array(p_values)
+    for level in (0.05, 0.10):
+        hits = int(np.count_nonzero(p_values <= level))
+        interval = stats.binomtest(hits, p_values.size, level).proportion_ci(0.95)
+        assert interval.low <= level <= interval.high, (level, hits / p_values.size)
 
 
 @pytest.mark.parametrize("chunk_cells", [pytest.param(c, id=f"cells-{c}") for c in (1, 300, 5_000, 1 << 20)])
 def test_chunking_does_not_change_the_result(chunk_cells):
     close = _close(300, 12)
     positions = (np.random.default_rng(13).random(300) < 0.5).astype(int)
-    expected = shift_tests(positions, close, (0.002,), n_shifts=250)
-    assert shift_tests(positions, close, (0.002,), n_shifts=250, chunk_cells=chunk_cells) == expected
+    offsets = timing_offsets(300, 250, hold_bars=4)
+    expected = shift_test(positions, close, n_shifts=250, hold_bars=4)
+    assert shift_test(positions, close, n_shifts=250, hold_bars=4, chunk_cells=chunk_cells) == expected
+    by_chunks = matched_percentiles(positions, close, (0.0, 0.002), offsets, chunk_cells=chunk_cells)
+    assert by_chunks == matched_percentiles(positions, close, (0.0, 0.002), offsets)
+    profit = profit_tests(positions, close, (0.002,), n_resamples=99, block_bars=4)
+    assert profit_tests(positions, close, (0.002,), n_resamples=99, block_bars=4, chunk_cells=chunk_cells) == profit
 
 
 def _peak_bytes(positions: np.ndarray, close: np.ndarray, n_shifts: int) -> int:
     tracemalloc.start()
     try:
-        shift_tests(positions, close, (0.0, 0.002), n_shifts=n_shifts, chunk_cells=1 << 16)
+        shift_test(positions, close, n_shifts=n_shifts, chunk_cells=1 << 16)
+        matched_percentiles(positions, close, (0.0, 0.002), timing_offsets(close.size, n_shifts), chunk_cells=1 << 16)
+        profit_tests(positions, close, (0.0, 0.002), n_resamples=n_shifts, chunk_cells=1 << 16)
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -144,6 +200,7 @@ def _peak_bytes(positions: np.ndarray, close: np.ndarray, n_shifts: int) -> int:
 def test_memory_is_flat_in_the_number_of_shifts():
     close = _close(4_000, 14)
     positions = (np.random.default_rng(15).random(4_000) < 0.5).astype(int)
+    profit_tests(positions[:10], close[:10], (0.0,), n_resamples=1)  # arch's import is not the test's
     few, many = _peak_bytes(positions, close, 200), _peak_bytes(positions, close, 2_000)
     # the offsets (8 bytes each) grow; the (rows, n) chunks do not
     assert many < 1.2 * few + 8 * 2_000, (few, many)
@@ -161,12 +218,65 @@ def test_memory_is_flat_in_the_number_of_shifts():
             [1, 0, 1], [1.0, 2.0, 3.0], {"n_shifts": -1}, "n_shifts must be an integer >= 0", id="negative-shifts"
         ),
         pytest.param([1, 0, 1], [1.0, 2.0, 3.0], {"rt": math.nan}, "round_trip_cost", id="nan-cost"),
+        pytest.param(
+            [1, 0, 1], [1.0, 2.0, 3.0], {"volatility": np.ones(2)}, r"one value per close \(3\)", id="short-sigma"
+        ),
     ],
 )
 def test_bad_input_is_named(positions, close, kwargs, match):
-    rt = kwargs.get("rt", 0.002)
+    rt = kwargs.pop("rt", 0.002)
+    kwargs.setdefault("n_shifts", 10)
     with pytest.raises(ValueError, match=match):
-        shift_test(np.array(positions), np.array(close), rt, n_shifts=kwargs.get("n_shifts", 10))
+        shift_test(np.array(positions), np.array(close), rt, **kwargs)
+
+
+# --- matched percentile ---------------------------------------------------------------------------
+
+
+def test_matched_percentile_ranks_the_model_among_its_shifts_at_each_cost():
+    # CLOSE_5's hand-worked shifts (rt = 0): k=1 -0.10, k=2 0.3444 (the model: a tie), k=3 0.10,
+    # k=4 -0.01: below 3, tied 1 -> (3 + 0.5) / 4
+    offsets = np.array([1, 2, 3, 4])
+    assert matched_percentiles(POSITIONS_5, CLOSE_5, (0.0,), offsets) == [3.5 / 4]
+    close = _close(300, 20)
+    positions = (np.random.default_rng(21).random(300) < 0.5).astype(int)
+    offsets = timing_offsets(300, 100, hold_bars=4)
+    for rt, pct in zip((0.0, 0.006), matched_percentiles(positions, close, (0.0, 0.006), offsets), strict=True):
+        model = reference.positions_return(positions, close, rt)
+        shifted = [reference.positions_return(np.roll(positions, int(k)), close, rt) for k in offsets]
+        assert pct == stats.percentileofscore(shifted, model, kind="mean") / 100
+    assert matched_percentiles(POSITIONS_5, CLOSE_5, (0.0,), np.array([], dtype=np.int64)) == [None]
+
+
+# --- profit after costs ---------------------------------------------------------------------------
+
+
+def test_profit_test_agrees_with_an_independent_bootstrap_loop():
+    close = _close(300, 22)
+    positions = (np.random.default_rng(23).random(300) < 0.5).astype(int)
+    costs = (0.0, 0.002, 0.02)
+    results = profit_tests(positions, close, costs, n_resamples=199, block_bars=6)
+    for rt, result in zip(costs, results, strict=True):
+        pnl = [math.log1p(r) for r in reference.equity_bar_returns(positions, close, rt)]
+        bh = [math.log1p(r) for r in reference.equity_bar_returns(np.ones(300), close, rt)]
+        assert result.p_value == reference.block_bootstrap_p(pnl, n_resamples=199, block=6)
+        excess = [a - b for a, b in zip(pnl, bh, strict=True)]
+        assert result.p_value_vs_buy_and_hold == reference.block_bootstrap_p(excess, n_resamples=199, block=6)
+        bar = net_bar_returns(positions, close, rt)
+        assert result.bar_sharpe == pytest.approx(bar.mean() / bar.std(), rel=1e-12)
+        assert result.bar_skewness == pytest.approx(stats.skew(bar), rel=1e-12)
+        assert result.bar_kurtosis == pytest.approx(stats.kurtosis(bar, fisher=False), rel=1e-12)
+    # costs only lower the P&L: the p-value of "above zero" never falls as the cost rises
+    assert results[0].p_value <= results[1].p_value <= results[2].p_value
+
+
+def test_a_book_that_loses_is_never_profitable_and_a_flat_book_is_p_one():
+    close = _close(400, 24, vol=0.02)
+    knows_the_future = (np.diff(close, append=close[-1]) > 0).astype(int)
+    rich, eaten = profit_tests(knows_the_future, close, (0.0, 0.2), n_resamples=199, block_bars=4)
+    assert rich.p_value == pytest.approx(1 / 200) and eaten.p_value > 0.5  # 20 % per trade eats it all
+    (flat,) = profit_tests(np.zeros(400), close, (0.002,), n_resamples=99)
+    assert (flat.p_value, flat.bar_sharpe, flat.bar_skewness) == (1.0, None, None)
 
 
 # --- exposure and the stored positions ------------------------------------------------------------
