@@ -1,26 +1,42 @@
-"""Findings of a run: which (factor, crypto, cost basis) carry an edge after every comparison made.
+"""Findings of a run: which (factor, crypto, cost basis) carry an edge that holds after costs and
+after every comparison made (DESIGN 5, "Findings").
 
-A sweep tests many model rows at once (4 factors x 3 cryptos x 4 folds x 3 costs is 144), so at
-the 5 % level several "beat random" by chance alone. This step (DESIGN 5, "Findings") answers
-the research lead's question with two standard, citable procedures, both from scipy:
+A sweep tests many models at once (4 factors x 3 cryptos x 4 folds), so at the 5 % level several
+"beat chance" by luck alone. Two questions are asked, each with its own test and its own
+Benjamini-Hochberg control at ``fdr_q`` (``scipy.stats.false_discovery_control``, method ``bh``):
 
-1. per group (factor, crypto, cost_bps, slippage_bps) the folds' exposure-matched shift-test
-   p-values (``finetune_results.perm_p_value``, DESIGN 5 "Shift test") are combined into one
-   p-value with ``scipy.stats.combine_pvalues`` -- Fisher's method by default
-   (``-2 * sum(log p)`` is chi-square with ``2k`` degrees of freedom under the null; the folds
-   are disjoint test windows);
-2. over every group of the run, the Benjamini-Hochberg step-up procedure
-   (``scipy.stats.false_discovery_control``, method ``bh``) turns the combined p-values into
-   q-values; a group is a finding when its q-value is <= ``fdr_q``. That is exactly BH's
-   rejection rule (reject the ``k`` smallest p-values, ``k`` the largest rank with
-   ``p_(k) <= k * q / m``), and it controls the expected share of false findings at ``fdr_q``
-   for independent or positively dependent tests (Benjamini & Hochberg 1995; Benjamini &
-   Yekutieli 2001) -- the cost levels of one (factor, crypto) share their positions, which is
-   positive dependence.
+1. **Timing** -- per model (factor, crypto), the folds' timing-test p-values
+   (``finetune_results.perm_p_value``: the model against its own shifted copies on
+   volatility-scaled returns, the same on every cost row of the model) combined with
+   ``scipy.stats.combine_pvalues`` (Fisher by default; the folds are disjoint test windows), then
+   BH over the run's *distinct* models: identical models (the same positions on the same windows,
+   e.g. BTC's ``btc_features`` and ``base_features``) are one hypothesis, and the findings name
+   the groups that share it (``same_model_as``).
+2. **Profit after costs** -- per (model, cost basis), the folds' block-bootstrap p-values of "the
+   mean per-bar net P&L is above zero" (``profit_p_value``) combined the same way, then BH over the
+   run's distinct (model, cost basis) pairs.
 
-A group whose model rows lack a p-value on some fold (rows written before migration V004, or by
-a pod image without the shift test) is **not tested**: it gets no row, is not counted among the
-``m`` hypotheses, and is listed as such. No p-value is ever invented.
+A group is a **finding at a cost** (``discovered``) only when its timing is discovered, its profit at
+that cost is discovered, and its mean net return there is positive. A group whose timing is
+discovered but which loses money says so ("timing edge, eaten by costs at 30 bps"). Stored beside:
+the combined "above buy-and-hold" p-value (not a condition: an edge in a falling market may lose
+to nothing and still beat holding), the mean matched percentile (the model among its own shifted
+copies at that cost), the folds with a positive net return, and the **deflated Sharpe ratio**
+(Bailey & Lopez de Prado 2014): the probability that the group's per-bar Sharpe ratio beats the
+largest one expected among the run's ``N`` trials (distinct models) by chance,
+``Phi((SR - SR0) sqrt(T - 1) / sqrt(1 - skew SR + (kurt - 1) / 4 SR^2))`` with
+``SR0 = sqrt(V) ((1 - gamma) Phi^-1(1 - 1/N) + gamma Phi^-1(1 - 1/(N e)))``, ``V`` the variance of
+the trials' Sharpe ratios at that cost basis; ``SR``, skewness and kurtosis are the folds' per-bar
+values weighted by their bars, ``T`` the group's bars (scipy's normal distribution).
+
+**The floor.** A fold's p-value is never below ``1 / (1 + perm_n_shifts)``; combined over the folds,
+that is the smallest p a group can reach, and BH can find a lone true edge among at most
+``fdr_q / floor`` hypotheses (:func:`lone_edge_capacity`). The headline prints it; the DAG's
+plan refuses a sweep whose groups exceed it (:func:`shifts_needed`).
+
+A group whose model rows lack a p-value of either test on some fold (rows written before
+migration V010, or by an older pod image) is **not tested**: it gets no row, is not counted among
+the hypotheses, and is listed as such. No p-value is ever invented or recomputed.
 
 The run's rows are replaced in one transaction (delete + copy under a per-run advisory lock), so
 a rerun -- also with another ``fdr_q`` -- leaves exactly one row per tested group.
@@ -30,6 +46,7 @@ Airflow side only: psycopg and scipy, never the pod package.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,6 +60,9 @@ if TYPE_CHECKING:
     import psycopg
 
 DEFAULT_FDR_Q = 0.10
+# Shifts per model (timing) and bootstrap resamples per cost (profit): the DAG param and the pod's
+# --n-shifts default (finetune.significance.DEFAULT_N_SHIFTS; this side never imports the pod).
+DEFAULT_N_SHIFTS = 999
 DEFAULT_COMBINE_METHOD = "fisher"
 # scipy.stats.combine_pvalues' methods; the name is stored in finetune_findings.combine_method.
 COMBINE_METHODS = ("fisher", "pearson", "tippett", "stouffer", "mudholkar_george")
@@ -51,15 +71,28 @@ MAX_LISTED_UNTESTED = 10
 
 # One row per group of the run, over the factors of its manifest (the findings table references
 # it). Edges are taken against the baselines on the model row's full basis, as in the report.
-# p-values come in fold order (for the record; the combination does not depend on it).
+# Per-fold values come in fold order. A model's identity is its window and positions (their
+# 64-bit hash); rows without stored positions are their factor's own model.
 GROUPS_SQL = f"""
 SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
        count(*)::integer AS n_folds,
-       count(m.perm_p_value)::integer AS n_p_values,
+       count(*) FILTER (WHERE m.perm_p_value IS NOT NULL AND m.profit_p_value IS NOT NULL)::integer AS n_p_values,
        array_agg(m.perm_p_value ORDER BY m.fold_id) AS p_values,
        avg(m.net_return) AS mean_model_return,
        avg(m.net_return - bh.net_return) AS mean_edge_vs_buy_and_hold,
-       avg(m.net_return - rnd.net_return) AS mean_edge_vs_random
+       avg(m.net_return - rnd.net_return) AS mean_edge_vs_random,
+       array_agg(m.perm_n_shifts ORDER BY m.fold_id) AS n_shifts,
+       array_agg(m.profit_p_value ORDER BY m.fold_id) AS profit_p_values,
+       array_agg(m.profit_vs_buy_and_hold_p_value ORDER BY m.fold_id) AS profit_vs_buy_and_hold_p_values,
+       array_agg(m.fold_id || '@' || m.test_start || ':'
+                 || coalesce(hash_array_extended(m.positions, 0)::text, 'factor ' || m.factor)
+                 ORDER BY m.fold_id) AS model_ids,
+       avg(m.matched_percentile) AS mean_matched_percentile,
+       count(*) FILTER (WHERE m.net_return > 0)::integer AS n_folds_profitable,
+       array_agg(m.bar_sharpe ORDER BY m.fold_id) AS bar_sharpes,
+       array_agg(m.bar_skewness ORDER BY m.fold_id) AS bar_skewnesses,
+       array_agg(m.bar_kurtosis ORDER BY m.fold_id) AS bar_kurtoses,
+       array_agg(m.n_bars ORDER BY m.fold_id) AS n_bars
 FROM finetune_results AS m
 JOIN finetune_run_factors AS f ON f.run_id = m.run_id AND f.factor = m.factor
 {same_basis_join("bh", "buy_and_hold")}
@@ -73,16 +106,14 @@ ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
 UNTESTED_SQL = """
 SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
        count(*)::integer AS n_folds,
-       count(m.perm_p_value)::integer AS n_p_values,
+       count(*) FILTER (WHERE m.perm_p_value IS NOT NULL AND m.profit_p_value IS NOT NULL)::integer AS n_p_values,
        array_agg(m.perm_p_value ORDER BY m.fold_id) AS p_values,
-       avg(m.net_return) AS mean_model_return,
-       NULL::double precision AS mean_edge_vs_buy_and_hold,
-       NULL::double precision AS mean_edge_vs_random
+       avg(m.net_return) AS mean_model_return
 FROM finetune_results AS m
 JOIN finetune_run_factors AS f ON f.run_id = m.run_id AND f.factor = m.factor
 WHERE m.run_id = %(run_id)s
 GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
-HAVING count(m.perm_p_value) < count(*)
+HAVING count(*) FILTER (WHERE m.perm_p_value IS NOT NULL AND m.profit_p_value IS NOT NULL) < count(*)
 ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
 """
 
@@ -101,32 +132,68 @@ FINDING_COLUMNS = (
     "discovered",
     "fdr_q",
     "combine_method",
+    "timing_discovered",
+    "profit_p_value",
+    "profit_q_value",
+    "profit_discovered",
+    "profit_vs_buy_and_hold_p_value",
+    "mean_matched_percentile",
+    "deflated_sharpe",
+    "n_folds_profitable",
+    "p_value_floor",
+    "same_model_as",
+    "verdict",
 )
 
 
 @dataclass(frozen=True)
 class GroupInput:
-    """One (factor, crypto, cost basis) of a run, as :data:`GROUPS_SQL` returns it."""
+    """One (factor, crypto, cost basis) of a run, as :data:`GROUPS_SQL` returns it (per-fold values
+    in fold order)."""
 
     factor: str
     crypto: str
     cost_bps: int
     slippage_bps: int
     n_folds: int
-    n_p_values: int
-    p_values: tuple[float | None, ...]
+    n_p_values: int  # folds with both tests' p-values
+    p_values: tuple[float | None, ...]  # the timing test's, per fold
     mean_model_return: float
     mean_edge_vs_buy_and_hold: float | None = None
     mean_edge_vs_random: float | None = None
+    n_shifts: tuple[int | None, ...] = ()
+    profit_p_values: tuple[float | None, ...] = ()
+    profit_vs_buy_and_hold_p_values: tuple[float | None, ...] = ()
+    model_ids: tuple[str, ...] = ()  # per fold: window and positions; equal tuples = one model
+    mean_matched_percentile: float | None = None
+    n_folds_profitable: int = 0
+    bar_sharpes: tuple[float | None, ...] = ()
+    bar_skewnesses: tuple[float | None, ...] = ()
+    bar_kurtoses: tuple[float | None, ...] = ()
+    n_bars: tuple[int, ...] = ()
 
     @property
     def label(self) -> str:
         return f"{self.factor} {self.crypto} {self.cost_bps}/{self.slippage_bps} bps"
 
     @property
+    def model_label(self) -> str:
+        return f"{self.factor} {self.crypto}"
+
+    @property
     def testable(self) -> bool:
-        """Every fold has its shift-test p-value (nothing is combined from a part of the folds)."""
+        """Every fold has both tests' p-values (nothing is combined from a part of the folds)."""
         return self.n_folds >= 1 and self.n_p_values == self.n_folds
+
+    @property
+    def model_key(self) -> tuple:
+        """The model's identity: its crypto and each fold's window and positions (the factor when
+        the positions are not stored)."""
+        return (self.crypto, self.model_ids or (self.factor,))
+
+    @property
+    def basis(self) -> tuple[int, int]:
+        return (self.cost_bps, self.slippage_bps)
 
 
 @dataclass(frozen=True)
@@ -141,9 +208,24 @@ class Finding:
     mean_model_return: float
     mean_edge_vs_buy_and_hold: float | None
     mean_edge_vs_random: float | None
-    p_value: float
-    q_value: float
-    discovered: bool
+    p_value: float  # timing, folds combined
+    q_value: float  # timing, BH over the run's distinct models
+    discovered: bool  # a finding at this cost: timing AND profit discovered, mean net return > 0
+    timing_discovered: bool = False
+    profit_p_value: float | None = None
+    profit_q_value: float | None = None
+    profit_discovered: bool = False
+    profit_vs_buy_and_hold_p_value: float | None = None
+    mean_matched_percentile: float | None = None
+    deflated_sharpe: float | None = None
+    n_folds_profitable: int = 0
+    p_value_floor: float | None = None
+    same_model_as: tuple[str, ...] = ()
+    verdict: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.factor} {self.crypto} {self.cost_bps}/{self.slippage_bps} bps"
 
 
 @dataclass(frozen=True)
@@ -164,49 +246,125 @@ class FindingsResult:
     def n_discovered(self) -> int:
         return sum(finding.discovered for finding in self.findings)
 
+    @property
+    def n_models(self) -> int:
+        """Distinct models tested for timing (the ``m`` of the timing family)."""
+        return len({(f.crypto, min((f.factor, *f.same_model_as))) for f in self.findings})
+
+    @property
+    def n_timing_discovered(self) -> int:
+        return len({(f.crypto, min((f.factor, *f.same_model_as))) for f in self.findings if f.timing_discovered})
+
+    @property
+    def p_value_floor(self) -> float | None:
+        """The smallest combined timing p-value any group of the run could reach."""
+        floors = [f.p_value_floor for f in self.findings if f.p_value_floor is not None]
+        return min(floors, default=None)
+
     def summary(self) -> str:
-        """The one-line answer, plus a clear note on any untested group."""
+        """The one-line answer, the floor, and a clear note on any untested group."""
         lines = [
             headline(
                 n_discovered=self.n_discovered,
                 n_groups=self.n_groups,
                 fdr_q=self.fdr_q,
                 combine_method=self.combine_method,
+                n_models=self.n_models,
+                n_timing_discovered=self.n_timing_discovered,
+                p_value_floor=self.p_value_floor,
             )
         ]
+        eaten = [f for f in self.findings if f.timing_discovered and not f.discovered]
+        if eaten:
+            lines.append("; ".join(f"{f.factor} {f.crypto}: {f.verdict}" for f in eaten[:MAX_LISTED_UNTESTED]))
         if self.untested:
             lines.append(untested_note(self.untested))
         return "\n".join(lines)
 
 
-def headline(*, n_discovered: int, n_groups: int, fdr_q: float, combine_method: str) -> str:
-    """``N of M groups are findings at FDR q`` (the report prints this line first).
+def headline(
+    *,
+    n_discovered: int,
+    n_groups: int,
+    fdr_q: float,
+    combine_method: str,
+    n_models: int | None = None,
+    n_timing_discovered: int | None = None,
+    p_value_floor: float | None = None,
+) -> str:
+    """``N of M groups are findings at FDR q``, how many models time the market, and the floor.
 
-    :param n_discovered: groups with ``q_value <= fdr_q``.
-    :param n_groups: tested groups (the ``m`` of Benjamini-Hochberg).
+    :param n_discovered: groups that are findings at their cost (timing and profit discovered).
+    :param n_groups: tested groups (factor x crypto x cost basis).
     :param fdr_q: the false discovery rate.
     :param combine_method: how the folds' p-values were combined.
+    :param n_models: distinct models tested for timing (None: not known, e.g. older rows).
+    :param n_timing_discovered: how many of them have a discovered timing edge.
+    :param p_value_floor: the smallest combined timing p-value a group could reach.
     """
-    how = f"folds combined by {combine_method}, Benjamini-Hochberg over the run's groups"
+    how = f"timing and profit after costs, folds combined by {combine_method}, Benjamini-Hochberg over the run"
     if n_groups == 0:
-        return f"0 of 0 groups are findings at FDR {fdr_q:g}: no group has shift-test p-values to test"
+        return f"0 of 0 groups are findings at FDR {fdr_q:g}: no group has the p-values of both tests"
+    parts = []
+    if n_models is not None and n_timing_discovered is not None:
+        parts.append(f"timing edge in {n_timing_discovered} of {n_models} distinct models")
+    if p_value_floor is not None:
+        capacity = lone_edge_capacity(p_value_floor, fdr_q=fdr_q)
+        if n_models is not None and capacity < n_models:
+            parts.append(
+                f"p-value floor {p_value_floor:.3g}: NO FINDING WAS POSSIBLE, a lone edge is found among at most "
+                f"{capacity} models and this run has {n_models} (raise n_shifts or the test window)"
+            )
+        else:
+            parts.append(f"p-value floor {p_value_floor:.3g}, a lone edge is found among up to {capacity:,} models")
+    detail = f" [{'; '.join(parts)}]" if parts else ""
     if n_discovered == 0:
-        return f"0 of {n_groups} groups are findings at FDR {fdr_q:g}: no finding in this run ({how})"
-    return f"{n_discovered} of {n_groups} groups are findings at FDR {fdr_q:g} ({how})"
+        return f"0 of {n_groups} groups are findings at FDR {fdr_q:g}: no finding in this run ({how}){detail}"
+    return f"{n_discovered} of {n_groups} groups are findings at FDR {fdr_q:g} ({how}){detail}"
 
 
 def untested_note(untested: Sequence[GroupInput]) -> str:
     """Which groups lack p-values and why they are left out (never filled in).
 
-    :param untested: the groups without a p-value on every fold.
+    :param untested: the groups without both tests' p-values on every fold.
     """
     listed = ", ".join(f"{g.label} ({g.n_p_values} of {g.n_folds} folds)" for g in untested[:MAX_LISTED_UNTESTED])
     more = len(untested) - MAX_LISTED_UNTESTED
     return (
-        f"{len(untested)} group(s) NOT TESTED: their model rows lack the shift-test p-value "
-        f"(written before migration V004 or by a pod image without the shift test); they are not "
-        f"counted among the groups: {listed}" + (f" and {more} more" if more > 0 else "")
+        f"{len(untested)} group(s) NOT TESTED: their model rows lack the timing or the profit p-value "
+        f"(written before migration V010 or by an older pod image); they are not counted among the "
+        f"groups: {listed}" + (f" and {more} more" if more > 0 else "")
     )
+
+
+def lone_edge_capacity(p_value_floor: float, *, fdr_q: float) -> int:
+    """The most hypotheses among which BH can still discover a lone edge at the floor: a single
+    rejection needs ``p <= fdr_q / m``."""
+    if p_value_floor <= 0:
+        return sys.maxsize
+    return int(math.floor(fdr_q / p_value_floor * (1 + 1e-12)))
+
+
+def p_value_floor(n_shifts: Sequence[int], *, method: str = DEFAULT_COMBINE_METHOD) -> float:
+    """The smallest combined p-value of folds with these shift counts (each ``1 / (1 + n)``)."""
+    import numpy as np
+
+    floors = np.array([[1.0 / (1 + max(0, int(n))) for n in n_shifts]])
+    return float(combine_fold_p_values(floors, method=method)[0])
+
+
+def shifts_needed(n_hypotheses: int, *, n_folds: int, fdr_q: float, method: str = DEFAULT_COMBINE_METHOD) -> int:
+    """The fewest shifts per fold with which a lone edge can be discovered among ``n_hypotheses``."""
+    low, high = 1, 1
+    while lone_edge_capacity(p_value_floor([high] * n_folds, method=method), fdr_q=fdr_q) < n_hypotheses:
+        low, high = high, high * 2
+    while low < high:
+        middle = (low + high) // 2
+        if lone_edge_capacity(p_value_floor([middle] * n_folds, method=method), fdr_q=fdr_q) >= n_hypotheses:
+            high = middle
+        else:
+            low = middle + 1
+    return high
 
 
 def validate_fdr_q(fdr_q: Any) -> float:
@@ -268,10 +426,116 @@ def benjamini_hochberg(p_values: np.ndarray, *, fdr_q: float) -> tuple[np.ndarra
     return q_values, q_values <= fdr_q
 
 
+def _combined(groups: Sequence[GroupInput], values: Any, *, method: str) -> list[float]:
+    """Each group's per-fold p-values (``values(group)``) combined, one scipy call per fold count."""
+    import numpy as np
+
+    combined = np.empty(len(groups))
+    by_folds: dict[int, list[int]] = {}
+    for position, group in enumerate(groups):
+        by_folds.setdefault(group.n_folds, []).append(position)
+    for positions in by_folds.values():
+        matrix = np.array([values(groups[i]) for i in positions], dtype=np.float64)
+        combined[positions] = combine_fold_p_values(matrix, method=method)
+    return combined.tolist()
+
+
+def _controlled(keys: Sequence[Any], p_by_key: dict[Any, float], *, fdr_q: float) -> dict[Any, tuple[float, bool]]:
+    """BH over the distinct hypotheses: (q-value, discovered) per key."""
+    distinct = list(dict.fromkeys(keys))
+    q_values, discovered = benjamini_hochberg([p_by_key[key] for key in distinct], fdr_q=fdr_q)
+    return {key: (float(q), bool(d)) for key, q, d in zip(distinct, q_values, discovered, strict=True)}
+
+
+def _weighted(values: Sequence[float | None], weights: Sequence[int]) -> float | None:
+    if not values or any(v is None for v in values) or sum(weights) <= 0:
+        return None
+    return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)
+
+
+def deflated_sharpe_ratio(
+    sharpe: float, *, n_bars: int, skewness: float, kurtosis: float, n_trials: int, trials_variance: float
+) -> float | None:
+    """Bailey & Lopez de Prado's deflated Sharpe ratio of a per-bar Sharpe ratio (module docstring).
+
+    :param sharpe: the per-bar (not annualised) Sharpe ratio.
+    :param n_bars: the bars it was measured on (``T``).
+    :param skewness: the per-bar returns' skewness.
+    :param kurtosis: their Pearson kurtosis (3 for a normal distribution).
+    :param n_trials: the trials of the run (``N``); one trial expects a maximum of 0.
+    :param trials_variance: the variance of the trials' Sharpe ratios (``V``).
+    """
+    from scipy.stats import norm
+
+    if n_bars < 2:
+        return None
+    if n_trials > 1 and trials_variance > 0:
+        gamma = 0.5772156649015329  # Euler-Mascheroni
+        expected_max = (1 - gamma) * norm.ppf(1 - 1 / n_trials) + gamma * norm.ppf(1 - 1 / (n_trials * math.e))
+        sr0 = math.sqrt(trials_variance) * expected_max
+    else:
+        sr0 = 0.0
+    spread = 1 - skewness * sharpe + (kurtosis - 1) / 4 * sharpe**2
+    if not spread > 0:
+        return None
+    return float(norm.cdf((sharpe - sr0) * math.sqrt(n_bars - 1) / math.sqrt(spread)))
+
+
+def _deflated_sharpes(groups: Sequence[GroupInput], n_trials: int) -> list[float | None]:
+    """Each group's deflated Sharpe ratio over the run's trials, the variance taken per cost basis
+    over the distinct models' Sharpe ratios."""
+    import numpy as np
+
+    moments = []
+    for group in groups:
+        weights = group.n_bars or (1,) * group.n_folds
+        moments.append(
+            (
+                _weighted(group.bar_sharpes, weights),
+                _weighted(group.bar_skewnesses, weights),
+                _weighted(group.bar_kurtoses, weights),
+                sum(group.n_bars),
+            )
+        )
+    by_basis: dict[tuple[int, int], dict[tuple, float]] = {}
+    for group, (sharpe, *_rest) in zip(groups, moments, strict=True):
+        if sharpe is not None:
+            by_basis.setdefault(group.basis, {})[group.model_key] = sharpe
+    variance = {
+        basis: float(np.var(list(sharpes.values()), ddof=1)) if len(sharpes) > 1 else 0.0
+        for basis, sharpes in by_basis.items()
+    }
+    return [
+        None
+        if sharpe is None or skewness is None or kurtosis is None
+        else deflated_sharpe_ratio(
+            sharpe,
+            n_bars=n_bars,
+            skewness=skewness,
+            kurtosis=kurtosis,
+            n_trials=n_trials,
+            trials_variance=variance.get(group.basis, 0.0),
+        )
+        for group, (sharpe, skewness, kurtosis, n_bars) in zip(groups, moments, strict=True)
+    ]
+
+
+def verdict(*, timing: bool, profit: bool, mean_return: float, cost_bps: int, slippage_bps: int) -> str:
+    """What a finding row means, in words."""
+    at = f"{cost_bps} bps" if slippage_bps == 0 else f"{cost_bps}+{slippage_bps} bps"
+    if not timing:
+        return "no timing edge"
+    if mean_return <= 0:
+        return f"timing edge, eaten by costs at {at}"
+    if not profit:
+        return f"timing edge, profit at {at} not significant"
+    return f"finding at {at}"
+
+
 def compute_findings(
     groups: Sequence[GroupInput], *, fdr_q: float = DEFAULT_FDR_Q, method: str = DEFAULT_COMBINE_METHOD
 ) -> tuple[list[Finding], list[GroupInput]]:
-    """Combine each testable group's folds, then BH over all of them (no database).
+    """Both tests per testable group, each under BH over its distinct hypotheses (no database).
 
     Groups with the same number of folds are combined in one vectorised scipy call, so a run of
     tens of thousands of groups costs a handful of calls.
@@ -281,36 +545,82 @@ def compute_findings(
     :param method: the fold combination method.
     :returns: (findings in the order of ``groups``, untested groups).
     """
-    import numpy as np
-
     fdr_q = validate_fdr_q(fdr_q)
     method = validate_combine_method(method)
     tested = [group for group in groups if group.testable]
     untested = [group for group in groups if not group.testable]
-    combined = np.empty(len(tested))
-    by_folds: dict[int, list[int]] = {}
-    for position, group in enumerate(tested):
-        by_folds.setdefault(group.n_folds, []).append(position)
-    for positions in by_folds.values():
-        matrix = np.array([tested[i].p_values for i in positions], dtype=np.float64)
-        combined[positions] = combine_fold_p_values(matrix, method=method)
-    q_values, discovered = benjamini_hochberg(combined, fdr_q=fdr_q)
-    findings = [
-        Finding(
-            factor=group.factor,
-            crypto=group.crypto,
-            cost_bps=group.cost_bps,
-            slippage_bps=group.slippage_bps,
-            n_folds=group.n_folds,
-            mean_model_return=group.mean_model_return,
-            mean_edge_vs_buy_and_hold=group.mean_edge_vs_buy_and_hold,
-            mean_edge_vs_random=group.mean_edge_vs_random,
-            p_value=float(p),
-            q_value=float(q),
-            discovered=bool(d),
+    if not tested:
+        return [], untested
+
+    # Timing: one hypothesis per distinct model (its cost rows carry the same p-values).
+    first_of_model: dict[tuple, GroupInput] = {}
+    for group in tested:
+        first_of_model.setdefault(group.model_key, group)
+    models = list(first_of_model.values())
+    timing_p = dict(
+        zip(
+            first_of_model,
+            _combined(models, lambda g: g.p_values, method=method),
+            strict=True,
         )
-        for group, p, q, d in zip(tested, combined, q_values, discovered, strict=True)
-    ]
+    )
+    timing = _controlled([g.model_key for g in tested], timing_p, fdr_q=fdr_q)
+    # Profit: one hypothesis per distinct (model, cost basis).
+    profit_keys = [(group.model_key, group.basis) for group in tested]
+    profit_p = dict(zip(profit_keys, _combined(tested, lambda g: g.profit_p_values, method=method), strict=True))
+    profit = _controlled(profit_keys, profit_p, fdr_q=fdr_q)
+    # Shown, not a condition (and None where a fold lacks it, never made up).
+    with_hold = [i for i, g in enumerate(tested) if all(p is not None for p in g.profit_vs_buy_and_hold_p_values)]
+    versus_hold: list[float | None] = [None] * len(tested)
+    hold_p = _combined([tested[i] for i in with_hold], lambda g: g.profit_vs_buy_and_hold_p_values, method=method)
+    for i, p in zip(with_hold, hold_p, strict=True):
+        versus_hold[i] = p
+    deflated = _deflated_sharpes(tested, n_trials=len(models))
+    sharing: dict[tuple, list[str]] = {}  # the factors whose groups are one model
+    for group in tested:
+        factors = sharing.setdefault(group.model_key, [])
+        if group.factor not in factors:
+            factors.append(group.factor)
+
+    findings = []
+    for group, key, vs_hold, dsr in zip(tested, profit_keys, versus_hold, deflated, strict=True):
+        timing_q, timing_found = timing[group.model_key]
+        profit_q, profit_found = profit[key]
+        floor = None
+        if len(group.n_shifts) == group.n_folds and all(n is not None for n in group.n_shifts):
+            floor = p_value_floor(group.n_shifts, method=method)
+        findings.append(
+            Finding(
+                factor=group.factor,
+                crypto=group.crypto,
+                cost_bps=group.cost_bps,
+                slippage_bps=group.slippage_bps,
+                n_folds=group.n_folds,
+                mean_model_return=group.mean_model_return,
+                mean_edge_vs_buy_and_hold=group.mean_edge_vs_buy_and_hold,
+                mean_edge_vs_random=group.mean_edge_vs_random,
+                p_value=timing_p[group.model_key],
+                q_value=timing_q,
+                discovered=timing_found and profit_found and group.mean_model_return > 0,
+                timing_discovered=timing_found,
+                profit_p_value=profit_p[key],
+                profit_q_value=profit_q,
+                profit_discovered=profit_found,
+                profit_vs_buy_and_hold_p_value=vs_hold,
+                mean_matched_percentile=group.mean_matched_percentile,
+                deflated_sharpe=dsr,
+                n_folds_profitable=group.n_folds_profitable,
+                p_value_floor=floor,
+                same_model_as=tuple(f for f in sharing[group.model_key] if f != group.factor),
+                verdict=verdict(
+                    timing=timing_found,
+                    profit=profit_found,
+                    mean_return=group.mean_model_return,
+                    cost_bps=group.cost_bps,
+                    slippage_bps=group.slippage_bps,
+                ),
+            )
+        )
     return findings, untested
 
 
@@ -341,21 +651,53 @@ def fetch_untested(conn: psycopg.Connection, run_id: str) -> list[GroupInput]:
 
 
 def _groups(rows: Sequence[Sequence[Any]]) -> list[GroupInput]:
-    return [
-        GroupInput(
-            factor=factor,
-            crypto=crypto,
-            cost_bps=cost_bps,
-            slippage_bps=slippage_bps,
-            n_folds=n_folds,
-            n_p_values=n_p_values,
-            p_values=tuple(p_values),
-            mean_model_return=mean_model_return,
-            mean_edge_vs_buy_and_hold=edge_bh,
-            mean_edge_vs_random=edge_random,
+    groups = []
+    for row in rows:
+        (factor, crypto, cost_bps, slippage_bps, n_folds, n_p_values, p_values, mean_model_return, *rest) = row
+        extra: dict[str, Any] = {}
+        if rest:
+            (
+                edge_bh,
+                edge_random,
+                n_shifts,
+                profit,
+                vs_hold,
+                model_ids,
+                matched,
+                profitable,
+                sharpes,
+                skews,
+                kurts,
+                bars,
+            ) = rest
+            extra = {
+                "mean_edge_vs_buy_and_hold": edge_bh,
+                "mean_edge_vs_random": edge_random,
+                "n_shifts": tuple(n_shifts),
+                "profit_p_values": tuple(profit),
+                "profit_vs_buy_and_hold_p_values": tuple(vs_hold),
+                "model_ids": tuple(model_ids),
+                "mean_matched_percentile": matched,
+                "n_folds_profitable": profitable,
+                "bar_sharpes": tuple(sharpes),
+                "bar_skewnesses": tuple(skews),
+                "bar_kurtoses": tuple(kurts),
+                "n_bars": tuple(bars),
+            }
+        groups.append(
+            GroupInput(
+                factor=factor,
+                crypto=crypto,
+                cost_bps=cost_bps,
+                slippage_bps=slippage_bps,
+                n_folds=n_folds,
+                n_p_values=n_p_values,
+                p_values=tuple(p_values),
+                mean_model_return=mean_model_return,
+                **extra,
+            )
         )
-        for factor, crypto, cost_bps, slippage_bps, n_folds, n_p_values, p_values, mean_model_return, edge_bh, edge_random in rows
-    ]
+    return groups
 
 
 def replace_findings(
@@ -388,6 +730,17 @@ def replace_findings(
                     f.discovered,
                     fdr_q,
                     method,
+                    f.timing_discovered,
+                    f.profit_p_value,
+                    f.profit_q_value,
+                    f.profit_discovered,
+                    f.profit_vs_buy_and_hold_p_value,
+                    f.mean_matched_percentile,
+                    f.deflated_sharpe,
+                    f.n_folds_profitable,
+                    f.p_value_floor,
+                    list(f.same_model_as),
+                    f.verdict,
                 )
             )
 

@@ -46,7 +46,8 @@ SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
        avg(rnd.seed_p05) AS random_p05,
        avg(rnd.seed_p95) AS random_p95,
        avg(nv.net_return) AS naive,
-       avg(m.random_percentile) AS percentile,
+       avg(m.matched_percentile) AS percentile,
+       avg(m.random_percentile) AS random_percentile,
        avg(m.exposure) AS exposure,
        count(*) FILTER (WHERE m.net_return > bh.net_return)::integer AS beats_buy_and_hold,
        count(*) FILTER (WHERE {MODEL_WON})::integer AS folds_won,
@@ -68,18 +69,20 @@ _COLUMNS = (
     ("buy_and_hold", "buy&hold"),
     ("random", "random"),
     ("naive", "naive"),
-    ("percentile", "rnd pctl"),
+    ("percentile", "matched pctl"),
+    ("random_percentile", "rnd pctl"),
     ("beats_buy_and_hold", "beats b&h"),
 )
 
 
 def _cell(key: str, value: Any, row: Mapping[str, Any]) -> str:
     if value is None:
-        return "-"
+        return "not tested" if key == "percentile" else "-"
     if key in ("model", "buy_and_hold", "random", "naive"):
         return "nan" if math.isnan(value) else f"{value:+.2%}"
-    if key == "percentile":
-        # mean over the folds of the share of random seeds below the model (ties half)
+    if key in ("percentile", "random_percentile"):
+        # mean over the folds of the share of the model's own shifted copies (matched), or of the
+        # random seeds, whose net return is below the model's (ties half)
         return f"{value:.1%}"
     if key == "beats_buy_and_hold":
         return f"{value}/{row['folds']}"
@@ -206,21 +209,30 @@ def fetch_run_sizing(dsn: str, run_id: str) -> list[dict[str, Any]]:
 
 MAX_LISTED_FINDINGS = 100
 
+# A model is counted once: its groups share it with the factors in same_model_as (V010).
 FINDINGS_COUNT_SQL = """
 SELECT count(*)::integer AS n_groups,
        count(*) FILTER (WHERE discovered)::integer AS n_discovered,
        max(fdr_q) AS fdr_q,
-       max(combine_method) AS combine_method
+       max(combine_method) AS combine_method,
+       count(timing_discovered)::integer AS n_v010_rows,
+       count(DISTINCT crypto || ' ' || (SELECT min(x) FROM unnest(array_append(coalesce(same_model_as, '{}'), factor)) AS x))::integer AS n_models,
+       count(DISTINCT crypto || ' ' || (SELECT min(x) FROM unnest(array_append(coalesce(same_model_as, '{}'), factor)) AS x))
+           FILTER (WHERE timing_discovered)::integer AS n_timing_discovered,
+       min(p_value_floor) AS p_value_floor
 FROM finetune_findings
 WHERE run_id = %(run_id)s
 """
 
+# The findings, then the timing edges that are not findings at a cost (and say why).
 DISCOVERED_SQL = """
 SELECT factor, crypto, cost_bps, slippage_bps, n_folds, mean_model_return, mean_edge_vs_buy_and_hold,
-       mean_edge_vs_random, p_value, q_value
+       mean_edge_vs_random, p_value, q_value, profit_p_value, profit_q_value, profit_vs_buy_and_hold_p_value,
+       mean_matched_percentile, deflated_sharpe, n_folds_profitable, same_model_as,
+       coalesce(verdict, CASE WHEN discovered THEN 'timing only (before V010): profit not tested' END) AS verdict
 FROM finetune_findings
-WHERE run_id = %(run_id)s AND discovered
-ORDER BY q_value, p_value, factor, crypto, cost_bps, slippage_bps
+WHERE run_id = %(run_id)s AND (discovered OR timing_discovered)
+ORDER BY discovered DESC, q_value, profit_q_value, factor, crypto, cost_bps, slippage_bps
 LIMIT %(limit)s
 """
 
@@ -232,18 +244,29 @@ _FINDING_COLUMNS = (
     ("n_folds", "folds"),
     ("mean_model_return", "model"),
     ("mean_edge_vs_buy_and_hold", "edge b&h"),
-    ("mean_edge_vs_random", "edge random"),
-    ("p_value", "p"),
-    ("q_value", "q"),
+    ("p_value", "timing p"),
+    ("q_value", "timing q"),
+    ("profit_p_value", "profit p"),
+    ("profit_q_value", "profit q"),
+    ("profit_vs_buy_and_hold_p_value", "vs b&h p"),
+    ("mean_matched_percentile", "matched pctl"),
+    ("deflated_sharpe", "DSR"),
+    ("n_folds_profitable", "folds > 0"),
+    ("verdict", "verdict"),
+    ("same_model_as", "same model as"),
 )
 
 
 def _finding_cell(key: str, value: Any) -> str:
     if value is None:
-        return "-"
+        return "not tested" if key.startswith("profit_") or key == "deflated_sharpe" else "-"
+    if key == "same_model_as":
+        return ", ".join(value) or "-"
+    if key == "mean_matched_percentile":
+        return f"{value:.0%}"
     if key.startswith("mean_"):
         return "nan" if math.isnan(value) else f"{value:+.2%}"
-    if key in ("p_value", "q_value"):
+    if key.endswith("p_value") or key.endswith("q_value") or key == "deflated_sharpe":
         return f"{value:.2g}" if value < 0.001 else f"{value:.4f}"
     return str(value)
 
@@ -256,8 +279,12 @@ def format_findings(
     fdr_q: float | None,
     combine_method: str | None,
     untested: Sequence[Any] = (),
+    n_models: int | None = None,
+    n_timing_discovered: int | None = None,
+    p_value_floor: float | None = None,
 ) -> str:
-    """The findings section: the one-line answer, then the findings (smallest q first).
+    """The findings section: the one-line answer, then the findings and the timing edges that are
+    not findings at a cost (smallest q first).
 
     :param discovered: discovered rows of ``finetune_findings`` (:data:`DISCOVERED_SQL`).
     :param n_groups: tested groups of the run.
@@ -265,6 +292,9 @@ def format_findings(
     :param fdr_q: the run's FDR (None when no group was tested).
     :param combine_method: the fold combination method (None when no group was tested).
     :param untested: groups left out for lack of p-values (``findings.GroupInput``).
+    :param n_models: distinct models tested for timing (None: findings stored before V010).
+    :param n_timing_discovered: how many of them time the market.
+    :param p_value_floor: the smallest combined timing p-value the run could reach.
     """
     lines = [
         findings.headline(
@@ -272,6 +302,9 @@ def format_findings(
             n_groups=n_groups,
             fdr_q=fdr_q if fdr_q is not None else findings.DEFAULT_FDR_Q,
             combine_method=combine_method or findings.DEFAULT_COMBINE_METHOD,
+            n_models=n_models,
+            n_timing_discovered=n_timing_discovered,
+            p_value_floor=p_value_floor,
         )
     ]
     if discovered:
@@ -279,8 +312,8 @@ def format_findings(
             [tuple(title for _, title in _FINDING_COLUMNS)]
             + [tuple(_finding_cell(key, row.get(key)) for key, _ in _FINDING_COLUMNS) for row in discovered]
         )
-        if n_discovered > len(discovered):
-            lines.append(f"... and {n_discovered - len(discovered)} more (table finetune_findings)")
+        if len(discovered) == MAX_LISTED_FINDINGS:
+            lines.append(f"... listed the first {MAX_LISTED_FINDINGS} (table finetune_findings has them all)")
     if untested:
         lines.append(findings.untested_note(untested))
     return "\n".join(line.rstrip() for line in lines)
@@ -306,6 +339,10 @@ def fetch_findings_section(dsn: str, run_id: str) -> str:
         fdr_q=counts["fdr_q"],
         combine_method=counts["combine_method"],
         untested=untested,
+        # findings stored before V010 have none of these: their headline stays the old one
+        n_models=counts["n_models"] if counts["n_v010_rows"] else None,
+        n_timing_discovered=counts["n_timing_discovered"] if counts["n_v010_rows"] else None,
+        p_value_floor=counts["p_value_floor"],
     )
 
 
@@ -341,9 +378,9 @@ def build_report(
     recommendations = recommend(history, load_sizing(sizing_json), load_profiles(profiles_json))
     window = describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
     return (
-        f"Findings, run {run_id} (exposure-matched shift test per fold)\n{findings_text}\n\n"
+        f"Findings, run {run_id} (timing vs its own shifted copies, profit after costs per cost basis)\n{findings_text}\n\n"
         f"Model vs same-basis baselines, run {run_id} (mean net return over folds; rnd pctl: the model's "
-        f"percentile among the random seeds)\n{summary}\n\n"
+        f"percentile among its own shifted copies, then among the random seeds)\n{summary}\n\n"
         f"Sizing of this run (map profile, the profile it started on and why, sizing mode {policy.mode})\n"
         f"{format_run_sizing(fetch_run_sizing(dsn, run_id))}\n\n"
         f"Sizing advice (recorded pod attempts: {window}; flag = a peak above 80 % of its limit)\n"

@@ -61,8 +61,9 @@ applies it; see :func:`sizing_policy`):
 ``FINETUNE_POD_DEADLINE_MAX_SECONDS``  the ceiling of that deadline, sized or fixed (default 86400:
                               one trigger must not hold a node for weeks)
 ``FINETUNE_MAX_RUN_WORK``     the largest run ``plan`` admits, in units of keys x (n_seeds +
-                              n_shifts) over all factors (default 50,000,000: four times the
-                              README's production example of 60,000 keys at 100 seeds)
+                              n_shifts) over all factors (default 100,000,000: about 1.5 times the
+                              README's production example of 60,000 keys at 100 seeds and
+                              the default 999 shifts)
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ DEFAULT_IMAGE = "ghcr.io/finetune-sweep/finetune:0.1.0"
 # The README's production example (4 factors x 50 cryptos x 15 folds x 10 costs x 2 slippages =
 # 60,000 keys, 100 seeds and 100 shifts: 12,000,000) four times over; the abuse it stops (a run
 # holding the cluster for weeks) is two orders larger.
-DEFAULT_MAX_RUN_WORK = 50_000_000
+DEFAULT_MAX_RUN_WORK = 100_000_000
 BACKENDS = ("kubernetes", "local")
 # The pod's database bounds (finetune.connection): set on the Airflow side, they reach every pod.
 POD_DATABASE_ENV = (

@@ -199,23 +199,29 @@ def make_context(**overrides: Any) -> dict[str, Any]:
     return context
 
 
-def set_p_values(dsn: str, p_by_crypto: dict[str, tuple[float | None, float | None]]) -> None:
-    """perm_p_value per (crypto, fold), the same for every factor and cost."""
+def set_p_values(
+    dsn: str, p_by_crypto: dict[str, tuple[float | None, float | None]], *, profit_p_value: float | None = 0.001
+) -> None:
+    """perm_p_value (timing) per (crypto, fold), the same for every factor and cost, and
+    ``profit_p_value`` on those rows (a clear profit by default; None: an older image's rows)."""
     with psycopg.connect(dsn) as conn:
         for crypto, by_fold in p_by_crypto.items():
             for fold_id, p in enumerate(by_fold):
                 conn.execute(
-                    "UPDATE finetune_results SET perm_p_value = %s WHERE crypto = %s AND fold_id = %s",
-                    (p, crypto, fold_id),
+                    "UPDATE finetune_results SET perm_p_value = %s, perm_n_shifts = 999, profit_p_value = %s, "
+                    "profit_vs_buy_and_hold_p_value = %s WHERE crypto = %s AND fold_id = %s",
+                    (p, profit_p_value, profit_p_value, crypto, fold_id),
                 )
 
 
-def stored_findings(dsn: str) -> list[tuple]:
-    """The findings rows of :data:`RUN_ID`, in a fixed order."""
+def stored_findings(dsn: str, *, columns: str | None = None) -> list[tuple]:
+    """The findings rows of :data:`RUN_ID`, in a fixed order (``columns``: other columns than the V005 ones)."""
+    columns = columns or (
+        "factor, crypto, cost_bps, slippage_bps, n_folds, mean_model_return, mean_edge_vs_buy_and_hold, "
+        "mean_edge_vs_random, p_value, q_value, discovered, fdr_q, combine_method"
+    )
     with psycopg.connect(dsn) as conn:
         return conn.execute(
-            "SELECT factor, crypto, cost_bps, slippage_bps, n_folds, mean_model_return, mean_edge_vs_buy_and_hold, "
-            "mean_edge_vs_random, p_value, q_value, discovered, fdr_q, combine_method FROM finetune_findings "
-            "WHERE run_id = %s ORDER BY factor, crypto, cost_bps",
+            f"SELECT {columns} FROM finetune_findings WHERE run_id = %s ORDER BY factor, crypto, cost_bps",
             (RUN_ID,),
         ).fetchall()

@@ -36,8 +36,19 @@ def _make_group(**overrides: Any) -> GroupInput:
         "mean_model_return": 0.01,
         "mean_edge_vs_buy_and_hold": 0.005,
         "mean_edge_vs_random": 0.004,
+        "n_shifts": (999, 999),
+        "profit_p_values": (0.01, 0.02),
+        "profit_vs_buy_and_hold_p_values": (0.2, 0.3),
     }
     group.update(overrides)
+    n_folds = group["n_folds"]
+    # one model per (factor, crypto) unless a test says two groups share one
+    group.setdefault("model_ids", tuple(f"{fold}@window:{group['factor']}" for fold in range(n_folds)))
+    if len(group["n_shifts"]) != n_folds:
+        group["n_shifts"] = (999,) * n_folds
+    if len(group["profit_p_values"]) != n_folds:
+        group["profit_p_values"] = (0.01,) * n_folds
+        group["profit_vs_buy_and_hold_p_values"] = (0.2,) * n_folds
     return GroupInput(**group)
 
 
@@ -172,8 +183,115 @@ def test_compute_findings_combines_then_controls_over_the_tested_groups_only() -
     combined = [stats.combine_pvalues(g.p_values, method="fisher").pvalue for g in groups[:3]]
     assert [f.p_value for f in found] == pytest.approx(combined, rel=1e-12)
     assert [f.q_value for f in found] == pytest.approx(stats.false_discovery_control(combined), rel=1e-12)
-    assert [f.discovered for f in found] == _bh_step_up(combined, 0.1) == [True, False, True]
+    assert [f.timing_discovered for f in found] == _bh_step_up(combined, 0.1) == [True, False, True]
+    profit = [stats.combine_pvalues(g.profit_p_values, method="fisher").pvalue for g in groups[:3]]
+    assert [f.profit_p_value for f in found] == pytest.approx(profit, rel=1e-12)
+    assert [f.profit_q_value for f in found] == pytest.approx(stats.false_discovery_control(profit), rel=1e-12)
+    assert [f.discovered for f in found] == [True, False, True]
+    assert [f.verdict for f in found] == ["finding at 10 bps", "no timing edge", "finding at 10 bps"]
+    hold = stats.combine_pvalues([0.2, 0.3]).pvalue
+    assert found[0].profit_vs_buy_and_hold_p_value == pytest.approx(hold, rel=1e-12)
     assert found[2].n_folds == 3 and found[0].mean_edge_vs_random == 0.004
+
+
+def test_a_timing_edge_that_loses_money_at_a_cost_is_not_a_finding_there() -> None:
+    timing = {"p_values": (0.0005, 0.001)}
+    groups = [
+        _make_group(cost_bps=0, mean_model_return=0.02, profit_p_values=(0.001, 0.002), **timing),
+        _make_group(cost_bps=10, mean_model_return=0.004, profit_p_values=(0.3, 0.4), **timing),
+        _make_group(cost_bps=30, mean_model_return=-0.01, profit_p_values=(0.9, 0.95), **timing),
+    ]
+
+    found, _ = compute_findings(groups, fdr_q=0.1)
+
+    # one model, one timing hypothesis: its three cost rows share p and q
+    assert len({(f.p_value, f.q_value) for f in found}) == 1 and all(f.timing_discovered for f in found)
+    assert [f.discovered for f in found] == [True, False, False]
+    assert [f.verdict for f in found] == [
+        "finding at 0 bps",
+        "timing edge, profit at 10 bps not significant",
+        "timing edge, eaten by costs at 30 bps",
+    ]
+    summary = findings.FindingsResult(run_id="r", fdr_q=0.1, combine_method="fisher", findings=tuple(found)).summary()
+    assert summary.startswith("1 of 3 groups are findings at FDR 0.1")
+    assert "timing edge in 1 of 1 distinct models" in summary
+    assert "base_features BTC: timing edge, eaten by costs at 30 bps" in summary
+
+
+def test_no_group_is_ever_a_finding_where_its_mean_net_return_is_not_positive() -> None:
+    rng = np.random.default_rng(3)
+    groups = [
+        _make_group(
+            crypto=f"C{i}",
+            mean_model_return=float(rng.normal(0, 0.01)),
+            p_values=tuple(rng.uniform(1e-6, 0.01, 2)),
+            profit_p_values=tuple(rng.uniform(1e-6, 0.01, 2)),  # even a tiny profit p-value
+        )
+        for i in range(200)
+    ]
+
+    found, _ = compute_findings(groups, fdr_q=0.1)
+
+    assert any(f.discovered for f in found)
+    assert all(f.mean_model_return > 0 for f in found if f.discovered)
+
+
+def test_identical_models_are_tested_and_counted_once_and_named() -> None:
+    # BTC's btc_features rows are its base_features rows: the same positions on the same windows
+    same = ("0@w0:hash-a", "1@w1:hash-b")
+    groups = [
+        _make_group(factor="base_features", crypto="BTC", p_values=(0.01, 0.02), model_ids=same),
+        _make_group(factor="btc_features", crypto="BTC", p_values=(0.01, 0.02), model_ids=same),
+        _make_group(factor="base_features", crypto="ETH", p_values=(0.4, 0.5)),
+    ]
+
+    found, _ = compute_findings(groups, fdr_q=0.1)
+
+    combined = [stats.combine_pvalues(p).pvalue for p in ((0.01, 0.02), (0.4, 0.5))]
+    q_values = stats.false_discovery_control(combined)  # m = 2 distinct models, not 3
+    assert [f.q_value for f in found] == pytest.approx([q_values[0], q_values[0], q_values[1]], rel=1e-12)
+    assert [f.same_model_as for f in found] == [("btc_features",), ("base_features",), ()]
+    result = findings.FindingsResult(run_id="r", fdr_q=0.1, combine_method="fisher", findings=tuple(found))
+    assert result.n_models == 2
+
+
+def test_deflated_sharpe_ratio_against_its_definition() -> None:
+    from scipy.stats import norm
+
+    # one trial: no deflation, the probabilistic Sharpe ratio against 0
+    sr, t, skew, kurt = 0.05, 720, -0.3, 6.0
+    expected = norm.cdf(sr * math.sqrt(t - 1) / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
+    assert findings.deflated_sharpe_ratio(
+        sr, n_bars=t, skewness=skew, kurtosis=kurt, n_trials=1, trials_variance=0.0
+    ) == pytest.approx(expected, rel=1e-12)
+    # 100 trials with a Sharpe variance of 0.0004: the bar is the expected maximum of 100 draws
+    emc = 0.5772156649015329
+    sr0 = 0.02 * ((1 - emc) * norm.ppf(1 - 1 / 100) + emc * norm.ppf(1 - 1 / (100 * math.e)))
+    expected = norm.cdf((sr - sr0) * math.sqrt(t - 1) / math.sqrt(1 - skew * sr + (kurt - 1) / 4 * sr**2))
+    deflated = findings.deflated_sharpe_ratio(
+        sr, n_bars=t, skewness=skew, kurtosis=kurt, n_trials=100, trials_variance=0.0004
+    )
+    assert deflated == pytest.approx(expected, rel=1e-12) and deflated < 0.9  # the more trials, the higher the bar
+
+
+def test_the_floor_and_the_shifts_a_run_needs() -> None:
+    # two folds at 9 shifts: each p >= 1/10, Fisher of (0.1, 0.1) = P (1 - ln P) with P = 0.01
+    floor = findings.p_value_floor([9, 9])
+    assert floor == pytest.approx(0.01 * (1 - math.log(0.01)), rel=1e-12)
+    assert findings.lone_edge_capacity(floor, fdr_q=0.1) == 1  # 0.1 / 0.056 -> one hypothesis at most
+    needed = findings.shifts_needed(8, n_folds=2, fdr_q=0.1)
+    assert findings.lone_edge_capacity(findings.p_value_floor([needed] * 2), fdr_q=0.1) >= 8
+    assert findings.lone_edge_capacity(findings.p_value_floor([needed - 1] * 2), fdr_q=0.1) < 8
+    # the default 999 shifts over 4 folds: millions of models
+    assert findings.lone_edge_capacity(findings.p_value_floor([999] * 4), fdr_q=0.1) > 1_000_000
+
+
+def test_a_run_whose_floor_hides_every_edge_says_so() -> None:
+    found, _ = compute_findings(
+        [_make_group(crypto=c, n_shifts=(9, 9), p_values=(0.1, 0.1)) for c in ("BTC", "ETH", "SOL")], fdr_q=0.1
+    )
+    summary = findings.FindingsResult(run_id="r", fdr_q=0.1, combine_method="fisher", findings=tuple(found)).summary()
+    assert "NO FINDING WAS POSSIBLE, a lone edge is found among at most 1 models and this run has 3" in summary
 
 
 def test_a_group_with_no_p_value_at_all_is_untested() -> None:
@@ -184,14 +302,14 @@ def test_a_group_with_no_p_value_at_all_is_untested() -> None:
         run_id="r", fdr_q=0.1, combine_method="fisher", findings=(), untested=tuple(untested)
     )
     text = result.summary()
-    assert text.startswith("0 of 0 groups are findings at FDR 0.1: no group has shift-test p-values")
+    assert text.startswith("0 of 0 groups are findings at FDR 0.1: no group has the p-values of both tests")
     assert "1 group(s) NOT TESTED" in text and "base_features BTC 10/0 bps (0 of 2 folds)" in text
 
 
 @pytest.mark.parametrize(
     ("n_discovered", "n_groups", "expected"),
     [
-        pytest.param(2, 36, "2 of 36 groups are findings at FDR 0.1 (folds combined by fisher", id="some"),
+        pytest.param(2, 36, "2 of 36 groups are findings at FDR 0.1 (timing and profit after costs", id="some"),
         pytest.param(0, 36, "0 of 36 groups are findings at FDR 0.1: no finding in this run", id="none"),
     ],
 )
@@ -215,8 +333,9 @@ def test_run_findings_stores_one_row_per_group(migrated_db: str) -> None:
     assert len(rows) == result.n_groups == 8
     btc = stats.combine_pvalues([0.001, 0.004]).pvalue
     eth = stats.combine_pvalues([0.3, 0.9]).pvalue
-    q_btc, q_eth = stats.false_discovery_control([btc] * 4 + [eth] * 4)[[0, 4]]
-    for _factor, crypto, _, slip, n_folds, model, edge_bh, edge_random, p, q, discovered, fdr_q, method in rows:
+    # 2 factors x 2 cryptos: four models (each factor's own positions), tested once for all costs
+    q_btc, q_eth = stats.false_discovery_control([btc] * 2 + [eth] * 2)[[0, 2]]
+    for _factor, crypto, _, slip, n_folds, model, edge_bh, edge_random, p, q, discovered, fdr_q, method, *_ in rows:
         assert (slip, n_folds, fdr_q, method) == (0, 2, 0.1, "fisher")
         # seed_complete_run: model 1 %, buy-and-hold and random 0.5 % on every fold.
         assert (model, edge_bh, edge_random) == pytest.approx((0.01, 0.005, 0.005), abs=1e-15)
@@ -225,6 +344,12 @@ def test_run_findings_stores_one_row_per_group(migrated_db: str) -> None:
         assert discovered is (crypto == "BTC")
     assert result.n_discovered == 4
     assert result.summary().startswith("4 of 8 groups are findings at FDR 0.1")
+    # profit: a clear profit on every fold (0.001), and the stored extras
+    extras = stored_findings(migrated_db, columns="profit_p_value, verdict, p_value_floor, n_folds_profitable")
+    assert [row[0] for row in extras] == pytest.approx([stats.combine_pvalues([0.001, 0.001]).pvalue] * 8, rel=1e-12)
+    assert {row[1] for row in extras} == {"finding at 10 bps", "finding at 30 bps", "no timing edge"}
+    assert [row[2] for row in extras] == pytest.approx([findings.p_value_floor([999, 999])] * 8, rel=1e-12)
+    assert {row[3] for row in extras} == {2}
 
 
 def test_rerun_replaces_the_runs_rows_and_leaves_other_runs_alone(migrated_db: str) -> None:
@@ -320,6 +445,7 @@ METHOD_FOLDS = 2
 METHOD_TEST_BARS = 168
 METHOD_WARMUP = 24
 METHOD_N_SHIFTS = 100
+METHOD_HOLD_BARS = 6
 METHOD_AS_OF = "2026-06-07T00:00:00Z"
 
 
@@ -339,6 +465,7 @@ def _simulated_sweeps() -> list[list[GroupInput]]:
     from finetune import significance
     from finetune.costs import round_trip_cost
     from finetune.data import MarketData
+    from finetune.model import evaluate
 
     block = METHOD_WARMUP + METHOD_FOLDS * METHOD_TEST_BARS
     rt_costs = [round_trip_cost(cost) for cost in METHOD_COSTS]
@@ -346,6 +473,7 @@ def _simulated_sweeps() -> list[list[GroupInput]]:
     for seed in range(METHOD_MARKETS):
         market = MarketData(f"synthetic://random-walk?seed={seed}")
         closes = {c: market.ohlcv(c, as_of=pd.Timestamp(METHOD_AS_OF))["close"].to_numpy() for c in METHOD_CRYPTOS}
+        sigma = {c: significance.ewma_volatility(close) for c, close in closes.items()}
         spacing = len(closes["BTC"]) // METHOD_SWEEPS_PER_MARKET
         assert spacing > 10 * block, "sweeps far apart"
         for sweep in range(METHOD_SWEEPS_PER_MARKET):
@@ -355,12 +483,26 @@ def _simulated_sweeps() -> list[list[GroupInput]]:
                     start = sweep * spacing + fold * METHOD_TEST_BARS
                     window = close[start : start + METHOD_WARMUP + METHOD_TEST_BARS]
                     for factor, positions in _stand_in_positions(window).items():
-                        # What the runner calls: one pass over the shifts, netted per cost basis.
-                        tests = significance.shift_tests(
-                            positions, window[METHOD_WARMUP:], rt_costs, n_shifts=METHOD_N_SHIFTS
+                        # What the runner calls: the timing test once per model, the profit per cost.
+                        test_close = window[METHOD_WARMUP:]
+                        timing = significance.shift_test(
+                            positions,
+                            test_close,
+                            n_shifts=METHOD_N_SHIFTS,
+                            hold_bars=METHOD_HOLD_BARS,
+                            lookback=METHOD_WARMUP,
+                            volatility=sigma[crypto][start + METHOD_WARMUP : start + METHOD_WARMUP + METHOD_TEST_BARS],
                         )
-                        for cost, test in zip(METHOD_COSTS, tests, strict=True):
-                            p_values.setdefault((factor, crypto, cost), []).append(test.p_value)
+                        profit = significance.profit_tests(
+                            positions,
+                            test_close,
+                            rt_costs,
+                            n_resamples=METHOD_N_SHIFTS,
+                            block_bars=METHOD_HOLD_BARS,
+                        )
+                        for cost, test in zip(METHOD_COSTS, profit, strict=True):
+                            net = evaluate(positions, test_close, round_trip_cost(cost)).net_return
+                            p_values.setdefault((factor, crypto, cost), []).append((timing.p_value, test.p_value, net))
             sweeps.append(
                 [
                     _make_group(
@@ -369,7 +511,10 @@ def _simulated_sweeps() -> list[list[GroupInput]]:
                         cost_bps=cost,
                         n_folds=len(ps),
                         n_p_values=len(ps),
-                        p_values=tuple(ps),
+                        p_values=tuple(p[0] for p in ps),
+                        profit_p_values=tuple(p[1] for p in ps),
+                        mean_model_return=float(np.mean([p[2] for p in ps])),
+                        n_shifts=(METHOD_N_SHIFTS,) * len(ps),
                     )
                     for (factor, crypto, cost), ps in p_values.items()
                 ]

@@ -32,6 +32,7 @@ def _make_summary_row(**overrides: Any) -> dict[str, Any]:
         "random": 0.001,
         "naive": 0.0,
         "percentile": 0.735,
+        "random_percentile": 0.64,
         "beats_buy_and_hold": 3,
         "missing_baselines": 0,
     }
@@ -55,6 +56,8 @@ def test_format_summary_is_a_readable_table() -> None:
         "buy&hold",
         "random",
         "naive",
+        "matched",
+        "pctl",
         "rnd",
         "pctl",
         "beats",
@@ -71,6 +74,7 @@ def test_format_summary_is_a_readable_table() -> None:
         "+0.10%",
         "+0.00%",
         "73.5%",
+        "64.0%",
         "3/4",
     ]
     assert second.split()[5] == "-"
@@ -191,12 +195,14 @@ def test_the_run_sizing_shows_map_chosen_reason_and_this_registrations_attempts(
 
 
 def _seed_tested_run(dsn: str) -> None:
-    """The complete run with shift-test p-values (BTC strong, ETH none) and seed percentiles."""
+    """The complete run with both tests' p-values (BTC times the market, ETH does not; profit at 10
+    bps, not at 30) and seed percentiles."""
     seed_complete_run(dsn)
     with psycopg.connect(dsn) as conn:
         conn.execute(
             "UPDATE finetune_results SET perm_p_value = CASE crypto WHEN 'BTC' THEN 0.002 ELSE 0.6 END, "
-            "random_percentile = 0.9 + 0.05 * fold_id"
+            "perm_n_shifts = 999, profit_p_value = CASE cost_bps WHEN 10 THEN 0.001 ELSE 0.6 END, "
+            "profit_vs_buy_and_hold_p_value = 0.3, matched_percentile = 0.97, random_percentile = 0.9 + 0.05 * fold_id"
         )
 
 
@@ -209,8 +215,10 @@ def test_build_report_prints_the_findings_first(migrated_db: str) -> None:
     findings_section, rest = text.split("\n\nModel vs same-basis baselines")
     title, headline, header, *found = findings_section.splitlines()
     assert title.startswith(f"Findings, run {RUN_ID}")
-    assert headline.startswith("4 of 8 groups are findings at FDR 0.1 (folds combined by fisher")
-    assert header.split() == [
+    assert headline.startswith("2 of 8 groups are findings at FDR 0.1 (timing and profit after costs")
+    floor = findings.p_value_floor([999, 999])
+    assert f"timing edge in 2 of 4 distinct models; p-value floor {floor:.3g}" in headline
+    assert header.split()[:11] == [
         "factor",
         "crypto",
         "cost",
@@ -219,30 +227,45 @@ def test_build_report_prints_the_findings_first(migrated_db: str) -> None:
         "model",
         "edge",
         "b&h",
-        "edge",
-        "random",
+        "timing",
         "p",
-        "q",
+        "timing",
     ]
+    # the two findings (BTC at 10 bps), then BTC's timing edges that are not profitable at 30 bps
     assert len(found) == 4 and all(line.split()[1] == "BTC" for line in found)
-    # Fisher over two folds of 0.002: P (1 - ln P) with P = 4e-6.
-    assert found[0].split()[8] == f"{4e-6 * (1 - math.log(4e-6)):.2g}"
-    assert found[0].split()[5:8] == ["+1.00%", "+0.50%", "+0.50%"]
-    # The per-group table: mean percentile over the folds (0.90 and 0.95).
+    assert [line.split()[2] for line in found] == ["10", "10", "30", "30"]
+    assert all("finding at 10 bps" in line for line in found[:2])
+    assert all("timing edge, profit at 30 bps not significant" in line for line in found[2:])
+    # Fisher over two folds of 0.002: P (1 - ln P) with P = 4e-6; matched percentile 97 %.
+    assert found[0].split()[7] == f"{4e-6 * (1 - math.log(4e-6)):.2g}"
+    assert found[0].split()[5:7] == ["+1.00%", "+0.50%"]
+    assert "97%" in found[0].split()
+    # The per-group table: the matched percentile (0.97), then the random one over the folds (0.90 and 0.95).
     model_lines = rest.split("\n\nSizing")[0].splitlines()[2:]
-    assert all(line.split()[9] == "92.5%" for line in model_lines)
+    assert all(line.split()[9:11] == ["97.0%", "92.5%"] for line in model_lines)
 
 
 def test_build_report_with_no_finding_says_so(migrated_db: str) -> None:
     seed_complete_run(migrated_db)
     with psycopg.connect(migrated_db) as conn:
-        conn.execute("UPDATE finetune_results SET perm_p_value = 0.5")
+        conn.execute("UPDATE finetune_results SET perm_p_value = 0.5, perm_n_shifts = 999, profit_p_value = 0.5")
     findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
 
     text = report.build_report(migrated_db, RUN_ID, policy=SizingPolicy(), findings_state="success")
 
     assert text.splitlines()[1].startswith("0 of 8 groups are findings at FDR 0.1: no finding in this run")
     assert text.splitlines()[2] == ""
+
+
+def test_a_run_whose_shifts_could_not_find_anything_says_no_finding_was_possible(migrated_db: str) -> None:
+    seed_complete_run(migrated_db)
+    with psycopg.connect(migrated_db) as conn:
+        conn.execute("UPDATE finetune_results SET perm_p_value = 0.1, perm_n_shifts = 9, profit_p_value = 0.01")
+    findings.run_findings(migrated_db, run_id=RUN_ID, fdr_q=0.1)
+
+    text = report.build_report(migrated_db, RUN_ID, policy=SizingPolicy(), findings_state="success")
+
+    assert "NO FINDING WAS POSSIBLE, a lone edge is found among at most 1 models and this run has 4" in text
 
 
 def test_stored_findings_are_not_shown_when_this_runs_step_did_not_succeed(migrated_db: str) -> None:
@@ -258,7 +281,8 @@ def test_stored_findings_are_not_shown_when_this_runs_step_did_not_succeed(migra
     assert "groups are findings" not in text
 
 
-def test_format_findings_lists_at_most_the_rows_given() -> None:
+def test_format_findings_shows_older_rows_as_not_tested_and_says_when_the_list_is_cut() -> None:
+    # a findings row stored before V010: timing only, no profit test, no verdict
     row = {
         "factor": "btc_features",
         "crypto": "ETH",
@@ -267,17 +291,22 @@ def test_format_findings_lists_at_most_the_rows_given() -> None:
         "n_folds": 4,
         "mean_model_return": 0.0312,
         "mean_edge_vs_buy_and_hold": None,
-        "mean_edge_vs_random": 0.02,
         "p_value": 0.00012,
         "q_value": 0.0123,
+        "verdict": "timing only (before V010): profit not tested",
     }
 
     text = report.format_findings([row], n_groups=36, n_discovered=3, fdr_q=0.05, combine_method="fisher")
 
-    headline, _, line, more = text.splitlines()
+    headline, _, line = text.splitlines()
     assert headline.startswith("3 of 36 groups are findings at FDR 0.05")
-    assert line.split() == ["btc_features", "ETH", "0", "0", "4", "+3.12%", "-", "+2.00%", "0.00012", "0.0123"]
-    assert more == "... and 2 more (table finetune_findings)"
+    assert line.split()[:9] == ["btc_features", "ETH", "0", "0", "4", "+3.12%", "-", "0.00012", "0.0123"]
+    assert line.split()[9:13] == ["not", "tested", "not", "tested"]
+    assert "timing only (before V010): profit not tested" in line and line.split()[-1] == "-"
+    many = report.format_findings(
+        [row] * report.MAX_LISTED_FINDINGS, n_groups=500, n_discovered=300, fdr_q=0.05, combine_method="fisher"
+    )
+    assert many.splitlines()[-1] == "... listed the first 100 (table finetune_findings has them all)"
 
 
 def test_print_run_summary_finds_the_run_by_its_as_of(migrated_db: str, capsys: pytest.CaptureFixture[str]) -> None:

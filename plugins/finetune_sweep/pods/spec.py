@@ -49,6 +49,7 @@ RUN_ARG_ORDER = (
     "as_of",
     "n_folds",
     "n_seeds",
+    "n_shifts",
     "hold_bars",
     "train_bars",
     "test_bars",

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from finetune_sweep.findings import DEFAULT_N_SHIFTS
 from finetune_sweep.sweep.params import PlanError
 
 
@@ -56,12 +57,17 @@ def finetune_run_id(*, dag_id: str, as_of: str, params: Mapping[str, Any], data_
     :param dag_id: the DAG id.
     :param as_of: the as-of, ``YYYY-MM-DDTHH:MM:SSZ``.
     :param params: the validated params (:func:`validate_params`; defaults filled, so an omitted
-        param and its default give the same id). :data:`NOT_IN_RUN_IDENTITY` are left out.
+        param and its default give the same id). :data:`NOT_IN_RUN_IDENTITY` are left out, and
+        :data:`LEFT_OUT_AT_DEFAULT` when they hold their default.
     :param data_uri: the data the pods read (``FINETUNE_DATA_URI``), as given: the same params on
         other data are another sweep, never an upsert over its rows. None (the built-in synthetic
         market) leaves it out, so the ids of such sweeps are those from before it counted.
     """
-    identity = {key: value for key, value in params.items() if key not in NOT_IN_RUN_IDENTITY}
+    identity = {
+        key: value
+        for key, value in params.items()
+        if key not in NOT_IN_RUN_IDENTITY and not (key in LEFT_OUT_AT_DEFAULT and value == LEFT_OUT_AT_DEFAULT[key])
+    }
     if data_uri is not None:
         identity["data_uri"] = data_uri
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
@@ -72,3 +78,8 @@ def finetune_run_id(*, dag_id: str, as_of: str, params: Mapping[str, Any], data_
 # left out of the run id, so a sweep keeps the id it had before the param existed, and asking
 # for another FDR reruns onto the same rows (the findings step replaces the run's findings).
 NOT_IN_RUN_IDENTITY = ("fdr_q",)
+
+# Params added after sweeps already had ids: at their default they are left out, so a sweep keeps
+# the id it had before the param existed (a rerun upserts every key, recomputed by today's pod);
+# any other value is another sweep. n_shifts: before it, the pod shifted n_seeds times.
+LEFT_OUT_AT_DEFAULT = {"n_shifts": DEFAULT_N_SHIFTS}

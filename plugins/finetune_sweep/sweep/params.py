@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from finetune_sweep.findings import DEFAULT_FDR_Q
+from finetune_sweep.findings import DEFAULT_FDR_Q, DEFAULT_N_SHIFTS
 from finetune_sweep.sizing.profiles import SIZING_MAP
 
 if TYPE_CHECKING:
@@ -121,6 +121,14 @@ def _param_specs(known_factors: Sequence[str], *, tag_pattern: str | None = None
         "slippage_bps": _bps_list([0], "Slippage (bps)", "Slippage levels per side, in basis points."),
         "n_folds": _integer(4, 1, 24, "Walk-forward folds", "Number of walk-forward folds (fold 0 is the oldest)."),
         "n_seeds": _integer(100, 1, 10_000, "Random-baseline seeds", "Seeds of the random baseline."),
+        "n_shifts": _integer(
+            DEFAULT_N_SHIFTS,
+            1,
+            100_000,
+            "Timing shifts",
+            "Shifted copies per model in the timing test and bootstrap resamples per cost in the profit test. "
+            "A fold's p-value is never below 1/(n_shifts + 1): plan refuses a sweep too large for its floor.",
+        ),
         "hold_bars": _integer(24, 1, 24 * 30, "Hold bars", "Holding period of the random baseline and label horizon."),
         "train_bars": _integer(DEFAULT_TRAIN_BARS, 48, 24 * 365 * 5, "Train bars", "Training window per fold (bars)."),
         "test_bars": _integer(DEFAULT_TEST_BARS, 24, 24 * 365, "Test bars", "Test window per fold (bars)."),

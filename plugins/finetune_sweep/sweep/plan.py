@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from finetune_sweep.db.attempts import fetch_history
+from finetune_sweep.findings import lone_edge_capacity, p_value_floor, shifts_needed
 from finetune_sweep.pods.spec import factor_pod_kwargs, n_pod_keys, pod_deadline_seconds, with_profile
 from finetune_sweep.settings import Settings
 from finetune_sweep.sizing.profiles import (
@@ -107,13 +108,49 @@ def check_fits_synthetic_market(valid: Mapping[str, Any], *, as_of: str, data_ur
         )
 
 
+def check_p_value_floor(valid: Mapping[str, Any]) -> None:
+    """Refuse a sweep in which no lone edge could be found: its folds' smallest p-values, combined,
+    must pass Benjamini-Hochberg at ``fdr_q`` among the sweep's hypotheses (``findings``).
+
+    Timing: ``factors x cryptos`` models, each fold's p-value at least ``1 / (1 + shifts)`` where
+    the shifts are ``n_shifts`` capped by the window's ``test_bars - hold_bars`` offsets (the pod
+    also keeps clear of the features' look-back, which plan does not know: the report prints the
+    floor the pods reached). Profit: every (model, cost basis), at least ``1 / (1 + n_shifts)``.
+
+    :param valid: validated params.
+    :raises PlanError: naming the floor, the hypotheses and the n_shifts (or window) needed.
+    """
+    n_shifts, n_folds, fdr_q = int(valid["n_shifts"]), int(valid["n_folds"]), float(valid["fdr_q"])
+    window_offsets = max(0, int(valid["test_bars"]) - int(valid["hold_bars"]))
+    models = len(valid["factors"]) * len(valid["cryptos"])
+    pairs = models * len(valid["cost_bps"]) * len(valid["slippage_bps"])
+    for what, hypotheses, shifts in (
+        ("timing models", models, min(n_shifts, window_offsets)),
+        ("profit groups (model x cost basis)", pairs, n_shifts),
+    ):
+        floor = p_value_floor([shifts] * n_folds)
+        if lone_edge_capacity(floor, fdr_q=fdr_q) >= hypotheses:
+            continue
+        needed = shifts_needed(hypotheses, n_folds=n_folds, fdr_q=fdr_q)
+        remedy = f"use n_shifts >= {needed}"
+        if needed > window_offsets and what.startswith("timing"):
+            remedy = (
+                f"the test window allows at most test_bars - hold_bars = {window_offsets} shifts and "
+                f"{needed} are needed: raise test_bars or n_folds, or sweep fewer factors or cryptos"
+            )
+        raise PlanError(
+            f"no finding would be possible: {n_folds} fold(s) at {shifts} shifts reach a p-value of "
+            f"{floor:.3g} at best, and Benjamini-Hochberg at fdr_q {fdr_q:g} over this sweep's {hypotheses} "
+            f"{what} needs {fdr_q / hypotheses:.3g} for a lone edge; {remedy}"
+        )
+
+
 def run_work(valid: Mapping[str, Any]) -> tuple[int, str]:
     """The run's work, keys x (n_seeds + n_shifts) over all factors, and the product spelt out.
 
     A key is (factor, crypto, fold, cost, slippage); per key the pod draws ``n_seeds`` random
-    baseline seeds and ``n_shifts`` shifted copies of the model's positions, which dominate its time.
-    Today the pod shifts ``n_seeds`` times (``finetune.runner`` passes ``n_shifts=n_seeds``); a
-    separate ``n_shifts`` param, once it exists, is used instead.
+    baseline seeds, and per model ``n_shifts`` shifted copies of its positions and per cost basis
+    ``n_shifts`` bootstrap resamples of its P&L, which dominate its time.
 
     :param valid: validated params.
     """
@@ -142,7 +179,7 @@ def check_run_size(valid: Mapping[str, Any], *, max_run_work: int) -> None:
     if work > max_run_work:
         raise PlanError(
             f"the run is too large: {spelt}, over FINETUNE_MAX_RUN_WORK={max_run_work:,}; "
-            "lower cryptos, folds, costs, slippages or seeds, or split the sweep into several runs"
+            "lower cryptos, folds, costs, slippages, seeds or shifts, or split the sweep into several runs"
         )
 
 
@@ -177,6 +214,7 @@ def plan_pods(
         raise PlanError(str(err)) from None
     valid = validate_params(params, known_factors=tuple(sizing_map), tag_pattern=settings.image_tag_pattern)
     check_run_size(valid, max_run_work=settings.max_run_work)
+    check_p_value_floor(valid)
     check_data_uri(data_uri)
     check_fits_synthetic_market(valid, as_of=as_of, data_uri=data_uri)
     run_args = {
@@ -186,6 +224,7 @@ def plan_pods(
         "as_of": as_of,
         "n_folds": valid["n_folds"],
         "n_seeds": valid["n_seeds"],
+        "n_shifts": valid["n_shifts"],
         "hold_bars": valid["hold_bars"],
         "train_bars": valid["train_bars"],
         "test_bars": valid["test_bars"],

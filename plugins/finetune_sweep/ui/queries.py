@@ -22,8 +22,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
 from finetune_sweep.db.connect import connect_kwargs
+from finetune_sweep.findings import headline
 from finetune_sweep.gate import GATE_SQL, RECORDED_VERDICT_SQL, same_basis_join
-from finetune_sweep.report import MODEL_WON, SAME_BASIS_JOINS, SUMMARY_SQL
+from finetune_sweep.report import FINDINGS_COUNT_SQL, MODEL_WON, SAME_BASIS_JOINS, SUMMARY_SQL
 
 # Every (factor, crypto, cost basis): means over the folds; the report's table reads the same.
 GROUPS_SQL = SUMMARY_SQL
@@ -33,7 +34,8 @@ FOLDS_SQL = f"""
 SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps, m.fold_id, m.variant,
        m.test_start, m.test_end, m.n_bars, m.n_filled_bars,
        m.net_return AS model, m.sharpe, m.max_drawdown, m.n_trades, m.exposure,
-       m.random_percentile AS percentile, m.perm_p_value, m.perm_n_shifts,
+       m.matched_percentile AS percentile, m.random_percentile, m.perm_p_value, m.perm_n_shifts,
+       m.profit_p_value, m.profit_vs_buy_and_hold_p_value,
        bh.net_return AS buy_and_hold,
        rnd.net_return AS random, rnd.seed_p05 AS random_p05, rnd.seed_p50 AS random_p50,
        rnd.seed_p95 AS random_p95, rnd.return_std AS random_std, rnd.n_seeds,
@@ -92,10 +94,14 @@ ORDER BY f.factor
 
 FINDINGS_SQL = """
 SELECT factor, crypto, cost_bps, slippage_bps, n_folds, mean_model_return, mean_edge_vs_buy_and_hold,
-       mean_edge_vs_random, p_value, q_value, discovered, fdr_q, combine_method
+       mean_edge_vs_random, p_value, q_value, discovered, fdr_q, combine_method,
+       timing_discovered, profit_p_value, profit_q_value, profit_vs_buy_and_hold_p_value,
+       mean_matched_percentile, deflated_sharpe, n_folds_profitable, same_model_as,
+       coalesce(verdict, CASE WHEN discovered THEN 'timing only (before V010): profit not tested'
+                              ELSE 'no timing edge (before V010): profit not tested' END) AS verdict
 FROM finetune_findings
 WHERE run_id = %(run_id)s
-ORDER BY discovered DESC, q_value, factor, crypto, cost_bps, slippage_bps
+ORDER BY discovered DESC, timing_discovered DESC NULLS LAST, q_value, profit_q_value, factor, crypto, cost_bps, slippage_bps
 """
 
 # The DAG tab: the latest runs of the DAG, then per run and factor the mean edge over
@@ -144,6 +150,8 @@ class RunPage:
     groups: list[dict[str, Any]]
     pods: list[dict[str, Any]]
     findings: list[dict[str, Any]] = field(default_factory=list)
+    # The report's headline of the stored findings (what was found, the floor), None without any
+    findings_headline: str | None = None
 
 
 # A small pool per DSN in the api-server: a run tab needs two connections at once (the gate's
@@ -371,9 +379,30 @@ def fetch_run_page(
             groups = fetch_groups(conn, run_id)
             pods = conn.execute(PODS_SQL, {"run_id": run_id, "airflow_run_id": airflow_run_id}).fetchall()
             findings = conn.execute(FINDINGS_SQL, {"run_id": run_id}).fetchall()
+            headline = findings_headline(conn, run_id) if findings else None
             return RunPage(
-                run=run, verdict=recorded or pending_verdict.result(), groups=groups, pods=pods, findings=findings
+                run=run,
+                verdict=recorded or pending_verdict.result(),
+                groups=groups,
+                pods=pods,
+                findings=findings,
+                findings_headline=headline,
             )
+
+
+def findings_headline(conn: psycopg.Connection, run_id: str) -> str:
+    """The stored findings' one-line answer, as the report prints it (counts, models, the floor)."""
+    counts = conn.execute(FINDINGS_COUNT_SQL, {"run_id": run_id}).fetchone()
+    v010 = bool(counts["n_v010_rows"])
+    return headline(
+        n_discovered=counts["n_discovered"],
+        n_groups=counts["n_groups"],
+        fdr_q=counts["fdr_q"],
+        combine_method=counts["combine_method"],
+        n_models=counts["n_models"] if v010 else None,
+        n_timing_discovered=counts["n_timing_discovered"] if v010 else None,
+        p_value_floor=counts["p_value_floor"],
+    )
 
 
 def fetch_history(conn: psycopg.Connection, dag_id: str, *, limit: int = HISTORY_RUNS) -> list[dict[str, Any]]:

@@ -191,6 +191,8 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
         "4",
         "--n-seeds",
         "100",
+        "--n-shifts",
+        "999",
         "--hold-bars",
         "24",
         "--train-bars",

@@ -67,3 +67,14 @@ def test_the_data_the_pods_read_is_part_of_the_sweep(monkeypatch: pytest.MonkeyP
     ids = {run_id(uri) for uri in (None, "file:///data/hourly", "s3://bucket/hourly", "synthetic://random-walk")}
     assert len(ids) == 4, "the same params on other data never upsert over each other's rows"
     assert run_id("s3://bucket/hourly") == run_id("s3://bucket/hourly")
+
+
+def test_n_shifts_at_its_default_keeps_the_id_and_any_other_value_is_another_sweep() -> None:
+    from finetune_sweep.sweep.identity import finetune_run_id
+    from finetune_sweep.sweep.params import validate_params
+
+    def run_id(**params: object) -> str:
+        return finetune_run_id(dag_id="finetune_sweep", as_of="2026-06-07T00:00:00Z", params=validate_params(params))
+
+    assert run_id() == run_id(n_shifts=999) == "finetune_sweep__2026-06-07T00:00:00Z__06710d57"
+    assert run_id(n_shifts=500) != run_id()

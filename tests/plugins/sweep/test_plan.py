@@ -192,15 +192,15 @@ def test_a_run_over_the_work_limit_is_refused_naming_the_product_and_the_setting
 
     assert str(refused.value) == (
         "the run is too large: 4 factors x 50 cryptos x 24 folds x 10 costs x 10 slippages = 480,000 keys "
-        "x (10000 seeds + 10000 shifts) = 9,600,000,000, over FINETUNE_MAX_RUN_WORK=50,000,000; "
-        "lower cryptos, folds, costs, slippages or seeds, or split the sweep into several runs"
+        "x (10000 seeds + 999 shifts) = 5,279,520,000, over FINETUNE_MAX_RUN_WORK=100,000,000; "
+        "lower cryptos, folds, costs, slippages, seeds or shifts, or split the sweep into several runs"
     )
 
 
 @pytest.mark.parametrize(
     ("max_run_work", "admitted"),
-    # the README's production example: 4 x 50 x 15 x 10 x 2 = 60,000 keys x (100 + 100) = 12,000,000
-    [pytest.param(None, True, id="default-admits-it"), pytest.param("11999999", False, id="one-below-refuses")],
+    # the README's production example: 4 x 50 x 15 x 10 x 2 = 60,000 keys x (100 + 999) = 65,940,000
+    [pytest.param(None, True, id="default-admits-it"), pytest.param("65939999", False, id="one-below-refuses")],
 )
 def test_the_default_limit_admits_the_production_example(max_run_work: str | None, admitted: bool) -> None:
     from finetune_sweep.settings import Settings
@@ -219,7 +219,7 @@ def test_the_default_limit_admits_the_production_example(max_run_work: str | Non
         entries = plan_pods(params, run_id=RUN_ID, as_of=AS_OF, data_uri="file:///d", settings=settings)
         assert len(entries) == 4
     else:
-        with pytest.raises(PlanError, match=r"= 12,000,000, over FINETUNE_MAX_RUN_WORK=11,999,999;"):
+        with pytest.raises(PlanError, match=r"= 65,940,000, over FINETUNE_MAX_RUN_WORK=65,939,999;"):
             plan_pods(params, run_id=RUN_ID, as_of=AS_OF, data_uri="file:///d", settings=settings)
 
 
@@ -253,3 +253,44 @@ def test_a_fixed_deadline_above_the_ceiling_is_refused_naming_both() -> None:
         r"lower it or raise the ceiling$",
     ):
         Settings.from_env({"FINETUNE_POD_DEADLINE_SECONDS": "7200", "FINETUNE_POD_DEADLINE_MAX_SECONDS": "3600"})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        pytest.param(
+            {"n_shifts": 10, "n_folds": 2},
+            "no finding would be possible: 2 fold(s) at 10 shifts reach a p-value of 0.0479 at best, and "
+            "Benjamini-Hochberg at fdr_q 0.1 over this sweep's 12 timing models needs 0.00833 for a lone edge; "
+            "use n_shifts >= 30",
+            id="too-few-shifts",
+        ),
+        pytest.param(
+            {"test_bars": 30, "n_folds": 1},
+            "no finding would be possible: 1 fold(s) at 6 shifts reach a p-value of 0.143 at best, and "
+            "Benjamini-Hochberg at fdr_q 0.1 over this sweep's 12 timing models needs 0.00833 for a lone edge; "
+            "the test window allows at most test_bars - hold_bars = 6 shifts and 119 are needed: raise "
+            "test_bars or n_folds, or sweep fewer factors or cryptos",
+            id="window-too-short",
+        ),
+    ],
+)
+def test_a_sweep_whose_floor_hides_every_edge_is_refused_saying_what_it_needs(overrides, message) -> None:
+    # the defaults: 4 factors x 3 cryptos = 12 timing models; two folds at 30 shifts reach
+    # P (1 - ln P) = 0.00819 <= 0.1 / 12 with P = 1/31^2, at 29 shifts 0.00867 does not
+    params = make_params(**overrides)
+    assert len(params["factors"]) * len(params["cryptos"]) == 12
+
+    with pytest.raises(PlanError) as refused:
+        plan_pods(params, run_id=RUN_ID, as_of=AS_OF)
+
+    assert str(refused.value) == message
+
+
+def test_the_shifts_reach_the_pod_and_enough_of_them_plan() -> None:
+    # 36 profit groups (12 models x 3 costs) need 57 shifts over two folds; the timing models 30
+    entries = plan_pods(make_params(n_shifts=57, n_folds=2), run_id=RUN_ID, as_of=AS_OF)
+    arguments = entries[0]["arguments"]
+    assert arguments[arguments.index("--n-shifts") + 1] == "57"
+    with pytest.raises(PlanError, match="36 profit groups .* use n_shifts >= 57"):
+        plan_pods(make_params(n_shifts=56, n_folds=2), run_id=RUN_ID, as_of=AS_OF)

@@ -198,13 +198,13 @@ def test_the_run_tab_shows_the_verdict_the_table_the_charts_and_the_pods(
     airflow_app: dict[str, Any], seeded: str
 ) -> None:
     with psycopg.connect(seeded) as conn:
-        # base_features BTC 10 bps: model 2 % and 4 % over the two folds, percentile 0.9 and 0.7,
-        # the random seeds' p05 -1 % and -3 %, p95 5 % and 7 %.
-        for fold_id, (model, percentile) in enumerate([(0.02, 0.9), (0.04, 0.7)]):
+        # base_features BTC 10 bps: model 2 % and 4 % over the two folds, matched percentile 0.9
+        # and 0.7, random percentile 0.6 and 0.5, the random seeds' p05 -1 % and -3 %, p95 5 % and 7 %.
+        for fold_id, (model, percentile, random_percentile) in enumerate([(0.02, 0.9, 0.6), (0.04, 0.7, 0.5)]):
             conn.execute(
-                "UPDATE finetune_results SET net_return = %s, random_percentile = %s WHERE factor = 'base_features'"
-                " AND crypto = 'BTC' AND cost_bps = 10 AND fold_id = %s",
-                (model, percentile, fold_id),
+                "UPDATE finetune_results SET net_return = %s, matched_percentile = %s, random_percentile = %s"
+                " WHERE factor = 'base_features' AND crypto = 'BTC' AND cost_bps = 10 AND fold_id = %s",
+                (model, percentile, random_percentile, fold_id),
             )
         for fold_id, (p05, p95) in enumerate([(-0.01, 0.05), (-0.03, 0.07)]):
             conn.execute(
@@ -230,9 +230,10 @@ def test_the_run_tab_shows_the_verdict_the_table_the_charts_and_the_pods(
     html = response.text
     assert "Verdict: complete" in html
     row = _table_row(html, "results", ["base_features", "BTC", "10", "0"])
-    # model, b&h, random, p05-p95, naive, percentile, folds won
-    assert row[4:11] == ["+3.00%", "+0.50%", "+0.50%", "-2.0% … +6.0%", "+0.00%", "80%", "2/2"]
-    assert _table_row(html, "results", ["l2_features", "ETH", "30", "0"])[7:10] == ["–", "+0.00%", "–"]
+    # model, b&h, random, p05-p95, naive, matched percentile, random percentile, folds won
+    assert row[4:12] == ["+3.00%", "+0.50%", "+0.50%", "-2.0% … +6.0%", "+0.00%", "80%", "55%", "2/2"]
+    # rows without the V010 columns: the matched percentile is "not tested", never made up
+    assert _table_row(html, "results", ["l2_features", "ETH", "30", "0"])[7:11] == ["–", "+0.00%", "not tested", "–"]
     pod = _table_row(html, "pods", ["base_features"])
     # 870.4 MiB of 1 GiB: 15 % headroom; two attempts of this Airflow run, one OOM
     assert pod[4:9] == ["1.00Gi", "870.40Mi", "15%", "2", "1"]
