@@ -268,7 +268,7 @@ def test_an_oversized_run_triggered_over_rest_is_refused_by_plan(
     assert "new_state=failed" in done.stdout + done.stderr, (done.stdout + done.stderr)[-3000:]
     assert (
         "invalid sweep: the run is too large: 4 factors x 50 cryptos x 24 folds x 10 costs x 10 slippages = "
-        "480,000 keys x (10000 seeds + 10000 shifts) = 9,600,000,000, over FINETUNE_MAX_RUN_WORK=50,000,000;"
+        "480,000 keys x (10000 seeds + 999 shifts) = 5,279,520,000, over FINETUNE_MAX_RUN_WORK=100,000,000;"
     ) in done.stdout + done.stderr
 
 
@@ -276,7 +276,8 @@ def test_a_long_run_triggered_over_rest_gets_the_deadline_ceiling(
     api: httpx.Client, airflow_env: dict[str, str]
 ) -> None:
     # 3 cryptos x 24 folds x 10 costs x 10 slippages = 7,200 keys per pod: sized at 60 s a key that
-    # is 5 days; within the work limit (7,200 x 2 seeds+shifts), so it plans, capped at 24 h
+    # is 5 days; within the work limit (7,200 x (1 seed + 999 shifts)), so it plans, capped at 24 h
+    # (a 1-bar hold leaves the 24-bar windows 23 shifts each: a lone edge stays findable)
     conf = {
         "factors": ["base_features"],
         "cryptos": ["BTC", "ETH", "SOL"],
@@ -284,6 +285,7 @@ def test_a_long_run_triggered_over_rest_gets_the_deadline_ceiling(
         "slippage_bps": list(range(10)),
         "n_folds": 24,
         "test_bars": 24,
+        "hold_bars": 1,
         "n_seeds": 1,
     }
     response = _trigger(api, conf, "2027-03-02T00:00:00Z")

@@ -299,17 +299,31 @@ def matched_percentiles(
     return [float(b / offsets.size) if offsets.size else None for b in below.tolist()]
 
 
-def _bootstrap_indices(n: int, *, n_resamples: int, block_bars: int, chunk_cells: int) -> Iterator[np.ndarray]:
-    """Chunks of circular block bootstrap index rows (arch), seeded: the same for every series of n bars."""
+def _bootstrap_blocks(n: int, *, n_resamples: int, block_bars: int, chunk_cells: int) -> Iterator[np.ndarray]:
+    """Chunks of (rows, blocks) block starts of arch's circular block bootstrap, seeded: the same
+    for every series of ``n`` bars. Each resample is its blocks of ``block`` bars from those starts
+    (wrapping), the last one cut so that the resample has ``n`` bars."""
     from arch.bootstrap import CircularBlockBootstrap  # imported on first use: arch loads in ~2 s
 
-    bootstrap = CircularBlockBootstrap(
-        min(max(1, block_bars), n), np.empty(n), seed=np.random.default_rng(BOOTSTRAP_SEED)
-    )
+    block = min(max(1, block_bars), n)
+    bootstrap = CircularBlockBootstrap(block, np.empty(n), seed=np.random.default_rng(BOOTSTRAP_SEED))
     rows_per_chunk = max(1, int(chunk_cells) // n)
     for start in range(0, n_resamples, rows_per_chunk):
         rows = min(rows_per_chunk, n_resamples - start)
-        yield np.stack([bootstrap.update_indices() for _ in range(rows)])
+        # arch's indices are the blocks laid end to end: every block-th one is a block's start
+        yield np.stack([bootstrap.update_indices()[::block] for _ in range(rows)])
+
+
+def _resample_means(matrix: np.ndarray, starts: np.ndarray, block: int) -> np.ndarray:
+    """The mean of each series (rows of ``matrix``) over each resample (rows of ``starts``), from
+    circular prefix sums: a block's sum is a difference of two of them, so a resample costs its
+    blocks, not its bars. Returns (series, resamples)."""
+    n = matrix.shape[1]
+    prefix = np.concatenate((np.zeros((matrix.shape[0], 1)), np.cumsum(np.tile(matrix, 2), axis=1)), axis=1)
+    lengths = np.full(starts.shape[1], block)
+    lengths[-1] = n - block * (starts.shape[1] - 1)  # the last block is cut at n bars
+    sums = (prefix[:, starts + lengths] - prefix[:, starts]).sum(axis=2)
+    return sums / n
 
 
 def _moments(bar_returns: np.ndarray) -> tuple[float | None, float | None, float | None]:
@@ -354,9 +368,11 @@ def profit_tests(
     observed = np.array([float(x.mean()) for x in series])
     matrix = np.stack(series)
     at_least = np.zeros(len(series), dtype=np.int64)
-    margin = 1e-12 * (np.abs(matrix).max(axis=1) + 1e-300)
-    for indices in _bootstrap_indices(n, n_resamples=n_resamples, block_bars=block_bars, chunk_cells=chunk_cells):
-        means = matrix[:, indices].mean(axis=2)  # (series, rows)
+    # Prefix sums round in the last bits: a resample's mean counts as reaching the bar within that.
+    margin = 1e-9 * (np.abs(matrix).max(axis=1) + 1e-300)
+    block = min(max(1, block_bars), n)
+    for starts in _bootstrap_blocks(n, n_resamples=n_resamples, block_bars=block, chunk_cells=chunk_cells):
+        means = _resample_means(matrix, starts, block)  # (series, rows)
         at_least += np.count_nonzero(means - observed[:, None] >= observed[:, None] - margin[:, None], axis=1)
     p_values = (1 + at_least) / (1 + n_resamples)
     k = len(costs)
