@@ -30,7 +30,28 @@ production version lands: timing discovered (BH at ``fdr_q`` over the run's dist
 (factor, crypto) models, folds combined by Fisher) and profit discovered (BH at ``fdr_q`` over
 (factor, crypto, cost), Fisher-combined profit p) and mean net return > 0.
 
-Measured: see the end of this docstring (filled in from the runs).
+Measured on the shared 2-core machine (load average 3-6, 2 workers), commit 3dc76ba's pod code,
+``--markets 150 --power-markets 24`` (the CLI's windows; 949 s wall: 700 s null, 249 s power;
+5-9 s of one process per market; ``--quick``: 194 s at load 4-7):
+
+- Timing p, 5,015 distinct trading models of 5,937: p <= 0.01: 0.0219 (CI 0.0181-0.0264);
+  <= 0.05: 0.0742 (0.0671-0.0818); <= 0.10: 0.1336 (0.1243-0.1433). Nominal is outside the CI at
+  every level (market-clustered CIs about as wide). Per factor at 0.05 / 0.10: base 0.069 / 0.130,
+  n 0.069 / 0.127, btc 0.077 / 0.129, l2 0.086 / 0.152. **Goal not met**: it over-rejects by
+  about a third to a half, on every factor, l2_features most. Both tails are inflated alike (a
+  side run, random-walk seeds 150-189, 1,321 trading models: p <= 0.05 0.076, p >= 0.95 0.078;
+  at every exposure band): the model's own alignment scatters more than its shifted copies,
+  rather than a one-sided bias.
+- Profit p at 0 bps: 0.0072 / 0.0477 / 0.1079 (0.05 and 0.10 inside their CIs); vs buy-and-hold
+  at 0 bps: 0.0094 / 0.0610 (0.0545-0.0680) / 0.1268 (0.1177-0.1363): above nominal. At 10 and
+  30 bps both are below nominal, as a no-skill book that pays costs should be.
+- Runs with any finding (fdr_q 0.10): 1 of 150, 0.007 (CI 0.000-0.037): goal met
+  (random-walk seed 42: n_features on SOL at 0 bps).
+- Power, planted findings per run (24 runs each): beta 1.0: 2.00 of 2 at 0 bps, 5.71 of 6 over
+  0/10/30 bps; beta 0.5: 0.75 of 2, 1.29 of 6 (runs with 0..4: 10, 4, 6, 1, 3); beta 0.3:
+  0.04 of 2, 0.04 of 6. **Goal at beta 0.5 (about 4 of 6) not met.** At beta 1.0 two runs had
+  findings outside the planted groups on SOL (l2_features at 0 and 10 bps; base_features and
+  n_features at 0 bps).
 """
 
 from __future__ import annotations
