@@ -3,12 +3,15 @@
 Two markets, chosen by the data URI (DESIGN 4.1):
 
 - ``synthetic://`` (the default when no data URI is given): a **planted lead-lag**. BTC is a
-  driftless random walk; each alt's bar log return is ``LEAD_LAG_BETA * r_btc[t-1]`` plus its
-  own noise, so BTC's latest bar return predicts every alt's next bar. The alts' own noise is
+  driftless random walk; each alt's bar log return is ``beta * r_btc[t-1]`` plus its own noise
+  (``beta``: :data:`LEAD_LAG_BETA` unless the URI says ``?beta=B``, 0 to :data:`MAX_BETA`), so
+  BTC's latest bar return predicts every alt's next bar. The alts' own noise is
   independent of BTC's: with a contemporaneous loading as well, an alt's own last return would
   carry BTC's and the edge could be found without looking at BTC at all (``base_features``);
   here only a model that reads BTC's bar (``btc_features``) can find it. The own noise's
-  long-run vol is chosen so that the alt's total hourly vol stays the one in the table.
+  long-run vol is chosen so that the alt's total hourly vol stays the one in the table; at a
+  beta so large that BTC's part alone would exceed it, the own noise keeps
+  :data:`MIN_OWN_VOL_SHARE` of the table's vol and the alt's total vol is larger.
 - ``synthetic://random-walk``: **no edge anywhere**. Every symbol is a driftless random walk;
   the alts' shocks load on BTC's shocks of the *same* bar
   (``z = rho * z_btc + sqrt(1 - rho^2) * z_own``), so they co-move with it as real crypto does,
@@ -19,7 +22,9 @@ Both use GARCH(1,1) volatility (Bollerslev 1986),
 from :data:`SYNTHETIC_START` to :data:`SYNTHETIC_END` (and on, block after block of the same
 length, as far as a later as-of needs), the same bytes on every machine and at any time: each symbol's generator is seeded by ``zlib.crc32`` of its name (``hash()`` is salted per
 process), or by ``(seed, crc32(name))`` when the URI carries ``?seed=N``, which gives
-independent markets of the same kind for simulations (``synthetic://random-walk?seed=7``).
+independent markets of the same kind for simulations (``synthetic://random-walk?seed=7``), and
+``?beta=B`` sets the planted market's coefficient (``synthetic://?beta=0.5&seed=3``: a weaker
+edge, for power curves; ``?beta=0``: alts that BTC does not lead; the random walk has no beta).
 ``?symbols=N`` sizes the market: the first N of the eight named symbols, or all eight followed
 by ``SYN009`` ... ``SYN<N>`` (each with its own seeded price, vol and correlation) for sweeps over
 many cryptos (``synthetic://?symbols=50``); the named symbols' bars are the same at any N.
@@ -30,6 +35,7 @@ with the as-of that reads it.
 from __future__ import annotations
 
 import math
+import re
 import zlib
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
@@ -61,6 +67,12 @@ LEADER = "BTC"
 # this market and on re-seeded ones, while costs still eat into it (test_synthetic.py).
 # Every alt's hourly vol exceeds this share of BTC's, so its own noise keeps a positive vol.
 LEAD_LAG_BETA = 1.0
+# ?beta=B (a decimal, 0 to MAX_BETA) sets the coefficient per URI. Past about 1.28 (the smallest
+# alt vol over BTC's, 0.009 / 0.007) BTC's part alone exceeds an alt's table vol: the own noise
+# then keeps this share of the table vol, so that an alt never becomes a lagged copy of BTC.
+MAX_BETA = 5.0
+MIN_OWN_VOL_SHARE = 0.25
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 # name: (first price, long-run hourly vol, correlation of its shocks with BTC's in the random walk)
 _PARAMS = {
@@ -81,7 +93,8 @@ _GARCH_ALPHA = 0.06
 _GARCH_BETA = 0.92
 _ALLOWED = (
     "synthetic:// (planted lead-lag), synthetic://random-walk (no edge), optionally with ?seed=N (an integer >= 0) "
-    f"and ?symbols=N (1 to {MAX_SYMBOLS}: the eight named symbols, then {EXTRA_SYMBOL_PREFIX}009, ...)"
+    f"and ?symbols=N (1 to {MAX_SYMBOLS}: the eight named symbols, then {EXTRA_SYMBOL_PREFIX}009, ...), "
+    f"and on the planted market ?beta=B (a decimal from 0 to {MAX_BETA:g}, default {LEAD_LAG_BETA:g})"
 )
 
 
@@ -91,11 +104,13 @@ class SyntheticDataError(ValueError):
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """Which synthetic market a URI asks for: its kind and an optional seed."""
+    """Which synthetic market a URI asks for: its kind, an optional seed, its size and the
+    planted coefficient (used by the lead-lag market only)."""
 
     kind: str = LEAD_LAG
     seed: int | None = None
     n_symbols: int = len(SYNTHETIC_SYMBOLS)
+    beta: float = LEAD_LAG_BETA
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -110,9 +125,11 @@ def is_synthetic_uri(data_uri: str) -> bool:
 
 
 def parse_synthetic_uri(data_uri: str) -> SyntheticSpec:
-    """The market of ``synthetic://[lead-lag|random-walk][?seed=N]``, or ValueError naming the URI.
+    """The market of ``synthetic://[lead-lag|random-walk][?seed=N][&symbols=N][&beta=B]``, or
+    ValueError naming the URI and what is allowed.
 
-    ``synthetic://`` and ``synthetic://lead-lag`` are the planted market.
+    ``synthetic://`` and ``synthetic://lead-lag`` are the planted market; ``beta`` is its
+    coefficient (the random walk refuses one).
     """
     parts = urlsplit(data_uri)
     kind = parts.netloc or LEAD_LAG
@@ -122,16 +139,21 @@ def parse_synthetic_uri(data_uri: str) -> SyntheticSpec:
         query = parse_qs(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         query = {"": []}
-    unknown = sorted(set(query) - {"seed", "symbols"})
-    seeds, counts = query.get("seed", []), query.get("symbols", [])
-    if unknown or any(
-        len(values) > 1 or not (values[0].isascii() and values[0].isdigit()) for values in query.values()
+    unknown = sorted(set(query) - {"seed", "symbols", "beta"})
+    seeds, counts, betas = query.get("seed", []), query.get("symbols", []), query.get("beta", [])
+    integers = [values for name, values in query.items() if name != "beta"]
+    if (
+        unknown
+        or any(len(values) > 1 for values in query.values())
+        or any(not (values[0].isascii() and values[0].isdigit()) for values in integers)
+        or (betas and (kind != LEAD_LAG or not _DECIMAL.fullmatch(betas[0])))
     ):
         raise ValueError(f"unsupported synthetic data URI {data_uri!r}: use {_ALLOWED}")
     n_symbols = int(counts[0]) if counts else len(SYNTHETIC_SYMBOLS)
-    if not 1 <= n_symbols <= MAX_SYMBOLS:
+    beta = float(betas[0]) if betas else LEAD_LAG_BETA
+    if not 1 <= n_symbols <= MAX_SYMBOLS or not 0.0 <= beta <= MAX_BETA:
         raise ValueError(f"unsupported synthetic data URI {data_uri!r}: use {_ALLOWED}")
-    return SyntheticSpec(kind=kind, seed=int(seeds[0]) if seeds else None, n_symbols=n_symbols)
+    return SyntheticSpec(kind=kind, seed=int(seeds[0]) if seeds else None, n_symbols=n_symbols, beta=beta)
 
 
 def symbol_params(symbol: str) -> tuple[float, float, float]:
@@ -147,11 +169,16 @@ def symbol_params(symbol: str) -> tuple[float, float, float]:
 
 
 def describe(spec: SyntheticSpec) -> str:
-    """The market's symbols as an error message lists them (a range past the named ones)."""
+    """The market's symbols as an error message lists them (a range past the named ones), and
+    the planted coefficient when the URI set one other than the default."""
     symbols = spec.symbols
     if len(symbols) <= len(SYNTHETIC_SYMBOLS):
-        return ", ".join(symbols)
-    return f"{', '.join(SYNTHETIC_SYMBOLS)}, {symbols[len(SYNTHETIC_SYMBOLS)]} to {symbols[-1]}"
+        listed = ", ".join(symbols)
+    else:
+        listed = f"{', '.join(SYNTHETIC_SYMBOLS)}, {symbols[len(SYNTHETIC_SYMBOLS)]} to {symbols[-1]}"
+    if spec.kind == LEAD_LAG and spec.beta != LEAD_LAG_BETA:
+        return f"{listed} (planted lead-lag beta {spec.beta:g})"
+    return listed
 
 
 def symbol_seed(symbol: str) -> int:
@@ -203,10 +230,11 @@ def _log_returns(
         return garch_returns(shocks, hourly_vol)
     # Planted lead-lag: own noise independent of BTC, plus beta times BTC's previous bar.
     btc_vol = _PARAMS[LEADER][1]
-    own_vol = math.sqrt(hourly_vol**2 - (LEAD_LAG_BETA * btc_vol) ** 2)
+    own_variance = hourly_vol**2 - (spec.beta * btc_vol) ** 2
+    own_vol = max(math.sqrt(max(own_variance, 0.0)), MIN_OWN_VOL_SHARE * hourly_vol)
     returns, vols = garch_returns(shocks, own_vol)
     btc_returns, _ = garch_returns(btc_shocks, btc_vol)
-    returns[1:] += LEAD_LAG_BETA * btc_returns[:-1]
+    returns[1:] += spec.beta * btc_returns[:-1]
     return returns, vols
 
 

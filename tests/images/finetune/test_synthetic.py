@@ -6,7 +6,9 @@ not find one in the random walk) run the runner's per-fold evaluation in-process
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import subprocess
 import sys
 import zlib
@@ -30,6 +32,8 @@ from finetune.synthetic import (
     SYNTHETIC_URI,
     SyntheticDataError,
     SyntheticSpec,
+    describe,
+    garch_returns,
     is_synthetic_uri,
     parse_synthetic_uri,
     symbol_seed,
@@ -64,6 +68,13 @@ def _slope(y: np.ndarray, x: np.ndarray) -> float:
         pytest.param("synthetic:///", SyntheticSpec(LEAD_LAG, None), id="trailing-slash"),
         pytest.param("synthetic://?symbols=50", SyntheticSpec(LEAD_LAG, None, 50), id="fifty-symbols"),
         pytest.param("synthetic://random-walk?seed=2&symbols=3", SyntheticSpec(RANDOM_WALK, 2, 3), id="seed-and-size"),
+        pytest.param("synthetic://?beta=0.5", SyntheticSpec(LEAD_LAG, None, 8, 0.5), id="beta"),
+        pytest.param("synthetic://lead-lag?beta=.3", SyntheticSpec(LEAD_LAG, None, 8, 0.3), id="beta-no-leading-zero"),
+        pytest.param("synthetic://?beta=0", SyntheticSpec(LEAD_LAG, None, 8, 0.0), id="beta-zero"),
+        pytest.param("synthetic://?beta=5.", SyntheticSpec(LEAD_LAG, None, 8, 5.0), id="beta-largest"),
+        pytest.param(
+            "synthetic://?symbols=3&beta=0.25&seed=9", SyntheticSpec(LEAD_LAG, 9, 3, 0.25), id="beta-seed-and-size"
+        ),
     ],
 )
 def test_synthetic_uris(uri, spec):
@@ -84,6 +95,16 @@ def test_synthetic_uris(uri, spec):
         pytest.param("synthetic://?symbols=0", id="no-symbols"),
         pytest.param("synthetic://?symbols=501", id="too-many-symbols"),
         pytest.param("synthetic://?symbols=ten", id="word-symbols"),
+        pytest.param("synthetic://?beta=-0.1", id="negative-beta"),
+        pytest.param("synthetic://?beta=5.01", id="beta-above-5"),
+        pytest.param("synthetic://?beta=nan", id="nan-beta"),
+        pytest.param("synthetic://?beta=inf", id="inf-beta"),
+        pytest.param("synthetic://?beta=1e-1", id="exponent-beta"),
+        pytest.param("synthetic://?beta=1_0", id="underscore-beta"),
+        pytest.param("synthetic://?beta=+1", id="signed-beta"),
+        pytest.param("synthetic://?beta=", id="empty-beta"),
+        pytest.param("synthetic://?beta=0.5&beta=0.3", id="two-betas"),
+        pytest.param("synthetic://random-walk?beta=0.5", id="beta-on-the-random-walk"),
     ],
 )
 def test_bad_synthetic_uris_name_the_uri_and_what_is_allowed(uri):
@@ -94,6 +115,15 @@ def test_bad_synthetic_uris_name_the_uri_and_what_is_allowed(uri):
         parse_synthetic_uri(uri)
     with pytest.raises(ValueError, match="unsupported synthetic data URI"):
         MarketData(uri)
+
+
+@pytest.mark.parametrize("uri", ["synthetic://?beta=-1", "synthetic://random-walk?beta=0"])
+def test_a_refused_beta_says_what_is_allowed(uri):
+    message = f"unsupported synthetic data URI {uri!r}: use synthetic:// (planted lead-lag)"
+    with pytest.raises(ValueError, match=re.escape(message)) as refused:
+        parse_synthetic_uri(uri)
+    assert "on the planted market ?beta=B (a decimal from 0 to 5, default 1)" in str(refused.value)
+    assert "\n" not in str(refused.value)
 
 
 def test_the_default_market_is_the_planted_one():
@@ -211,6 +241,57 @@ def test_the_random_walk_alts_co_move_but_nothing_leads(alt):
     assert np.corrcoef(returns, btc)[0, 1] > 0.4  # the same bar: as real crypto
     assert abs(_slope(returns[1:], btc[:-1])) < 0.02  # the previous bar: nothing
     assert abs(np.corrcoef(returns[1:], returns[:-1])[0, 1]) < 0.02
+
+
+# --- the planted coefficient: ?beta= -------------------------------------------------------------
+
+
+def test_the_default_beta_leaves_every_bar_as_it_was():
+    # The default market, written out from the formula it had before beta became a parameter:
+    # ETH's own GARCH noise at sqrt(0.009^2 - 0.007^2) plus 1.0 times BTC's previous bar return.
+    n = len(synthetic_ohlcv("ETH"))
+    own, _ = garch_returns(np.random.default_rng(symbol_seed("ETH")).standard_normal(n), math.sqrt(0.009**2 - 0.007**2))
+    btc, _ = garch_returns(np.random.default_rng(symbol_seed("BTC")).standard_normal(n), 0.007)
+    own[1:] += btc[:-1]
+    expected = 730.0 * np.exp(np.cumsum(own))
+    np.testing.assert_array_equal(synthetic_ohlcv("ETH")["close"].to_numpy(), expected)
+    for with_beta, without in (
+        ("synthetic://?beta=1", "synthetic://"),
+        ("synthetic://?beta=1.0&seed=4", "synthetic://?seed=4"),
+    ):
+        for symbol in ("BTC", "ETH", "SOL"):
+            pd.testing.assert_frame_equal(
+                MarketData(with_beta).ohlcv(symbol, as_of=AS_OF), MarketData(without).ohlcv(symbol, as_of=AS_OF)
+            )
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.3, 0.5])
+def test_beta_sets_the_alts_loading_on_btcs_previous_bar(beta):
+    spec = parse_synthetic_uri(f"synthetic://?beta={beta}&seed=11")
+    btc = _returns("BTC", spec)
+    np.testing.assert_array_equal(btc, _returns("BTC", SyntheticSpec(LEAD_LAG, 11)))  # the leader is the same
+    for alt in ("ETH", "SOL"):
+        returns = _returns(alt, spec)
+        assert _slope(returns[1:], btc[:-1]) == pytest.approx(beta, abs=0.03)
+        assert abs(np.corrcoef(returns, btc)[0, 1]) < 0.02
+        assert returns.std() == pytest.approx(HOURLY_VOL[alt], rel=0.1)  # the table's vol is kept
+
+
+def test_a_beta_past_the_alts_vol_keeps_some_own_noise():
+    # 3 x BTC's 0.007 exceeds ETH's 0.009: ETH's own noise keeps a quarter of its table vol
+    spec = parse_synthetic_uri("synthetic://?beta=3")
+    btc, eth = _returns("BTC", spec), _returns("ETH", spec)
+    assert _slope(eth[1:], btc[:-1]) == pytest.approx(3.0, abs=0.05)
+    residual = eth[1:] - 3.0 * btc[:-1]
+    assert residual.std() == pytest.approx(0.25 * HOURLY_VOL["ETH"], rel=0.1)
+
+
+def test_describe_names_a_beta_other_than_the_default():
+    assert describe(parse_synthetic_uri("synthetic://?symbols=2")) == "BTC, ETH"
+    assert describe(parse_synthetic_uri("synthetic://?symbols=2&beta=1")) == "BTC, ETH"
+    assert describe(parse_synthetic_uri("synthetic://?symbols=2&beta=0.50")) == "BTC, ETH (planted lead-lag beta 0.5)"
+    with pytest.raises(DataError, match=r"synthetic market has BTC, ETH \(planted lead-lag beta 0.3\)$"):
+        MarketData("synthetic://?symbols=2&beta=0.3").ohlcv("SOL", as_of=AS_OF)
 
 
 # --- the apparatus on both markets: power and null (runner functions in-process, no database) ---
