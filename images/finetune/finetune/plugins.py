@@ -81,18 +81,22 @@ def installed() -> Installed:
     return Installed(factors=_by_name(FACTOR_GROUP), models=_by_name(MODEL_GROUP))
 
 
-def _load(kind: str, name: str, points: Mapping[str, EntryPoint]) -> Any:
+def _load(kind: str, name: str, points: Mapping[str, EntryPoint], *, names: str) -> Any:
+    """The object entry point ``name`` names, which must be callable (``names`` says as what)."""
     if name not in points:
         raise UnknownPluginError(
             f"unknown {kind} {name!r}; installed {kind}s: {', '.join(sorted(points)) or 'none'} "
             f"(entry point group finetune.{kind}s)"
         )
     try:
-        return points[name].load()
+        loaded = points[name].load()
     except Exception as exc:  # any import-time failure of a team's package: reported, with its name
         raise PluginError(
             f"{kind} {name!r} ({points[name].value}) cannot be loaded: {type(exc).__name__}: {one_line(exc)}"
         ) from exc
+    if not callable(loaded):
+        raise PluginError(f"{kind} {name!r} ({points[name].value}) is not callable: it must name {names}")
+    return loaded
 
 
 def load_factor(name: str) -> Any:
@@ -101,10 +105,7 @@ def load_factor(name: str) -> Any:
     :raises UnknownPluginError: no installed package registers it (the installed ones are named).
     :raises PluginError: its entry point cannot be imported, or it is not callable.
     """
-    build = _load("factor", name, installed().factors)
-    if not callable(build):
-        raise PluginError(f"factor {name!r} is not callable: its entry point must name build(bars, market)")
-    return build
+    return _load("factor", name, installed().factors, names="build(bars, market)")
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,7 @@ def load_model(name: str) -> Model:
     :raises UnknownPluginError: no installed package registers it (the installed ones are named).
     :raises PluginError: its entry point cannot be imported, or it is not callable.
     """
-    factory = _load("model", name, installed().models)
-    if not callable(factory):
-        raise PluginError(f"model {name!r} is not a factory: its entry point must name a class or callable")
+    factory = _load("model", name, installed().models, names="a model class or factory")
     return Model(name=name, factory=factory)
 
 

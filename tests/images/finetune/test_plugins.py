@@ -312,3 +312,12 @@ def test_round_trip_of_the_buy_and_hold_reference() -> None:
     """The reference the always-long test leans on: buy-and-hold nets c[-1]/c[0] - 1 - rt."""
     close = np.array([100.0, 101.0, 99.0, 110.0])
     assert buy_and_hold(close, round_trip_cost(10)).net_return == pytest.approx(0.1 - 0.002)
+
+
+def test_a_sigterm_inside_plugin_code_is_not_blamed_on_the_plugin() -> None:
+    with pytest.raises(plugins.Terminated):
+        with plugins.plugin_code("model x on BTC fold 0", "fit"):
+            raise plugins.Terminated("received SIGTERM")
+    with pytest.raises(plugins.PluginError, match=r"^model x on BTC fold 0: fit raised KeyError: 'a'$"):
+        with plugins.plugin_code("model x on BTC fold 0", "fit"):
+            raise KeyError("a")
