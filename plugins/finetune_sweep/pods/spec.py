@@ -52,6 +52,7 @@ RUN_ARG_ORDER = (
     "hold_bars",
     "train_bars",
     "test_bars",
+    "model",
     "data_uri",
 )
 

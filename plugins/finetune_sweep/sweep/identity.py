@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from finetune_sweep.settings import DEFAULT_MODEL
 from finetune_sweep.sweep.params import PlanError
 
 
@@ -60,8 +61,13 @@ def finetune_run_id(*, dag_id: str, as_of: str, params: Mapping[str, Any], data_
     :param data_uri: the data the pods read (``FINETUNE_DATA_URI``), as given: the same params on
         other data are another sweep, never an upsert over its rows. None (the built-in synthetic
         market) leaves it out, so the ids of such sweeps are those from before it counted.
+
+    The ``model`` is part of the sweep (another model is another run), except the built-in
+    ``ridge_long_flat``: left out, so that a default sweep keeps the id it had before the param.
     """
     identity = {key: value for key, value in params.items() if key not in NOT_IN_RUN_IDENTITY}
+    if identity.get("model") == DEFAULT_MODEL:
+        del identity["model"]
     if data_uri is not None:
         identity["data_uri"] = data_uri
     canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))

@@ -67,3 +67,21 @@ def test_the_data_the_pods_read_is_part_of_the_sweep(monkeypatch: pytest.MonkeyP
     ids = {run_id(uri) for uri in (None, "file:///data/hourly", "s3://bucket/hourly", "synthetic://random-walk")}
     assert len(ids) == 4, "the same params on other data never upsert over each other's rows"
     assert run_id("s3://bucket/hourly") == run_id("s3://bucket/hourly")
+
+
+def test_the_model_is_part_of_the_sweep_but_the_default_keeps_the_old_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_MODELS", "ridge_long_flat,team_logit")
+    monkeypatch.setenv("FINETUNE_SIZING", '{"range_features": "STANDARD"}')
+    monkeypatch.delenv("FINETUNE_DATA_URI", raising=False)
+    get_settings.cache_clear()
+    try:
+
+        def run_id(**params: Any) -> str:
+            return tasks.sweep_run_id(make_context(params=make_params(**params)), data_uri=None)
+
+        # the id of a default sweep from before the param existed (test above)
+        assert run_id(model="ridge_long_flat") == "finetune_sweep__2026-06-07T00:00:00Z__06710d57"
+        assert run_id(model="team_logit") != run_id()
+        assert run_id(factors=["range_features"], model="team_logit") != run_id(model="team_logit")
+    finally:
+        get_settings.cache_clear()
