@@ -41,6 +41,18 @@ from finetune.stopping import Terminated
 FACTOR_GROUP = "finetune.factors"
 MODEL_GROUP = "finetune.models"
 DEFAULT_MODEL = "ridge_long_flat"
+# The built-ins as images/finetune/pyproject.toml registers them (a test keeps the two equal), for
+# where the package runs without its installed metadata: the image copies it to /app (PYTHONPATH)
+# instead of installing it. An installed entry point of the same name comes first.
+BUILTINS = {
+    FACTOR_GROUP: {
+        "base_features": "finetune.factors:BASE_FEATURES",
+        "n_features": "finetune.factors:N_FEATURES",
+        "btc_features": "finetune.factors:BTC_FEATURES",
+        "l2_features": "finetune.factors:L2_FEATURES",
+    },
+    MODEL_GROUP: {DEFAULT_MODEL: "finetune.model:RidgeLongFlat"},
+}
 # The keyword arguments a model's fit may declare to receive (see the module docstring).
 FIT_CONTEXT = ("close", "hold_bars")
 
@@ -72,6 +84,8 @@ def _by_name(group: str) -> dict[str, EntryPoint]:
     found: dict[str, EntryPoint] = {}
     for point in entry_points(group=group):
         found.setdefault(point.name, point)
+    for name, value in BUILTINS[group].items():
+        found.setdefault(name, EntryPoint(name, value, group))
     return found
 
 

@@ -321,3 +321,22 @@ def test_a_sigterm_inside_plugin_code_is_not_blamed_on_the_plugin() -> None:
     with pytest.raises(plugins.PluginError, match=r"^model x on BTC fold 0: fit raised KeyError: 'a'$"):
         with plugins.plugin_code("model x on BTC fold 0", "fit"):
             raise KeyError("a")
+
+
+def test_the_builtins_fallback_is_what_the_pyproject_registers() -> None:
+    """The image runs the package from /app without its metadata: the fallback must not drift."""
+    import tomllib
+
+    pyproject = Path(plugins.__file__).resolve().parents[1] / "pyproject.toml"
+    registered = tomllib.loads(pyproject.read_text())["project"]["entry-points"]
+    assert registered == plugins.BUILTINS
+
+
+def test_the_builtins_are_found_without_the_package_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(plugins, "entry_points", lambda group: ())
+    plugins.installed.cache_clear()
+    try:
+        assert set(plugins.installed().factors) == set(KNOWN_FACTORS)
+        assert plugins.load_model("ridge_long_flat").name == "ridge_long_flat"
+    finally:
+        plugins.installed.cache_clear()
