@@ -13,6 +13,7 @@ the repository). ``airflow`` and the pods then run on the temporary venv's inter
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import pytest
 
 from finetune_sweep.db.dsn import connection_json_from_dsn
 from local_airflow import REPO_ROOT, local_airflow_env
+from plugin_packages import write_package
 
 pytestmark = pytest.mark.e2e
 
@@ -78,10 +80,9 @@ def test_the_installed_example_is_discovered_beside_the_builtins(team_venv: Path
     assert "model ridge_long_flat ok" in done.stdout.splitlines()
 
 
-def test_the_example_runs_through_the_dag_to_a_passing_gate_and_findings(
-    team_venv: Path, empty_db: str, tmp_path: Path
-) -> None:
-    env = local_airflow_env(tmp_path)
+def _dags_test(team_venv: Path, dsn: str, home: Path, conf: dict, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """``airflow dags test`` on the team's venv (a fresh metadata database in ``home``)."""
+    env = local_airflow_env(home)
     env.update(
         FINETUNE_POD_BACKEND="local",
         FINETUNE_PROFILES=json.dumps(
@@ -89,20 +90,27 @@ def test_the_example_runs_through_the_dag_to_a_passing_gate_and_findings(
         ),
         FINETUNE_SIZING=json.dumps({"range_features": "STANDARD"}),
         FINETUNE_MODELS="ridge_long_flat,logistic_long_flat",
-        AIRFLOW_CONN_FINETUNE_DB=connection_json_from_dsn(empty_db),
+        AIRFLOW_CONN_FINETUNE_DB=connection_json_from_dsn(dsn),
         AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT="300",
     )
+    env.update(extra_env)
     airflow = [str(team_venv), "-m", "airflow"]
     migrated = subprocess.run([*airflow, "db", "migrate"], env=env, capture_output=True, text=True, check=False)
     assert migrated.returncode == 0, migrated.stderr[-3000:]
-    done = subprocess.run(
-        [*airflow, "dags", "test", "finetune_sweep", LOGICAL_DATE, "-c", json.dumps(CONF)],
+    return subprocess.run(
+        [*airflow, "dags", "test", "finetune_sweep", LOGICAL_DATE, "-c", json.dumps(conf)],
         env=env,
         capture_output=True,
         text=True,
         timeout=900,
         check=False,
     )
+
+
+def test_the_example_runs_through_the_dag_to_a_passing_gate_and_findings(
+    team_venv: Path, empty_db: str, tmp_path: Path
+) -> None:
+    done = _dags_test(team_venv, empty_db, tmp_path, CONF)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-6000:]
 
@@ -136,3 +144,32 @@ def test_the_example_runs_through_the_dag_to_a_passing_gate_and_findings(
     assert "sizing range_features: starts on STANDARD" in output
     # the report's sizing advice names the factor among its rows
     assert any("range_features" in line and "STANDARD" in line and "sizing" not in line for line in output.splitlines())
+
+
+def test_a_model_that_breaks_its_interface_fails_the_gate_naming_the_factor(
+    team_venv: Path, empty_db: str, tmp_path: Path
+) -> None:
+    """Another team package (on PYTHONPATH, which the local pods inherit) whose model's positions
+    are 0.5: the pod exits 2 naming it, the factor is recorded failed, the gate fails the run."""
+    site = write_package(tmp_path / "site", factors={}, models={"half_long": "test_plugins_pkg:NotZeroOne"})
+    conf = {**CONF, "model": "half_long"}
+    done = _dags_test(
+        team_venv,
+        empty_db,
+        tmp_path / "home",
+        conf,
+        PYTHONPATH=str(site),
+        FINETUNE_MODELS="ridge_long_flat,half_long",
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode != 0, output[-6000:]
+    assert "baselines_incomplete" in output
+    with psycopg.connect(empty_db) as conn:
+        ((ok, problems),) = conn.execute("SELECT ok, problems FROM finetune_gate_verdicts").fetchall()
+        assert conn.execute("SELECT count(*) FROM finetune_findings").fetchone() == (0,)
+    assert ok is False
+    assert re.fullmatch(
+        r"factor range_features is failed, not done \(profile STANDARD\): plug-in error: model half_long on "
+        r"(BTC|ETH) fold 0: positions must be 0 \(flat\) or 1 \(long\), got 0\.5",
+        problems[0],
+    ), problems
