@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from test_dags_test import LOGICAL_DATE, SMALL_CONF, SMALL_PROFILES
 
 from finetune_sweep.db.dsn import connection_json_from_dsn
 from local_airflow import REPO_ROOT, local_airflow_env
@@ -30,19 +31,8 @@ from plugin_packages import write_package
 pytestmark = pytest.mark.e2e
 
 UV = str(Path(sys.executable).with_name("uv"))
-LOGICAL_DATE = "2026-06-07T00:00:00+00:00"
-CONF = {
-    "factors": ["range_features"],
-    "model": "logistic_long_flat",
-    "cryptos": ["BTC", "ETH"],
-    "cost_bps": [10, 30],
-    "slippage_bps": [0],
-    "n_folds": 2,
-    "n_seeds": 20,
-    "hold_bars": 24,
-    "train_bars": 24 * 60,
-    "test_bars": 24 * 7,
-}
+# the small sweep of test_dags_test, on the team's factor and model
+CONF = {**SMALL_CONF, "factors": ["range_features"], "model": "logistic_long_flat", "cryptos": ["BTC", "ETH"]}
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +75,7 @@ def _dags_test(team_venv: Path, dsn: str, home: Path, conf: dict, **extra_env: s
     env = local_airflow_env(home)
     env.update(
         FINETUNE_POD_BACKEND="local",
-        FINETUNE_PROFILES=json.dumps(
-            {"STANDARD": {"memory": "1536Mi"}, "MEDIUM": {"memory": "2Gi"}, "HEAVY": {"memory": "3Gi"}}
-        ),
+        FINETUNE_PROFILES=json.dumps(SMALL_PROFILES),
         FINETUNE_SIZING=json.dumps({"range_features": "STANDARD"}),
         FINETUNE_MODELS="ridge_long_flat,logistic_long_flat",
         AIRFLOW_CONN_FINETUNE_DB=connection_json_from_dsn(dsn),
