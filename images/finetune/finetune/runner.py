@@ -3,9 +3,10 @@
 Phases, in this order, so that a refused run writes nothing:
 
 1. :func:`prepare` checks every crypto's data and places its folds, without building feature
-   stores (the warm-up is found on a prefix of the bars). Any problem (unknown factor, missing
-   or malformed data, as-of before the data, too few bars for a fold) raises :class:`InputError`
-   before the database is touched.
+   stores (the warm-up is found on a prefix of the bars). Any problem (a factor or model that is
+   not installed or cannot be imported, a factor plug-in that breaks its interface on that
+   prefix, missing or malformed data, as-of before the data, too few bars for a fold) raises
+   :class:`InputError` before the database is touched.
 2. :func:`execute` registers the run, marks the factor ``running`` and runs crypto after crypto,
    each one's feature store built and released in turn (memory flat in the crypto count), in up
    to ``workers`` processes side by side (:mod:`finetune.workers`; only the pod's own process
@@ -18,7 +19,10 @@ Phases, in this order, so that a refused run writes nothing:
    ``baselines_incomplete`` and fails the run; the outcome, peak memory and limit are recorded on
    the manifest and in the per-attempt history. A run that crashes, is stopped (SIGTERM) or loses
    the database on the way reports the keys it never persisted from its own record, since the
-   database may not answer, and is recorded ``failed`` on a fresh connection.
+   database may not answer, and is recorded ``failed`` on a fresh connection. A plug-in that
+   breaks its interface mid-run (:class:`~finetune.plugins.PluginError`: a model's fit or
+   positions, a factor beyond the probed prefix) takes the same path and exits 2: rerunning the
+   same code cannot help.
 
 Model rows carry ``variant = "default"``: the runner sweeps no ablation, and the cost basis has
 its own columns in the key, so a cost-named variant would only repeat them.
