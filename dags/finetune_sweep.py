@@ -19,7 +19,10 @@ model vs baselines, sizing recommendations).
 date; manual: the trigger time recorded on the run), so every retry sees the same windows. The
 finetune run id is `finetune_sweep__<as_of>__<params hash>`: rerunning the same sweep upserts.
 Settings: `FINETUNE_POD_BACKEND` (`kubernetes`|`local`), `FINETUNE_PROFILES` / `FINETUNE_SIZING`
-(JSON, read by `plan` at run time), `FINETUNE_SIZING_MODE` (`history`|`static`), connection `finetune_db`.
+(JSON, read by `plan` at run time; `FINETUNE_SIZING` also adds a team's factor plug-in with its
+profile), `FINETUNE_MODELS` (the models the param `model` offers), `FINETUNE_SIZING_MODE`
+(`history`|`static`), connection `finetune_db`. The param `model` names the model every row is
+fine-tuned with (its `strategy`); the built-in `ridge_long_flat` is left out of the run id's hash.
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ from finetune_sweep.gate import gate_sensor_kwargs
 from finetune_sweep.operators.factor_pod import FactorPodOperator
 from finetune_sweep.operators.gate_sensor import BaselineGateSensor
 from finetune_sweep.pods.spec import common_pod_kwargs, resources_for, to_resource_requirements
-from finetune_sweep.settings import get_settings
+from finetune_sweep.settings import get_settings, sizing_overrides
 from finetune_sweep.sizing.profiles import PROFILE_ORDER, PodProfile
-from finetune_sweep.sweep.params import build_params
+from finetune_sweep.sweep.params import build_params, form_factors
 
 SETTINGS = get_settings()
 # Partial arguments are rendered (mapped XCom values are not): the tag comes from the param.
@@ -61,7 +64,12 @@ MIGRATE_PROFILE = PodProfile("MIGRATE", "512Mi", "250m")
     max_active_runs=1,
     doc_md=__doc__,
     tags=["finetune", "kubernetes", "ml"],
-    params=build_params(image_tag=SETTINGS.image_tag, tag_pattern=SETTINGS.image_tag_pattern),
+    params=build_params(
+        image_tag=SETTINGS.image_tag,
+        tag_pattern=SETTINGS.image_tag_pattern,
+        known_factors=form_factors(sizing_overrides()[1]),
+        known_models=SETTINGS.models,
+    ),
     default_args={"owner": "quant-ml", "retries": 0},
 )
 def finetune_sweep():

@@ -1,6 +1,6 @@
 """``python -m finetune_sweep render|recommend|findings``: the operator's commands, one entry point.
 
-- ``render --factor F [--run-id R] [--as-of T] [--image-tag T] [--output json|yaml]``: the pod
+- ``render --factor F [--model M] [--run-id R] [--as-of T] [--image-tag T] [--output json|yaml]``: the pod
   manifest that would be submitted for a factor (DESIGN 4.5), built offline.
 - ``recommend [--dsn DSN]``: per factor the recorded peaks, the headroom of its current profile
   and the recommended profile (DESIGN 6).
@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     render.add_argument("--run-id", default="manual__render")
     render.add_argument("--as-of", default="2026-01-04T00:00:00Z", help="ISO time (the run's data interval end)")
     render.add_argument("--image-tag", help="tag instead of the pinned one (the DAG param image)")
+    render.add_argument("--model", help="the DAG param model (default: the param's, from FINETUNE_MODELS)")
     render.add_argument("--output", choices=("json", "yaml"), default="yaml")
     rec = sub.add_parser("recommend", help="recommend a profile per factor from the recorded peaks")
     rec.add_argument("--dsn", help="libpq URI (default: FINETUNE_DB_URL, else the finetune_db connection)")
@@ -73,6 +74,7 @@ def render(args: argparse.Namespace) -> int:
     # The DAG's default tag is FINETUNE_IMAGE's own (build_params(image_tag=...)): the same here.
     params = default_params(image_tag=settings.image_tag)
     params["factors"] = [args.factor]
+    params["model"] = args.model or settings.default_model
     if args.image_tag:
         params["image"] = args.image_tag
     profiles_json, sizing_json = sizing_overrides()

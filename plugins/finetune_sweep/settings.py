@@ -60,6 +60,10 @@ applies it; see :func:`sizing_policy`):
 ``FINETUNE_POD_DEADLINE_STARTUP_SECONDS``  allowance for loading data and connecting (default 600)
 ``FINETUNE_POD_DEADLINE_MAX_SECONDS``  the ceiling of that deadline, sized or fixed (default 86400:
                               one trigger must not hold a node for weeks)
+``FINETUNE_MODELS``           the models a run may choose (DAG param ``model``), comma-separated
+                              names that the pod image registers under ``finetune.models``
+                              (default ``ridge_long_flat``; the first is the param's default when
+                              ``ridge_long_flat`` is not listed); the pod checks again what it has
 ``FINETUNE_MAX_RUN_WORK``     the largest run ``plan`` admits, in units of keys x (n_seeds +
                               n_shifts) over all factors (default 100,000,000: about 1.5 times the
                               README's production example of 60,000 keys at 100 seeds and
@@ -81,6 +85,11 @@ DEFAULT_IMAGE = "ghcr.io/finetune-sweep/finetune:0.1.0"
 # holding the cluster for weeks) is two orders larger.
 DEFAULT_MAX_RUN_WORK = 100_000_000
 BACKENDS = ("kubernetes", "local")
+# The pod's built-in model (finetune.plugins.DEFAULT_MODEL), the default of FINETUNE_MODELS.
+DEFAULT_MODEL = "ridge_long_flat"
+# A plug-in name as the Airflow side accepts it (a factor in FINETUNE_SIZING, a model in
+# FINETUNE_MODELS): an entry point name that is also safe in a pod argument and a label value.
+PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 # The pod's database bounds (finetune.connection): set on the Airflow side, they reach every pod.
 POD_DATABASE_ENV = (
     "FINETUNE_DB_STATEMENT_TIMEOUT_SECONDS",
@@ -170,6 +179,13 @@ class Settings:
     # FINETUNE_IMAGE_TAG_PATTERN as set (None: the pinned tag's release pattern)
     tag_pattern: str | None = None
     database: DatabaseBounds = DatabaseBounds()
+    # FINETUNE_MODELS: the models a run may choose (the pod image registers them)
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+
+    @property
+    def default_model(self) -> str:
+        """The DAG param ``model``'s default: ``ridge_long_flat`` when allowed, else the first model."""
+        return DEFAULT_MODEL if DEFAULT_MODEL in self.models else self.models[0]
 
     @property
     def image_repository(self) -> str:
@@ -277,7 +293,23 @@ class Settings:
             max_run_work=integer("FINETUNE_MAX_RUN_WORK", cls.max_run_work, 1, 10**12),
             tag_pattern=tag_pattern,
             database=DatabaseBounds.from_env(env),
+            models=parse_models(get("FINETUNE_MODELS", DEFAULT_MODEL) or DEFAULT_MODEL),
         )
+
+
+def parse_models(text: str) -> tuple[str, ...]:
+    """``FINETUNE_MODELS``: comma-separated model names, duplicates dropped.
+
+    :raises SettingsError: an empty list or a name that is not ``[a-z][a-z0-9_]*`` (<= 63 chars).
+    """
+    names = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    bad = [name for name in names if not PLUGIN_NAME.match(name)]
+    if bad or not names:
+        raise SettingsError(
+            f"FINETUNE_MODELS={text!r} must be comma-separated model names of lower-case letters, digits "
+            f"and _ (starting with a letter), e.g. {DEFAULT_MODEL},my_model"
+        )
+    return names
 
 
 def split_image(image: str) -> tuple[str, str]:

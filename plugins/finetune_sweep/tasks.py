@@ -23,10 +23,10 @@ from finetune_sweep.pods.spec import argument_value
 from finetune_sweep.pods.template import PodTemplateError, check_pod_template
 from finetune_sweep.report import VERDICT_TASKS, build_report, unsuccessful_tasks
 from finetune_sweep.settings import SettingsError, get_settings, sizing_overrides, sizing_policy
-from finetune_sweep.sizing.profiles import SizingError
+from finetune_sweep.sizing.profiles import SizingError, load_sizing
 from finetune_sweep.sizing.recommend import describe_window
 from finetune_sweep.sweep.identity import as_of_from_context, finetune_run_id
-from finetune_sweep.sweep.params import STRATEGY, PlanError, validate_params
+from finetune_sweep.sweep.params import PlanError, validate_params
 from finetune_sweep.sweep.plan import choose_profiles, plan_pods
 
 if TYPE_CHECKING:
@@ -38,6 +38,19 @@ def _fail_on_a_bound(exc: Exception, task: str) -> None:
     line = database_error_line(exc)
     if line is not None:
         raise AirflowException(f"{task}: {line}") from None
+
+
+def valid_params(context: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's params validated as ``plan`` validated them: the factors of the sizing map with
+    ``FINETUNE_SIZING``'s additions, the models of ``FINETUNE_MODELS``.
+
+    :raises PlanError: invalid params or a bad ``FINETUNE_SIZING``.
+    """
+    try:
+        sizing = load_sizing(sizing_overrides()[1])
+    except SizingError as err:
+        raise PlanError(str(err)) from None
+    return validate_params(dict(context["params"]), known_factors=tuple(sizing), known_models=get_settings().models)
 
 
 def sweep_run_id(context: Mapping[str, Any], *, data_uri: str | None) -> str:
@@ -52,7 +65,7 @@ def sweep_run_id(context: Mapping[str, Any], *, data_uri: str | None) -> str:
     return finetune_run_id(
         dag_id=context["dag"].dag_id,
         as_of=as_of_from_context(context),
-        params=validate_params(dict(context["params"])),
+        params=valid_params(context),
         data_uri=data_uri,
     )
 
@@ -126,7 +139,7 @@ def register(entries: Sequence[Mapping[str, Any]], context: Context) -> list[dic
     except SettingsError as err:
         raise AirflowFailException(f"invalid sweep: {err}") from None
     run_id = planned_run_id(entries)
-    params = validate_params(dict(context["params"]))
+    params = valid_params(context)
     as_of = as_of_from_context(context)
     dsn = dsn_from_connection(settings.conn_id)
     try:
@@ -138,7 +151,7 @@ def register(entries: Sequence[Mapping[str, Any]], context: Context) -> list[dic
             as_of=as_of,
             # which data the rows come from (None: the built-in synthetic market), as the pod records it
             params={**params, "data_uri": settings.data_uri},
-            strategy=STRATEGY,
+            strategy=params["model"],
             entries=started,
             choices=choices,
             airflow_run_id=str(context["run_id"]),
@@ -177,7 +190,7 @@ def findings(context: Context) -> dict[str, Any]:
     :returns: a small summary for XCom (run id, counts, fdr_q).
     """
     try:
-        params = validate_params(dict(context["params"]))
+        params = valid_params(context)
     except PlanError as err:
         raise AirflowFailException(f"invalid sweep: {err}") from None
     run_id = registered_run_id(context)

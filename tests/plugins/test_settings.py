@@ -97,11 +97,27 @@ def test_environment_overrides() -> None:
         pytest.param(
             {"FINETUNE_KEEP_FAILED_PODS": "maybe"}, "KEEP_FAILED_PODS='maybe' must be true or false", id="bad-keep"
         ),
+        pytest.param({"FINETUNE_MODELS": "Team-GBM"}, "FINETUNE_MODELS='Team-GBM' must be", id="bad-model-name"),
+        pytest.param({"FINETUNE_MODELS": ", ,"}, "FINETUNE_MODELS=', ,' must be", id="no-model"),
     ],
 )
 def test_refuses_bad_values(env: dict[str, str], match: str) -> None:
     with pytest.raises(SettingsError, match=match):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(
+    ("text", "models", "default"),
+    [
+        pytest.param(None, ("ridge_long_flat",), "ridge_long_flat", id="unset"),
+        pytest.param("team_logit, ridge_long_flat,team_logit", ("team_logit", "ridge_long_flat"), "ridge_long_flat"),
+        pytest.param("team_logit", ("team_logit",), "team_logit", id="without-the-built-in"),
+    ],
+)
+def test_finetune_models(text: str | None, models: tuple[str, ...], default: str) -> None:
+    settings = Settings.from_env({} if text is None else {"FINETUNE_MODELS": text})
+    assert settings.models == models
+    assert settings.default_model == default
 
 
 @pytest.mark.parametrize(

@@ -28,10 +28,10 @@ from finetune.bars import (
 from finetune.connection import DatabaseRefused, DatabaseSettings, DatabaseSettingsError, timeout_error
 from finetune.data import to_utc, validate_symbol
 from finetune.events import EventLog, print_error
-from finetune.factors import KNOWN_FACTORS, UnknownFactorError, check_factor
 from finetune.folds import DEFAULT_TEST_BARS, DEFAULT_TRAIN_BARS
 from finetune.migrate import MigrationError, apply_migrations
 from finetune.persistence import DatabaseUnavailable, dsn_password, error_line
+from finetune.plugins import DEFAULT_MODEL, check_all
 from finetune.runner import (
     EXIT_FAILED,
     EXIT_OK,
@@ -102,13 +102,6 @@ def _symbol(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def _factor(text: str) -> str:
-    try:
-        return check_factor(text)
-    except UnknownFactorError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-
-
 def _as_of(text: str) -> pd.Timestamp:
     try:
         return to_utc(text)
@@ -120,14 +113,20 @@ def _as_of(text: str) -> pd.Timestamp:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(prog="finetune", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{migrate,run}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{migrate,run,plugins}")
     migrate = commands.add_parser("migrate", help="apply the sql/ migrations to FINETUNE_DB_URL")
     migrate.add_argument("--dir", default=None, help="migrations directory (default: FINETUNE_MIGRATIONS_DIR, sql/)")
     migrate.add_argument("--target", default=None, help="stop after this version, e.g. V002")
 
+    commands.add_parser("plugins", help="import every installed factor and model; exit 2 if any cannot be used")
     run = commands.add_parser("run", help="fine-tune one factor and persist its rows and baselines")
     run.add_argument("--run-id", required=True)
-    run.add_argument("--factor", required=True, type=_factor, help=f"one of {', '.join(KNOWN_FACTORS)}")
+    run.add_argument("--factor", required=True, help="an installed factor (entry point group finetune.factors)")
+    run.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"an installed model (entry point group finetune.models; default {DEFAULT_MODEL}): every row's strategy",
+    )
     run.add_argument("--cryptos", required=True, type=_csv(_symbol), help="e.g. BTC,ETH,SOL")
     run.add_argument("--cost-bps", required=True, type=_csv(_bps), help="e.g. 10,15,30")
     run.add_argument("--slippage-bps", type=_csv(_bps), default=(0,), help="e.g. 0 (default)")
@@ -206,6 +205,7 @@ def _run(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> int:
         n_folds=args.n_folds,
         n_seeds=args.n_seeds,
         n_shifts=args.n_shifts,
+        model=args.model,
         hold_bars=args.hold_bars,
         train_bars=args.train_bars,
         test_bars=args.test_bars,
@@ -266,6 +266,15 @@ def _migrate(args: argparse.Namespace, dsn: str, environ: Mapping[str, str]) -> 
     return EXIT_OK
 
 
+def _plugins() -> int:
+    """One line per installed plug-in: ``factor NAME ok`` or its error; exit 2 when any fails."""
+    failed = False
+    for kind, name, error in check_all():
+        print(f"{kind} {name} " + ("ok" if error is None else f"FAILED: {error}"))
+        failed = failed or error is not None
+    return EXIT_USAGE if failed else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     """Parse ``argv`` and run the command; returns the exit code (never raises SystemExit)."""
     env = os.environ if environ is None else environ
@@ -273,6 +282,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse's refusal (2) or --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command == "plugins":  # needs no database
+        return _plugins()
     dsn = env.get(DB_URL_ENV, "").strip()
     if not dsn:
         return _refuse(f"{DB_URL_ENV} is not set: it must hold the database's libpq URI", EXIT_USAGE)

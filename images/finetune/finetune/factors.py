@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
 from finetune.data import DataError, MarketData, to_utc
+from finetune.plugins import PluginError, plugin_code
 
 KNOWN_FACTORS = ("base_features", "n_features", "btc_features", "l2_features")
 BTC = "BTC"
@@ -230,10 +231,9 @@ def l2_columns(s: Series, frame: pd.DataFrame) -> list[Column]:
 # --- assembly -----------------------------------------------------------------------------
 
 
-def aligned_btc_close(market: MarketData, index: pd.DatetimeIndex, *, as_of: pd.Timestamp) -> np.ndarray:
+def aligned_btc_close(btc: pd.DataFrame, index: pd.DatetimeIndex) -> np.ndarray:
     """BTC's close on ``index``: BTC's own array when the indexes agree (no copy), else the last
     BTC bar at or before each timestamp (never a later one), NaN before BTC's first bar."""
-    btc = market.ohlcv(BTC, as_of=as_of)
     close = btc["close"].to_numpy()
     if btc.index.equals(index):
         return close
@@ -241,8 +241,9 @@ def aligned_btc_close(market: MarketData, index: pd.DatetimeIndex, *, as_of: pd.
     return np.where(positions >= 0, close[positions], np.nan)
 
 
-def columns_for(factor: str, symbol: str, frame: pd.DataFrame, market: MarketData, as_of: pd.Timestamp) -> list[Column]:
-    """The named columns of ``factor`` for ``symbol`` (computed later, one at a time)."""
+def columns_for(factor: str, symbol: str, frame: pd.DataFrame, btc: Callable[[], pd.DataFrame]) -> list[Column]:
+    """The named columns of built-in ``factor`` for ``symbol`` (computed later, one at a time);
+    ``btc()`` gives BTC's bars (read by btc_features only)."""
     s = Series.from_ohlcv(frame)
     if factor == "n_features":
         return n_columns(s)
@@ -250,7 +251,7 @@ def columns_for(factor: str, symbol: str, frame: pd.DataFrame, market: MarketDat
         return l2_columns(s, frame)
     columns = base_columns(s)
     if factor == "btc_features" and symbol != BTC:
-        columns += btc_overlay_columns(s, np.log(aligned_btc_close(market, frame.index, as_of=as_of)))
+        columns += btc_overlay_columns(s, np.log(aligned_btc_close(btc(), frame.index)))
     return columns
 
 
@@ -281,7 +282,126 @@ def _no_rows_error(factor: str, symbol: str, n_bars: int, as_of: pd.Timestamp) -
     )
 
 
-def warmup_rows(factor: str, symbol: str, market: MarketData, *, as_of: pd.Timestamp) -> int:
+OHLCV = ("open", "high", "low", "close", "volume")
+
+
+class MarketView(Mapping[str, pd.DataFrame]):
+    """What a factor plug-in sees as ``market``: symbol -> its bars at as-of (a copy of the OHLCV
+    columns, the symbol in ``attrs["symbol"]``), read on look-up; iterating gives the run's
+    ``symbols``, any other symbol of the data source is read when asked for."""
+
+    def __init__(self, market: MarketData, *, as_of: pd.Timestamp, symbols: tuple[str, ...]) -> None:
+        self._market = market
+        self._as_of = as_of
+        self._symbols = symbols
+
+    def __getitem__(self, symbol: str) -> pd.DataFrame:
+        try:
+            return plugin_bars(self._market.ohlcv(symbol, as_of=self._as_of), symbol)
+        except (DataError, ValueError) as exc:
+            raise KeyError(symbol) from exc
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._symbols)
+
+    def __len__(self) -> int:
+        return len(self._symbols)
+
+
+def plugin_bars(frame: pd.DataFrame, symbol: str) -> pd.DataFrame:
+    """The OHLCV columns of ``frame`` (a copy: a plug-in cannot change the cached bars)."""
+    bars = frame.loc[:, list(OHLCV)].copy()
+    bars.attrs["symbol"] = symbol
+    return bars
+
+
+@dataclass(frozen=True)
+class BuiltinFactor:
+    """A factor of this package, registered under ``finetune.factors`` like any plug-in.
+
+    Called as a plug-in (``build(bars, market)``), it returns its float32 columns with the warm-up
+    rows in; the runner instead computes its columns one at a time into the store's matrix
+    (:func:`columns_for`), which holds one column's temporaries at a time instead of a frame.
+    """
+
+    name: str
+
+    def __call__(self, bars: pd.DataFrame, market: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+        columns = columns_for(self.name, bars.attrs.get("symbol", ""), bars, lambda: market[BTC])
+        features, _ = fill_matrix(columns, len(bars))
+        return pd.DataFrame(features, index=bars.index, columns=[name for name, _ in columns], copy=False)
+
+
+BASE_FEATURES, N_FEATURES, BTC_FEATURES, L2_FEATURES = (BuiltinFactor(name) for name in KNOWN_FACTORS)
+Build = Callable[[pd.DataFrame, Mapping[str, pd.DataFrame]], pd.DataFrame]
+
+
+def plugin_matrix(
+    factor: str, build: Build, symbol: str, frame: pd.DataFrame, market: Mapping[str, pd.DataFrame]
+) -> tuple[tuple[str, ...], np.ndarray, int]:
+    """(feature names, float32 column-major matrix, first row after the warm-up) of a plug-in.
+
+    The warm-up is the leading rows with any NaN; every value after it must be finite.
+
+    :raises PluginError: ``build`` raised or broke the interface (one line naming factor and symbol).
+    """
+    who = f"factor {factor} on {symbol}"
+    bars = plugin_bars(frame, symbol)
+    with plugin_code(who, "build"):
+        result = build(bars, market)
+    if not isinstance(result, pd.DataFrame):
+        raise PluginError(f"{who}: build returned {type(result).__name__}, not a pandas DataFrame")
+    if len(result) != len(bars) or not result.index.equals(bars.index):
+        raise PluginError(
+            f"{who}: build returned {len(result)} rows on another index; expected the bars' {len(bars)} rows "
+            f"({bars.index[0].isoformat()} .. {bars.index[-1].isoformat()}) on their own index"
+        )
+    not_float = [f"{name} ({dtype})" for name, dtype in result.dtypes.items() if not pd.api.types.is_float_dtype(dtype)]
+    if not_float or result.shape[1] == 0:
+        raise PluginError(f"{who}: columns must be float, got {', '.join(map(str, not_float)) or 'no columns'}")
+    names = tuple(str(name) for name in result.columns)
+    features = np.empty(result.shape, dtype=np.float32, order="F")
+    for j in range(result.shape[1]):
+        features[:, j] = result.iloc[:, j].to_numpy()
+    warming = np.isnan(features).any(axis=1)
+    start = int(np.argmin(warming)) if not warming.all() else len(features)
+    bad_rows, bad_columns = np.nonzero(~np.isfinite(features[start:]))
+    if bad_rows.size:
+        row = start + int(bad_rows[0])
+        raise PluginError(
+            f"{who}: {features[row, bad_columns[0]]} in column {names[bad_columns[0]]} at "
+            f"{bars.index[row].isoformat()} (row {row}), after its warm-up of {start} rows"
+        )
+    return names, features, start
+
+
+def _matrix(
+    factor: str,
+    build: Build | None,
+    symbol: str,
+    frame: pd.DataFrame,
+    market: MarketData,
+    as_of: pd.Timestamp,
+    symbols: tuple[str, ...] = (),
+) -> tuple[tuple[str, ...], np.ndarray, int]:
+    """(names, matrix, first row after the warm-up) of ``factor`` over ``frame``'s bars."""
+    if build is None or isinstance(build, BuiltinFactor):
+        columns = columns_for(factor, symbol, frame, lambda: market.ohlcv(BTC, as_of=as_of))
+        features, start = fill_matrix(columns, len(frame))
+        return tuple(name for name, _ in columns), features, start
+    view = MarketView(market, as_of=as_of, symbols=symbols or (symbol,))
+    return plugin_matrix(factor, build, symbol, frame, view)
+
+
+def warmup_rows(
+    factor: str,
+    symbol: str,
+    market: MarketData,
+    *,
+    as_of: pd.Timestamp,
+    build: Build | None = None,
+    symbols: tuple[str, ...] = (),
+) -> int:
     """How many leading bars the ``factor`` features of ``symbol`` leave non-finite: the warm-up
     that :func:`build_feature_store` drops, found without building the store.
 
@@ -289,17 +409,20 @@ def warmup_rows(factor: str, symbol: str, market: MarketData, *, as_of: pd.Times
     row ``t`` reads rows ``<= t`` only: the warm-up seen on a prefix of the bars is the warm-up of
     all of them, and a prefix of a few thousand rows (doubled until the warm-up ends inside it)
     costs a few MiB instead of the whole store. The runner checks every crypto this way before
-    its first write, then builds one store at a time.
+    its first write, then builds one store at a time. A plug-in (``build``) is held to the same
+    (:meth:`runner.Plan.load` cross-checks), and its interface is checked on the prefix.
 
     :raises DataError: the bars leave no row after the warm-up.
+    :raises PluginError: the plug-in raised or broke its interface on the prefix.
     """
-    check_factor(factor)
+    if build is None:
+        check_factor(factor)
     as_of = to_utc(as_of)
     frame = market.ohlcv(symbol, as_of=as_of)
     n_rows = WARMUP_PROBE_ROWS
     while True:
         prefix = frame.iloc[:n_rows]
-        _, start = fill_matrix(columns_for(factor, symbol, prefix, market, as_of), len(prefix))
+        _, _, start = _matrix(factor, build, symbol, prefix, market, as_of, symbols)
         if start < len(prefix) or len(prefix) == len(frame):
             break
         n_rows *= 2
@@ -308,17 +431,29 @@ def warmup_rows(factor: str, symbol: str, market: MarketData, *, as_of: pd.Times
     return start
 
 
-def build_feature_store(factor: str, symbol: str, market: MarketData, *, as_of: pd.Timestamp) -> FeatureStore:
-    """The ``factor`` features of ``symbol`` from its bars up to ``as_of``, warm-up dropped."""
-    check_factor(factor)
+def build_feature_store(
+    factor: str,
+    symbol: str,
+    market: MarketData,
+    *,
+    as_of: pd.Timestamp,
+    build: Build | None = None,
+    symbols: tuple[str, ...] = (),
+) -> FeatureStore:
+    """The ``factor`` features of ``symbol`` from its bars up to ``as_of``, warm-up dropped.
+
+    :param build: the factor's plug-in (:func:`finetune.plugins.load_factor`); None: the built-in
+        ``factor``.
+    :param symbols: what the plug-in's ``market`` lists (the run's cryptos; default ``symbol``).
+    """
+    if build is None:
+        check_factor(factor)
     as_of = to_utc(as_of)
     frame = market.ohlcv(symbol, as_of=as_of)
-    columns = columns_for(factor, symbol, frame, market, as_of)
-    features, start = fill_matrix(columns, len(frame))
+    names, features, start = _matrix(factor, build, symbol, frame, market, as_of, symbols)
     if start >= len(frame):
         raise _no_rows_error(factor, symbol, len(frame), as_of)
     features = features[start:]
-    names = tuple(name for name, _ in columns)
     return FeatureStore(
         factor=factor,
         symbol=symbol,

@@ -114,45 +114,70 @@ def _long_flat(ridge: Ridge, threshold: float, features: np.ndarray, close: np.n
     return evaluate(positions, close, SELECTION_ROUND_TRIP_COST).net_return
 
 
-def fine_tune(store: FeatureStore, fold: Fold, *, hold_bars: int) -> FittedModel:
-    """Choose lambda and the threshold on the training tail, then refit on the whole window."""
+class RidgeLongFlat:
+    """The built-in model plug-in ``ridge_long_flat`` (entry point group ``finetune.models``).
+
+    ``fit`` selects lambda and the threshold on the tail of the training rows it is given and
+    refits on all of them (see the module docstring); the runner passes ``close`` (the training
+    rows' closes) and ``hold_bars`` because its ``fit`` declares them.
+    """
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, *, close: np.ndarray, hold_bars: int) -> FittedModel:
+        """:param features: the training rows; :param labels: their forward ``hold_bars`` log
+        returns (the last one reads the close just before the test window)."""
+        if hold_bars < 1:
+            raise ValueError(f"hold_bars must be >= 1, got {hold_bars!r}")
+        n = len(labels)
+        n_tail = max(int(n * SELECTION_FRACTION), 2)
+        split = n - n_tail
+        head_end = split - hold_bars  # head labels read close[split - 1] at most
+        if head_end < 2:
+            raise ValueError(
+                f"{n} training bars are too few to select on a tail of {n_tail} with a {hold_bars}-bar embargo"
+            )
+        head_fits = Ridge.fit(features[:head_end], labels[:head_end], RIDGE_LAMBDAS)
+        best = None
+        for lam, ridge in zip(RIDGE_LAMBDAS, head_fits, strict=True):
+            for multiple in THRESHOLD_MULTIPLES:
+                threshold = multiple * SELECTION_ROUND_TRIP_COST
+                utility = _long_flat(ridge, threshold, features[split:n], close[split:n])
+                if best is None or utility > best[0]:
+                    best = (utility, lam, threshold)
+        utility, lam, threshold = best
+        (ridge,) = Ridge.fit(features[:n], labels, (lam,))
+        hyperparams = {
+            "model": STRATEGY,
+            "ridge_lambda": lam,
+            "entry_threshold": threshold,
+            "hold_bars": hold_bars,
+            "train_bars": n,
+            "selection_bars": n_tail,
+            "selection_round_trip_cost": SELECTION_ROUND_TRIP_COST,
+            "selection_net_return": utility,
+            "n_features": int(features.shape[1]),
+        }
+        return FittedModel(hyperparams=hyperparams, ridge=ridge, entry_threshold=threshold)
+
+
+def training_rows(store: FeatureStore, fold: Fold, *, hold_bars: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features, labels, close) of the fold's training rows; the labels look ``hold_bars``
+    ahead and the embargo keeps the last one before the test window (DESIGN 5, "Folds")."""
     if hold_bars < 1:
         raise ValueError(f"hold_bars must be >= 1, got {hold_bars!r}")
     if fold.train_end + hold_bars > fold.test_start:
         raise ValueError(f"fold {fold.fold_id}: labels of its train window would read its test window")
     start, end = fold.train_start, fold.train_end
-    n_tail = max(int((end - start) * SELECTION_FRACTION), 2)
-    split = end - n_tail
-    head_end = split - hold_bars  # head labels read close[split - 1] at most
-    if head_end - start < 2:
-        raise ValueError(
-            f"fold {fold.fold_id}: {end - start} training bars are too few to select on a tail of "
-            f"{n_tail} with a {hold_bars}-bar embargo"
-        )
-    features, close = store.features, store.close
-    head_labels = forward_log_returns(close, start, head_end, hold_bars)
-    head_fits = Ridge.fit(features[start:head_end], head_labels, RIDGE_LAMBDAS)
-    best = None
-    for lam, ridge in zip(RIDGE_LAMBDAS, head_fits, strict=True):
-        for multiple in THRESHOLD_MULTIPLES:
-            threshold = multiple * SELECTION_ROUND_TRIP_COST
-            utility = _long_flat(ridge, threshold, features[split:end], close[split:end])
-            if best is None or utility > best[0]:
-                best = (utility, lam, threshold)
-    utility, lam, threshold = best
-    (ridge,) = Ridge.fit(features[start:end], forward_log_returns(close, start, end, hold_bars), (lam,))
-    hyperparams = {
-        "model": STRATEGY,
-        "ridge_lambda": lam,
-        "entry_threshold": threshold,
-        "hold_bars": hold_bars,
-        "train_bars": end - start,
-        "selection_bars": n_tail,
-        "selection_round_trip_cost": SELECTION_ROUND_TRIP_COST,
-        "selection_net_return": utility,
-        "n_features": int(features.shape[1]),
-    }
-    return FittedModel(hyperparams=hyperparams, ridge=ridge, entry_threshold=threshold)
+    labels = forward_log_returns(store.close, start, end, hold_bars)
+    return store.features[start:end], labels, store.close[start:end]
+
+
+def fine_tune(store: FeatureStore, fold: Fold, *, hold_bars: int) -> FittedModel:
+    """The ridge of one (crypto, fold): :class:`RidgeLongFlat` on the fold's training rows."""
+    features, labels, close = training_rows(store, fold, hold_bars=hold_bars)
+    try:
+        return RidgeLongFlat().fit(features, labels, close=close, hold_bars=hold_bars)
+    except ValueError as exc:
+        raise ValueError(f"fold {fold.fold_id}: {exc}") from None
 
 
 def _validate_positions(positions: np.ndarray, n: int) -> np.ndarray:

@@ -3,9 +3,10 @@
 Phases, in this order, so that a refused run writes nothing:
 
 1. :func:`prepare` checks every crypto's data and places its folds, without building feature
-   stores (the warm-up is found on a prefix of the bars). Any problem (unknown factor, missing
-   or malformed data, as-of before the data, too few bars for a fold) raises :class:`InputError`
-   before the database is touched.
+   stores (the warm-up is found on a prefix of the bars). Any problem (a factor or model that is
+   not installed or cannot be imported, a factor plug-in that breaks its interface on that
+   prefix, missing or malformed data, as-of before the data, too few bars for a fold) raises
+   :class:`InputError` before the database is touched.
 2. :func:`execute` registers the run, marks the factor ``running`` and runs crypto after crypto,
    each one's feature store built and released in turn (memory flat in the crypto count), in up
    to ``workers`` processes side by side (:mod:`finetune.workers`; only the pod's own process
@@ -18,7 +19,10 @@ Phases, in this order, so that a refused run writes nothing:
    ``baselines_incomplete`` and fails the run; the outcome, peak memory and limit are recorded on
    the manifest and in the per-attempt history. A run that crashes, is stopped (SIGTERM) or loses
    the database on the way reports the keys it never persisted from its own record, since the
-   database may not answer, and is recorded ``failed`` on a fresh connection.
+   database may not answer, and is recorded ``failed`` on a fresh connection. A plug-in that
+   breaks its interface mid-run (:class:`~finetune.plugins.PluginError`: a model's fit or
+   positions, a factor beyond the probed prefix) takes the same path and exits 2: rerunning the
+   same code cannot help.
 
 Model rows carry ``variant = "default"``: the runner sweeps no ablation, and the cost basis has
 its own columns in the key, so a cost-named variant would only repeat them.
@@ -45,10 +49,12 @@ from finetune.connection import DatabaseSettings, DatabaseTimeout, DatabaseUnava
 from finetune.costs import round_trip_cost
 from finetune.data import DataError, MarketData
 from finetune.events import EventLog, print_error
-from finetune.factors import BTC, FeatureStore, build_feature_store, check_factor, warmup_rows
+from finetune.factors import BTC, Build, BuiltinFactor, FeatureStore, build_feature_store, warmup_rows
 from finetune.folds import Fold, walk_forward_folds
-from finetune.model import BARS_PER_YEAR, STRATEGY, evaluate, fine_tune
+from finetune.model import BARS_PER_YEAR, evaluate, training_rows
 from finetune.persistence import ModelRow, ResultKey, Store, Window, dsn_password, error_line, keys_as_dicts
+from finetune.plugins import DEFAULT_MODEL, Model, PluginError, load_factor, load_model
+from finetune.stopping import Terminated
 from finetune.usage import measure_usage
 from finetune.workers import map_items
 
@@ -61,16 +67,6 @@ EXIT_USAGE = 2  # refused before any write: bad arguments, configuration or inpu
 
 class InputError(ValueError):
     """Inputs that cannot make a run (exit 2, nothing written); the message is one line."""
-
-
-class Terminated(RuntimeError):
-    """The pod was asked to stop (SIGTERM: task cleared, pod deleted, node drained).
-
-    Raised from the signal handler so that the run's failure path records the factor as failed
-    instead of leaving it ``running``; SIGKILL (an OOM kill) cannot be caught and is the DAG's
-    to report. When it interrupts a statement (an INSERT waiting on a lock), the store cancels
-    that statement and drops the connection before anything else touches the database.
-    """
 
 
 # After a SIGTERM the kubelet sends SIGKILL when the grace period ends (30 s unless the pod says
@@ -117,6 +113,8 @@ class RunConfig:
     # Shifted copies per model in the timing test, and bootstrap resamples per cost basis in the
     # profit test (--n-shifts): independent of n_seeds, so that the p-value floor is the user's.
     n_shifts: int = significance.DEFAULT_N_SHIFTS
+    # The model plug-in (--model): every row's strategy.
+    model: str = DEFAULT_MODEL
 
     @property
     def cost_bases(self) -> list[tuple[int, int]]:
@@ -223,7 +221,7 @@ class CryptoPlan:
     lookback: int = 0  # leading bars the features leave non-finite (factors.warmup_rows)
 
 
-def _check_crypto(config: RunConfig, market: MarketData, crypto: str) -> CryptoPlan:
+def _check_crypto(config: RunConfig, market: MarketData, crypto: str, build: Build | None = None) -> CryptoPlan:
     """The crypto's bars (calendar, gaps, staleness), warm-up and folds, or :class:`InputError`.
 
     Only the bars and a short prefix of the features are computed (:func:`warmup_rows`), so every
@@ -231,7 +229,7 @@ def _check_crypto(config: RunConfig, market: MarketData, crypto: str) -> CryptoP
     """
     try:
         bars = market.ohlcv(crypto, as_of=config.as_of)
-        warmup = warmup_rows(config.factor, crypto, market, as_of=config.as_of)
+        warmup = warmup_rows(config.factor, crypto, market, as_of=config.as_of, build=build, symbols=config.cryptos)
         index = bars.index[warmup:]
         folds = walk_forward_folds(
             index,
@@ -241,6 +239,8 @@ def _check_crypto(config: RunConfig, market: MarketData, crypto: str) -> CryptoP
             test_bars=config.test_bars,
             hold_bars=config.hold_bars,
         )
+    except PluginError as exc:  # names the factor and the symbol already
+        raise InputError(str(exc)) from exc
     except ValueError as exc:
         # DataError, FoldError and pandas' parser errors are all ValueErrors: at this stage
         # each one means the inputs cannot make a run. Fold messages do not know the symbol.
@@ -268,10 +268,20 @@ class Plan:
     for the whole run: one symbol's, whatever the crypto count.
     """
 
-    def __init__(self, config: RunConfig, market: MarketData, cryptos: Mapping[str, CryptoPlan]) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        market: MarketData,
+        cryptos: Mapping[str, CryptoPlan],
+        *,
+        build: Build | None = None,
+        model: Model | None = None,
+    ) -> None:
         self.config = config
         self.market = market
         self.cryptos = dict(cryptos)
+        self.build = build  # the factor plug-in (None: the built-in of config.factor)
+        self.model = model or load_model(config.model)
 
     def planned_windows(self) -> dict[ResultKey, Window]:
         """Every key of the pod's grid with the window its rows must sit on."""
@@ -289,10 +299,13 @@ class Plan:
             on the whole history differs from the one its prefix showed: not a trailing one).
         """
         config, plan = self.config, self.cryptos[crypto]
-        store = build_feature_store(config.factor, crypto, self.market, as_of=config.as_of)
+        store = build_feature_store(
+            config.factor, crypto, self.market, as_of=config.as_of, build=self.build, symbols=config.cryptos
+        )
         windows = {fold.fold_id: test_window(store.index, fold) for fold in plan.folds}
         if windows != dict(plan.windows):
-            raise RuntimeError(
+            plugin = self.build is not None and not isinstance(self.build, BuiltinFactor)
+            raise (PluginError if plugin else RuntimeError)(
                 f"factor {config.factor} on {crypto}: the feature rows differ from the ones checked before the run "
                 "(a feature that is not a trailing computation of past bars?)"
             )
@@ -325,11 +338,13 @@ class Plan:
             self.release(crypto)
 
 
-def _checked(config: RunConfig, market: MarketData, crypto: str) -> Iterator[tuple[str, CryptoPlan | InputError]]:
+def _checked(
+    config: RunConfig, market: MarketData, build: Build | None, crypto: str
+) -> Iterator[tuple[str, CryptoPlan | InputError]]:
     """(crypto, its :class:`CryptoPlan` or the :class:`InputError` refusing it); the crypto's bars
     are released after the check (unless other cryptos read them)."""
     try:
-        result: CryptoPlan | InputError = _check_crypto(config, market, crypto)
+        result: CryptoPlan | InputError = _check_crypto(config, market, crypto, build)
     except InputError as exc:
         result = exc
     finally:
@@ -345,15 +360,17 @@ def prepare(config: RunConfig, *, workers: int = 1) -> Plan:
     The checks run in up to ``workers`` processes, as the run itself does.
     """
     try:
-        check_factor(config.factor)
+        # the plug-ins by name (finetune.plugins), before any data is read
+        build, model = load_factor(config.factor), load_model(config.model)
         market = MarketData(config.data_uri, bars=config.bars)
     except ValueError as exc:
         raise InputError(error_line(exc)) from exc
-    checked = dict(map_items(partial(_checked, config, market), config.cryptos, workers=workers))
+    checked = dict(map_items(partial(_checked, config, market, build), config.cryptos, workers=workers))
     for crypto in config.cryptos:
         if isinstance(checked[crypto], InputError):
             raise checked[crypto]
-    return Plan(config, market, {crypto: checked[crypto] for crypto in config.cryptos})
+    cryptos = {crypto: checked[crypto] for crypto in config.cryptos}
+    return Plan(config, market, cryptos, build=build, model=model)
 
 
 def _refuse_other_data(config: RunConfig, registered: Mapping[str, Any]) -> None:
@@ -406,6 +423,7 @@ def evaluate_fold(
     n_seeds: int,
     hold_bars: int,
     n_shifts: int = significance.DEFAULT_N_SHIFTS,
+    model: Model | None = None,
 ) -> list[KeyResult]:
     """Fine-tune once on the fold, then the model row and baselines of every cost basis.
 
@@ -416,8 +434,7 @@ def evaluate_fold(
     """
     window_bars = slice(fold.test_start, fold.test_end)
     close = item.store.close[window_bars]
-    model = fine_tune(item.store, fold, hold_bars=hold_bars)
-    positions = model.positions(item.store.features[window_bars])
+    model, positions = fit_positions(model or load_model(DEFAULT_MODEL), item.store, fold, hold_bars=hold_bars)
     costs = {basis: round_trip_cost(*basis) for basis in cost_bases}
     distinct = list(dict.fromkeys(costs.values()))  # 10+0 and 5+5 bps are one round-trip cost
     window = baselines.compute_window_baselines(close, distinct, n_seeds=n_seeds, hold_bars=hold_bars)
@@ -436,7 +453,7 @@ def evaluate_fold(
         metrics = evaluate(positions, close, rt, bars_per_year=item.bars_per_year)
         row = ModelRow(
             variant=VARIANT,
-            model_hyperparams=model.hyperparams,
+            model_hyperparams=dict(model.hyperparams),
             feature_hash=item.store.feature_hash,
             net_return=float(metrics.net_return),
             sharpe=_finite_or_none(metrics.sharpe),
@@ -460,6 +477,17 @@ def evaluate_fold(
     return results
 
 
+def fit_positions(model: Model, store: FeatureStore, fold: Fold, *, hold_bars: int) -> tuple[Any, np.ndarray]:
+    """``model`` fitted on the fold's training rows, and its checked 0/1 positions on the test rows.
+
+    :raises PluginError: the model raised or broke its interface (naming model, symbol and fold).
+    """
+    where = f"{store.symbol} fold {fold.fold_id}"
+    features, labels, close = training_rows(store, fold, hold_bars=hold_bars)
+    fitted = model.fit(features, labels, close=close, hold_bars=hold_bars, where=where)
+    return fitted, model.positions(fitted, store.features[fold.test_start : fold.test_end], where=where)
+
+
 def evaluate_crypto(plan: Plan, crypto: str) -> Iterator[tuple[str, Fold, list[KeyResult]]]:
     """Build ``crypto``'s store, then (crypto, fold, key results) for each of its folds.
 
@@ -478,6 +506,7 @@ def evaluate_crypto(plan: Plan, crypto: str) -> Iterator[tuple[str, Fold, list[K
                 n_seeds=config.n_seeds,
                 hold_bars=config.hold_bars,
                 n_shifts=config.n_shifts,
+                model=plan.model,
             )
             yield crypto, fold, results
     finally:
@@ -502,7 +531,7 @@ class _Run:
         for result in results:
             try:
                 self.store.persist_key(
-                    strategy=STRATEGY,
+                    strategy=self.config.model,
                     key=result.key,
                     window=window,
                     model=result.model,
@@ -540,7 +569,7 @@ class _Run:
 
     def missing_keys(self) -> list[ResultKey]:
         return self.store.incomplete_keys(
-            strategy=STRATEGY, variant=VARIANT, planned=self.planned, n_baseline_types=len(BASELINE_TYPES)
+            strategy=self.config.model, variant=VARIANT, planned=self.planned, n_baseline_types=len(BASELINE_TYPES)
         )
 
 
@@ -601,7 +630,7 @@ def execute(
         workers = min(pod.workers, len(plan.cryptos))
         run = _Run(config, plan, store, events, workers=workers)
         registered = store.register_run(
-            strategy=STRATEGY, as_of=config.as_of.to_pydatetime(), params=config.params(), dag_id=None
+            strategy=config.model, as_of=config.as_of.to_pydatetime(), params=config.params(), dag_id=None
         )
         _refuse_other_data(config, registered)
         try:
@@ -633,6 +662,8 @@ def execute(
                 exit_reason=exit_reason,
                 workers=workers,
                 terminated=isinstance(exc, Terminated),
+                # a plug-in that broke its interface: no retry or bigger pod can fix it
+                failed_code=EXIT_USAGE if isinstance(exc, PluginError) else EXIT_FAILED,
             )
         if missing:
             _report_incomplete(events, missing, n_keys=len(run.planned), checked_by="database")
@@ -645,6 +676,8 @@ def failure_reason(exc: BaseException, dsn: str) -> str:
     """The factor's ``exit_reason`` for a run ended by ``exc``: one line, no secret."""
     if isinstance(exc, Terminated):
         return f"terminated: {exc}"
+    if isinstance(exc, PluginError):
+        return f"plug-in error: {error_line(exc, dsn)}"
     if isinstance(exc, DatabaseUnavailable | DatabaseTimeout):
         return error_line(exc, dsn)  # already says "database ..." and names the setting
     return f"error: {type(exc).__name__}: {error_line(exc, dsn)}"
@@ -683,6 +716,7 @@ def _finish(
     exit_reason: str,
     workers: int,
     terminated: bool = False,
+    failed_code: int = EXIT_FAILED,
 ) -> int:
     """Report usage, record the outcome, emit ``run_finished``; returns the exit code.
 
@@ -700,7 +734,7 @@ def _finish(
         source=usage.source,
         workers=workers,
     )
-    exit_code = EXIT_OK if status == "done" else EXIT_FAILED
+    exit_code = EXIT_OK if status == "done" else failed_code
     record = partial(
         store.finish,
         status=status,

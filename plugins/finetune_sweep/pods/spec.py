@@ -53,6 +53,7 @@ RUN_ARG_ORDER = (
     "hold_bars",
     "train_bars",
     "test_bars",
+    "model",
     "data_uri",
 )
 

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from finetune_sweep.settings import PLUGIN_NAME
 from finetune_sweep.sizing.quantities import cpu_millis, parse_quantity
 
 PROFILE_ORDER: tuple[str, ...] = ("STANDARD", "MEDIUM", "HEAVY")
@@ -74,7 +75,8 @@ PROFILES: dict[str, PodProfile] = {
     "HEAVY": PodProfile("HEAVY", "24Gi", "6", {"finetune/pool": "heavy"}),
 }
 
-# The factors the pod image knows (finetune.factors.KNOWN_FACTORS) and their initial profile.
+# The factors the pod image knows (finetune.factors.KNOWN_FACTORS) and their initial profile;
+# FINETUNE_SIZING adds a team's factor plug-ins (finetune.plugins) with theirs.
 SIZING_MAP: dict[str, str] = {
     "base_features": "STANDARD",
     "n_features": "HEAVY",
@@ -240,17 +242,23 @@ def profiles_from_json(value: Mapping[str, Any]) -> dict[str, PodProfile]:
 def load_sizing(overrides_json: str | None = None) -> dict[str, str]:
     """:data:`SIZING_MAP` with ``FINETUNE_SIZING`` overrides applied, e.g. ``{"l2_features": "MEDIUM"}``.
 
-    Only known factors can be re-mapped: the pod image decides which factors exist.
+    A name that is not in the map adds a factor: a team's plug-in (entry point group
+    ``finetune.factors`` of the pod image) with the profile it starts on, e.g.
+    ``{"range_features": "STANDARD"}``. The map's keys are the factors a run may plan; the pod
+    checks again that its image has the factor (exit 2 naming the installed ones).
 
     :param overrides_json: the JSON text, or None/empty for the defaults.
-    :raises SizingError: bad JSON, unknown factor or unknown profile.
+    :raises SizingError: bad JSON, a malformed factor name or an unknown profile.
     """
     sizing = dict(SIZING_MAP)
     if not overrides_json or not overrides_json.strip():
         return sizing
     for factor, profile in _load_json_object(overrides_json, "FINETUNE_SIZING").items():
-        if factor not in sizing:
-            raise SizingError(f"FINETUNE_SIZING: unknown factor {factor!r}; known factors: {', '.join(sizing)}")
+        if not PLUGIN_NAME.match(factor):
+            raise SizingError(
+                f"FINETUNE_SIZING: factor {factor!r} is not a factor name (lower-case letters, digits and _, "
+                f"starting with a letter); known factors: {', '.join(sizing)}"
+            )
         if profile not in PROFILE_ORDER:
             raise SizingError(
                 f"FINETUNE_SIZING[{factor!r}]: unknown profile {profile!r}; known profiles: {', '.join(PROFILE_ORDER)}"

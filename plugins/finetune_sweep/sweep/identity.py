@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from finetune_sweep.findings import DEFAULT_N_SHIFTS
+from finetune_sweep.settings import DEFAULT_MODEL
 from finetune_sweep.sweep.params import PlanError
 
 
@@ -62,6 +63,9 @@ def finetune_run_id(*, dag_id: str, as_of: str, params: Mapping[str, Any], data_
     :param data_uri: the data the pods read (``FINETUNE_DATA_URI``), as given: the same params on
         other data are another sweep, never an upsert over its rows. None (the built-in synthetic
         market) leaves it out, so the ids of such sweeps are those from before it counted.
+
+    The ``model`` is part of the sweep (another model is another run), except the built-in
+    ``ridge_long_flat``: left out, so that a default sweep keeps the id it had before the param.
     """
     identity = {
         key: value
@@ -82,4 +86,4 @@ NOT_IN_RUN_IDENTITY = ("fdr_q",)
 # Params added after sweeps already had ids: at their default they are left out, so a sweep keeps
 # the id it had before the param existed (a rerun upserts every key, recomputed by today's pod);
 # any other value is another sweep. n_shifts: before it, the pod shifted n_seeds times.
-LEFT_OUT_AT_DEFAULT = {"n_shifts": DEFAULT_N_SHIFTS}
+LEFT_OUT_AT_DEFAULT = {"n_shifts": DEFAULT_N_SHIFTS, "model": DEFAULT_MODEL}

@@ -14,12 +14,14 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from finetune_sweep.findings import DEFAULT_FDR_Q, DEFAULT_N_SHIFTS
-from finetune_sweep.sizing.profiles import SIZING_MAP
+from finetune_sweep.settings import DEFAULT_MODEL
+from finetune_sweep.sizing.profiles import SIZING_MAP, SizingError, load_sizing
 
 if TYPE_CHECKING:
     from airflow.sdk import Param
 
-STRATEGY = "ridge_long_flat"
+# The built-in model: the strategy of a run that does not choose another (DAG param ``model``).
+STRATEGY = DEFAULT_MODEL
 
 
 def whole(pattern: str) -> str:
@@ -86,9 +88,15 @@ def _image_spec(tag_pattern: str | None) -> dict[str, Any]:
     }
 
 
-def _param_specs(known_factors: Sequence[str], *, tag_pattern: str | None = None) -> dict[str, dict[str, Any]]:
-    """Name -> default, title, description, JSON schema and an "allowed" text for error messages."""
+def _param_specs(
+    known_factors: Sequence[str], *, known_models: Sequence[str] = (DEFAULT_MODEL,), tag_pattern: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Name -> default, title, description, JSON schema and an "allowed" text for error messages.
+
+    The ``model`` default is ``ridge_long_flat`` when it is allowed, else the first known model.
+    """
     factors = list(known_factors)
+    models = list(known_models)
     return {
         "factors": {
             "default": factors,
@@ -103,6 +111,14 @@ def _param_specs(known_factors: Sequence[str], *, tag_pattern: str | None = None
             # The trigger form renders a multi-select only with examples (its pick list).
             "form": {"examples": factors},
             "allowed": f"a non-empty list of distinct factors from: {', '.join(factors)}",
+        },
+        "model": {
+            "default": DEFAULT_MODEL if DEFAULT_MODEL in models else models[0],
+            "title": "Model",
+            "description": "The model fine-tuned per factor, crypto and fold (FINETUNE_MODELS); every row's strategy.",
+            "schema": {"type": "string", "enum": models},
+            "form": {"examples": models},
+            "allowed": f"one of the models: {', '.join(models)} (FINETUNE_MODELS)",
         },
         "cryptos": {
             "default": ["BTC", "ETH", "SOL"],
@@ -161,17 +177,38 @@ def default_params(*, image_tag: str | None = None) -> dict[str, Any]:
     return params
 
 
-def build_params(*, image_tag: str | None = None, tag_pattern: str | None = None) -> dict[str, Param]:
+def form_factors(sizing_json: str | None) -> tuple[str, ...]:
+    """The factors the trigger form offers: the sizing map's, with ``FINETUNE_SIZING``'s additions.
+
+    Read when the DAG is parsed (an environment variable, no I/O); a bad ``FINETUNE_SIZING`` offers
+    the built-ins here and fails ``plan``, which reads it again at run time, naming the problem.
+    """
+    try:
+        return tuple(load_sizing(sizing_json))
+    except SizingError:
+        return tuple(SIZING_MAP)
+
+
+def build_params(
+    *,
+    image_tag: str | None = None,
+    tag_pattern: str | None = None,
+    known_factors: Sequence[str] | None = None,
+    known_models: Sequence[str] = (DEFAULT_MODEL,),
+) -> dict[str, Param]:
     """The DAG's ``Param`` objects (trigger form + trigger-time validation).
 
     :param image_tag: the default image tag, e.g. ``Settings.image_tag``.
     :param tag_pattern: the tags a trigger may run, ``Settings.image_tag_pattern`` (None: any tag
         but ``latest``).
+    :param known_factors: the form's factors (default: the sizing map's built-ins).
+    :param known_models: the form's models, ``Settings.models``.
     """
     from airflow.sdk import Param
 
     params = {}
-    for name, spec in _param_specs(tuple(SIZING_MAP), tag_pattern=tag_pattern).items():
+    specs = _param_specs(tuple(known_factors or SIZING_MAP), known_models=known_models, tag_pattern=tag_pattern)
+    for name, spec in specs.items():
         default = copy.deepcopy(spec["default"])
         if name == "image" and image_tag:
             default = image_tag
@@ -186,19 +223,24 @@ def build_params(*, image_tag: str | None = None, tag_pattern: str | None = None
 
 
 def validate_params(
-    params: Mapping[str, Any], *, known_factors: Sequence[str] | None = None, tag_pattern: str | None = None
+    params: Mapping[str, Any],
+    *,
+    known_factors: Sequence[str] | None = None,
+    known_models: Sequence[str] = (DEFAULT_MODEL,),
+    tag_pattern: str | None = None,
 ) -> dict[str, Any]:
     """Validate run params at run time and return them normalised (defaults filled, ints as int).
 
     :param params: the run's params (declared params plus any conf keys).
     :param known_factors: factors that may be planned (default: the sizing map's).
+    :param known_models: models that may be planned (``Settings.models``, ``FINETUNE_MODELS``).
     :param tag_pattern: the tags a run may use (see :func:`build_params`).
     :raises PlanError: naming the first bad param and what is allowed.
     """
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
-    specs = _param_specs(tuple(known_factors or SIZING_MAP), tag_pattern=tag_pattern)
+    specs = _param_specs(tuple(known_factors or SIZING_MAP), known_models=known_models, tag_pattern=tag_pattern)
     unknown = sorted(str(key) for key in params if key not in specs)
     if unknown:
         raise PlanError(f"unknown param(s) {', '.join(map(repr, unknown))}; allowed params: {', '.join(specs)}")

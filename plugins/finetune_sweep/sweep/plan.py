@@ -212,7 +212,9 @@ def plan_pods(
         sizing_map = load_sizing(sizing_json)
     except SizingError as err:
         raise PlanError(str(err)) from None
-    valid = validate_params(params, known_factors=tuple(sizing_map), tag_pattern=settings.image_tag_pattern)
+    valid = validate_params(
+        params, known_factors=tuple(sizing_map), known_models=settings.models, tag_pattern=settings.image_tag_pattern
+    )
     check_run_size(valid, max_run_work=settings.max_run_work)
     check_p_value_floor(valid)
     check_data_uri(data_uri)
@@ -229,6 +231,7 @@ def plan_pods(
         "train_bars": valid["train_bars"],
         "test_bars": valid["test_bars"],
         "data_uri": data_uri,
+        "model": valid["model"],
     }
     # The ceiling bounds how long one trigger can hold a node; the per-key allowance is generous
     # (a key takes seconds), so a large admitted run still fits under it.

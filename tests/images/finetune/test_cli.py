@@ -72,7 +72,12 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("overrides", "expected"),
     [
         pytest.param(
-            {"--factor": "nope"}, "unknown factor 'nope'; known factors: base_features, n_features", id="unknown-factor"
+            {"--factor": "nope"},
+            "unknown factor 'nope'; installed factors: base_features, btc_features, l2_features, n_features",
+            id="unknown-factor",
+        ),
+        pytest.param(
+            {"--model": "nope"}, "unknown model 'nope'; installed models: ridge_long_flat", id="unknown-model"
         ),
         pytest.param({"--cost-bps": "10,-5"}, "basis points must be integers >= 0, got '-5'", id="negative-cost"),
         pytest.param(

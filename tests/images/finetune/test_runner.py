@@ -352,7 +352,7 @@ def test_a_refused_key_is_absent_and_reported(migrated_db: str, capsys: pytest.C
 def test_a_crash_mid_run_marks_the_factor_failed(
     migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = runner.fine_tune
+    real = runner.fit_positions
     calls: list[int] = []
 
     def crash_on_third(*args: object, **kwargs: object) -> object:
@@ -361,7 +361,8 @@ def test_a_crash_mid_run_marks_the_factor_failed(
             raise FloatingPointError("singular matrix in fold 0")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(runner, "fine_tune", crash_on_third)
+    # a crash of the runner itself (a plug-in's own failure exits 2: test_plugins.py)
+    monkeypatch.setattr(runner, "fit_positions", crash_on_third)
     code = main(_make_argv(), environ={"FINETUNE_DB_URL": migrated_db})
     captured = capsys.readouterr()
     events = [json.loads(line) for line in captured.out.splitlines()]
@@ -407,7 +408,7 @@ def test_a_completed_run_whose_record_is_refused_exits_1_with_one_line(
 def test_sigterm_marks_the_factor_failed(
     migrated_db: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = runner.fine_tune
+    real = runner.fit_positions
     calls: list[int] = []
 
     def terminated_on_second(*args: object, **kwargs: object) -> object:
@@ -417,7 +418,7 @@ def test_sigterm_marks_the_factor_failed(
         return real(*args, **kwargs)
 
     previous = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(runner, "fine_tune", terminated_on_second)
+    monkeypatch.setattr(runner, "fit_positions", terminated_on_second)
     code, events = _run(migrated_db, capsys)
     assert code == 1
     assert events[-1]["exit_reason"] == "terminated: received SIGTERM"

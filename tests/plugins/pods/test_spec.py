@@ -199,6 +199,8 @@ def test_factor_pod_kwargs_is_json_for_xcom() -> None:
         "4320",
         "--test-bars",
         "720",
+        "--model",
+        "ridge_long_flat",
     ]
 
 

@@ -105,10 +105,19 @@ def test_load_sizing_applies_overrides() -> None:
     assert load_sizing(None) == SIZING_MAP
 
 
+def test_load_sizing_adds_a_team_factor_with_its_profile() -> None:
+    sizing = load_sizing('{"range_features": "MEDIUM"}')
+    assert sizing == {**SIZING_MAP, "range_features": "MEDIUM"}
+    assert profile_for("range_features", sizing=sizing).name == "MEDIUM"
+
+
 @pytest.mark.parametrize(
     ("raw", "match"),
     [
-        pytest.param('{"x_features": "HEAVY"}', "unknown factor 'x_features'.*base_features", id="unknown-factor"),
+        pytest.param(
+            '{"X-features": "HEAVY"}', "factor 'X-features' is not a factor name.*base_features", id="bad-factor-name"
+        ),
+        pytest.param('{"x_features": "XL"}', "unknown profile 'XL'", id="new-factor-unknown-profile"),
         pytest.param('{"l2_features": "XL"}', "unknown profile 'XL'", id="unknown-profile"),
         pytest.param("nope", "FINETUNE_SIZING is not valid JSON", id="bad-json"),
     ],

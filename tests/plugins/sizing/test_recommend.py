@@ -12,6 +12,9 @@ from finetune_sweep.db.attempts import fetch_history
 from finetune_sweep.sizing.profiles import (
     PROFILES,
     SIZING_MAP,
+    load_sizing,
+    next_profile,
+    profile_for,
 )
 from finetune_sweep.sizing.recommend import (
     Recommendation,
@@ -426,3 +429,21 @@ def test_an_oom_with_one_worker_asks_for_proportionally_more_with_two() -> None:
     (rec,) = recommend(rows, {"base_features": "STANDARD"}, PROFILES, workers={"base_features": 2})
 
     assert rec.oom_floor_bytes == 2 * (8 * GI + 1) and rec.recommended == "HEAVY"
+
+
+def test_a_team_factor_from_finetune_sizing_is_sized_like_any_other() -> None:
+    """A plug-in factor that FINETUNE_SIZING added: its history raises its start, an OOM moves it
+    up, and the advice names it."""
+    sizing = load_sizing('{"range_features": "STANDARD"}')
+    near_limit = [
+        _make_attempt(run_id=f"r{i}", factor="range_features", peak_memory_bytes=int(p * GI))
+        for i, p in enumerate([7.2, 7.5, 7.6])
+    ]
+    choice = _start(near_limit, "range_features", map_profiles=sizing)
+    assert (choice.map_profile, choice.profile) == ("STANDARD", "MEDIUM")
+    oom = [_make_attempt(run_id="last-week", factor="range_features", exit_reason="OOMKilled")]
+    assert _start(oom, "range_features", map_profiles=sizing).profile == "MEDIUM"
+    assert next_profile(profile_for("range_features", sizing=sizing).name).name == "MEDIUM"
+    (advice,) = [rec for rec in recommend(near_limit, sizing, PROFILES) if rec.factor == "range_features"]
+    assert advice.flagged and advice.recommended == "MEDIUM"
+    assert "range_features" in format_recommendations(recommend(near_limit, sizing, PROFILES))

@@ -78,3 +78,21 @@ def test_n_shifts_at_its_default_keeps_the_id_and_any_other_value_is_another_swe
 
     assert run_id() == run_id(n_shifts=999) == "finetune_sweep__2026-06-07T00:00:00Z__06710d57"
     assert run_id(n_shifts=500) != run_id()
+
+
+def test_the_model_is_part_of_the_sweep_but_the_default_keeps_the_old_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FINETUNE_MODELS", "ridge_long_flat,team_logit")
+    monkeypatch.setenv("FINETUNE_SIZING", '{"range_features": "STANDARD"}')
+    monkeypatch.delenv("FINETUNE_DATA_URI", raising=False)
+    get_settings.cache_clear()
+    try:
+
+        def run_id(**params: Any) -> str:
+            return tasks.sweep_run_id(make_context(params=make_params(**params)), data_uri=None)
+
+        # the id of a default sweep from before the param existed (test above)
+        assert run_id(model="ridge_long_flat") == "finetune_sweep__2026-06-07T00:00:00Z__06710d57"
+        assert run_id(model="team_logit") != run_id()
+        assert run_id(factors=["range_features"], model="team_logit") != run_id(model="team_logit")
+    finally:
+        get_settings.cache_clear()

@@ -10,7 +10,14 @@ from finetune_rows import INJECTION, make_context, make_params
 from finetune_sweep import tasks
 from finetune_sweep.settings import get_settings
 from finetune_sweep.sizing.profiles import SIZING_MAP
-from finetune_sweep.sweep.params import PARAM_NAMES, PlanError, build_params, default_params, validate_params
+from finetune_sweep.sweep.params import (
+    PARAM_NAMES,
+    PlanError,
+    build_params,
+    default_params,
+    form_factors,
+    validate_params,
+)
 
 
 def test_defaults_validate_and_are_normalised() -> None:
@@ -116,3 +123,19 @@ def test_the_image_tag_pattern_restricts_the_tags_a_run_may_use(
     else:
         with pytest.raises(PlanError, match=r"^param 'image': .*; allowed: an image tag"):
             validate_params(params, tag_pattern=tag_pattern)
+
+
+def test_the_form_offers_finetune_sizings_factors_and_finetune_models() -> None:
+    factors = form_factors('{"range_features": "STANDARD"}')
+    assert factors == (*SIZING_MAP, "range_features")
+    assert form_factors("{not json") == tuple(SIZING_MAP), "a bad override fails plan, not the DAG's parse"
+    params = build_params(known_factors=factors, known_models=("ridge_long_flat", "team_logit"))
+    assert params["factors"].schema["items"]["enum"][-1] == "range_features"
+    assert params["model"].value == "ridge_long_flat"
+    assert params["model"].schema["enum"] == ["ridge_long_flat", "team_logit"]
+    params["model"].resolve("team_logit")
+    with pytest.raises(Exception, match="team_gbm"):
+        params["model"].resolve("team_gbm")
+    # without the built-in among the models, the first one is the default
+    assert build_params(known_models=("team_logit",))["model"].value == "team_logit"
+    assert default_params()["model"] == "ridge_long_flat"

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from finetune_rows import AS_OF, RUN_ID, make_params
+from finetune_sweep.settings import Settings
 from finetune_sweep.sweep.params import PlanError
 from finetune_sweep.sweep.plan import check_data_uri, plan_pods
 
@@ -22,6 +23,50 @@ def test_plan_pods_one_entry_per_factor() -> None:
     assert entries[0]["arguments"][-2:] == ["--data-uri", "file:///d"]
     assert "--as-of" in entries[0]["arguments"] and AS_OF in entries[0]["arguments"]
     assert json.loads(json.dumps(entries)) == entries
+
+
+def test_plan_pods_plans_a_team_factor_and_model() -> None:
+    """A factor plug-in planned through FINETUNE_SIZING, a model through FINETUNE_MODELS."""
+    settings = Settings(models=("ridge_long_flat", "team_logit"))
+    entries = plan_pods(
+        make_params(factors=["range_features", "base_features"], model="team_logit"),
+        run_id=RUN_ID,
+        as_of=AS_OF,
+        sizing_json='{"range_features": "MEDIUM"}',
+        settings=settings,
+    )
+
+    assert [(e["factor"], e["profile"]) for e in entries] == [
+        ("range_features", "MEDIUM"),
+        ("base_features", "STANDARD"),
+    ]
+    arguments = entries[0]["arguments"]
+    assert arguments[arguments.index("--model") + 1] == "team_logit"
+    assert arguments[arguments.index("--factor") + 1] == "range_features"
+
+
+@pytest.mark.parametrize(
+    ("params", "sizing_json", "match"),
+    [
+        pytest.param(
+            {"model": "team_gbm"},
+            None,
+            r"param 'model': 'team_gbm' is not one of \['ridge_long_flat'\]; allowed: one of the models: "
+            r"ridge_long_flat \(FINETUNE_MODELS\)",
+            id="unknown-model",
+        ),
+        pytest.param(
+            {"factors": ["range_features"]},
+            None,
+            r"param 'factors'\[0\]: 'range_features' is not one of .*allowed: .*base_features, n_features, "
+            r"btc_features, l2_features",
+            id="factor-not-in-the-sizing-map",
+        ),
+    ],
+)
+def test_plan_pods_refuses_what_it_does_not_know(params: dict, sizing_json: str | None, match: str) -> None:
+    with pytest.raises(PlanError, match=match):
+        plan_pods(make_params(**params), run_id=RUN_ID, as_of=AS_OF, sizing_json=sizing_json)
 
 
 def test_plan_pods_applies_the_overrides() -> None:
