@@ -277,7 +277,7 @@ def test_a_long_run_triggered_over_rest_gets_the_deadline_ceiling(
 ) -> None:
     # 3 cryptos x 24 folds x 10 costs x 10 slippages = 7,200 keys per pod: sized at 60 s a key that
     # is 5 days; within the work limit (7,200 x (1 seed + 999 shifts)), so it plans, capped at 24 h
-    # (a 1-bar hold leaves the 24-bar windows 23 shifts each: a lone edge stays findable)
+    # (24 folds of 23 shifts each: a lone edge stays findable)
     conf = {
         "factors": ["base_features"],
         "cryptos": ["BTC", "ETH", "SOL"],
@@ -285,7 +285,6 @@ def test_a_long_run_triggered_over_rest_gets_the_deadline_ceiling(
         "slippage_bps": list(range(10)),
         "n_folds": 24,
         "test_bars": 24,
-        "hold_bars": 1,
         "n_seeds": 1,
     }
     response = _trigger(api, conf, "2027-03-02T00:00:00Z")

@@ -160,8 +160,6 @@ class Prepared:
     filled: np.ndarray | None = None
     # Bars of the data's interval in a year: the Sharpe ratio's annualisation.
     bars_per_year: float = BARS_PER_YEAR
-    # The features' look-back in bars (their warm-up): the timing test's offsets keep clear of it.
-    lookback: int = 0
     # sigma[t] per feature row, the EWMA volatility known at the row's bar (over the whole history,
     # so that a test window's first bars have one): the timing test's scale.
     volatility: np.ndarray | None = None
@@ -218,7 +216,6 @@ class CryptoPlan:
     folds: tuple[Fold, ...]
     windows: Mapping[int, Window]  # each fold's test window, by fold_id
     bars_per_year: float
-    lookback: int = 0  # leading bars the features leave non-finite (factors.warmup_rows)
 
 
 def _check_crypto(config: RunConfig, market: MarketData, crypto: str, build: Build | None = None) -> CryptoPlan:
@@ -254,7 +251,6 @@ def _check_crypto(config: RunConfig, market: MarketData, crypto: str, build: Bui
         folds=tuple(folds),
         windows={fold.fold_id: test_window(index, fold) for fold in folds},
         bars_per_year=market.calendar(crypto, as_of=config.as_of).bars_per_year,
-        lookback=warmup,
     )
 
 
@@ -323,7 +319,6 @@ class Plan:
             folds=list(plan.folds),
             filled=filled,
             bars_per_year=plan.bars_per_year,
-            lookback=plan.lookback,
             volatility=volatility,
         )
 
@@ -439,10 +434,10 @@ def evaluate_fold(
     distinct = list(dict.fromkeys(costs.values()))  # 10+0 and 5+5 bps are one round-trip cost
     window = baselines.compute_window_baselines(close, distinct, n_seeds=n_seeds, hold_bars=hold_bars)
     volatility = None if item.volatility is None else item.volatility[window_bars]
-    timing = significance.shift_test(
-        positions, close, n_shifts=n_shifts, hold_bars=hold_bars, lookback=item.lookback, volatility=volatility
-    )
-    offsets = significance.timing_offsets(close.size, n_shifts, hold_bars=hold_bars, lookback=item.lookback)
+    # every offset of the circle is a candidate (see significance.timing_offsets: cutting out the
+    # ones near the model's own bar made the test over-reject on the models that trade)
+    timing = significance.shift_test(positions, close, n_shifts=n_shifts, volatility=volatility)
+    offsets = significance.timing_offsets(close.size, n_shifts)
     matched = dict(zip(distinct, significance.matched_percentiles(positions, close, distinct, offsets), strict=True))
     profit = significance.profit_tests(positions, close, distinct, n_resamples=n_shifts, block_bars=hold_bars)
     profits = dict(zip(distinct, profit, strict=True))

@@ -13,12 +13,22 @@ where it falls; each nets ``c[exit] / c[entry] - 1 - rt``; trades compound.
   ``z[n-1] = 0`` (the last position is never held). A book that is long only in volatile
   stretches, with no directional skill, wins nothing on ``S``: every term has unit scale, so its
   shifted copies, sitting in calmer bars, are no easier to beat than any other. The offsets
-  (:func:`timing_offsets`) are drawn without replacement from ``[hold_bars, n - lookback - 1]``:
-  a copy shifted by fewer than ``hold_bars`` bars still holds the forecast it was made for, and
-  one shifted back across the wrap by ``lookback`` bars or fewer would pair a position with a
-  return its own features had already seen. When the window allows fewer offsets than asked, all
-  of them are used. ``p = (1 + #(S_k >= S)) / (1 + len(offsets))`` (Phipson & Smyth 2010: exact,
-  never 0); a shift keeps the exposure and, up to the wrap, the trade count.
+  (:func:`timing_offsets`) are ``n_shifts`` distinct ones drawn without replacement from the
+  whole circle ``[1, n - 1]``, or all of them when the window has no more.
+  ``p = (1 + #(S_k >= S)) / (1 + len(offsets))`` (Phipson & Smyth 2010: never 0); a shift keeps
+  the exposure and, up to the wrap, the trade count.
+
+  Why the whole circle: the test is exact when the offsets are the rotation group (every shift of
+  a circle whose returns are exchangeable), and a model's positions persist for tens to hundreds of
+  bars. Cutting out the offsets near the model's own bar (those within the hold, and those that
+  bring a position back across the wrap within its features' look-back, as issue 16 first asked)
+  leaves an arc of copies that resemble each other more than they resemble the model, and the
+  test over-rejects in both tails: measured with the real model on 150 random-walk markets
+  (``benchmarks/bench_calibration.py``), the arc ``[24, n - 337]`` gave 7.4 % of the trading
+  models p <= 0.05 and 13.4 % p <= 0.10; the whole circle 4.9 % and 11.3 % (40 markets, both
+  inside their 95 % intervals of nominal), a symmetric cut ``[24, n - 24]`` 5.9 % and 11.9 %.
+  ``hold_bars`` and ``lookback`` are kept as options for such experiments; the runner does not
+  use them.
 - **Profit after costs** (:func:`profit_tests`, per cost basis): is the model's per-bar net log
   P&L (its equity curve, :func:`finetune.model.net_bar_returns`) above zero, and above
   buy-and-hold's on the same bars, beyond what a circular block bootstrap
@@ -194,7 +204,8 @@ def scaled_returns(close: np.ndarray, volatility: np.ndarray | None = None) -> n
 
 
 def timing_offsets(n: int, n_shifts: int, *, hold_bars: int = 1, lookback: int = 0) -> np.ndarray:
-    """The shift test's offsets: distinct, from ``[max(1, hold_bars), n - lookback - 1]``.
+    """The shift test's offsets: distinct, from ``[max(1, hold_bars), n - lookback - 1]`` (the
+    whole circle ``[1, n - 1]`` by default, which is what keeps the test's level).
 
     ``n_shifts`` of them drawn without replacement by ``default_rng(0)`` (sorted), or all of the
     range when it holds no more than that; none when it is empty.
@@ -248,8 +259,9 @@ def shift_test(
     :param round_trip_cost: only for the returned ``model_return``; the test ignores costs (a
         shift keeps the trades, so the cost would cancel).
     :param n_shifts: offsets asked for (DAG param and CLI ``n_shifts``, default 999).
-    :param hold_bars: the label horizon: smaller offsets are not used.
-    :param lookback: the features' look-back in bars: offsets within it of the wrap are not used.
+    :param hold_bars: offsets below it are not used (default 1: none left out; see the module
+        docstring for why the runner leaves none out).
+    :param lookback: offsets within it of the wrap are not used (default 0).
     :param volatility: ``sigma`` per bar of ``close``, known at each bar (the runner passes the
         EWMA over the whole history, sliced to the window); default: :func:`ewma_volatility` of
         ``close`` alone.

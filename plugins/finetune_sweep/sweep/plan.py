@@ -113,15 +113,15 @@ def check_p_value_floor(valid: Mapping[str, Any]) -> None:
     must pass Benjamini-Hochberg at ``fdr_q`` among the sweep's hypotheses (``findings``).
 
     Timing: ``factors x cryptos`` models, each fold's p-value at least ``1 / (1 + shifts)`` where
-    the shifts are ``n_shifts`` capped by the window's ``test_bars - hold_bars`` offsets (the pod
-    also keeps clear of the features' look-back, which plan does not know: the report prints the
-    floor the pods reached). Profit: every (model, cost basis), at least ``1 / (1 + n_shifts)``.
+    the shifts are ``n_shifts`` capped by the window's ``test_bars - 1`` distinct offsets (the
+    report prints the floor the pods reached). Profit: every (model, cost basis), at least
+    ``1 / (1 + n_shifts)``.
 
     :param valid: validated params.
     :raises PlanError: naming the floor, the hypotheses and the n_shifts (or window) needed.
     """
     n_shifts, n_folds, fdr_q = int(valid["n_shifts"]), int(valid["n_folds"]), float(valid["fdr_q"])
-    window_offsets = max(0, int(valid["test_bars"]) - int(valid["hold_bars"]))
+    window_offsets = max(0, int(valid["test_bars"]) - 1)
     models = len(valid["factors"]) * len(valid["cryptos"])
     pairs = models * len(valid["cost_bps"]) * len(valid["slippage_bps"])
     for what, hypotheses, shifts in (
@@ -135,7 +135,7 @@ def check_p_value_floor(valid: Mapping[str, Any]) -> None:
         remedy = f"use n_shifts >= {needed}"
         if needed > window_offsets and what.startswith("timing"):
             remedy = (
-                f"the test window allows at most test_bars - hold_bars = {window_offsets} shifts and "
+                f"the test window allows at most test_bars - 1 = {window_offsets} shifts and "
                 f"{needed} are needed: raise test_bars or n_folds, or sweep fewer factors or cryptos"
             )
         raise PlanError(

@@ -209,7 +209,6 @@ def _stored_rows_agree_with_a_recomputation(dsn: str, *, n_shifts: int) -> list[
         "positions, exposure, random_percentile, perm_p_value, perm_n_shifts, matched_percentile, "
         "profit_p_value, profit_vs_buy_and_hold_p_value, profit_n_resamples FROM finetune_results",
     )
-    lookback = 335  # base_features' warm-up: its longest window (sma_gap_336) leaves 335 rows NaN
     for (
         crypto,
         fold_id,
@@ -239,9 +238,7 @@ def _stored_rows_agree_with_a_recomputation(dsn: str, *, n_shifts: int) -> list[
         assert held == reference.held_share(positions), where
         seeds = [r for r, _ in reference.seed_runs(close, rt, n_seeds=N_SEEDS, hold_bars=HOLD_BARS)]
         assert pct == stats.percentileofscore(seeds, net, kind="mean") / 100, where
-        timing = reference.timing_test(
-            positions, close, n_shifts=n_shifts, hold_bars=HOLD_BARS, lookback=lookback, sigma=sigma
-        )
+        timing = reference.timing_test(positions, close, n_shifts=n_shifts, hold_bars=1, lookback=0, sigma=sigma)
         assert (p, shifts) == (pytest.approx(timing[0], abs=1e-12), timing[1]), where
         pnl = [math.log1p(r) for r in reference.equity_bar_returns(positions, close, rt)]
         bh = [math.log1p(r) for r in reference.equity_bar_returns([1] * n_bars, close, rt)]
@@ -260,9 +257,8 @@ def test_model_rows_equal_a_recomputation_from_their_stored_positions(completed_
     assert len(rows) == N_KEYS
     # the grid holds models that trade, so the checks above are not all on flat books
     assert any(0 < row[9] < 1 for row in rows)
-    # a 60-bar window is shorter than base_features' look-back: no shift is clear of it, and the
-    # row says so (0 shifts, p = 1: nothing can be found), instead of testing on leaking shifts
-    assert {(row[11], row[12]) for row in rows} == {(1.0, 0)}
+    # a 60-bar window has 59 offsets: the default 999 asks for more and gets every one of them
+    assert {row[12] for row in rows} == {59}
 
 
 def test_events_trace_the_run(completed_run: tuple[str, list[dict]]) -> None:
@@ -796,12 +792,12 @@ def test_sigterm_stops_a_pod_and_its_workers_and_records_the_failure(migrated_db
     assert _processes_running(run_id) == []  # no worker left computing for a run that has ended
 
 
-@pytest.mark.parametrize(("flag", "expected"), [pytest.param(None, 141, id="default-all-141"), ("100", 100)])
-def test_the_timing_test_runs_n_shifts_offsets_clear_of_the_look_back(
+@pytest.mark.parametrize(("flag", "expected"), [pytest.param(None, 479, id="default-all-479"), ("100", 100)])
+def test_the_timing_test_runs_n_shifts_distinct_offsets_independent_of_the_seeds(
     migrated_db: str, capsys: pytest.CaptureFixture[str], flag: str | None, expected: int
 ) -> None:
-    # 480 test bars, base_features' look-back 335, hold 4: offsets 4..144, 141 of them; the
-    # default 999 asks for more and gets all of them, --n-shifts 100 draws 100 without replacement
+    # 480 test bars: offsets 1..479; the default 999 asks for more and gets all of them,
+    # --n-shifts 100 draws 100 without replacement
     overrides = {"--test-bars": "480", "--cryptos": "ETH", "--cost-bps": "10", "--slippage-bps": "0"}
     argv = _make_argv(**overrides, **({"--n-shifts": flag} if flag else {}))
     code = main(argv, environ={"FINETUNE_DB_URL": migrated_db})

@@ -312,9 +312,9 @@ def test_a_fixed_deadline_above_the_ceiling_is_refused_naming_both() -> None:
         ),
         pytest.param(
             {"test_bars": 30, "n_folds": 1},
-            "no finding would be possible: 1 fold(s) at 6 shifts reach a p-value of 0.143 at best, and "
+            "no finding would be possible: 1 fold(s) at 29 shifts reach a p-value of 0.0333 at best, and "
             "Benjamini-Hochberg at fdr_q 0.1 over this sweep's 12 timing models needs 0.00833 for a lone edge; "
-            "the test window allows at most test_bars - hold_bars = 6 shifts and 119 are needed: raise "
+            "the test window allows at most test_bars - 1 = 29 shifts and 119 are needed: raise "
             "test_bars or n_folds, or sweep fewer factors or cryptos",
             id="window-too-short",
         ),
