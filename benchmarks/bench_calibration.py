@@ -83,6 +83,9 @@ from finetune.factors import KNOWN_FACTORS  # noqa: E402
 from finetune.folds import DEFAULT_TEST_BARS, DEFAULT_TRAIN_BARS  # noqa: E402
 from finetune.significance import DEFAULT_N_SHIFTS  # noqa: E402
 
+sys.path.insert(0, str(REPO_ROOT / "plugins"))
+from finetune_sweep.findings import GroupInput, compute_findings  # noqa: E402
+
 AS_OF = pd.Timestamp("2026-06-07T00:00:00Z")
 CRYPTOS = ("BTC", "ETH", "SOL")
 COSTS_BPS = (0, 10, 30)
@@ -172,53 +175,41 @@ def evaluate_market(data_uri: str, settings: Settings) -> tuple[list[Row], float
     return rows, time.perf_counter() - started
 
 
-def run_findings(rows: Sequence[Row], fdr_q: float) -> set[tuple[str, str, int]]:
-    """The (factor, crypto, cost_bps) findings of one run: a stand-in for the production rule of
-    ``finetune_sweep.findings`` (the bench switches to it once it lands).
-
-    - Timing: one group per distinct (factor, crypto) model -- names whose positions are the same
-      on every fold (BTC's btc_features and base_features) are one group -- its folds' timing p
-      combined by Fisher (``scipy.stats.combine_pvalues``); Benjamini-Hochberg at ``fdr_q`` over
-      the run's groups (``scipy.stats.false_discovery_control``).
-    - Profit: one group per (distinct model, cost), its folds' profit p combined by Fisher; BH at
-      ``fdr_q`` over those groups.
-    - A finding at a cost: timing discovered, profit discovered, and the folds' mean net return
-      at that cost > 0. A finding of a model is one of every name it goes by.
-    """
-    folds: dict[tuple[str, str], dict[int, Row]] = defaultdict(dict)
-    by_cost: dict[tuple[str, str, int], list[Row]] = defaultdict(list)
+def run_findings(rows: Sequence[Row], fdr_q: float, *, timing_only: bool = False) -> set[tuple[str, str, int]]:
+    """The (factor, crypto, cost_bps) findings of one run, by the production rule:
+    ``finetune_sweep.findings.compute_findings`` over the run's groups, built from the rows as
+    its SQL builds them (per fold in fold order; the model id is the window and positions).
+    ``timing_only``: the groups whose timing is discovered, whatever their profit (the rule
+    before issue 16, which counted a timing edge as a finding at every cost)."""
+    by_group: dict[tuple[str, str, int], list[Row]] = defaultdict(list)
     for row in rows:
-        folds[row.factor, row.crypto][row.fold] = row  # the timing p is the same at every cost
-        by_cost[row.factor, row.crypto, row.cost_bps].append(row)
-    names: dict[tuple[str, ...], list[tuple[str, str]]] = defaultdict(list)
-    for name, fold_rows in folds.items():
-        names[tuple(fold_rows[f].model_id for f in sorted(fold_rows))].append(name)
-    models = list(names)
-    timing_p = [
-        stats.combine_pvalues([row.perm_p for row in folds[names[m][0]].values()], method="fisher").pvalue
-        for m in models
-    ]
-    timing_found = {m for m, q in zip(models, _bh(timing_p), strict=True) if q <= fdr_q}
-    profit_groups = [(m, cost) for m in models for cost in sorted({r.cost_bps for r in rows})]
-    profit_rows = [by_cost[(*names[m][0], cost)] for m, cost in profit_groups]
-    profit_p = [stats.combine_pvalues([r.profit_p for r in group], method="fisher").pvalue for group in profit_rows]
-    found = set()
-    for (model, cost), group, q in zip(profit_groups, profit_rows, _bh(profit_p), strict=True):
-        if model in timing_found and q <= fdr_q and np.mean([r.net_return for r in group]) > 0:
-            found.update((factor, crypto, cost) for factor, crypto in names[model])
-    return found
+        by_group[row.factor, row.crypto, row.cost_bps].append(row)
+    groups = []
+    for (factor, crypto, cost), members in by_group.items():
+        members = sorted(members, key=lambda r: r.fold)
+        groups.append(
+            GroupInput(
+                factor=factor,
+                crypto=crypto,
+                cost_bps=cost,
+                slippage_bps=0,
+                n_folds=len(members),
+                n_p_values=len(members),
+                p_values=tuple(r.perm_p for r in members),
+                mean_model_return=float(np.mean([r.net_return for r in members])),
+                n_shifts=tuple(r.perm_n_shifts for r in members),
+                profit_p_values=tuple(r.profit_p for r in members),
+                profit_vs_buy_and_hold_p_values=tuple(r.profit_vs_buy_and_hold_p for r in members),
+                model_ids=tuple(r.model_id for r in members),
+            )
+        )
+    found, _ = compute_findings(groups, fdr_q=fdr_q)
+    return {(f.factor, f.crypto, f.cost_bps) for f in found if (f.timing_discovered if timing_only else f.discovered)}
 
 
 def run_has_finding(rows: Sequence[Row], fdr_q: float) -> bool:
     """Whether the run has any finding at any cost (:func:`run_findings`)."""
     return bool(run_findings(rows, fdr_q))
-
-
-def _bh(p_values: Sequence[float]) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (scipy); empty in, empty out."""
-    if not p_values:
-        return np.empty(0)
-    return np.atleast_1d(stats.false_discovery_control(np.asarray(p_values, dtype=np.float64), method="bh"))
 
 
 def distinct(rows: Iterable[Row], *, per_cost: bool) -> list[Row]:
@@ -308,11 +299,12 @@ def report_null(by_market: dict[str, list[Row]], fdr_q: float) -> None:
 
 
 def report_power(beta: float, by_market: dict[str, list[Row]], fdr_q: float) -> None:
-    at_zero, at_any = [], []
+    at_zero, at_any, timing = [], [], []
     for market_rows in by_market.values():
         found = run_findings(market_rows, fdr_q)
         planted = [(PLANTED_FACTOR, crypto, cost) for crypto in PLANTED_CRYPTOS for cost in COSTS_BPS]
         at_any.append(sum(group in found for group in planted))
+        timing.append(sum(group in run_findings(market_rows, fdr_q, timing_only=True) for group in planted))
         at_zero.append(sum((PLANTED_FACTOR, crypto, 0) in found for crypto in PLANTED_CRYPTOS))
         others = found - set(planted)
         if others:
@@ -322,7 +314,8 @@ def report_power(beta: float, by_market: dict[str, list[Row]], fdr_q: float) -> 
         f"  beta {beta:g}: {len(by_market)} runs, planted findings per run: "
         f"{np.mean(at_zero):.2f} of {len(PLANTED_CRYPTOS)} at 0 bps (ETH, SOL), "
         f"{np.mean(at_any):.2f} of {len(PLANTED_CRYPTOS) * len(COSTS_BPS)} over 0/10/30 bps "
-        f"(counts per run: {np.bincount(at_any, minlength=7).tolist()}){goal}"
+        f"(counts per run: {np.bincount(at_any, minlength=7).tolist()}){goal}; "
+        f"timing discovered, counted at every cost as before issue 16: {np.mean(timing):.2f} of 6"
     )
 
 

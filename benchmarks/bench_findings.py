@@ -6,7 +6,8 @@
 Creates a scratch database on the server of ``--admin-url`` (default: ``FINETUNE_TEST_ADMIN_URL``
 or the machine's PostgreSQL), applies the migrations, seeds one registered run with
 factors x cryptos x folds x cost bases model rows (default 4 x 10 x 15 x 100 = 60,000 keys, 4,000
-groups), each with a shift-test p-value and its three same-basis baselines (180,000 rows), by
+groups, 2,400 distinct models with their 168-bar positions), each with both tests' p-values, the bar
+moments and its three same-basis baselines (180,000 rows), by
 COPY. Then it times ``finetune_sweep.findings.run_findings`` once -- read, combine, BH, replace --
 on the freshly written tables (no ANALYZE: the step runs right after the pods wrote), and once
 more (a rerun: replaces the rows), and drops the database. The one-off import of scipy.stats
@@ -71,14 +72,22 @@ def seed(dsn: str, *, factors: int, cryptos: int, folds: int, costs: int) -> int
             )
         keys = list(itertools.product(factor_names, crypto_names, range(folds), bases))
         p_values = rng.uniform(0.001, 1.0, size=len(keys))
+        profit = rng.uniform(0.001, 1.0, size=(len(keys), 2))
+        moments = np.column_stack(
+            (rng.normal(0, 0.05, len(keys)), rng.normal(0, 0.5, len(keys)), 3 + rng.gamma(2, size=len(keys)))
+        )
         returns = rng.normal(0.0, 0.02, size=(len(keys), 3))
+        # one model per (factor, crypto, fold): its positions (168 bars) on every cost row
+        positions = {key[:3]: "{" + ",".join(map(str, (rng.random(168) < 0.5).astype(int))) + "}" for key in keys}
         with conn.cursor() as cur:
             with cur.copy(
                 "COPY finetune_results (run_id, factor, strategy, variant, crypto, fold_id, cost_bps, slippage_bps, "
                 "test_start, test_end, n_bars, model_hyperparams, feature_hash, net_return, n_trades, perm_p_value, "
-                "perm_n_shifts, random_percentile) FROM STDIN"
+                "perm_n_shifts, random_percentile, positions, profit_p_value, profit_vs_buy_and_hold_p_value, "
+                "profit_n_resamples, matched_percentile, bar_sharpe, bar_skewness, bar_kurtosis) FROM STDIN"
             ) as copy:
-                for (factor, crypto, fold, (cost, slip)), p, r in zip(keys, p_values, returns, strict=True):
+                rows = zip(keys, p_values, profit, moments, returns, strict=True)
+                for (factor, crypto, fold, (cost, slip)), p, (profit_p, vs_hold), (sharpe, skew, kurt), r in rows:
                     start = START + timedelta(days=7 * fold)
                     copy.write_row(
                         (
@@ -98,8 +107,16 @@ def seed(dsn: str, *, factors: int, cryptos: int, folds: int, costs: int) -> int
                             r[0],
                             3,
                             p,
-                            100,
+                            999,
                             0.5,
+                            positions[factor, crypto, fold],
+                            profit_p,
+                            vs_hold,
+                            999,
+                            0.5,
+                            sharpe,
+                            skew,
+                            kurt,
                         )
                     )
             with cur.copy(

@@ -46,6 +46,7 @@ Airflow side only: psycopg and scipy, never the pod package.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -347,9 +348,15 @@ def lone_edge_capacity(p_value_floor: float, *, fdr_q: float) -> int:
 
 def p_value_floor(n_shifts: Sequence[int], *, method: str = DEFAULT_COMBINE_METHOD) -> float:
     """The smallest combined p-value of folds with these shift counts (each ``1 / (1 + n)``)."""
+    return _p_value_floor(tuple(max(0, int(n)) for n in n_shifts), method)
+
+
+@functools.lru_cache(maxsize=256)
+def _p_value_floor(n_shifts: tuple[int, ...], method: str) -> float:
+    # a run's groups share a handful of shift counts: one scipy call each, not one per group
     import numpy as np
 
-    floors = np.array([[1.0 / (1 + max(0, int(n))) for n in n_shifts]])
+    floors = np.array([[1.0 / (1 + n) for n in n_shifts]])
     return float(combine_fold_p_values(floors, method=method)[0])
 
 
@@ -465,20 +472,26 @@ def deflated_sharpe_ratio(
     :param n_trials: the trials of the run (``N``); one trial expects a maximum of 0.
     :param trials_variance: the variance of the trials' Sharpe ratios (``V``).
     """
-    from scipy.stats import norm
+    from scipy.special import ndtr  # the standard normal cdf, as a ufunc (scipy.stats.norm.cdf's core)
 
     if n_bars < 2:
         return None
-    if n_trials > 1 and trials_variance > 0:
-        gamma = 0.5772156649015329  # Euler-Mascheroni
-        expected_max = (1 - gamma) * norm.ppf(1 - 1 / n_trials) + gamma * norm.ppf(1 - 1 / (n_trials * math.e))
-        sr0 = math.sqrt(trials_variance) * expected_max
-    else:
-        sr0 = 0.0
+    sr0 = math.sqrt(trials_variance) * _expected_max_of_trials(n_trials) if trials_variance > 0 else 0.0
     spread = 1 - skewness * sharpe + (kurtosis - 1) / 4 * sharpe**2
     if not spread > 0:
         return None
-    return float(norm.cdf((sharpe - sr0) * math.sqrt(n_bars - 1) / math.sqrt(spread)))
+    return float(ndtr((sharpe - sr0) * math.sqrt(n_bars - 1) / math.sqrt(spread)))
+
+
+@functools.lru_cache(maxsize=64)
+def _expected_max_of_trials(n_trials: int) -> float:
+    """The expected maximum of ``n_trials`` standard normal draws (the DSR's approximation), 0 for one."""
+    from scipy.stats import norm
+
+    if n_trials <= 1:
+        return 0.0
+    gamma = 0.5772156649015329  # Euler-Mascheroni
+    return float((1 - gamma) * norm.ppf(1 - 1 / n_trials) + gamma * norm.ppf(1 - 1 / (n_trials * math.e)))
 
 
 def _deflated_sharpes(groups: Sequence[GroupInput], n_trials: int) -> list[float | None]:
