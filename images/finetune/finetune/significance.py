@@ -7,15 +7,19 @@ after the last bar whatever its position says; a trade opens where the position 
 where it falls; each nets ``c[exit] / c[entry] - 1 - rt``; trades compound.
 
 - **Timing** (:func:`shift_test`, once per model, whatever the cost): does the model's timing
-  beat its own circularly shifted copies? The statistic is ``S = sum_t pos[t] * z[t]`` with
-  ``z[t] = log(c[t+1] / c[t]) / sigma[t]``, each bar's next return scaled by a volatility known at
-  bar ``t`` (:func:`ewma_volatility`, RiskMetrics' EWMA of squared log returns, lambda 0.94), and
-  ``z[n-1] = 0`` (the last position is never held). A book that is long only in volatile
-  stretches, with no directional skill, wins nothing on ``S``: every term has unit scale, so its
-  shifted copies, sitting in calmer bars, are no easier to beat than any other. The offsets
+  beat its own circularly shifted copies? Each bar's next return is scaled by a volatility known
+  at bar ``t``, ``z[t] = log(c[t+1] / c[t]) / sigma[t]`` (:func:`ewma_volatility`, RiskMetrics'
+  EWMA of squared log returns, lambda 0.94; ``z[n-1] = 0``, the last position is never held),
+  and the statistic is studentised over the bars the book holds:
+  ``T = sum_t pos[t] z[t] / sqrt(sum_t pos[t] z[t]^2)`` (0 for a book that never holds). A book
+  that is long only in volatile stretches, with no directional skill, wins nothing on ``T``: the
+  scaling puts every bar on one scale, and where a model knows the coming volatility better than
+  the EWMA (``l2_features`` reads the bar's range), the denominator takes the bars it holds at
+  their own size, as each shifted copy's does for its own bars. (On ``S`` alone, the l2 models on
+  random walks had 8.1 % of p-values <= 0.05.) The offsets
   (:func:`timing_offsets`) are ``n_shifts`` distinct ones drawn without replacement from the
   whole circle ``[1, n - 1]``, or all of them when the window has no more.
-  ``p = (1 + #(S_k >= S)) / (1 + len(offsets))`` (Phipson & Smyth 2010: never 0); a shift keeps
+  ``p = (1 + #(T_k >= T)) / (1 + len(offsets))`` (Phipson & Smyth 2010: never 0); a shift keeps
   the exposure and, up to the wrap, the trade count.
 
   Why the whole circle: the test is exact when the offsets are the rotation group (every shift of
@@ -84,7 +88,7 @@ class ShiftTest:
     p_value: float
     n_shifts: int
     model_return: float  # net of the cost asked for (the timing test itself does not depend on it)
-    statistic: float = 0.0  # the model's sum of volatility-scaled returns while long
+    statistic: float = 0.0  # the model's studentised sum of volatility-scaled returns while long
 
 
 @dataclass(frozen=True)
@@ -272,12 +276,13 @@ def shift_test(
     rt = _check_costs((round_trip_cost,))[0]
     offsets = timing_offsets(n, n_shifts, hold_bars=hold_bars, lookback=lookback)
     z = scaled_returns(prices, volatility)
-    statistic = float(held.astype(np.float64) @ z)
+    columns = np.column_stack((z, z * z))  # one product gives each book's sum and sum of squares
+    statistic = float(_studentised(held[None, :].astype(np.float64) @ columns)[0])
     # Identical sequences must tie however BLAS sums them: compare within a rounding margin.
-    margin = 1e-9 * (float(np.abs(z).sum()) + 1.0)
+    margin = 1e-9 * (abs(statistic) + 1.0)
     at_least = 0
     for shifted in _shifted_chunks(held, offsets, chunk_cells):
-        at_least += int(np.count_nonzero(shifted.astype(np.float64) @ z >= statistic - margin))
+        at_least += int(np.count_nonzero(_studentised(shifted.astype(np.float64) @ columns) >= statistic - margin))
     model_return = float(compounded_returns(held[None, :].copy(), prices, (rt,))[0, 0])
     return ShiftTest(
         p_value=float((1 + at_least) / (1 + offsets.size)),
@@ -285,6 +290,13 @@ def shift_test(
         model_return=model_return,
         statistic=statistic,
     )
+
+
+def _studentised(sums: np.ndarray) -> np.ndarray:
+    """``sum z / sqrt(sum z^2)`` per row of (rows, 2) sums; 0 where a book holds no scaled bar."""
+    total, squares = sums[:, 0], sums[:, 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(squares > 0, total / np.sqrt(squares), 0.0)
 
 
 def matched_percentiles(

@@ -94,8 +94,8 @@ def ewma_volatility(close, *, lam: float = 0.94, min_returns: int = 24) -> list[
 def timing_test(positions, close, *, n_shifts: int, hold_bars: int, lookback: int, sigma=None) -> tuple[float, int]:
     """(p-value, offsets used): the timing test of DESIGN 5, one shift at a time.
 
-    S = sum_t pos[t] * log(c[t+1]/c[t]) / sigma[t] over t < n - 1 (bars without a volatility
-    weigh nothing); offsets: all of [max(1, hold), n - lookback - 1], or n_shifts of them drawn
+    T = sum_t pos[t] z[t] / sqrt(sum_t pos[t] z[t]^2), z[t] = log(c[t+1]/c[t]) / sigma[t] over
+    t < n - 1 (bars without a volatility weigh nothing; T = 0 when the sum of squares is 0); offsets: all of [max(1, hold), n - lookback - 1], or n_shifts of them drawn
     by default_rng(0).choice without replacement.
     """
     n = len(close)
@@ -106,16 +106,17 @@ def timing_test(positions, close, *, n_shifts: int, hold_bars: int, lookback: in
             z[t] = math.log(close[t + 1] / close[t]) / sigma[t]
 
     def statistic(pos) -> float:
-        return sum(int(p) * zt for p, zt in zip(pos, z, strict=True))
+        total = sum(int(p) * zt for p, zt in zip(pos, z, strict=True))
+        squares = sum(int(p) * zt * zt for p, zt in zip(pos, z, strict=True))
+        return total / math.sqrt(squares) if squares > 0 else 0.0
 
     candidates = list(range(max(1, hold_bars), n - lookback))
     if len(candidates) > n_shifts:
         candidates = sorted(np.random.default_rng(0).choice(candidates, size=n_shifts, replace=False).tolist())
     model = statistic(positions)
     shifted = [statistic(np.roll(np.asarray(positions), k)) for k in candidates]
-    return (1 + sum(s >= model - 1e-9 * (sum(map(abs, z)) + 1) for s in shifted)) / (1 + len(candidates)), len(
-        candidates
-    )
+    at_least = sum(s >= model - 1e-9 * (abs(model) + 1) for s in shifted)
+    return (1 + at_least) / (1 + len(candidates)), len(candidates)
 
 
 def equity_bar_returns(positions, close, rt: float) -> list[float]:
