@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_ui.py
 	$(PY) benchmarks/bench_gate.py
 	$(PY) benchmarks/bench_plugins.py
+	$(PY) benchmarks/bench_calibration.py
 
 # The pod image (images/finetune/Dockerfile) with podman (docker where that is the engine), tagged
 # as the DAG pins it (FINETUNE_IMAGE). FINETUNE_BASE_IMAGE=local builds the base with debootstrap
