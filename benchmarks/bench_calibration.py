@@ -59,7 +59,6 @@ import hashlib
 import os
 import sys
 import time
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -82,7 +81,7 @@ from finetune.folds import DEFAULT_TEST_BARS, DEFAULT_TRAIN_BARS  # noqa: E402
 from finetune.significance import DEFAULT_N_SHIFTS  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "plugins"))
-from finetune_sweep.findings import GroupInput, compute_findings  # noqa: E402
+from finetune_sweep.findings import compute_findings, groups_from_rows  # noqa: E402
 
 AS_OF = pd.Timestamp("2026-06-07T00:00:00Z")
 CRYPTOS = ("BTC", "ETH", "SOL")
@@ -179,28 +178,24 @@ def run_findings(rows: Sequence[Row], fdr_q: float, *, timing_only: bool = False
     its SQL builds them (per fold in fold order; the model id is the window and positions).
     ``timing_only``: the groups whose timing is discovered, whatever their profit (the rule
     before issue 16, which counted a timing edge as a finding at every cost)."""
-    by_group: dict[tuple[str, str, int], list[Row]] = defaultdict(list)
-    for row in rows:
-        by_group[row.factor, row.crypto, row.cost_bps].append(row)
-    groups = []
-    for (factor, crypto, cost), members in by_group.items():
-        members = sorted(members, key=lambda r: r.fold)
-        groups.append(
-            GroupInput(
-                factor=factor,
-                crypto=crypto,
-                cost_bps=cost,
-                slippage_bps=0,
-                n_folds=len(members),
-                n_p_values=len(members),
-                p_values=tuple(r.perm_p for r in members),
-                mean_model_return=float(np.mean([r.net_return for r in members])),
-                n_shifts=tuple(r.perm_n_shifts for r in members),
-                profit_p_values=tuple(r.profit_p for r in members),
-                profit_vs_buy_and_hold_p_values=tuple(r.profit_vs_buy_and_hold_p for r in members),
-                model_ids=tuple(r.model_id for r in members),
-            )
-        )
+    groups = groups_from_rows(
+        [
+            {
+                "factor": r.factor,
+                "crypto": r.crypto,
+                "fold_id": r.fold,
+                "cost_bps": r.cost_bps,
+                "slippage_bps": 0,
+                "net_return": r.net_return,
+                "perm_p_value": r.perm_p,
+                "perm_n_shifts": r.perm_n_shifts,
+                "profit_p_value": r.profit_p,
+                "profit_vs_buy_and_hold_p_value": r.profit_vs_buy_and_hold_p,
+                "model_id": r.model_id,
+            }
+            for r in rows
+        ]
+    )
     found, _ = compute_findings(groups, fdr_q=fdr_q)
     return {(f.factor, f.crypto, f.cost_bps) for f in found if (f.timing_discovered if timing_only else f.discovered)}
 

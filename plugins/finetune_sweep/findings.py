@@ -49,7 +49,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -635,6 +635,41 @@ def compute_findings(
             )
         )
     return findings, untested
+
+
+def groups_from_rows(rows: Sequence[Mapping[str, Any]]) -> list[GroupInput]:
+    """The groups of model rows held in memory, as :data:`GROUPS_SQL` builds them from the table
+    (benchmarks and tests that run the pod's code without a database).
+
+    :param rows: one mapping per model row with ``factor, crypto, fold_id, cost_bps, slippage_bps,
+        net_return, perm_p_value, perm_n_shifts, profit_p_value, profit_vs_buy_and_hold_p_value``
+        and ``model_id`` (the fold's window and positions: equal ids are one model).
+    """
+    by_group: dict[tuple, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        by_group.setdefault((row["factor"], row["crypto"], row["cost_bps"], row["slippage_bps"]), []).append(row)
+    groups = []
+    for (factor, crypto, cost_bps, slippage_bps), members in by_group.items():
+        members = sorted(members, key=lambda r: r["fold_id"])
+        tested = [r for r in members if r["perm_p_value"] is not None and r["profit_p_value"] is not None]
+        groups.append(
+            GroupInput(
+                factor=factor,
+                crypto=crypto,
+                cost_bps=cost_bps,
+                slippage_bps=slippage_bps,
+                n_folds=len(members),
+                n_p_values=len(tested),
+                p_values=tuple(r["perm_p_value"] for r in members),
+                mean_model_return=sum(r["net_return"] for r in members) / len(members),
+                n_shifts=tuple(r["perm_n_shifts"] for r in members),
+                profit_p_values=tuple(r["profit_p_value"] for r in members),
+                profit_vs_buy_and_hold_p_values=tuple(r["profit_vs_buy_and_hold_p_value"] for r in members),
+                model_ids=tuple(f"{r['fold_id']}:{r['model_id']}" for r in members),
+                n_folds_profitable=sum(r["net_return"] > 0 for r in members),
+            )
+        )
+    return groups
 
 
 def fetch_groups(conn: psycopg.Connection, run_id: str) -> list[GroupInput]:

@@ -31,7 +31,7 @@ from finetune.factors import KNOWN_FACTORS
 AS_OF = pd.Timestamp("2026-06-07T00:00:00Z")
 MARKETS = [f"synthetic://random-walk?seed={seed}" for seed in range(1000, 1006)]
 CRYPTOS = ("BTC", "ETH", "SOL")
-# 720 test bars: the timing test needs more than the look-back (~335 bars) + hold_bars to have offsets.
+# 720 test bars: a month of hourly bars, the CLI's default window (719 offsets per model).
 N_FOLDS, N_SEEDS, HOLD_BARS, TRAIN_BARS, TEST_BARS, N_SHIFTS = 2, 10, 24, 1440, 720, 199
 LENIENT = 0.01
 
@@ -84,3 +84,57 @@ def test_the_share_at_p_010_is_within_a_binomial_ci_of_010(p_values):
     hits = int(np.count_nonzero(p_values <= 0.10))
     test = stats.binomtest(hits, p_values.size, 0.10)
     assert test.pvalue > LENIENT, (hits, p_values.size, test.proportion_ci())
+
+
+def test_the_planted_market_with_2_folds_and_10_seeds_finds_btc_features_on_eth_at_0_bps():
+    # The outside check, with the production rule (finetune_sweep.findings): timing and
+    # profit after costs both discovered, and a positive mean net return wherever there is a finding.
+    from finetune_sweep.findings import compute_findings, groups_from_rows
+
+    rows = []
+    for factor in KNOWN_FACTORS:
+        config = runner.RunConfig(
+            run_id="planted",
+            factor=factor,
+            cryptos=CRYPTOS,
+            cost_bps=(0, 10, 30),
+            slippage_bps=(0,),
+            as_of=AS_OF,
+            n_folds=2,
+            n_seeds=10,
+            hold_bars=HOLD_BARS,
+            train_bars=4_320,
+            test_bars=TEST_BARS,
+            data_uri="synthetic://",
+        )
+        plan = runner.prepare(config)
+        for crypto in CRYPTOS:
+            for _, fold, results in runner.evaluate_crypto(plan, crypto):
+                for result in results:
+                    held = hashlib.sha1(np.asarray(result.model.positions, dtype=np.int8).tobytes()).hexdigest()
+                    rows.append(
+                        {
+                            "factor": factor,
+                            "crypto": crypto,
+                            "fold_id": fold.fold_id,
+                            "cost_bps": result.key.cost_bps,
+                            "slippage_bps": 0,
+                            "net_return": result.model.net_return,
+                            "perm_p_value": result.model.perm_p_value,
+                            "perm_n_shifts": result.model.perm_n_shifts,
+                            "profit_p_value": result.model.profit_p_value,
+                            "profit_vs_buy_and_hold_p_value": result.model.profit_vs_buy_and_hold_p_value,
+                            "model_id": held,
+                        }
+                    )
+
+    found, untested = compute_findings(groups_from_rows(rows), fdr_q=0.10)
+
+    assert not untested and {f.n_folds for f in found} == {2}
+    discovered = {(f.factor, f.crypto, f.cost_bps) for f in found if f.discovered}
+    assert ("btc_features", "ETH", 0) in discovered
+    assert all(f.mean_model_return > 0 for f in found if f.discovered)
+    # BTC's btc_features model is its base_features model: one hypothesis, named on both rows
+    btc = {f.factor: f for f in found if f.crypto == "BTC" and f.cost_bps == 0}
+    if btc["btc_features"].same_model_as:
+        assert btc["btc_features"].same_model_as == ("base_features",)
