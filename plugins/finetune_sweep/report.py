@@ -379,8 +379,8 @@ def build_report(
     window = describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
     return (
         f"Findings, run {run_id} (timing vs its own shifted copies, profit after costs per cost basis)\n{findings_text}\n\n"
-        f"Model vs same-basis baselines, run {run_id} (mean net return over folds; rnd pctl: the model's "
-        f"percentile among its own shifted copies, then among the random seeds)\n{summary}\n\n"
+        f"Model vs same-basis baselines, run {run_id} (mean net return over folds; matched pctl: the model "
+        f"among its own shifted copies at that cost, rnd pctl: among the random seeds)\n{summary}\n\n"
         f"Sizing of this run (map profile, the profile it started on and why, sizing mode {policy.mode})\n"
         f"{format_run_sizing(fetch_run_sizing(dsn, run_id))}\n\n"
         f"Sizing advice (recorded pod attempts: {window}; flag = a peak above 80 % of its limit)\n"
