@@ -183,7 +183,7 @@ def test_the_run_tab_shows_the_sweep_in_the_airflow_ui(ui_after_sweep: dict[str,
     assert refused == [], refused
     assert "Verdict: complete" in verdict, verdict
     assert "Recorded by check_baselines of Airflow run" in verdict, verdict  # the gate's own verdict, kept
-    assert [h.strip() for h in headers[:11]] == [
+    assert [h.strip() for h in headers[:12]] == [
         "factor",
         "crypto",
         "cost",
@@ -194,6 +194,7 @@ def test_the_run_tab_shows_the_sweep_in_the_airflow_ui(ui_after_sweep: dict[str,
         "random p05–p95",
         "naive",
         "percentile",
+        "random pctl",
         "folds won",
     ], headers
     assert {(row[0], row[1], row[2]) for row in rows} == {
@@ -206,8 +207,9 @@ def test_the_run_tab_shows_the_sweep_in_the_airflow_ui(ui_after_sweep: dict[str,
     for row in rows:
         assert all(percent.match(cell) for cell in (row[4], row[5], row[6], row[8])), row
         assert re.match(r"^[+-]\d+\.\d%\s…\s[+-]\d+\.\d%$", row[7]), row  # the seeds' p05-p95
-        assert re.match(r"^\d{1,3}%$", row[9]), row  # the model's percentile among the seeds
-        assert re.match(r"^\d/2$", row[10]), row
+        assert re.match(r"^\d{1,3}%$", row[9]), row  # the model's percentile among its own shifted copies
+        assert re.match(r"^\d{1,3}%$", row[10]), row  # and among the random seeds
+        assert re.match(r"^\d/2$", row[11]), row
         assert row[8] == "+0.00%"  # naive stays flat
     assert n_charts == len(CONF["factors"])
     assert len(pods) == len(CONF["factors"]) and all("done" in pod for pod in pods), pods
