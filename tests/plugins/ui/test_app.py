@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import math
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -251,6 +252,36 @@ def test_an_incomplete_run_shows_the_gates_problems(airflow_app: dict[str, Any],
     assert "Verdict: 1 problem" in html
     assert "missing baseline random: l2_features ETH fold 1 cost 30 slippage 0 bps" in html
     assert "Computed now from the rows in the database" in html
+
+
+def test_the_run_tab_shows_both_tests_the_verdicts_and_the_floor(airflow_app: dict[str, Any], seeded: str) -> None:
+    from finetune_sweep.findings import p_value_floor, run_findings
+
+    with psycopg.connect(seeded) as conn:
+        # BTC times the market on both folds, ETH does not; profit discovered at 10 bps only
+        conn.execute(
+            "UPDATE finetune_results SET perm_p_value = CASE crypto WHEN 'BTC' THEN 0.002 ELSE 0.6 END,"
+            " perm_n_shifts = 999, profit_p_value = CASE cost_bps WHEN 10 THEN 0.001 ELSE 0.6 END,"
+            " profit_vs_buy_and_hold_p_value = 0.3, matched_percentile = 0.97"
+        )
+    run_findings(seeded, run_id=RUN_ID, fdr_q=0.1)
+
+    response = _get(airflow_app, _url(AIRFLOW_RUN))
+
+    assert response.status_code == 200, response.text
+    html = unescape(response.text)
+    floor = p_value_floor([999, 999])
+    assert "2 of 8 groups are findings at FDR 0.1 (timing and profit after costs" in html
+    assert f"timing edge in 2 of 4 distinct models; p-value floor {floor:.3g}" in html
+    found = _table_row(html, "findings", ["base_features", "BTC", "10"])
+    # edge b&h, timing p/q, profit p/q, vs b&h p, matched pctl, DSR, folds > 0, verdict, same model as
+    fisher = f"{4e-6 * (1 - math.log(4e-6)):.2g}"  # two folds of 0.002: P (1 - ln P), P = 4e-6
+    assert found[4:6] == ["+0.50%", fisher]
+    # vs b&h p (Fisher of 0.3, 0.3), matched pctl, DSR (no bar moments stored here), folds > 0, verdict, same model
+    assert found[9:] == ["0.3067", "97%", "–", "2/2", "finding at 10 bps", "–"]
+    eaten = _table_row(html, "findings", ["base_features", "BTC", "30"])
+    assert eaten[-2] == "timing edge, profit at 30 bps not significant"
+    assert _table_row(html, "findings", ["base_features", "ETH", "10"])[-2] == "no timing edge"
 
 
 def test_the_run_tab_shows_the_verdict_check_baselines_kept(airflow_app: dict[str, Any], finetune_db: str) -> None:
