@@ -70,6 +70,9 @@ COMBINE_METHODS = ("fisher", "pearson", "tippett", "stouffer", "mudholkar_george
 MAX_LISTED_UNTESTED = 10
 
 
+# A fold counts as tested when its row has both tests' p-values (rows before V010 have no profit p).
+TESTED_FOLDS = "count(*) FILTER (WHERE m.perm_p_value IS NOT NULL AND m.profit_p_value IS NOT NULL)"
+
 # One row per group of the run, over the factors of its manifest (the findings table references
 # it). Edges are taken against the baselines on the model row's full basis, as in the report.
 # Per-fold values come in fold order. A model's identity is its window and positions (their
@@ -77,7 +80,7 @@ MAX_LISTED_UNTESTED = 10
 GROUPS_SQL = f"""
 SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
        count(*)::integer AS n_folds,
-       count(*) FILTER (WHERE m.perm_p_value IS NOT NULL AND m.profit_p_value IS NOT NULL)::integer AS n_p_values,
+       {TESTED_FOLDS}::integer AS n_p_values,
        array_agg(m.perm_p_value ORDER BY m.fold_id) AS p_values,
        avg(m.net_return) AS mean_model_return,
        avg(m.net_return - bh.net_return) AS mean_edge_vs_buy_and_hold,
@@ -104,17 +107,17 @@ ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
 """
 
 # The groups the step leaves out (for the report): one scan of the run's model rows, no joins.
-UNTESTED_SQL = """
+UNTESTED_SQL = f"""
 SELECT m.factor, m.crypto, m.cost_bps, m.slippage_bps,
        count(*)::integer AS n_folds,
-       count(*) FILTER (WHERE m.perm_p_value IS NOT NULL AND m.profit_p_value IS NOT NULL)::integer AS n_p_values,
+       {TESTED_FOLDS}::integer AS n_p_values,
        array_agg(m.perm_p_value ORDER BY m.fold_id) AS p_values,
        avg(m.net_return) AS mean_model_return
 FROM finetune_results AS m
 JOIN finetune_run_factors AS f ON f.run_id = m.run_id AND f.factor = m.factor
 WHERE m.run_id = %(run_id)s
 GROUP BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
-HAVING count(*) FILTER (WHERE m.perm_p_value IS NOT NULL AND m.profit_p_value IS NOT NULL) < count(*)
+HAVING {TESTED_FOLDS} < count(*)
 ORDER BY m.factor, m.crypto, m.cost_bps, m.slippage_bps
 """
 
@@ -447,11 +450,10 @@ def _combined(groups: Sequence[GroupInput], values: Any, *, method: str) -> list
     return combined.tolist()
 
 
-def _controlled(keys: Sequence[Any], p_by_key: dict[Any, float], *, fdr_q: float) -> dict[Any, tuple[float, bool]]:
-    """BH over the distinct hypotheses: (q-value, discovered) per key."""
-    distinct = list(dict.fromkeys(keys))
-    q_values, discovered = benjamini_hochberg([p_by_key[key] for key in distinct], fdr_q=fdr_q)
-    return {key: (float(q), bool(d)) for key, q, d in zip(distinct, q_values, discovered, strict=True)}
+def _controlled(p_by_key: dict[Any, float], *, fdr_q: float) -> dict[Any, tuple[float, bool]]:
+    """BH over the distinct hypotheses (the keys): (q-value, discovered) per key."""
+    q_values, discovered = benjamini_hochberg(list(p_by_key.values()), fdr_q=fdr_q)
+    return {key: (float(q), bool(d)) for key, q, d in zip(p_by_key, q_values, discovered, strict=True)}
 
 
 def _weighted(values: Sequence[float | None], weights: Sequence[int]) -> float | None:
@@ -577,11 +579,11 @@ def compute_findings(
             strict=True,
         )
     )
-    timing = _controlled([g.model_key for g in tested], timing_p, fdr_q=fdr_q)
+    timing = _controlled(timing_p, fdr_q=fdr_q)
     # Profit: one hypothesis per distinct (model, cost basis).
     profit_keys = [(group.model_key, group.basis) for group in tested]
     profit_p = dict(zip(profit_keys, _combined(tested, lambda g: g.profit_p_values, method=method), strict=True))
-    profit = _controlled(profit_keys, profit_p, fdr_q=fdr_q)
+    profit = _controlled(profit_p, fdr_q=fdr_q)
     # Shown, not a condition (and None where a fold lacks it, never made up).
     with_hold = [i for i, g in enumerate(tested) if all(p is not None for p in g.profit_vs_buy_and_hold_p_values)]
     versus_hold: list[float | None] = [None] * len(tested)

@@ -26,6 +26,8 @@ from finetune_sweep.sizing.quantities import format_bytes
 from finetune_sweep.sizing.recommend import describe_window, format_recommendations, recommend
 
 if TYPE_CHECKING:
+    import psycopg
+
     from finetune_sweep.settings import SizingPolicy
 
 # A model row's three baselines, joined on its full basis: key, strategy and identical window.
@@ -209,19 +211,24 @@ def fetch_run_sizing(dsn: str, run_id: str) -> list[dict[str, Any]]:
 
 MAX_LISTED_FINDINGS = 100
 
-# A model is counted once: its groups share it with the factors in same_model_as (V010).
+# A model is counted once: its groups share it with the factors in same_model_as (V010), so it is
+# named by its crypto and the first of those factors.
 FINDINGS_COUNT_SQL = """
+WITH f AS (
+    SELECT *, crypto || ' ' || (SELECT min(x) FROM unnest(array_append(coalesce(same_model_as, '{}'), factor)) AS x)
+              AS model
+    FROM finetune_findings
+    WHERE run_id = %(run_id)s
+)
 SELECT count(*)::integer AS n_groups,
        count(*) FILTER (WHERE discovered)::integer AS n_discovered,
        max(fdr_q) AS fdr_q,
        max(combine_method) AS combine_method,
        count(timing_discovered)::integer AS n_v010_rows,
-       count(DISTINCT crypto || ' ' || (SELECT min(x) FROM unnest(array_append(coalesce(same_model_as, '{}'), factor)) AS x))::integer AS n_models,
-       count(DISTINCT crypto || ' ' || (SELECT min(x) FROM unnest(array_append(coalesce(same_model_as, '{}'), factor)) AS x))
-           FILTER (WHERE timing_discovered)::integer AS n_timing_discovered,
+       count(DISTINCT model)::integer AS n_models,
+       count(DISTINCT model) FILTER (WHERE timing_discovered)::integer AS n_timing_discovered,
        min(p_value_floor) AS p_value_floor
-FROM finetune_findings
-WHERE run_id = %(run_id)s
+FROM f
 """
 
 # The findings, then the timing edges that are not findings at a cost (and say why).
@@ -328,22 +335,31 @@ def fetch_findings_section(dsn: str, run_id: str) -> str:
     from psycopg.rows import dict_row
 
     with connect(dsn, row_factory=dict_row) as conn:
-        counts = conn.execute(FINDINGS_COUNT_SQL, {"run_id": run_id}).fetchone()
+        arguments = fetch_headline_arguments(conn, run_id)
         discovered = conn.execute(DISCOVERED_SQL, {"run_id": run_id, "limit": MAX_LISTED_FINDINGS}).fetchall()
     with connect(dsn) as conn:
         untested = findings.fetch_untested(conn, run_id)
-    return format_findings(
-        discovered,
-        n_groups=counts["n_groups"],
-        n_discovered=counts["n_discovered"],
-        fdr_q=counts["fdr_q"],
-        combine_method=counts["combine_method"],
-        untested=untested,
-        # findings stored before V010 have none of these: their headline stays the old one
-        n_models=counts["n_models"] if counts["n_v010_rows"] else None,
-        n_timing_discovered=counts["n_timing_discovered"] if counts["n_v010_rows"] else None,
-        p_value_floor=counts["p_value_floor"],
-    )
+    return format_findings(discovered, untested=untested, **arguments)
+
+
+def fetch_headline_arguments(conn: psycopg.Connection, run_id: str) -> dict[str, Any]:
+    """The stored findings of a run as :func:`findings.headline`'s arguments (the report's and the
+    run tab's headline); findings stored before V010 leave out what they do not have.
+
+    :param conn: an open connection with ``dict_row`` rows.
+    :param run_id: the finetune run id.
+    """
+    counts = conn.execute(FINDINGS_COUNT_SQL, {"run_id": run_id}).fetchone()
+    v010 = bool(counts["n_v010_rows"])
+    return {
+        "n_groups": counts["n_groups"],
+        "n_discovered": counts["n_discovered"],
+        "fdr_q": counts["fdr_q"] if counts["fdr_q"] is not None else findings.DEFAULT_FDR_Q,
+        "combine_method": counts["combine_method"] or findings.DEFAULT_COMBINE_METHOD,
+        "n_models": counts["n_models"] if v010 else None,
+        "n_timing_discovered": counts["n_timing_discovered"] if v010 else None,
+        "p_value_floor": counts["p_value_floor"],
+    }
 
 
 def build_report(

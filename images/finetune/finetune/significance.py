@@ -223,11 +223,6 @@ def timing_offsets(n: int, n_shifts: int, *, hold_bars: int = 1, lookback: int =
     return np.sort(np.random.default_rng(SHIFT_SEED).choice(candidates, size=n_shifts, replace=False))
 
 
-def available_offsets(n: int, *, hold_bars: int = 1, lookback: int = 0) -> int:
-    """How many distinct offsets a window of ``n`` bars allows (the cap on ``perm_n_shifts``)."""
-    return max(0, n - 1 - lookback - max(1, hold_bars) + 1)
-
-
 def _shift_rows(doubled: np.ndarray, n: int, offsets: np.ndarray) -> np.ndarray:
     """``np.roll(pos, k)`` for each ``k`` in ``offsets``, as rows cut from ``pos`` repeated twice.
 
@@ -324,13 +319,12 @@ def matched_percentiles(
     return [float(b / offsets.size) if offsets.size else None for b in below.tolist()]
 
 
-def _bootstrap_blocks(n: int, *, n_resamples: int, block_bars: int, chunk_cells: int) -> Iterator[np.ndarray]:
+def _bootstrap_blocks(n: int, *, n_resamples: int, block: int, chunk_cells: int) -> Iterator[np.ndarray]:
     """Chunks of (rows, blocks) block starts of arch's circular block bootstrap, seeded: the same
-    for every series of ``n`` bars. Each resample is its blocks of ``block`` bars from those starts
-    (wrapping), the last one cut so that the resample has ``n`` bars."""
+    for every series of ``n`` bars. Each resample is its blocks of ``block`` bars (1 to ``n``) from
+    those starts (wrapping), the last one cut so that the resample has ``n`` bars."""
     from arch.bootstrap import CircularBlockBootstrap  # imported on first use: arch loads in ~2 s
 
-    block = min(max(1, block_bars), n)
     bootstrap = CircularBlockBootstrap(block, np.empty(n), seed=np.random.default_rng(BOOTSTRAP_SEED))
     rows_per_chunk = max(1, int(chunk_cells) // n)
     for start in range(0, n_resamples, rows_per_chunk):
@@ -396,7 +390,7 @@ def profit_tests(
     # Prefix sums round in the last bits: a resample's mean counts as reaching the bar within that.
     margin = 1e-9 * (np.abs(matrix).max(axis=1) + 1e-300)
     block = min(max(1, block_bars), n)
-    for starts in _bootstrap_blocks(n, n_resamples=n_resamples, block_bars=block, chunk_cells=chunk_cells):
+    for starts in _bootstrap_blocks(n, n_resamples=n_resamples, block=block, chunk_cells=chunk_cells):
         means = _resample_means(matrix, starts, block)  # (series, rows)
         at_least += np.count_nonzero(means - observed[:, None] >= observed[:, None] - margin[:, None], axis=1)
     p_values = (1 + at_least) / (1 + n_resamples)

@@ -24,7 +24,7 @@ from psycopg_pool import ConnectionPool
 from finetune_sweep.db.connect import connect_kwargs
 from finetune_sweep.findings import headline
 from finetune_sweep.gate import GATE_SQL, RECORDED_VERDICT_SQL, same_basis_join
-from finetune_sweep.report import FINDINGS_COUNT_SQL, MODEL_WON, SAME_BASIS_JOINS, SUMMARY_SQL
+from finetune_sweep.report import MODEL_WON, SAME_BASIS_JOINS, SUMMARY_SQL, fetch_headline_arguments
 
 # Every (factor, crypto, cost basis): means over the folds; the report's table reads the same.
 GROUPS_SQL = SUMMARY_SQL
@@ -392,17 +392,7 @@ def fetch_run_page(
 
 def findings_headline(conn: psycopg.Connection, run_id: str) -> str:
     """The stored findings' one-line answer, as the report prints it (counts, models, the floor)."""
-    counts = conn.execute(FINDINGS_COUNT_SQL, {"run_id": run_id}).fetchone()
-    v010 = bool(counts["n_v010_rows"])
-    return headline(
-        n_discovered=counts["n_discovered"],
-        n_groups=counts["n_groups"],
-        fdr_q=counts["fdr_q"],
-        combine_method=counts["combine_method"],
-        n_models=counts["n_models"] if v010 else None,
-        n_timing_discovered=counts["n_timing_discovered"] if v010 else None,
-        p_value_floor=counts["p_value_floor"],
-    )
+    return headline(**fetch_headline_arguments(conn, run_id))
 
 
 def fetch_history(conn: psycopg.Connection, dag_id: str, *, limit: int = HISTORY_RUNS) -> list[dict[str, Any]]:
