@@ -55,9 +55,13 @@ def _config(**overrides) -> RunConfig:
 # --- the built-ins ---------------------------------------------------------------------------
 
 # The default sweep's params (train 4320, test 720, 4 folds, hold 24, costs 10/15/30) on the
-# synthetic market, computed with the code before the built-ins became plug-ins (main at 3a4a812):
-# sha256 over every key's net_return (repr), feature_hash and hyperparams, and a few of them spelt out.
-PINNED_DIGEST = "2593eb65d86bc30db7b1ed48a1ee5bda065d1dc87ab544845932e2481703e7f3"
+# synthetic market, computed with the code before the built-ins became plug-ins (main at 3a4a812),
+# a few of them spelt out. numpy's SIMD exp/log differ in the last bits between CPUs (an AMD EPYC
+# gives 0.10963575962593519 where the machine that pinned these gave ...541, and another
+# feature_hash for n_features' float32 store), so returns are compared to 12 significant digits,
+# the digest is over every key's return and hyperparameters to 9 (computed from the same code,
+# which had matched 3a4a812 bit for bit); the pinned feature hashes are kept for reference only.
+PINNED_DIGEST = "5a507a5ffc183f3b490f36ff45ba1c84db4149dbd74241a4e3ab7d2f982878ba"
 PINNED = {
     "base_features/BTC/0/10": (
         "0.10963575962593541",
@@ -82,7 +86,16 @@ PINNED = {
 }
 
 
-def test_builtins_keep_their_results_and_feature_hashes() -> None:
+def _rounded(value: object) -> object:
+    """Floats to 9 significant digits (as text), inside dicts too: what the digest is taken over."""
+    if isinstance(value, float):
+        return f"{value:.9g}"
+    if isinstance(value, dict):
+        return {key: _rounded(item) for key, item in value.items()}
+    return value
+
+
+def test_builtins_keep_their_results_and_hyperparams() -> None:
     stored = {}
     for factor in KNOWN_FACTORS:
         config = _config(
@@ -100,16 +113,19 @@ def test_builtins_keep_their_results_and_feature_hashes() -> None:
         for crypto in config.cryptos:
             for _, fold, results in evaluate_crypto(plan, crypto):
                 for result in results:
-                    stored[f"{factor}/{crypto}/{fold.fold_id}/{result.key.cost_bps}"] = {
-                        "net_return": repr(result.model.net_return),
-                        "feature_hash": result.model.feature_hash,
-                        "hyperparams": json.dumps(result.model.model_hyperparams, sort_keys=True),
-                    }
-    for key, (net_return, feature_hash, hyperparams) in PINNED.items():
-        assert stored[key]["net_return"] == net_return, key
-        assert stored[key]["feature_hash"] == feature_hash, key
-        assert json.loads(stored[key]["hyperparams"]).items() >= hyperparams.items(), key
-    assert hashlib.sha256(json.dumps(stored, sort_keys=True).encode()).hexdigest() == PINNED_DIGEST
+                    stored[f"{factor}/{crypto}/{fold.fold_id}/{result.key.cost_bps}"] = (
+                        result.model.net_return,
+                        result.model.model_hyperparams,
+                    )
+    for key, (net_return, _, hyperparams) in PINNED.items():
+        assert stored[key][0] == pytest.approx(float(net_return), rel=1e-12), key
+        for name, value in hyperparams.items():
+            expected = pytest.approx(value, rel=1e-12) if isinstance(value, float) else value
+            assert stored[key][1][name] == expected, (key, name)
+    digest = hashlib.sha256(
+        json.dumps(_rounded({k: {"r": r, "h": h} for k, (r, h) in stored.items()}), sort_keys=True).encode()
+    )
+    assert digest.hexdigest() == PINNED_DIGEST
 
 
 def test_builtins_are_registered_as_entry_points() -> None:
