@@ -6,8 +6,9 @@ A sweep tests many models at once (4 factors x 3 cryptos x 4 folds), so at the 5
 Benjamini-Hochberg control at ``fdr_q`` (``scipy.stats.false_discovery_control``, method ``bh``):
 
 1. **Timing** -- per model (factor, crypto), the folds' timing-test p-values
-   (``finetune_results.perm_p_value``: the model against its own shifted copies on
-   volatility-scaled returns, the same on every cost row of the model) combined with
+   (``finetune_results.perm_p_value``: the model's exposure, less its mean before each bar, on
+   volatility-scaled returns against random sign flips of the bars; the same on every cost row of
+   the model) combined with
    ``scipy.stats.combine_pvalues`` (Fisher by default; the folds are disjoint test windows), then
    BH over the run's *distinct* models: identical models (the same positions on the same windows,
    e.g. BTC's ``btc_features`` and ``base_features``) are one hypothesis, and the findings name

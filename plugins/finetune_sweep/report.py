@@ -394,7 +394,7 @@ def build_report(
     recommendations = recommend(history, load_sizing(sizing_json), load_profiles(profiles_json))
     window = describe_window(history_runs=policy.history_runs, history_days=policy.history_days)
     return (
-        f"Findings, run {run_id} (timing vs its own shifted copies, profit after costs per cost basis)\n{findings_text}\n\n"
+        f"Findings, run {run_id} (timing against sign flips of its bars, profit after costs per cost basis)\n{findings_text}\n\n"
         f"Model vs same-basis baselines, run {run_id} (mean net return over folds; matched pctl: the model "
         f"among its own shifted copies at that cost, rnd pctl: among the random seeds)\n{summary}\n\n"
         f"Sizing of this run (map profile, the profile it started on and why, sizing mode {policy.mode})\n"

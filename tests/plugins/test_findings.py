@@ -489,8 +489,6 @@ def _simulated_sweeps() -> list[list[GroupInput]]:
                             positions,
                             test_close,
                             n_shifts=METHOD_N_SHIFTS,
-                            hold_bars=METHOD_HOLD_BARS,
-                            lookback=METHOD_WARMUP,
                             volatility=sigma[crypto][start + METHOD_WARMUP : start + METHOD_WARMUP + METHOD_TEST_BARS],
                         )
                         profit = significance.profit_tests(

@@ -137,9 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-shifts",
         type=_positive,
         default=DEFAULT_N_SHIFTS,
-        help=f"shifted copies per model in the timing test and bootstrap resamples per cost in the profit "
-        f"test (default {DEFAULT_N_SHIFTS}, independent of --n-seeds); a fold's p-values are never below "
-        "1/(n_shifts + 1), nor below 1/(offsets + 1) when the test window allows fewer distinct offsets",
+        help=f"sign-flip draws per model in the timing test, bootstrap resamples per cost in the profit "
+        f"test and shifted copies for the matched percentile (default {DEFAULT_N_SHIFTS}, independent of "
+        "--n-seeds); a fold's p-values are never below 1/(n_shifts + 1)",
     )
     run.add_argument("--hold-bars", required=True, type=_positive)
     run.add_argument("--train-bars", type=_positive, default=DEFAULT_TRAIN_BARS)

@@ -11,9 +11,10 @@ Phases, in this order, so that a refused run writes nothing:
    each one's feature store built and released in turn (memory flat in the crypto count), in up
    to ``workers`` processes side by side (:mod:`finetune.workers`; only the pod's own process
    writes). :func:`evaluate_fold` fine-tunes once per (crypto, fold) and computes, on the fold's test
-   window, the random seeds and the shift test once for all cost bases (neither's trades depend
-   on the cost; each is netted per cost basis), then per cost basis the model's metrics, its
-   significance (random percentile, shift-test p-value, exposure, positions) and the three
+   window, the random seeds, the timing test and the shifted copies once for all cost bases (none
+   depends on the cost; the trades are netted per cost basis), then per cost basis the model's
+   metrics, its significance (random and matched percentiles, timing and profit p-values,
+   exposure, positions) and the three
    baselines; each key persists as one transaction on one window.
 3. It then asks the database which planned keys are complete. A missing key emits
    ``baselines_incomplete`` and fails the run; the outcome, peak memory and limit are recorded on
@@ -110,8 +111,8 @@ class RunConfig:
     test_bars: int
     data_uri: str | None
     bars: BarOptions = BarOptions()  # how the data's rows become calendar bars (--gaps & co.)
-    # Shifted copies per model in the timing test, and bootstrap resamples per cost basis in the
-    # profit test (--n-shifts): independent of n_seeds, so that the p-value floor is the user's.
+    # Sign flips per model in the timing test, bootstrap resamples per cost basis in the profit
+    # test (--n-shifts): independent of n_seeds, so that the p-value floor is the user's.
     n_shifts: int = significance.DEFAULT_N_SHIFTS
     # The model plug-in (--model): every row's strategy.
     model: str = DEFAULT_MODEL
@@ -434,10 +435,8 @@ def evaluate_fold(
     distinct = list(dict.fromkeys(costs.values()))  # 10+0 and 5+5 bps are one round-trip cost
     window = baselines.compute_window_baselines(close, distinct, n_seeds=n_seeds, hold_bars=hold_bars)
     volatility = None if item.volatility is None else item.volatility[window_bars]
-    # every offset of the circle is a candidate (see significance.timing_offsets: cutting out the
-    # ones near the model's own bar made the test over-reject on the models that trade)
     timing = significance.shift_test(positions, close, n_shifts=n_shifts, volatility=volatility)
-    offsets = significance.timing_offsets(close.size, n_shifts)
+    offsets = significance.shift_offsets(close.size, n_shifts)
     matched = dict(zip(distinct, significance.matched_percentiles(positions, close, distinct, offsets), strict=True))
     profit = significance.profit_tests(positions, close, distinct, n_resamples=n_shifts, block_bars=hold_bars)
     profits = dict(zip(distinct, profit, strict=True))

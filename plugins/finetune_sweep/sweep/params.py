@@ -141,8 +141,8 @@ def _param_specs(
             DEFAULT_N_SHIFTS,
             1,
             100_000,
-            "Timing shifts",
-            "Shifted copies per model in the timing test and bootstrap resamples per cost in the profit test. "
+            "Timing and profit resamples",
+            "Sign flips per model in the timing test and bootstrap resamples per cost in the profit test. "
             "A fold's p-value is never below 1/(n_shifts + 1): plan refuses a sweep too large for its floor.",
         ),
         "hold_bars": _integer(24, 1, 24 * 30, "Hold bars", "Holding period of the random baseline and label horizon."),

@@ -112,36 +112,25 @@ def check_p_value_floor(valid: Mapping[str, Any]) -> None:
     """Refuse a sweep in which no lone edge could be found: its folds' smallest p-values, combined,
     must pass Benjamini-Hochberg at ``fdr_q`` among the sweep's hypotheses (``findings``).
 
-    Timing: ``factors x cryptos`` models, each fold's p-value at least ``1 / (1 + shifts)`` where
-    the shifts are ``n_shifts`` capped by the window's ``test_bars - 1`` distinct offsets (the
-    report prints the floor the pods reached). Profit: every (model, cost basis), at least
-    ``1 / (1 + n_shifts)``.
+    Timing: ``factors x cryptos`` models; profit: every (model, cost basis); each fold's p-value at
+    least ``1 / (1 + n_shifts)`` (sign flips and bootstrap resamples: the window's length does not
+    cap them; the report prints the floor the pods reached).
 
     :param valid: validated params.
-    :raises PlanError: naming the floor, the hypotheses and the n_shifts (or window) needed.
+    :raises PlanError: naming the floor, the hypotheses and the n_shifts needed.
     """
     n_shifts, n_folds, fdr_q = int(valid["n_shifts"]), int(valid["n_folds"]), float(valid["fdr_q"])
-    window_offsets = max(0, int(valid["test_bars"]) - 1)
     models = len(valid["factors"]) * len(valid["cryptos"])
     pairs = models * len(valid["cost_bps"]) * len(valid["slippage_bps"])
-    for what, hypotheses, shifts in (
-        ("timing models", models, min(n_shifts, window_offsets)),
-        ("profit groups (model x cost basis)", pairs, n_shifts),
-    ):
-        floor = p_value_floor([shifts] * n_folds)
+    floor = p_value_floor([n_shifts] * n_folds)
+    for what, hypotheses in (("timing models", models), ("profit groups (model x cost basis)", pairs)):
         if lone_edge_capacity(floor, fdr_q=fdr_q) >= hypotheses:
             continue
-        needed = shifts_needed(hypotheses, n_folds=n_folds, fdr_q=fdr_q)
-        remedy = f"use n_shifts >= {needed}"
-        if needed > window_offsets and what.startswith("timing"):
-            remedy = (
-                f"the test window allows at most test_bars - 1 = {window_offsets} shifts and "
-                f"{needed} are needed: raise test_bars or n_folds, or sweep fewer factors or cryptos"
-            )
         raise PlanError(
-            f"no finding would be possible: {n_folds} fold(s) at {shifts} shifts reach a p-value of "
+            f"no finding would be possible: {n_folds} fold(s) at {n_shifts} shifts reach a p-value of "
             f"{floor:.3g} at best, and Benjamini-Hochberg at fdr_q {fdr_q:g} over this sweep's {hypotheses} "
-            f"{what} needs {fdr_q / hypotheses:.3g} for a lone edge; {remedy}"
+            f"{what} needs {fdr_q / hypotheses:.3g} for a lone edge; use n_shifts >= "
+            f"{shifts_needed(hypotheses, n_folds=n_folds, fdr_q=fdr_q)}"
         )
 
 
@@ -149,8 +138,9 @@ def run_work(valid: Mapping[str, Any]) -> tuple[int, str]:
     """The run's work, keys x (n_seeds + n_shifts) over all factors, and the product spelt out.
 
     A key is (factor, crypto, fold, cost, slippage); per key the pod draws ``n_seeds`` random
-    baseline seeds, and per model ``n_shifts`` shifted copies of its positions and per cost basis
-    ``n_shifts`` bootstrap resamples of its P&L, which dominate its time.
+    baseline seeds, and per model ``n_shifts`` sign flips (timing) and shifted copies of its
+    positions (matched percentile) and per cost basis ``n_shifts`` bootstrap resamples of its P&L,
+    which dominate its time.
 
     :param valid: validated params.
     """

@@ -91,32 +91,31 @@ def ewma_volatility(close, *, lam: float = 0.94, min_returns: int = 24) -> list[
     return sigma
 
 
-def timing_test(positions, close, *, n_shifts: int, hold_bars: int, lookback: int, sigma=None) -> tuple[float, int]:
-    """(p-value, offsets used): the timing test of DESIGN 5, one shift at a time.
+def timing_test(positions, close, *, n_shifts: int, sigma=None) -> tuple[float, int]:
+    """(p-value, draws): the timing test of DESIGN 5 as issue 16 landed it, one bar and one flip at a time.
 
-    T = sum_t pos[t] z[t] / sqrt(sum_t pos[t] z[t]^2), z[t] = log(c[t+1]/c[t]) / sigma[t] over
-    t < n - 1 (bars without a volatility weigh nothing; T = 0 when the sum of squares is 0); offsets: all of [max(1, hold), n - lookback - 1], or n_shifts of them drawn
-    by default_rng(0).choice without replacement.
+    w[t] = pos[t] - mean(pos[0..t-1]) (0 at t = 0); z[t] = log(c[t+1]/c[t]) / sigma[t] over t < n - 1
+    (bars without a volatility weigh nothing); T = sum w z / sqrt(sum (w z)^2), the same scale for
+    every flip; flip b turns the sign of bar t where bit t of row b is set: each row is ceil(n / 64)
+    words of default_rng(0).integers(0, 2**64, uint64), their bytes in memory order, each byte's
+    bits from the highest; p = (1 + #(T_b >= T)) / (1 + n_shifts).
     """
     n = len(close)
     sigma = ewma_volatility(close) if sigma is None else list(sigma)
-    z = [0.0] * n
-    for t in range(n - 1):
+    terms = [0.0] * n
+    for t in range(1, n - 1):
         if math.isfinite(sigma[t]) and sigma[t] > 0:
-            z[t] = math.log(close[t + 1] / close[t]) / sigma[t]
-
-    def statistic(pos) -> float:
-        total = sum(int(p) * zt for p, zt in zip(pos, z, strict=True))
-        squares = sum(int(p) * zt * zt for p, zt in zip(pos, z, strict=True))
-        return total / math.sqrt(squares) if squares > 0 else 0.0
-
-    candidates = list(range(max(1, hold_bars), n - lookback))
-    if len(candidates) > n_shifts:
-        candidates = sorted(np.random.default_rng(0).choice(candidates, size=n_shifts, replace=False).tolist())
-    model = statistic(positions)
-    shifted = [statistic(np.roll(np.asarray(positions), k)) for k in candidates]
-    at_least = sum(s >= model - 1e-9 * (abs(model) + 1) for s in shifted)
-    return (1 + at_least) / (1 + len(candidates)), len(candidates)
+            before = sum(int(p) for p in positions[:t]) / t
+            terms[t] = (int(positions[t]) - before) * math.log(close[t + 1] / close[t]) / sigma[t]
+    total = sum(terms)
+    margin = 1e-9 * (sum(abs(x) for x in terms) + 1e-300)
+    words = np.random.default_rng(0).integers(0, 2**64, size=(n_shifts, (n + 63) // 64), dtype=np.uint64)
+    at_least = 0
+    for row in words:
+        heads = [(byte >> (7 - bit)) & 1 for byte in row.tobytes() for bit in range(8)][:n]
+        flipped = sum(-x if head else x for x, head in zip(terms, heads, strict=True))
+        at_least += flipped >= total - margin
+    return (1 + at_least) / (1 + n_shifts), n_shifts
 
 
 def equity_bar_returns(positions, close, rt: float) -> list[float]:

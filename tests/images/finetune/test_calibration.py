@@ -9,11 +9,11 @@ U(0, 1) and the share at p <= 0.10 (a two-sided binomial test), each at a lenien
 
 It can fail, checked by hand with ``significance.scaled_returns`` patched: a statistic that pairs
 each position with the bar return its features had already seen (``z[t]`` replaced by the
-return into bar ``t``: a look-ahead in the test itself) is rejected by the KS check at p = 6e-23
-(111 models; the share at p <= 0.10 alone does not see it, 0.135: the look-ahead pushes the
-p-values to both ends). Raw instead of volatility-scaled returns (the issue's over-rejection,
-0.061 against 0.05 over thousands of rows) is *not* caught at this size (KS p = 0.65): that
-takes ``benchmarks/bench_calibration.py``. The real statistic: KS p = 0.40, 14 of 111 at <= 0.10.
+return into bar ``t``: a look-ahead in the test itself) is rejected by the KS check at p = 3e-24
+(111 models; the share at p <= 0.10 alone does not see it, 13 of 111: the look-ahead pushes the
+p-values to both ends). Small over-rejections (the circular-shift test's 0.059 against 0.05 over
+thousands of models) are *not* caught at this size: that takes
+``benchmarks/bench_calibration.py``. The sign-flip test: KS p = 0.25, 8 of 111 at <= 0.10.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from finetune.factors import KNOWN_FACTORS
 AS_OF = pd.Timestamp("2026-06-07T00:00:00Z")
 MARKETS = [f"synthetic://random-walk?seed={seed}" for seed in range(1000, 1006)]
 CRYPTOS = ("BTC", "ETH", "SOL")
-# 720 test bars: a month of hourly bars, the CLI's default window (719 offsets per model).
+# 720 test bars: a month of hourly bars, the CLI's default window.
 N_FOLDS, N_SEEDS, HOLD_BARS, TRAIN_BARS, TEST_BARS, N_SHIFTS = 2, 10, 24, 1440, 720, 199
 LENIENT = 0.01
 
