@@ -1,16 +1,16 @@
 """Calibration of the pod's tests on the real model: their level on random walks, the run-level
 false-discovery rate, and the power on planted markets (issue 16, item 5).
 
-    .venv/bin/python benchmarks/bench_calibration.py [--markets 100] [--power-markets 20]
+    .venv/bin/python benchmarks/bench_calibration.py [--markets 100] [--first-seed 0] [--power-markets 20]
         [--betas 1.0,0.5,0.3] [--workers 2] [--fdr-q 0.10] [--quick]
 
 No database: each market runs the pod's own code in-process, as the pod does between its checks
 and its writes (``runner.prepare`` then ``runner.evaluate_crypto`` per crypto), for every factor
 of ``finetune.factors.KNOWN_FACTORS``, cryptos BTC, ETH, SOL, 4 folds, costs 0, 10 and 30 bps,
 hold 24 bars, 100 random seeds, ``--n-shifts`` (default 999) and the CLI's default windows
-(4,320 training and 720 test bars: the timing test then uses all 719 offsets of the circle). Markets run side by side in ``--workers`` processes.
+(4,320 training and 720 test bars). Markets run side by side in ``--workers`` processes.
 
-1. **Null** (``synthetic://random-walk?seed=N``, N = 0 .. ``--markets`` - 1: GARCH random walks,
+1. **Null** (``synthetic://random-walk?seed=N``, N = ``--first-seed`` .. + ``--markets`` - 1: GARCH random walks,
    alts co-moving with BTC in the same bar, nothing predicts the next bar). For the rows that
    trade (0 < exposure < 1), the share of p-values at or below 0.01 / 0.05 / 0.10, each with
    its 95 % Clopper-Pearson interval (``scipy.stats.binomtest(...).proportion_ci``) and, since
@@ -29,27 +29,33 @@ over the run's groups (timing discovered under BH over the distinct models, prof
 under BH over (model, cost), mean net return > 0); ``timing_only`` gives the timing-discovered
 groups, which the rule before issue 16 counted as findings at every cost.
 
-Measured on the shared 2-core machine (load average 1-2, 2 workers), the final code (studentised
-timing statistic, offsets over the whole circle), ``--markets 100 --power-markets 24`` (249 s
-wall: 145 s null, 104 s power; about 3 s of one process per market):
+Measured on the shared 2-core machine (AMD EPYC, load average 1-2, 2 workers), the final code
+(timing: sign flips of the recursively demeaned book on volatility-scaled returns),
+``--markets 100 --power-markets 24`` (484 s wall: 276 s null, 209 s power; 5.5 s of one process
+per market):
 
-- Timing p, 3,324 distinct trading models of 3,941: p <= 0.01: 0.0102 (CI 0.0071-0.0143);
-  <= 0.05: 0.0566 (0.0489-0.0650, nominal inside); <= 0.10: 0.1137 (0.1031-0.1250, nominal
-  just outside). Per factor at 0.05 / 0.10: base 0.052 / 0.106, n 0.047 / 0.095, btc 0.049 /
-  0.115 (all inside their CIs); **l2_features 0.081 / 0.149, outside: the one factor whose
-  models still over-reject** (open; the same with the plain sum S: 0.081 / 0.139).
-- The same run with the offsets cut to the arc ``[hold, n - look-back - 1]`` that issue 16 first
-  asked for (commit 3dc76ba, plain sum S, 150 markets, load 3-6): 0.0742 at 0.05 and 0.1336 at
-  0.10, both tails alike, every factor over -- why the runner uses the whole circle.
+- Timing p, 3,324 distinct trading models of 3,941: p <= 0.01: 0.0060 (CI 0.0037-0.0093);
+  <= 0.05: 0.0412 (0.0347-0.0485, market-clustered 0.0344-0.0481: *conservative*, nominal just
+  above the interval); <= 0.10: 0.0921 (0.0824-0.1024, nominal inside). Per factor at 0.05 / 0.10,
+  all inside: base 0.041 / 0.091, n 0.041 / 0.091, btc 0.040 / 0.092, l2_features 0.044 / 0.096.
+  The next 200 markets, ``--markets 200 --first-seed 100 --power-markets 0`` (530 s): 0.0107 /
+  0.0505 / 0.1042 of 6,614 trading models, every factor inside at 0.05 and 0.10 (l2_features
+  0.051 / 0.104); any finding in 1 of 200 runs. All 300 markets: 0.0092 (CI 0.0074-0.0112) /
+  0.0474 (0.0433-0.0518) / 0.1001 (0.0943-0.1062) of 9,938: nominal inside at every level.
+- The circular-shift test that this replaced (whole circle), the same 100 markets: 0.0566 / 0.1137,
+  ``l2_features`` 0.081 / 0.149 (outside): a model that buys after falls spends more of a falling
+  window long, and its shifted copies, which share its window-mean exposure, look ahead. With the
+  offsets cut to the arc ``[hold, n - look-back - 1]`` (commit 3dc76ba, 150 markets): 0.0742 /
+  0.1336, both tails alike.
 - Profit p at 0 bps: 0.0063 / 0.0469 / 0.1074 (0.05 and 0.10 inside their CIs); vs buy-and-hold
   at 0 bps: 0.0099 / 0.0641 / 0.1288 (above nominal: shown in the findings, never a condition).
   At 10 and 30 bps both are below nominal, as a no-skill book that pays costs should be.
-- Runs with any finding (fdr_q 0.10): 1 of 100, 0.010 (CI 0.000-0.054): goal met.
+- Runs with any finding (fdr_q 0.10): 0 of 100 (CI 0.000-0.036): goal met.
 - Power, planted findings per run (24 runs each; "timing" = timing discovered, counted at every
   cost as the rule before issue 16 did): beta 1.0: 2.00 of 2 at 0 bps, 5.71 of 6 (timing 6.00);
-  beta 0.5: 0.75 of 2, 1.29 of 6 (timing 4.12 of 6: the goal "about 4" holds for the timing
-  test; the profit test at each cost is what a thin edge does not pass, at 10 and 30 bps it
-  mostly loses); beta 0.3: 0.04 of 2, 0.04 of 6 (timing 0.75).
+  beta 0.5: 0.75 of 2, 1.29 of 6 (timing 3.88 of 6; the circular shifts gave 4.12 while
+  over-rejecting; the findings after costs are the same 1.29); beta 0.3: 0.04 of 2, 0.04 of 6
+  (timing 0.88, shifts 0.75).
 """
 
 from __future__ import annotations
@@ -315,7 +321,8 @@ def report_power(beta: float, by_market: dict[str, list[Row]], fdr_q: float) -> 
 def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--markets", type=int, default=100, help="null (random-walk) markets (default 100)")
-    parser.add_argument("--power-markets", type=int, default=20, help="planted markets per beta (default 20)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seed of the first null market (default 0)")
+    parser.add_argument("--power-markets", type=int, default=20, help="planted markets per beta (default 20; 0: none)")
     parser.add_argument("--betas", default="1.0,0.5,0.3", help="planted coefficients (default 1.0,0.5,0.3)")
     parser.add_argument("--workers", type=int, default=2, help="processes side by side (default 2)")
     parser.add_argument("--fdr-q", type=float, default=0.10)
@@ -343,11 +350,12 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f}"
     )
     started = time.perf_counter()
-    null = run_markets([RANDOM_WALK.format(seed=s) for s in range(args.markets)], settings, args.workers, "null")
+    seeds = range(args.first_seed, args.first_seed + args.markets)
+    null = run_markets([RANDOM_WALK.format(seed=s) for s in seeds], settings, args.workers, "null")
     report_null(null, args.fdr_q)
     null_seconds = time.perf_counter() - started
     print(f"\nPower: findings among the planted groups ({PLANTED_FACTOR} on {', '.join(PLANTED_CRYPTOS)})")
-    for beta in betas:
+    for beta in betas if args.power_markets > 0 else ():
         uris = [PLANTED.format(beta=beta, seed=s) for s in range(args.power_markets)]
         report_power(beta, run_markets(uris, settings, args.workers, f"beta {beta:g}"), args.fdr_q)
     total = time.perf_counter() - started

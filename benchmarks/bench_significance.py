@@ -7,9 +7,9 @@ For test windows of 720 bars (a month of hours, the default), 4,320 and 43,200 b
 log-normal walk, with positions of a model-like long/flat book (runs of a few bars, about half the
 time long):
 
-1. the best-of-``--repeats`` wall time of ``shift_test`` (the timing test, once per model, with
-   ``--shifts`` offsets clear of a 24-bar hold and a 336-bar look-back), of ``profit_tests`` at one
-   cost (``--shifts`` circular block bootstrap resamples), of ``matched_percentiles`` at one cost,
+1. the best-of-``--repeats`` wall time of ``shift_test`` (the timing test, once per model,
+   ``--shifts`` sign flips), of ``profit_tests`` at one cost (``--shifts`` circular block bootstrap
+   resamples), of ``matched_percentiles`` at one cost (``--shifts`` shifted copies),
    and of ``random_baseline`` at one cost (``--seeds``), with the timing/random ratio (issue 16: the
    timing test costs at most the random baseline per key; the bootstrap <= 50 ms at 720 bars);
 2. per window of ``--costs`` cost bases, as the runner does it: the timing test once, the matched
@@ -38,13 +38,12 @@ from finetune.costs import round_trip_cost  # noqa: E402
 from finetune.significance import (  # noqa: E402
     matched_percentiles,
     profit_tests,
+    shift_offsets,
     shift_test,
-    timing_offsets,
 )
 
 SIZES = (720, 4_320, 43_200)
 HOLD_BARS = 24
-LOOKBACK = 336  # the built-in factors' longest window
 COST_BPS = (0, 10, 30, 5, 15, 50)
 
 
@@ -94,10 +93,10 @@ def main() -> None:
     profit_tests(model_like_positions(50), synthetic_close(50), [rt], n_resamples=1)  # arch's import is not timed
 
     def timing(close: np.ndarray, positions: np.ndarray, k: int = shifts) -> object:
-        return shift_test(positions, close, n_shifts=k, hold_bars=HOLD_BARS, lookback=LOOKBACK)
+        return shift_test(positions, close, n_shifts=k)
 
     def matched(close: np.ndarray, positions: np.ndarray, costs: list[float], k: int = shifts) -> object:
-        offsets = timing_offsets(close.size, k, hold_bars=HOLD_BARS, lookback=LOOKBACK)
+        offsets = shift_offsets(close.size, k)
         return matched_percentiles(positions, close, costs, offsets)
 
     def profit(close: np.ndarray, positions: np.ndarray, costs: list[float], k: int = shifts) -> object:
