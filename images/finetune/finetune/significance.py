@@ -279,6 +279,8 @@ def shift_test(
     n_shifts: int = DEFAULT_N_SHIFTS,
     volatility: np.ndarray | None = None,
     chunk_cells: int = CHUNK_CELLS,
+    hold_bars: int = 1,
+    lookback: int = 0,
 ) -> ShiftTest:
     """The timing test of long/flat ``positions`` over ``close`` (see the module docstring).
 
@@ -293,12 +295,17 @@ def shift_test(
     :param volatility: ``sigma`` per bar of ``close``, known at each bar (the runner passes the
         EWMA over the whole history, sliced to the window); default: :func:`ewma_volatility` of
         ``close`` alone.
+    :param hold_bars: accepted (and checked) for callers of the circular-shift version, whose
+        offsets kept clear of the hold; a sign flip has no offset, so it changes nothing.
+    :param lookback: likewise (the shifts' distance from the wrap); changes nothing.
     """
     prices = validate_close(close)
     n = prices.size
     held = validate_positions(positions, n)
     rt = _check_costs((round_trip_cost,))[0]
     n_flips = _count("n_shifts", n_shifts)
+    for name, value in (("hold_bars", hold_bars), ("lookback", lookback)):
+        _count(name, value)  # checked, though a sign flip has no offset to keep clear
     terms = timing_weights(held) * scaled_returns(prices, volatility)  # 0 at the last bar: never held
     scale = math.sqrt(float(terms @ terms))  # the same for every flip: it studentises T and each T_b
     total = float(terms.sum())

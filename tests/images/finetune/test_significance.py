@@ -122,6 +122,15 @@ def test_a_planted_timing_edge_is_significant():
     assert shift_test(knows_the_future, close, n_shifts=199).p_value == pytest.approx(1 / 200)
 
 
+def test_the_shift_versions_options_are_accepted_and_change_nothing():
+    close = _close(300, 6)
+    positions = (np.random.default_rng(7).random(300) < 0.5).astype(int)
+    plain = shift_test(positions, close, n_shifts=199)
+    assert shift_test(positions, close, n_shifts=199, hold_bars=24, lookback=168) == plain
+    with pytest.raises(ValueError, match="lookback must be an integer >= 0"):
+        shift_test(positions, close, n_shifts=199, lookback=-1)
+
+
 def test_one_bar_has_no_timing():
     assert shift_test(np.array([1]), np.array([100.0]), 0.002, n_shifts=100) == ShiftTest(1.0, 100, 0.0, 0.0)
 
