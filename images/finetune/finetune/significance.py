@@ -309,8 +309,8 @@ def shift_test(
     terms = timing_weights(held) * scaled_returns(prices, volatility)  # 0 at the last bar: never held
     scale = math.sqrt(float(terms @ terms))  # the same for every flip: it studentises T and each T_b
     total = float(terms.sum())
-    # A flip changes T's sign terms only: T_b * scale = total - 2 * (flipped terms' sum). Sums of
-    # the same numbers in another order must tie, so they are compared within a rounding margin.
+    # Flipping a set of bars turns their terms' signs: T_b * scale = total - 2 * (their sum). Sums
+    # of the same numbers in another order must tie, so they are compared within a rounding margin.
     margin = 1e-9 * (float(np.abs(terms).sum()) + 1e-300)
     at_least = 0
     for flipped in _sign_flip_chunks(n, n_flips, chunk_cells):
