@@ -234,7 +234,8 @@ def level_line(label: str, rows: Sequence[Row], p_of, level: float, rng: np.rand
     draws = rng.integers(0, len(markets), size=(CLUSTER_RESAMPLES, len(markets)))
     shares = per_market[draws].sum(axis=1) / np.maximum(counts[draws].sum(axis=1), 1)
     low, high = np.quantile(shares, [0.025, 0.975])
-    inside = "yes" if ci.low <= level <= ci.high else "NO"
+    # which side matters: below nominal the test is conservative (safe, less power), above it lies
+    inside = "yes" if ci.low <= level <= ci.high else ("NO (below: conservative)" if ci.high < level else "NO (above)")
     return (
         f"  {label:<34} p <= {level:.2f}: {k / n:.4f} ({k}/{n}), 95% CI {ci.low:.4f}-{ci.high:.4f}, "
         f"market-clustered {low:.4f}-{high:.4f}; nominal inside: {inside}"
