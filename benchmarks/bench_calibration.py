@@ -355,10 +355,11 @@ def main() -> None:
     null = run_markets([RANDOM_WALK.format(seed=s) for s in seeds], settings, args.workers, "null")
     report_null(null, args.fdr_q)
     null_seconds = time.perf_counter() - started
-    print(f"\nPower: findings among the planted groups ({PLANTED_FACTOR} on {', '.join(PLANTED_CRYPTOS)})")
-    for beta in betas if args.power_markets > 0 else ():
-        uris = [PLANTED.format(beta=beta, seed=s) for s in range(args.power_markets)]
-        report_power(beta, run_markets(uris, settings, args.workers, f"beta {beta:g}"), args.fdr_q)
+    if args.power_markets > 0:  # 0: the null check alone
+        print(f"\nPower: findings among the planted groups ({PLANTED_FACTOR} on {', '.join(PLANTED_CRYPTOS)})")
+        for beta in betas:
+            uris = [PLANTED.format(beta=beta, seed=s) for s in range(args.power_markets)]
+            report_power(beta, run_markets(uris, settings, args.workers, f"beta {beta:g}"), args.fdr_q)
     total = time.perf_counter() - started
     print(
         f"\nWall time: {total:.0f} s ({null_seconds:.0f} s null, {total - null_seconds:.0f} s power); "

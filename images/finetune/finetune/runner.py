@@ -14,8 +14,8 @@ Phases, in this order, so that a refused run writes nothing:
    window, the random seeds, the timing test and the shifted copies once for all cost bases (none
    depends on the cost; the trades are netted per cost basis), then per cost basis the model's
    metrics, its significance (random and matched percentiles, timing and profit p-values,
-   exposure, positions) and the three
-   baselines; each key persists as one transaction on one window.
+   exposure, positions) and the three baselines; each key persists as one transaction on one
+   window.
 3. It then asks the database which planned keys are complete. A missing key emits
    ``baselines_incomplete`` and fails the run; the outcome, peak memory and limit are recorded on
    the manifest and in the per-attempt history. A run that crashes, is stopped (SIGTERM) or loses
